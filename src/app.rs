@@ -1,0 +1,137 @@
+//! Composition: bind every socket, load profiles, start each service, shut down cleanly.
+//!
+//! Binding happens here and only here, before anything is served, so a port conflict is a
+//! start-up error and tests can ask for port 0 and read the bound address from the
+//! `listening for HTTP on ADDR` log line. Every service runs as a task in one `TaskTracker`
+//! and stops when the shared `CancellationToken` is cancelled (SIGINT/SIGTERM), with a grace
+//! period for requests in flight.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::diag::Diagnostics;
+use crate::http::{self, HttpState};
+use crate::inventory::Inventory;
+use crate::profiles::watch::{self, Live};
+use crate::profiles::{ProfileSet, Sources};
+
+/// How long requests in flight may take to finish after shutdown begins.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration or profiles are invalid (exit code 64).
+    #[error("{0}")]
+    Config(Diagnostics),
+    /// Anything else (exit code 1).
+    #[error(transparent)]
+    Runtime(#[from] anyhow::Error),
+}
+
+/// Where profiles come from, per the config.
+pub fn sources(config: &Config) -> Sources {
+    Sources { profiles: config.paths.profiles.clone(), scripts: config.paths.ipxe_scripts.clone() }
+}
+
+/// The base URL when nothing is bound yet (`check`, `render`): the configured one or the
+/// listen address.
+pub fn offline_base_url(config: &Config) -> String {
+    config.base_url(config.http.listen)
+}
+
+/// Sockets bound before anything is served.
+#[derive(Debug)]
+pub struct Bound {
+    /// The HTTP listener.
+    pub http: TcpListener,
+}
+
+impl Bound {
+    /// Bind every socket the config asks for.
+    pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
+        let http = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+        Ok(Bound { http })
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+/// Run every configured service on `bound` until `token` is cancelled.
+pub async fn run(config: Config, bound: Bound, token: CancellationToken) -> Result<(), AppError> {
+    let http_addr = bound.http_addr();
+    let base_url = config.base_url(http_addr);
+    let src = sources(&config);
+    let set = {
+        let (src, url) = (src.clone(), base_url.clone());
+        tokio::task::spawn_blocking(move || ProfileSet::load(&src, &url))
+            .await
+            .context("profile loader panicked")?
+            .map_err(AppError::Config)?
+    };
+    tracing::info!(
+        profiles = set.profiles.len(),
+        machines = set.machines.len(),
+        default = set.default.map(|d| set.profiles[d].name.as_str()).unwrap_or("-"),
+        path = %src.profiles.display(),
+        "profiles loaded"
+    );
+    warn_missing_dir("assets", &config.paths.assets);
+    let live = Arc::new(Live::new(src, base_url.clone(), set));
+    let state = HttpState {
+        config: Arc::new(config),
+        base_url: base_url.clone().into(),
+        profiles: live.clone(),
+        inventory: Arc::new(Inventory::default()),
+    };
+
+    let tracker = TaskTracker::new();
+    {
+        let (live, token) = (live.clone(), token.clone());
+        tracker.spawn(async move {
+            if let Err(e) = watch::run(live, token).await {
+                tracing::error!(error = %e, "hot reload disabled");
+            }
+        });
+    }
+    let app = http::router(state);
+    tracing::info!(base_url = %base_url, "listening for HTTP on {http_addr}");
+    let server_token = token.clone();
+    let server = tracker.spawn(async move {
+        axum::serve(bound.http, app)
+            .with_graceful_shutdown(server_token.cancelled_owned())
+            .await
+    });
+    tracker.close();
+
+    token.cancelled().await;
+    tracing::info!("shutting down");
+    if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("requests still in flight after {GRACE:?}; stopping anyway");
+        return Ok(());
+    }
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(AppError::Runtime(anyhow::Error::new(e).context("HTTP server failed"))),
+        Err(e) => Err(AppError::Runtime(anyhow::Error::new(e).context("HTTP server task failed"))),
+    }
+}
+
+fn warn_missing_dir(what: &str, path: &PathBuf) {
+    if !path.is_dir() {
+        tracing::warn!(path = %path.display(), "{what} directory does not exist; /{what}/ will answer 404");
+    }
+}

@@ -1,0 +1,332 @@
+//! `kindling.toml`: one file configures the whole daemon.
+//!
+//! Every section has a default, so an empty file is a valid config that serves HTTP on
+//! `127.0.0.1:8080` and runs no DHCP, TFTP or DNS. Unknown keys are errors (a typo must not
+//! silently leave a default in place), reported as `file:line: message`. Relative paths are
+//! relative to the directory of the config file, so a config and its profiles can move together.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::diag::{self, Diagnostic, Diagnostics};
+
+/// The whole configuration, as read from `kindling.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How machines reach Kindling.
+    pub server: ServerConfig,
+    /// Where profiles, assets, state and iPXE files live.
+    pub paths: PathsConfig,
+    /// The HTTP profile service.
+    pub http: HttpConfig,
+    /// Log output.
+    pub log: LogConfig,
+    /// DHCP / proxy-DHCP (off unless configured).
+    pub dhcp: DhcpConfig,
+    /// TFTP (off unless configured).
+    pub tftp: TftpConfig,
+    /// DNS (off unless configured).
+    pub dns: DnsConfig,
+    /// Wake-on-LAN.
+    pub wol: WolConfig,
+    /// The REST API.
+    pub api: ApiConfig,
+}
+
+/// `[server]`: the addresses machines are told to use.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The URL machines use to reach the HTTP service, e.g. `http://10.0.0.2:8080`. Put into
+    /// every iPXE script and Ignition URL. Default: `http://` + the HTTP listen address, which
+    /// must then be a specific address (not 0.0.0.0).
+    pub base_url: Option<String>,
+    /// The IPv4 address advertised as next-server / server identifier in DHCP and used by TFTP.
+    /// Default: the host of `base_url` when it is an IP address.
+    pub advertise_ip: Option<IpAddr>,
+}
+
+/// `[paths]`: every file Kindling reads or writes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Profile TOML files (`*.toml` at the top level) and their templates.
+    pub profiles: PathBuf,
+    /// Static files served under `/assets/` (kernels, initrds, images).
+    pub assets: PathBuf,
+    /// Durable state (leases, inventory).
+    pub state: PathBuf,
+    /// iPXE binaries served over TFTP and HTTP (Debian's `ipxe` package).
+    pub ipxe_binaries: PathBuf,
+    /// iPXE script templates (`boot.ipxe.j2`, `profile.ipxe.j2`).
+    pub ipxe_scripts: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            profiles: "profiles".into(),
+            assets: "assets".into(),
+            state: "state".into(),
+            ipxe_binaries: "/usr/lib/ipxe".into(),
+            ipxe_scripts: "ipxe".into(),
+        }
+    }
+}
+
+/// `[http]`: the profile service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address. Port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `kindling=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// DHCP operating mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// No DHCP at all (the safe default).
+    #[default]
+    Off,
+    /// Kindling is the LAN's DHCP server.
+    Full,
+    /// Another server gives addresses; Kindling gives boot information only.
+    Proxy,
+}
+
+/// `[dhcp]`: the DHCP service (implemented in a later release; the section is reserved).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhcpConfig {
+    /// `off`, `full` or `proxy`.
+    pub mode: DhcpMode,
+    /// The interfaces DHCP answers on; never all interfaces.
+    pub interfaces: Vec<String>,
+}
+
+/// `[tftp]`: the TFTP service (implemented in a later release; the section is reserved).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TftpConfig {
+    /// Whether to serve TFTP.
+    pub enabled: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig { enabled: false, listen: SocketAddr::from(([0, 0, 0, 0], 69)) }
+    }
+}
+
+/// `[dns]`: the DNS service (implemented in a later release; the section is reserved).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Whether to serve DNS.
+    pub enabled: bool,
+    /// Listen address (UDP and TCP).
+    pub listen: SocketAddr,
+    /// The zone Kindling is authoritative for, e.g. `lab.example`.
+    pub domain: Option<String>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 5353)), domain: None }
+    }
+}
+
+/// `[wol]`: Wake-on-LAN (implemented in a later release; the section is reserved).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WolConfig {
+    /// The interface magic packets leave from.
+    pub interface: Option<String>,
+}
+
+/// `[api]`: the REST API (implemented in a later release; the section is reserved).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer token required by mutating calls.
+    pub token: Option<String>,
+    /// A file holding the token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Whether reads need the token too.
+    pub read_requires_token: bool,
+}
+
+impl Config {
+    /// Read and validate `path`. Relative paths inside are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(path, None, format!("cannot read config: {e}"))])
+        })?;
+        Config::parse(path, &source)
+    }
+
+    /// Parse `source` (the text of `path`) and validate it.
+    pub fn parse(path: &Path, source: &str) -> Result<Config, Diagnostics> {
+        let mut config: Config =
+            toml::from_str(source).map_err(|e| Diagnostics(vec![diag::from_toml(path, source, &e)]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.paths.resolve(base);
+        if let Some(file) = &mut config.api.token_file {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        let mut errors = Vec::new();
+        let line_of_key = |key: &str| {
+            source
+                .lines()
+                .position(|l| l.trim_start().starts_with(key))
+                .map(|i| i + 1)
+        };
+        if let Some(url) = &config.server.base_url {
+            if let Err(msg) = check_base_url(url) {
+                errors.push(Diagnostic::new(path, line_of_key("base_url"), msg));
+            }
+        } else if config.http.listen.ip().is_unspecified() {
+            errors.push(Diagnostic::new(
+                path,
+                line_of_key("listen"),
+                "http.listen is a wildcard address: set server.base_url to the URL machines use",
+            ));
+        }
+        if config.dhcp.mode != DhcpMode::Off && config.dhcp.interfaces.is_empty() {
+            errors.push(Diagnostic::new(
+                path,
+                line_of_key("mode"),
+                "dhcp.mode is not \"off\" but dhcp.interfaces is empty: name the interfaces to serve",
+            ));
+        }
+        if errors.is_empty() { Ok(config) } else { Err(Diagnostics(errors)) }
+    }
+
+    /// The base URL machines use, given the address the HTTP service actually bound.
+    pub fn base_url(&self, bound: SocketAddr) -> String {
+        match &self.server.base_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+impl PathsConfig {
+    fn resolve(&mut self, base: &Path) {
+        for p in [
+            &mut self.profiles,
+            &mut self.assets,
+            &mut self.state,
+            &mut self.ipxe_binaries,
+            &mut self.ipxe_scripts,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
+/// iPXE (Debian's 2019 build) speaks plain HTTP only; a base URL must be `http://host[:port]`.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("server.base_url {url:?} must start with http:// (iPXE has no HTTPS)"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(format!("server.base_url {url:?} is not a plain http://host[:port][/path] URL"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, Diagnostics> {
+        Config::parse(Path::new("/etc/kindling/kindling.toml"), s)
+    }
+
+    #[test]
+    fn empty_config_is_valid_and_safe() {
+        let c = parse("").unwrap();
+        assert_eq!(c.dhcp.mode, DhcpMode::Off);
+        assert!(!c.tftp.enabled && !c.dns.enabled);
+        assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.paths.profiles, Path::new("/etc/kindling/profiles"));
+        assert_eq!(c.paths.ipxe_binaries, Path::new("/usr/lib/ipxe"));
+        assert_eq!(c.base_url("127.0.0.1:8080".parse().unwrap()), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line() {
+        let err = parse("[http]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/kindling/kindling.toml:3: unknown field `listen_port`"), "{text}");
+        let err = parse("[htp]\n").unwrap_err().to_string();
+        assert!(err.contains(":1: unknown field `htp`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let err = parse("[http]\nlisten = \"nonsense\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2:"), "{err}");
+        let err = parse("[server]\nbase_url = \"https://x\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2: server.base_url") && err.contains("no HTTPS"), "{err}");
+        let err = parse("[http]\nlisten = \"0.0.0.0:80\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2: http.listen is a wildcard"), "{err}");
+        let err = parse("[dhcp]\nmode = \"full\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2: dhcp.mode"), "{err}");
+        let err = parse("[dhcp]\nmode = \"on\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn absolute_paths_stay() {
+        let c = parse("[paths]\nassets = \"/srv/assets\"\n").unwrap();
+        assert_eq!(c.paths.assets, Path::new("/srv/assets"));
+        let c = parse("[server]\nbase_url = \"http://10.0.0.2:8080/\"\n").unwrap();
+        assert_eq!(c.base_url("0.0.0.0:1".parse().unwrap()), "http://10.0.0.2:8080");
+    }
+}

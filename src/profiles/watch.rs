@@ -1,0 +1,172 @@
+//! Hot reload: the live profile set, swapped whole when the profiles or iPXE script
+//! directories change.
+//!
+//! Watches the *directories*, recursively (editors save by writing a temporary file and
+//! renaming it over the old one; Kubernetes ConfigMaps swap a `..data` symlink), debounces
+//! bursts of events, re-loads everything, and swaps the new [`ProfileSet`] in atomically.
+//! A set that fails to load is not served: the last good one stays, and the error is logged
+//! and kept in [`ReloadStatus`] for `/healthz`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{EventKind, RecursiveMode};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{ProfileSet, Sources};
+use crate::diag::Diagnostics;
+
+/// How long a burst of file events must be quiet before reloading.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The outcome of the last (re)load, for `/healthz` and the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// Successful loads so far (1 after start-up).
+    pub generation: u64,
+    /// When the set being served was loaded.
+    #[serde(with = "crate::time_fmt")]
+    pub loaded_at: SystemTime,
+    /// Profiles in the set being served.
+    pub profiles: usize,
+    /// Machine entries in the set being served.
+    pub machines: usize,
+    /// The errors of the last failed reload, if it failed after the set being served loaded.
+    pub last_error: Option<Vec<String>>,
+    /// When that reload failed.
+    #[serde(with = "crate::time_fmt::option")]
+    pub last_error_at: Option<SystemTime>,
+}
+
+/// The profile set being served, and how it got there.
+#[derive(Debug)]
+pub struct Live {
+    /// Where profiles are loaded from.
+    pub sources: Sources,
+    /// Base URL used for the test renders of a reload.
+    pub base_url: String,
+    /// Swapped whole on reload; readers take a cheap snapshot per request.
+    current: ArcSwap<ProfileSet>,
+    /// A std mutex: held for a copy or an update, never across `.await`.
+    status: Mutex<ReloadStatus>,
+}
+
+impl Live {
+    /// Serve `set`, loaded from `sources`.
+    pub fn new(sources: Sources, base_url: String, set: ProfileSet) -> Live {
+        let status = ReloadStatus {
+            generation: 1,
+            loaded_at: set.loaded_at,
+            profiles: set.profiles.len(),
+            machines: set.machines.len(),
+            last_error: None,
+            last_error_at: None,
+        };
+        Live { sources, base_url, current: ArcSwap::from_pointee(set), status: Mutex::new(status) }
+    }
+
+    /// The set to serve this request from.
+    pub fn current(&self) -> Arc<ProfileSet> {
+        self.current.load_full()
+    }
+
+    /// The outcome of the last reload.
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Load everything again (blocking: file I/O and test renders). On success the new set is
+    /// served; on failure the old one stays and the errors are recorded and returned.
+    pub fn reload(&self) -> Result<(), Diagnostics> {
+        let result = ProfileSet::load(&self.sources, &self.base_url);
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(set) => {
+                status.generation += 1;
+                status.loaded_at = set.loaded_at;
+                status.profiles = set.profiles.len();
+                status.machines = set.machines.len();
+                status.last_error = None;
+                status.last_error_at = None;
+                self.current.store(Arc::new(set));
+                Ok(())
+            }
+            Err(errors) => {
+                status.last_error = Some(errors.0.iter().map(|d| d.to_string()).collect());
+                status.last_error_at = Some(SystemTime::now());
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Why watching could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {path}: {source}")]
+pub struct WatchError {
+    path: String,
+    source: notify::Error,
+}
+
+/// Reload `live` whenever its directories change, until `token` is cancelled.
+pub async fn run(live: Arc<Live>, token: CancellationToken) -> Result<(), WatchError> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        DEBOUNCE,
+        None,
+        move |res: notify_debouncer_full::DebounceEventResult| match res {
+            Ok(events) => {
+                // Reading the files ourselves produces access events: ignore them, or every
+                // reload would trigger the next.
+                if events.iter().any(|e| !matches!(e.kind, EventKind::Access(_))) {
+                    let _ = tx.send(());
+                }
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "profile watcher error");
+                }
+            }
+        },
+    )
+    .map_err(|source| WatchError { path: "profiles".into(), source })?;
+    for dir in [&live.sources.profiles, &live.sources.scripts] {
+        if !dir.exists() {
+            continue;
+        }
+        debouncer
+            .watch(dir, RecursiveMode::Recursive)
+            .map_err(|source| WatchError { path: dir.display().to_string(), source })?;
+        tracing::debug!(path = %dir.display(), "watching for profile changes");
+    }
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            got = rx.recv() => {
+                if got.is_none() {
+                    break;
+                }
+                // Coalesce anything that queued up while the last reload ran.
+                while rx.try_recv().is_ok() {}
+                let l = live.clone();
+                match tokio::task::spawn_blocking(move || l.reload()).await {
+                    Ok(Ok(())) => {
+                        let s = live.status();
+                        tracing::info!(generation = s.generation, profiles = s.profiles, machines = s.machines, "profiles reloaded");
+                    }
+                    Ok(Err(errors)) => {
+                        for d in &errors.0 {
+                            tracing::error!(error = %d, "profile reload failed; still serving the last good profiles");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "profile reload task failed"),
+                }
+            }
+        }
+    }
+    drop(debouncer);
+    Ok(())
+}
