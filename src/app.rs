@@ -39,7 +39,10 @@ pub enum AppError {
 
 /// Where profiles come from, per the config.
 pub fn sources(config: &Config) -> Sources {
-    Sources { profiles: config.paths.profiles.clone(), scripts: config.paths.ipxe_scripts.clone() }
+    Sources {
+        profiles: config.paths.profiles.clone(),
+        scripts: config.paths.ipxe_scripts.clone(),
+    }
 }
 
 /// The base URL when nothing is bound yet (`check`, `render`): the configured one or the
@@ -66,7 +69,9 @@ impl Bound {
 
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.http
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 }
 
@@ -125,8 +130,12 @@ pub async fn run(config: Config, bound: Bound, token: CancellationToken) -> Resu
     }
     match server.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(AppError::Runtime(anyhow::Error::new(e).context("HTTP server failed"))),
-        Err(e) => Err(AppError::Runtime(anyhow::Error::new(e).context("HTTP server task failed"))),
+        Ok(Err(e)) => Err(AppError::Runtime(
+            anyhow::Error::new(e).context("HTTP server failed"),
+        )),
+        Err(e) => Err(AppError::Runtime(
+            anyhow::Error::new(e).context("HTTP server task failed"),
+        )),
     }
 }
 

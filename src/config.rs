@@ -87,7 +87,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
     }
 }
 
@@ -114,7 +116,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -153,7 +158,10 @@ pub struct TftpConfig {
 
 impl Default for TftpConfig {
     fn default() -> Self {
-        TftpConfig { enabled: false, listen: SocketAddr::from(([0, 0, 0, 0], 69)) }
+        TftpConfig {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 69)),
+        }
     }
 }
 
@@ -171,7 +179,11 @@ pub struct DnsConfig {
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 5353)), domain: None }
+        DnsConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5353)),
+            domain: None,
+        }
     }
 }
 
@@ -199,15 +211,19 @@ impl Config {
     /// Read and validate `path`. Relative paths inside are resolved against its directory.
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let source = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic::new(path, None, format!("cannot read config: {e}"))])
+            Diagnostics(vec![Diagnostic::new(
+                path,
+                None,
+                format!("cannot read config: {e}"),
+            )])
         })?;
         Config::parse(path, &source)
     }
 
     /// Parse `source` (the text of `path`) and validate it.
     pub fn parse(path: &Path, source: &str) -> Result<Config, Diagnostics> {
-        let mut config: Config =
-            toml::from_str(source).map_err(|e| Diagnostics(vec![diag::from_toml(path, source, &e)]))?;
+        let mut config: Config = toml::from_str(source)
+            .map_err(|e| Diagnostics(vec![diag::from_toml(path, source, &e)]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.paths.resolve(base);
         if let Some(file) = &mut config.api.token_file {
@@ -240,7 +256,11 @@ impl Config {
                 "dhcp.mode is not \"off\" but dhcp.interfaces is empty: name the interfaces to serve",
             ));
         }
-        if errors.is_empty() { Ok(config) } else { Err(Diagnostics(errors)) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(Diagnostics(errors))
+        }
     }
 
     /// The base URL machines use, given the address the HTTP service actually bound.
@@ -270,12 +290,14 @@ impl PathsConfig {
 
 /// iPXE (Debian's 2019 build) speaks plain HTTP only; a base URL must be `http://host[:port]`.
 fn check_base_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("server.base_url {url:?} must start with http:// (iPXE has no HTTPS)"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("server.base_url {url:?} must start with http:// (iPXE has no HTTPS)")
+    })?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || rest.contains(['?', '#', ' ']) {
-        return Err(format!("server.base_url {url:?} is not a plain http://host[:port][/path] URL"));
+        return Err(format!(
+            "server.base_url {url:?} is not a plain http://host[:port][/path] URL"
+        ));
     }
     Ok(())
 }
@@ -296,25 +318,40 @@ mod tests {
         assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.paths.profiles, Path::new("/etc/kindling/profiles"));
         assert_eq!(c.paths.ipxe_binaries, Path::new("/usr/lib/ipxe"));
-        assert_eq!(c.base_url("127.0.0.1:8080".parse().unwrap()), "http://127.0.0.1:8080");
+        assert_eq!(
+            c.base_url("127.0.0.1:8080".parse().unwrap()),
+            "http://127.0.0.1:8080"
+        );
     }
 
     #[test]
     fn unknown_keys_are_errors_with_line() {
         let err = parse("[http]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("/etc/kindling/kindling.toml:3: unknown field `listen_port`"), "{text}");
+        assert!(
+            text.starts_with("/etc/kindling/kindling.toml:3: unknown field `listen_port`"),
+            "{text}"
+        );
         let err = parse("[htp]\n").unwrap_err().to_string();
         assert!(err.contains(":1: unknown field `htp`"), "{err}");
     }
 
     #[test]
     fn bad_values_are_errors() {
-        let err = parse("[http]\nlisten = \"nonsense\"\n").unwrap_err().to_string();
+        let err = parse("[http]\nlisten = \"nonsense\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":2:"), "{err}");
-        let err = parse("[server]\nbase_url = \"https://x\"\n").unwrap_err().to_string();
-        assert!(err.contains(":2: server.base_url") && err.contains("no HTTPS"), "{err}");
-        let err = parse("[http]\nlisten = \"0.0.0.0:80\"\n").unwrap_err().to_string();
+        let err = parse("[server]\nbase_url = \"https://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":2: server.base_url") && err.contains("no HTTPS"),
+            "{err}"
+        );
+        let err = parse("[http]\nlisten = \"0.0.0.0:80\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":2: http.listen is a wildcard"), "{err}");
         let err = parse("[dhcp]\nmode = \"full\"\n").unwrap_err().to_string();
         assert!(err.contains(":2: dhcp.mode"), "{err}");
@@ -327,6 +364,9 @@ mod tests {
         let c = parse("[paths]\nassets = \"/srv/assets\"\n").unwrap();
         assert_eq!(c.paths.assets, Path::new("/srv/assets"));
         let c = parse("[server]\nbase_url = \"http://10.0.0.2:8080/\"\n").unwrap();
-        assert_eq!(c.base_url("0.0.0.0:1".parse().unwrap()), "http://10.0.0.2:8080");
+        assert_eq!(
+            c.base_url("0.0.0.0:1".parse().unwrap()),
+            "http://10.0.0.2:8080"
+        );
     }
 }

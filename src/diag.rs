@@ -21,7 +21,11 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A problem at `path:line`.
     pub fn new(path: impl Into<PathBuf>, line: Option<usize>, message: impl Into<String>) -> Self {
-        Diagnostic { path: path.into(), line, message: message.into() }
+        Diagnostic {
+            path: path.into(),
+            line,
+            message: message.into(),
+        }
     }
 
     /// A problem at the byte offset `offset` of `source` (the text of `path`).
@@ -60,7 +64,11 @@ impl std::error::Error for Diagnostics {}
 /// The 1-based line holding byte `offset` of `source`.
 pub fn line_of(source: &str, offset: usize) -> usize {
     let end = offset.min(source.len());
-    source.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    source.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Turn a TOML error (parse or deserialize) into a diagnostic at its line.

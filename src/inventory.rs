@@ -97,12 +97,19 @@ impl Inventory {
 
     /// A copy of one machine's record.
     pub fn get(&self, mac: MacAddr) -> Option<Record> {
-        self.machines.lock().unwrap_or_else(|e| e.into_inner()).get(&mac).cloned()
+        self.machines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&mac)
+            .cloned()
     }
 
     /// How many machines are known.
     pub fn len(&self) -> usize {
-        self.machines.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.machines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Whether no machine is known.
@@ -138,7 +145,10 @@ mod tests {
         assert!(later.labels.is_empty(), "labels are per request");
         let mut changed = Facts::from_mac(mac);
         changed.arch = Some("arm64".into());
-        assert_eq!(inv.observe(changed, SystemTime::now()).arch.as_deref(), Some("arm64"));
+        assert_eq!(
+            inv.observe(changed, SystemTime::now()).arch.as_deref(),
+            Some("arm64")
+        );
         assert_eq!(inv.get(mac).unwrap().hardware["serial"], "S1");
     }
 
@@ -149,9 +159,15 @@ mod tests {
         for i in 0..(MAX_MACHINES as u32 + 10) {
             let b = i.to_be_bytes();
             let mac = MacAddr([2, 0, b[0], b[1], b[2], b[3]]);
-            inv.observe(Facts::from_mac(mac), t0 + std::time::Duration::from_secs(u64::from(i)));
+            inv.observe(
+                Facts::from_mac(mac),
+                t0 + std::time::Duration::from_secs(u64::from(i)),
+            );
         }
         assert_eq!(inv.len(), MAX_MACHINES);
-        assert!(inv.get(MacAddr([2, 0, 0, 0, 0, 0])).is_none(), "oldest evicted");
+        assert!(
+            inv.get(MacAddr([2, 0, 0, 0, 0, 0])).is_none(),
+            "oldest evicted"
+        );
     }
 }

@@ -74,7 +74,9 @@ impl FromStr for MacAddr {
         let mut bytes = [0u8; 6];
         parse_bytes(s, &mut bytes)
             .map(|()| MacAddr(bytes))
-            .ok_or_else(|| MacParseError { input: s.to_string() })
+            .ok_or_else(|| MacParseError {
+                input: s.to_string(),
+            })
     }
 }
 
@@ -132,7 +134,9 @@ impl FromStr for MacPrefix {
     type Err = MacParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError { input: s.to_string() };
+        let err = || MacParseError {
+            input: s.to_string(),
+        };
         let sep = if s.contains('-') { '-' } else { ':' };
         let len = s.trim().split(sep).count();
         if !(1..=5).contains(&len) {
@@ -197,8 +201,18 @@ mod tests {
     #[test]
     fn prefixes() {
         let p: MacPrefix = "52:54:00".parse().unwrap();
-        assert!("52:54:00:01:02:03".parse::<MacAddr>().unwrap().has_prefix(&p));
-        assert!(!"52:54:01:01:02:03".parse::<MacAddr>().unwrap().has_prefix(&p));
+        assert!(
+            "52:54:00:01:02:03"
+                .parse::<MacAddr>()
+                .unwrap()
+                .has_prefix(&p)
+        );
+        assert!(
+            !"52:54:01:01:02:03"
+                .parse::<MacAddr>()
+                .unwrap()
+                .has_prefix(&p)
+        );
         assert!(p.overlaps(&"52:54".parse().unwrap()));
         assert!(!p.overlaps(&"52:55".parse().unwrap()));
         assert!("52:54:00:01:02:03".parse::<MacPrefix>().is_err());

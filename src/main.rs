@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "kindling", version, about = "Bare-metal boot provisioning: DHCP, TFTP, DNS, HTTP profiles and Wake-on-LAN in one daemon")]
+#[command(
+    name = "kindling",
+    version,
+    about = "Bare-metal boot provisioning: DHCP, TFTP, DNS, HTTP profiles and Wake-on-LAN in one daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,7 +87,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Check { config } => check(&config),
-        Command::Render { config, mac, arch, platform, uuid, labels, what, name } => {
+        Command::Render {
+            config,
+            mac,
+            arch,
+            platform,
+            uuid,
+            labels,
+            what,
+            name,
+        } => {
             let mut facts = Facts::from_mac(mac);
             facts.arch = arch;
             facts.platform = platform;
@@ -113,7 +126,9 @@ fn init_tracing(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -145,7 +160,10 @@ fn serve(path: &PathBuf) -> ExitCode {
             for d in &errors.0 {
                 tracing::error!("{d}");
             }
-            eprintln!("kindling: not starting: {} error(s) in the profiles", errors.0.len());
+            eprintln!(
+                "kindling: not starting: {} error(s) in the profiles",
+                errors.0.len()
+            );
             ExitCode::from(EXIT_CONFIG)
         }
         Err(AppError::Runtime(e)) => {
@@ -180,7 +198,10 @@ fn check(path: &PathBuf) -> ExitCode {
     };
     match ProfileSet::load(&app::sources(&config), &app::offline_base_url(&config)) {
         Ok(set) => {
-            let default = set.default.map(|d| set.profiles[d].name.as_str()).unwrap_or("none");
+            let default = set
+                .default
+                .map(|d| set.profiles[d].name.as_str())
+                .unwrap_or("none");
             println!(
                 "ok: {} profiles, {} machines, {} selectors, default profile: {default}",
                 set.profiles.len(),
@@ -211,7 +232,10 @@ fn render(path: &PathBuf, facts: Facts, what: What) -> ExitCode {
         }
     };
     let Some(m) = set.select(&facts) else {
-        eprintln!("kindling: no profile for machine {} and no default profile", facts.mac);
+        eprintln!(
+            "kindling: no profile for machine {} and no default profile",
+            facts.mac
+        );
         return ExitCode::FAILURE;
     };
     eprintln!("# profile {:?}: {}", m.profile.name, m.reason);

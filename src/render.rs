@@ -84,7 +84,10 @@ pub(crate) fn to_value<T: serde::Serialize>(v: T) -> Value {
 }
 
 /// Turn a minijinja error into a diagnostic at the template's file and line.
-pub(crate) fn diagnostic(origins: &HashMap<String, Location>, err: &minijinja::Error) -> Diagnostic {
+pub(crate) fn diagnostic(
+    origins: &HashMap<String, Location>,
+    err: &minijinja::Error,
+) -> Diagnostic {
     let name = err.name().unwrap_or("<template>");
     let (path, line) = match origins.get(name) {
         Some(loc) => (loc.path.clone(), loc.line + err.line().unwrap_or(1) - 1),
@@ -94,9 +97,20 @@ pub(crate) fn diagnostic(origins: &HashMap<String, Location>, err: &minijinja::E
     if let Some(detail) = err.detail() {
         msg = format!("{msg}: {detail}");
     }
-    if let (Some(src), Some(range)) = (err.template_source(), err.range()) {
-        if let Some(snippet) = src.get(range) {
-            msg = format!("{msg} in `{}`", snippet.trim());
+    // Quote the template line: the error's own range is often just a filter name.
+    if let (Some(src), Some(n)) = (err.template_source(), err.line()) {
+        if let Some(text) = src
+            .lines()
+            .nth(n.saturating_sub(1))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            let text: String = if text.chars().count() > 160 {
+                text.chars().take(157).chain("...".chars()).collect()
+            } else {
+                text.to_string()
+            };
+            msg = format!("{msg} in `{text}`");
         }
     }
     Diagnostic::new(path, Some(line), msg)
@@ -129,7 +143,11 @@ pub fn context(
     if let Some(ip) = machine.and_then(|m| m.ip) {
         ctx.insert("ip".into(), ip.to_string().into());
     }
-    if let Some(uuid) = facts.uuid.clone().or_else(|| machine.and_then(|m| m.uuid.clone())) {
+    if let Some(uuid) = facts
+        .uuid
+        .clone()
+        .or_else(|| machine.and_then(|m| m.uuid.clone()))
+    {
         ctx.insert("uuid".into(), uuid.into());
     }
     if let Some(arch) = &facts.arch {
@@ -154,9 +172,17 @@ fn asset_url(base_url: &str, s: &str) -> String {
 }
 
 impl ProfileSet {
-    fn render_named(&self, name: &str, ctx: &BTreeMap<String, Value>) -> Result<String, RenderError> {
-        let tmpl = self.env.get_template(name).map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))?;
-        tmpl.render(ctx).map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))
+    fn render_named(
+        &self,
+        name: &str,
+        ctx: &BTreeMap<String, Value>,
+    ) -> Result<String, RenderError> {
+        let tmpl = self
+            .env
+            .get_template(name)
+            .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))?;
+        tmpl.render(ctx)
+            .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))
     }
 
     /// The chain script every iPXE client fetches first (`/boot.ipxe`).
@@ -207,21 +233,36 @@ impl ProfileSet {
                 ctx.insert("initrd_names".into(), crate::render::to_value(&names));
                 ctx.insert("args".into(), crate::render::to_value(&args));
                 let body = self.render_named(&boot.script, &ctx)?;
-                Ok(Rendered { body, content_type: "text/plain; charset=utf-8" })
+                Ok(Rendered {
+                    body,
+                    content_type: "text/plain; charset=utf-8",
+                })
             }
             What::Ignition => {
-                let name = profile.ignition.as_ref().ok_or_else(|| RenderError::Missing {
-                    profile: profile.name.clone(),
-                    what: "ignition".into(),
-                })?;
+                let name = profile
+                    .ignition
+                    .as_ref()
+                    .ok_or_else(|| RenderError::Missing {
+                        profile: profile.name.clone(),
+                        what: "ignition".into(),
+                    })?;
                 let body = self.render_named(name, &ctx)?;
                 validate_ignition(&body).map_err(|message| RenderError::InvalidIgnition {
-                    template: self.origins.get(name).map_or(name.clone(), |l| l.path.display().to_string()),
+                    template: self
+                        .origins
+                        .get(name)
+                        .map_or(name.clone(), |l| l.path.display().to_string()),
                     message,
                 })?;
-                Ok(Rendered { body, content_type: "application/vnd.coreos.ignition+json" })
+                Ok(Rendered {
+                    body,
+                    content_type: "application/vnd.coreos.ignition+json",
+                })
             }
-            What::Metadata => Ok(Rendered { body: metadata(&ctx), content_type: "text/plain; charset=utf-8" }),
+            What::Metadata => Ok(Rendered {
+                body: metadata(&ctx),
+                content_type: "text/plain; charset=utf-8",
+            }),
             What::Generic(wanted) => {
                 let name = match wanted {
                     Some(n) => profile.generic.get(n),
@@ -235,12 +276,20 @@ impl ProfileSet {
                         None if profile.generic.is_empty() => "generic".into(),
                         None => format!(
                             "default generic (it has {}: pass name=...)",
-                            profile.generic.keys().cloned().collect::<Vec<_>>().join(", ")
+                            profile
+                                .generic
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     },
                 })?;
                 let body = self.render_named(name, &ctx)?;
-                Ok(Rendered { body, content_type: "text/plain; charset=utf-8" })
+                Ok(Rendered {
+                    body,
+                    content_type: "text/plain; charset=utf-8",
+                })
             }
         }
     }
@@ -277,7 +326,13 @@ fn metadata(ctx: &BTreeMap<String, Value>) -> String {
         walk(&k.to_ascii_uppercase(), v, &mut out);
     }
     out.into_iter()
-        .map(|(k, v)| format!("{}={}\n", k.replace(['-', '.'], "_"), v.replace('\n', "\\n")))
+        .map(|(k, v)| {
+            format!(
+                "{}={}\n",
+                k.replace(['-', '.'], "_"),
+                v.replace('\n', "\\n")
+            )
+        })
         .collect()
 }
 
@@ -292,12 +347,17 @@ pub fn validate_ignition(text: &str) -> Result<(), String> {
         .as_str()
         .ok_or("ignition.version is not a string")?;
     if !version.starts_with("3.") {
-        return Err(format!("ignition.version {version:?} is not a 3.x spec version"));
+        return Err(format!(
+            "ignition.version {version:?} is not a 3.x spec version"
+        ));
     }
     let (_, warnings) = ignition_config::Config::parse_str(text).map_err(|e| e.to_string())?;
     if !warnings.is_empty() {
         let keys: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-        return Err(format!("not part of Ignition spec {version}: {}", keys.join(", ")));
+        return Err(format!(
+            "not part of Ignition spec {version}: {}",
+            keys.join(", ")
+        ));
     }
     Ok(())
 }
@@ -334,7 +394,12 @@ pub(crate) fn check_all(set: &ProfileSet, base_url: &str) -> Vec<Diagnostic> {
         if profile.ignition.is_some() {
             whats.push(What::Ignition);
         }
-        whats.extend(profile.generic.keys().map(|k| What::Generic(Some(k.clone()))));
+        whats.extend(
+            profile
+                .generic
+                .keys()
+                .map(|k| What::Generic(Some(k.clone()))),
+        );
         for (facts, machine) in &cases {
             for what in &whats {
                 let err = match set.render(profile, *machine, facts, base_url, what) {
@@ -343,7 +408,13 @@ pub(crate) fn check_all(set: &ProfileSet, base_url: &str) -> Vec<Diagnostic> {
                     Err(e @ RenderError::InvalidIgnition { .. }) => {
                         let path = profile.ignition.as_ref().and_then(|n| set.origins.get(n));
                         let path = path.map_or(profile.path.clone(), |l| l.path.clone());
-                        Diagnostic::new(path, None, e.to_string().split_once(": ").map_or(e.to_string(), |x| x.1.to_string()))
+                        Diagnostic::new(
+                            path,
+                            None,
+                            e.to_string()
+                                .split_once(": ")
+                                .map_or(e.to_string(), |x| x.1.to_string()),
+                        )
                     }
                     Err(e) => Diagnostic::new(&profile.path, None, e.to_string()),
                 };
@@ -357,7 +428,12 @@ pub(crate) fn check_all(set: &ProfileSet, base_url: &str) -> Vec<Diagnostic> {
                     errors.push(Diagnostic::new(
                         err.path,
                         err.line,
-                        format!("{} [rendering {} of profile {:?} for {who}]", err.message, what.label(), profile.name),
+                        format!(
+                            "{} [rendering {} of profile {:?} for {who}]",
+                            err.message,
+                            what.label(),
+                            profile.name
+                        ),
                     ));
                 }
             }
@@ -388,7 +464,9 @@ mod tests {
     #[test]
     fn ignition_validation() {
         assert!(validate_ignition(r#"{"ignition":{"version":"3.4.0"}}"#).is_ok());
-        assert!(validate_ignition(r#"{"ignition":{"version":"3.0.0"},"systemd":{"units":[]}}"#).is_ok());
+        assert!(
+            validate_ignition(r#"{"ignition":{"version":"3.0.0"},"systemd":{"units":[]}}"#).is_ok()
+        );
         let e = validate_ignition(r#"{"ignition":{"version":"3.4.0"},"sytemd":{}}"#).unwrap_err();
         assert!(e.contains("sytemd"), "{e}");
         let e = validate_ignition(r#"{"ignition":{"version":"2.2.0"}}"#).unwrap_err();
@@ -399,8 +477,10 @@ mod tests {
         assert!(e.contains("not JSON") && e.contains("line 3"), "{e}");
         let e = validate_ignition(r#"{"ignition":{"version":"3.99.0"}}"#).unwrap_err();
         assert!(e.contains("unsupported"), "{e}");
-        let e = validate_ignition(r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":1}]}}"#)
-            .unwrap_err();
+        let e = validate_ignition(
+            r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":1}]}}"#,
+        )
+        .unwrap_err();
         assert!(e.contains("invalid type"), "{e}");
     }
 
@@ -408,15 +488,27 @@ mod tests {
     fn metadata_is_flat_key_value() {
         let mut ctx = BTreeMap::new();
         ctx.insert("mac".to_string(), Value::from("52:54:00:00:00:01"));
-        ctx.insert("k8s".to_string(), crate::render::to_value(serde_json::json!({"version": "1.31", "ha": true})));
-        ctx.insert("query".to_string(), crate::render::to_value(serde_json::json!({"x": "y"})));
-        assert_eq!(metadata(&ctx), "K8S_HA=true\nK8S_VERSION=1.31\nMAC=52:54:00:00:00:01\n");
+        ctx.insert(
+            "k8s".to_string(),
+            crate::render::to_value(serde_json::json!({"version": "1.31", "ha": true})),
+        );
+        ctx.insert(
+            "query".to_string(),
+            crate::render::to_value(serde_json::json!({"x": "y"})),
+        );
+        assert_eq!(
+            metadata(&ctx),
+            "K8S_HA=true\nK8S_VERSION=1.31\nMAC=52:54:00:00:00:01\n"
+        );
     }
 
     #[test]
     fn asset_urls() {
         let b = "http://10.0.0.2:8080";
-        assert_eq!(asset_url(b, "fcos/kernel"), "http://10.0.0.2:8080/assets/fcos/kernel");
+        assert_eq!(
+            asset_url(b, "fcos/kernel"),
+            "http://10.0.0.2:8080/assets/fcos/kernel"
+        );
         assert_eq!(asset_url(b, "/assets/k"), "http://10.0.0.2:8080/assets/k");
         assert_eq!(asset_url(b, "http://mirror/k"), "http://mirror/k");
     }

@@ -65,7 +65,12 @@ pub struct HttpError {
 
 impl HttpError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        HttpError { status, message: message.into(), mac: None, profile: None }
+        HttpError {
+            status,
+            message: message.into(),
+            mac: None,
+            profile: None,
+        }
     }
 
     fn for_machine(mut self, mac: MacAddr, profile: Option<&str>) -> Self {
@@ -102,7 +107,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/ipxe", get(|s, q| machine_doc(s, q, What::Ipxe)))
         .route("/ignition", get(|s, q| machine_doc(s, q, What::Ignition)))
         .route("/metadata", get(|s, q| machine_doc(s, q, What::Metadata)))
-        .route("/generic", get(|s, q| machine_doc(s, q, What::Generic(None))))
+        .route(
+            "/generic",
+            get(|s, q| machine_doc(s, q, What::Generic(None))),
+        )
         .route("/generic/{name}", get(generic_named))
         .route("/healthz", get(healthz))
         .nest_service("/assets", assets)
@@ -117,7 +125,10 @@ async fn boot_ipxe(State(st): State<HttpState>) -> Result<Response, HttpError> {
         .render_boot_script(&st.base_url)
         .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut resp = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
-    resp.extensions_mut().insert(Outcome { served: "boot.ipxe".into(), ..Default::default() });
+    resp.extensions_mut().insert(Outcome {
+        served: "boot.ipxe".into(),
+        ..Default::default()
+    });
     Ok(resp)
 }
 
@@ -156,8 +167,12 @@ async fn machine_doc(
             st.inventory.served(mac, profile, &what.label());
             tracing::debug!(%mac, profile, reason = %m.reason, "profile chosen");
             let mut resp = doc.body.into_response();
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(doc.content_type));
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(doc.content_type),
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp.extensions_mut().insert(Outcome {
                 mac: Some(mac),
                 profile: Some(profile.to_string()),
@@ -166,11 +181,15 @@ async fn machine_doc(
             Ok(resp)
         }
         Err(e @ RenderError::Missing { .. }) => {
-            Err(HttpError::new(StatusCode::NOT_FOUND, e.to_string()).for_machine(mac, Some(profile)))
+            Err(HttpError::new(StatusCode::NOT_FOUND, e.to_string())
+                .for_machine(mac, Some(profile)))
         }
         Err(e) => Err(HttpError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot render {} for {mac} (profile {profile:?}): {e}", what.label()),
+            format!(
+                "cannot render {} for {mac} (profile {profile:?}): {e}",
+                what.label()
+            ),
         )
         .for_machine(mac, Some(profile))),
     }
@@ -178,7 +197,11 @@ async fn machine_doc(
 
 async fn healthz(State(st): State<HttpState>) -> Response {
     let status = st.profiles.status();
-    let state = if status.last_error.is_some() { "degraded" } else { "ok" };
+    let state = if status.last_error.is_some() {
+        "degraded"
+    } else {
+        "ok"
+    };
     let mut resp = Json(json!({
         "status": state,
         "version": env!("CARGO_PKG_VERSION"),
@@ -187,7 +210,10 @@ async fn healthz(State(st): State<HttpState>) -> Response {
         "profiles": status,
     }))
     .into_response();
-    resp.extensions_mut().insert(Outcome { served: "healthz".into(), ..Default::default() });
+    resp.extensions_mut().insert(Outcome {
+        served: "healthz".into(),
+        ..Default::default()
+    });
     resp
 }
 
@@ -198,10 +224,18 @@ async fn log_request(req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
-    let outcome = resp.extensions().get::<Outcome>().cloned().unwrap_or_else(|| Outcome {
-        served: if path.starts_with("/assets/") { "asset".into() } else { String::new() },
-        ..Default::default()
-    });
+    let outcome = resp
+        .extensions()
+        .get::<Outcome>()
+        .cloned()
+        .unwrap_or_else(|| Outcome {
+            served: if path.starts_with("/assets/") {
+                "asset".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        });
     let mac = outcome.mac.map(|m| m.to_string());
     let mac = mac.as_deref().unwrap_or("-");
     let profile = outcome.profile.as_deref().unwrap_or("-");
@@ -214,9 +248,15 @@ async fn log_request(req: Request, next: Next) -> Response {
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let served = outcome.served;
     match status {
-        500.. => tracing::error!(%method, %path, status, mac, profile, served, bytes, ms, "http request"),
-        400..=499 => tracing::warn!(%method, %path, status, mac, profile, served, bytes, ms, "http request"),
-        _ => tracing::info!(%method, %path, status, mac, profile, served, bytes, ms, "http request"),
+        500.. => {
+            tracing::error!(%method, %path, status, mac, profile, served, bytes, ms, "http request")
+        }
+        400..=499 => {
+            tracing::warn!(%method, %path, status, mac, profile, served, bytes, ms, "http request")
+        }
+        _ => {
+            tracing::info!(%method, %path, status, mac, profile, served, bytes, ms, "http request")
+        }
     }
     resp
 }

@@ -1,1 +1,262 @@
+//! The router driven with `oneshot`: no socket, real handlers.
 
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use tower::ServiceExt;
+
+use super::*;
+use crate::profiles::{ProfileSet, Sources};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    state: HttpState,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let write = |rel: &str, text: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        "profiles/node.toml",
+        "ignition = \"n.ign.j2\"\n[generic]\nuser-data = \"ud.j2\"\n[boot]\nkernel = \"os/vmlinuz\"\n\
+         [[machine]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"n1\"\n",
+    );
+    write(
+        "profiles/n.ign.j2",
+        "{\"ignition\": {\"version\": \"3.4.0\"}}",
+    );
+    write(
+        "profiles/ud.j2",
+        "#cloud-config\nhostname: {{ hostname }}\n",
+    );
+    // Valid at load time (no machine asks for os=broken then), invalid when one does.
+    write(
+        "profiles/broken.toml",
+        "ignition = \"b.ign.j2\"\n[boot]\nkernel = \"k\"\n[[select]]\nmac_prefix = \"52:54:99\"\n",
+    );
+    write(
+        "profiles/b.ign.j2",
+        "{\"ignition\": {\"version\": \"{{ '2.2.0' if query.os is defined and query.os == 'old' else '3.4.0' }}\"}}",
+    );
+    write("assets/os/vmlinuz", &"0123456789".repeat(100));
+    write("secret.txt", "do not serve");
+    let config = crate::config::Config::parse(&root.join("kindling.toml"), "").unwrap();
+    let sources = Sources {
+        profiles: root.join("profiles"),
+        scripts: Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe"),
+    };
+    let base = "http://10.0.0.2:8080".to_string();
+    let set = ProfileSet::load(&sources, &base).unwrap_or_else(|e| panic!("{e}"));
+    let state = HttpState {
+        config: Arc::new(config),
+        base_url: base.clone().into(),
+        profiles: Arc::new(Live::new(sources, base, set)),
+        inventory: Arc::new(Inventory::default()),
+    };
+    Fixture { _dir: dir, state }
+}
+
+async fn get(f: &Fixture, uri: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    request(f, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn request(f: &Fixture, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let resp = router(f.state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn boot_ipxe_chains_to_ipxe_with_every_fact() {
+    let f = fixture();
+    let (status, _, body) = get(&f, "/boot.ipxe").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("#!ipxe\n"), "{body}");
+    for fact in [
+        "mac=${mac:hexhyp}",
+        "uuid=${uuid}",
+        "arch=${buildarch}",
+        "platform=${platform}",
+        "hostname=",
+        "serial=",
+        "manufacturer=",
+        "product=",
+        "memory=",
+    ] {
+        assert!(body.contains(fact), "missing {fact} in {body}");
+    }
+    assert!(
+        body.contains("chain --autofree http://10.0.0.2:8080/ipxe?"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn ipxe_script_per_mac_in_any_spelling() {
+    let f = fixture();
+    for mac in [
+        "52:54:00:00:00:01",
+        "52-54-00-00-00-01",
+        "52-54-00-00-00-01".to_uppercase().as_str(),
+    ] {
+        let (status, headers, body) = get(&f, &format!("/ipxe?mac={mac}&arch=x86_64")).await;
+        assert_eq!(status, StatusCode::OK, "{mac}: {body}");
+        assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert!(
+            body.contains("kernel http://10.0.0.2:8080/assets/os/vmlinuz"),
+            "{body}"
+        );
+        assert!(body.contains("(n1)"), "{body}");
+    }
+    let rec = f
+        .state
+        .inventory
+        .get("52:54:00:00:00:01".parse().unwrap())
+        .unwrap();
+    assert_eq!(rec.arch.as_deref(), Some("x86_64"));
+    assert_eq!(rec.last_served.as_deref(), Some("ipxe"));
+}
+
+#[tokio::test]
+async fn ignition_metadata_generic() {
+    let f = fixture();
+    let (status, headers, body) = get(&f, "/ignition?mac=52:54:00:00:00:01").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        headers[header::CONTENT_TYPE],
+        "application/vnd.coreos.ignition+json"
+    );
+    serde_json::from_str::<serde_json::Value>(&body).unwrap();
+    let (status, _, body) = get(&f, "/metadata?mac=52:54:00:00:00:01").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("HOSTNAME=n1\n") && body.contains("PROFILE=node\n"),
+        "{body}"
+    );
+    let (status, _, body) = get(&f, "/generic?mac=52:54:00:00:00:01").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "#cloud-config\nhostname: n1")
+    );
+    let (status, _, body) = get(&f, "/generic/user-data?mac=52:54:00:00:00:01").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "#cloud-config\nhostname: n1")
+    );
+    let (status, _, body) = get(&f, "/generic/nope?mac=52:54:00:00:00:01").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn unknown_machine_and_malformed_queries() {
+    let f = fixture();
+    let (status, _, body) = get(&f, "/ipxe?mac=52:54:00:00:00:02").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body.contains("no profile for machine 52:54:00:00:00:02 and no default profile"),
+        "{body}"
+    );
+    for bad in [
+        "/ipxe",
+        "/ipxe?mac=",
+        "/ipxe?mac=zz:zz",
+        "/ignition?uuid=1",
+        "/metadata?mac=52:54:00:00:00",
+        "/ipxe?mac=%FF%FE",
+    ] {
+        let (status, _, body) = get(&f, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body.starts_with("kindling: "), "{body}");
+    }
+    let (status, _, _) = get(&f, "/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let req = Request::post("/ipxe?mac=52:54:00:00:00:01")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(request(&f, req).await.0, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn invalid_ignition_at_request_time_is_a_500_not_a_broken_config() {
+    let f = fixture();
+    let (status, _, body) = get(&f, "/ignition?mac=52:54:99:00:00:01").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, headers, body) = get(&f, "/ignition?mac=52:54:99:00:00:01&os=old").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    assert!(
+        body.contains("rendered Ignition config is invalid") && body.contains("2.2.0"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("\"ignition\""),
+        "no config in the error: {body}"
+    );
+}
+
+#[tokio::test]
+async fn assets_range_head_etag_and_no_traversal() {
+    let f = fixture();
+    let req = Request::get("/assets/os/vmlinuz")
+        .header(header::RANGE, "bytes=10-19")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = request(&f, req).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, "0123456789");
+    assert_eq!(headers[header::CONTENT_RANGE], "bytes 10-19/1000");
+    let req = Request::head("/assets/os/vmlinuz")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = request(&f, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_LENGTH], "1000");
+    assert!(body.is_empty());
+    let etag = headers[header::ETAG].clone();
+    assert!(headers.contains_key(header::LAST_MODIFIED));
+    let req = Request::get("/assets/os/vmlinuz")
+        .header(header::IF_NONE_MATCH, etag)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(request(&f, req).await.0, StatusCode::NOT_MODIFIED);
+    for bad in [
+        "/assets/../secret.txt",
+        "/assets/%2e%2e/secret.txt",
+        "/assets/os/../../secret.txt",
+        "/assets/..%2fsecret.txt",
+        "/assets//etc/passwd",
+    ] {
+        let (status, _, body) = get(&f, bad).await;
+        assert!(
+            status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST,
+            "{bad}: {status}"
+        );
+        assert!(!body.contains("do not serve"), "{bad} escaped");
+    }
+}
+
+#[tokio::test]
+async fn healthz_reports_reload_state() {
+    let f = fixture();
+    let (status, _, body) = get(&f, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["profiles"]["profiles"], 2);
+    assert_eq!(v["profiles"]["last_error"], serde_json::Value::Null);
+}

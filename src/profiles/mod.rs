@@ -33,13 +33,28 @@ pub use select::{Conditions, Facts, Specificity};
 /// Built-in iPXE scripts, used when the configured script directory lacks a file.
 const BUILTIN_SCRIPTS: &[(&str, &str)] = &[
     ("boot.ipxe.j2", include_str!("../../ipxe/boot.ipxe.j2")),
-    ("profile.ipxe.j2", include_str!("../../ipxe/profile.ipxe.j2")),
+    (
+        "profile.ipxe.j2",
+        include_str!("../../ipxe/profile.ipxe.j2"),
+    ),
 ];
 
 /// Names templates may not use for variables: Kindling sets these itself.
 pub const RESERVED_VARS: &[&str] = &[
-    "mac", "ip", "hostname", "uuid", "arch", "platform", "profile", "base_url", "query", "kernel",
-    "initrds", "initrd_names", "args", "local",
+    "mac",
+    "ip",
+    "hostname",
+    "uuid",
+    "arch",
+    "platform",
+    "profile",
+    "base_url",
+    "query",
+    "kernel",
+    "initrds",
+    "initrd_names",
+    "args",
+    "local",
 ];
 
 /// Keys of a profile file outside any table; written after `[boot]` they land inside it.
@@ -252,11 +267,17 @@ struct Loader {
 
 impl Loader {
     fn err(&mut self, path: &Path, source: &str, offset: usize, msg: impl Into<String>) {
-        self.errors.push(Diagnostic::at_offset(path, source, offset, msg));
+        self.errors
+            .push(Diagnostic::at_offset(path, source, offset, msg));
     }
 
     /// Register the file template `rel` (relative to the profiles dir) if it exists.
-    fn file_template(&mut self, rel: &Spanned<String>, path: &Path, source: &str) -> Option<String> {
+    fn file_template(
+        &mut self,
+        rel: &Spanned<String>,
+        path: &Path,
+        source: &str,
+    ) -> Option<String> {
         let name = rel.get_ref().trim().to_string();
         if let Err(msg) = check_relative(&name) {
             self.err(path, source, rel.span().start, msg);
@@ -267,27 +288,55 @@ impl Loader {
             return Some(name);
         }
         let Some(file) = self.files.get(&name).cloned() else {
-            self.err(path, source, rel.span().start, format!("template {name:?} not found in the profiles directory"));
+            self.err(
+                path,
+                source,
+                rel.span().start,
+                format!("template {name:?} not found in the profiles directory"),
+            );
             return None;
         };
         match read_limited(&file) {
             Ok(text) => {
                 self.templates.insert(name.clone(), text);
-                self.origins.insert(name.clone(), Location { path: file, line: 1 });
+                self.origins.insert(
+                    name.clone(),
+                    Location {
+                        path: file,
+                        line: 1,
+                    },
+                );
                 Some(name)
             }
             Err(e) => {
-                self.err(path, source, rel.span().start, format!("template {name:?}: {e}"));
+                self.err(
+                    path,
+                    source,
+                    rel.span().start,
+                    format!("template {name:?}: {e}"),
+                );
                 None
             }
         }
     }
 
     /// Register an inline template (a boot string) under a synthetic name.
-    fn inline_template(&mut self, name: String, text: &Spanned<String>, path: &Path, source: &str) -> String {
+    fn inline_template(
+        &mut self,
+        name: String,
+        text: &Spanned<String>,
+        path: &Path,
+        source: &str,
+    ) -> String {
         let line = diag::line_of(source, text.span().start);
         self.templates.insert(name.clone(), text.get_ref().clone());
-        self.origins.insert(name.clone(), Location { path: path.to_path_buf(), line });
+        self.origins.insert(
+            name.clone(),
+            Location {
+                path: path.to_path_buf(),
+                line,
+            },
+        );
         name
     }
 }
@@ -298,7 +347,10 @@ fn check_relative(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("template path is empty".into());
     }
-    if p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(format!(
             "template path {name:?} must be relative to the profiles directory, without '..'"
         ));
@@ -328,7 +380,12 @@ fn read_limited(path: &Path) -> Result<String, String> {
 
 /// Every regular file under `dir`, by relative path; hidden entries (editor swap files,
 /// Kubernetes' `..data` ConfigMap directories) are skipped.
-fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, PathBuf>, depth: usize) -> std::io::Result<()> {
+fn walk(
+    dir: &Path,
+    rel: &str,
+    out: &mut BTreeMap<String, PathBuf>,
+    depth: usize,
+) -> std::io::Result<()> {
     if depth > 16 {
         return Ok(());
     }
@@ -339,7 +396,11 @@ fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, PathBuf>, depth: usize
             continue;
         }
         let path = entry.path();
-        let rel_name = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let rel_name = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         // metadata() follows symlinks: ConfigMap mounts are symlinks into `..data`.
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => walk(&path, &rel_name, out, depth + 1)?,
@@ -359,25 +420,41 @@ fn checked_vars(
     source: &str,
     vars: Option<&Spanned<toml::Table>>,
 ) -> BTreeMap<String, Value> {
-    let Some(vars) = vars else { return BTreeMap::new() };
+    let Some(vars) = vars else {
+        return BTreeMap::new();
+    };
     let mut out = BTreeMap::new();
     for (key, value) in vars.get_ref() {
         if RESERVED_VARS.contains(&key.as_str()) {
             let off = key_offset(source, vars.span(), key);
-            ld.err(path, source, off, format!("variable {key:?} is reserved: Kindling sets it itself"));
+            ld.err(
+                path,
+                source,
+                off,
+                format!("variable {key:?} is reserved: Kindling sets it itself"),
+            );
         }
         out.insert(key.clone(), crate::render::to_value(value));
     }
     out
 }
 
-/// The line of `key = ...` inside the span of a table, for messages about one variable.
+/// The offset of the line `key = ...` at or after `span.start`, for messages about one
+/// variable of a table (toml gives spans of tables, not of their keys).
 fn key_offset(source: &str, span: std::ops::Range<usize>, key: &str) -> usize {
-    let end = span.end.min(source.len());
-    let start = span.start.min(end);
-    source[start..end]
-        .find(key)
-        .map_or(span.start, |i| span.start + i)
+    let start = span.start.min(source.len());
+    let mut offset = start;
+    for line in source[start..].split_inclusive('\n') {
+        let t = line.trim_start();
+        let rest = t
+            .strip_prefix(key)
+            .or_else(|| t.strip_prefix(&format!("\"{key}\"")));
+        if rest.is_some_and(|r| r.trim_start().starts_with('=')) {
+            return offset + (line.len() - t.len());
+        }
+        offset += line.len();
+    }
+    span.start
 }
 
 fn parse_uuid(s: &str) -> Option<String> {
@@ -430,7 +507,10 @@ impl ProfileSet {
                 Ok(r) => r,
                 Err(e) => {
                     let mut d = diag::from_toml(&path, &source, &e);
-                    if TOP_LEVEL_KEYS.iter().any(|k| d.message.starts_with(&format!("unknown field `{k}`"))) {
+                    if TOP_LEVEL_KEYS
+                        .iter()
+                        .any(|k| d.message.starts_with(&format!("unknown field `{k}`")))
+                    {
                         d.message.push_str(
                             " (a top-level key written after a [table] header belongs to that table: move it above the first [table])",
                         );
@@ -440,11 +520,23 @@ impl ProfileSet {
                 }
             };
             let index = profiles.len();
-            let p = resolve_profile(&mut ld, &name, &path, &source, raw, index, &mut machines, &mut selectors);
+            let p = resolve_profile(
+                &mut ld,
+                &name,
+                &path,
+                &source,
+                raw,
+                index,
+                &mut machines,
+                &mut selectors,
+            );
             if p.default {
                 if let Some(first) = default {
                     let first: &Profile = &profiles[first];
-                    let line = source.lines().position(|l| l.trim_start().starts_with("default")).map(|i| i + 1);
+                    let line = source
+                        .lines()
+                        .position(|l| l.trim_start().starts_with("default"))
+                        .map(|i| i + 1);
                     ld.errors.push(Diagnostic::new(
                         &path,
                         line,
@@ -466,7 +558,9 @@ impl ProfileSet {
         let extra: Vec<String> = ld
             .files
             .keys()
-            .filter(|k| (k.ends_with(".j2") || k.ends_with(".jinja")) && !ld.templates.contains_key(*k))
+            .filter(|k| {
+                (k.ends_with(".j2") || k.ends_with(".jinja")) && !ld.templates.contains_key(*k)
+            })
             .cloned()
             .collect();
         for rel in extra {
@@ -474,7 +568,13 @@ impl ProfileSet {
             match read_limited(&file) {
                 Ok(text) => {
                     ld.templates.insert(rel.clone(), text);
-                    ld.origins.insert(rel, Location { path: file, line: 1 });
+                    ld.origins.insert(
+                        rel,
+                        Location {
+                            path: file,
+                            line: 1,
+                        },
+                    );
                 }
                 Err(e) => ld.errors.push(Diagnostic::new(&file, None, e)),
             }
@@ -495,7 +595,8 @@ impl ProfileSet {
             origins: ld.origins,
             loaded_at: SystemTime::now(),
         };
-        set.selectors.sort_by(|a, b| b.conditions.specificity().cmp(&a.conditions.specificity()));
+        set.selectors
+            .sort_by(|a, b| b.conditions.specificity().cmp(&a.conditions.specificity()));
         if !ld.errors.is_empty() {
             return Err(Diagnostics(ld.errors));
         }
@@ -541,7 +642,60 @@ fn new_environment() -> Environment<'static> {
     env.set_fuel(Some(TEMPLATE_FUEL));
     // Output is iPXE script, JSON or plain text: never HTML-escape.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    // Strict mode still lets these built-ins turn an undefined value into `null` or "" (a
+    // typo'd variable in an Ignition template would become `"sshAuthorizedKeys": null`).
+    // Wrap them so an undefined input is the error strict mode promises.
+    env.add_filter("tojson", strict_tojson);
+    env.add_filter("urlencode", strict_urlencode);
+    env.add_filter("join", strict_join);
     env
+}
+
+/// An error if `v` is undefined or holds an undefined value anywhere inside.
+fn require_defined(v: &Value, depth: usize) -> Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    if v.is_undefined() {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::UndefinedError,
+            "a filter was given an undefined value",
+        ));
+    }
+    if depth < 32 && matches!(v.kind(), ValueKind::Seq | ValueKind::Map) {
+        for item in v.try_iter()? {
+            let inner = if v.kind() == ValueKind::Map {
+                v.get_item(&item)?
+            } else {
+                item
+            };
+            require_defined(&inner, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn strict_tojson(
+    v: &Value,
+    indent: Option<Value>,
+    args: minijinja::value::Kwargs,
+) -> Result<Value, minijinja::Error> {
+    require_defined(v, 0)?;
+    minijinja::filters::tojson(v, indent, args)
+}
+
+fn strict_urlencode(v: &Value) -> Result<String, minijinja::Error> {
+    require_defined(v, 0)?;
+    minijinja::filters::urlencode(v)
+}
+
+fn strict_join(
+    state: &mut minijinja::State<'_, '_>,
+    v: &Value,
+    joiner: Option<minijinja::value::StringInput<'_>>,
+    attribute: Option<&str>,
+    args: minijinja::value::Kwargs,
+) -> Result<Value, minijinja::Error> {
+    require_defined(v, 0)?;
+    minijinja::filters::join(state, v, joiner, attribute, args)
 }
 
 fn load_scripts(dir: &Path, ld: &mut Loader) {
@@ -551,7 +705,13 @@ fn load_scripts(dir: &Path, ld: &mut Loader) {
         let text = match read_limited(&path) {
             Ok(text) => text,
             Err(_) if !path.exists() => {
-                ld.origins.insert(name.clone(), Location { path: PathBuf::from(format!("<built-in>/{name}")), line: 1 });
+                ld.origins.insert(
+                    name.clone(),
+                    Location {
+                        path: PathBuf::from(format!("<built-in>/{name}")),
+                        line: 1,
+                    },
+                );
                 ld.templates.insert(name, builtin.to_string());
                 continue;
             }
@@ -576,21 +736,33 @@ fn resolve_profile(
     machines: &mut HashMap<MacAddr, Machine>,
     selectors: &mut Vec<Selector>,
 ) -> Profile {
-    let at = |offset: usize| Location { path: path.to_path_buf(), line: diag::line_of(source, offset) };
+    let at = |offset: usize| Location {
+        path: path.to_path_buf(),
+        line: diag::line_of(source, offset),
+    };
 
     let vars = checked_vars(ld, path, source, raw.vars.as_ref());
 
     // Boot section: every string is a template, rendered per machine.
     let rb = raw.boot;
-    let mut boot = Boot { local: rb.local, ..Default::default() };
+    let mut boot = Boot {
+        local: rb.local,
+        ..Default::default()
+    };
     if let Some(k) = &rb.kernel {
         boot.kernel = Some(ld.inline_template(format!("{name}.toml#boot.kernel"), k, path, source));
     }
     for (i, s) in rb.initrd.iter().enumerate() {
-        boot.initrds.push(ld.inline_template(format!("{name}.toml#boot.initrd[{i}]"), s, path, source));
+        boot.initrds.push(ld.inline_template(
+            format!("{name}.toml#boot.initrd[{i}]"),
+            s,
+            path,
+            source,
+        ));
     }
     for (i, s) in rb.args.iter().enumerate() {
-        boot.args.push(ld.inline_template(format!("{name}.toml#boot.args[{i}]"), s, path, source));
+        boot.args
+            .push(ld.inline_template(format!("{name}.toml#boot.args[{i}]"), s, path, source));
     }
     boot.script = match &rb.script {
         Some(s) => ld.file_template(s, path, source).unwrap_or_default(),
@@ -599,16 +771,27 @@ fn resolve_profile(
     if !boot.local && boot.kernel.is_none() && rb.script.is_none() {
         ld.errors.push(Diagnostic::new(
             path,
-            source.lines().position(|l| l.trim() == "[boot]").map(|i| i + 1),
+            source
+                .lines()
+                .position(|l| l.trim() == "[boot]")
+                .map(|i| i + 1),
             "the profile boots nothing: set boot.kernel, boot.script, or boot.local = true",
         ));
     }
     if boot.local && boot.kernel.is_some() {
         let off = rb.kernel.as_ref().map_or(0, |k| k.span().start);
-        ld.err(path, source, off, "boot.local = true and boot.kernel are contradictory: choose one");
+        ld.err(
+            path,
+            source,
+            off,
+            "boot.local = true and boot.kernel are contradictory: choose one",
+        );
     }
 
-    let ignition = raw.ignition.as_ref().and_then(|t| ld.file_template(t, path, source));
+    let ignition = raw
+        .ignition
+        .as_ref()
+        .and_then(|t| ld.file_template(t, path, source));
     let mut generic = BTreeMap::new();
     for (gname, t) in &raw.generic {
         if let Some(n) = ld.file_template(t, path, source) {
@@ -632,7 +815,12 @@ fn resolve_profile(
                 Some(u) => {
                     c.uuids.insert(u);
                 }
-                None => ld.err(path, source, u.span().start, format!("invalid UUID {:?}", u.get_ref())),
+                None => ld.err(
+                    path,
+                    source,
+                    u.span().start,
+                    format!("invalid UUID {:?}", u.get_ref()),
+                ),
             }
         }
         if let Some(p) = &r.mac_prefix {
@@ -642,7 +830,10 @@ fn resolve_profile(
                     path,
                     source,
                     p.span().start,
-                    format!("invalid mac_prefix {:?}: expected 1 to 5 hex bytes such as \"52:54:00\"", p.get_ref()),
+                    format!(
+                        "invalid mac_prefix {:?}: expected 1 to 5 hex bytes such as \"52:54:00\"",
+                        p.get_ref()
+                    ),
                 ),
             }
         }
@@ -654,7 +845,11 @@ fn resolve_profile(
                     path,
                     source,
                     a.span().start,
-                    format!("unknown arch {:?}: expected one of {}", a.get_ref(), select::ARCHES.join(", ")),
+                    format!(
+                        "unknown arch {:?}: expected one of {}",
+                        a.get_ref(),
+                        select::ARCHES.join(", ")
+                    ),
                 );
             }
         }
@@ -662,11 +857,22 @@ fn resolve_profile(
             if select::PLATFORMS.contains(&p.get_ref().as_str()) {
                 c.platform = Some(p.get_ref().clone());
             } else {
-                ld.err(path, source, p.span().start, format!("unknown platform {:?}: expected pcbios or efi", p.get_ref()));
+                ld.err(
+                    path,
+                    source,
+                    p.span().start,
+                    format!("unknown platform {:?}: expected pcbios or efi", p.get_ref()),
+                );
             }
         }
         c.labels = r.labels.clone();
-        if c == Conditions::default() {
+        let raw_empty = r.mac.is_empty()
+            && r.uuid.is_empty()
+            && r.mac_prefix.is_none()
+            && r.arch.is_empty()
+            && r.platform.is_none()
+            && r.labels.is_empty();
+        if raw_empty {
             ld.err(
                 path,
                 source,
@@ -675,7 +881,15 @@ fn resolve_profile(
             );
             continue;
         }
-        selectors.push(Selector { profile: index, conditions: c, at: at(sel.span().start), machine_entry: false });
+        if c == Conditions::default() {
+            continue; // every condition was invalid and is reported above
+        }
+        selectors.push(Selector {
+            profile: index,
+            conditions: c,
+            at: at(sel.span().start),
+            machine_entry: false,
+        });
     }
 
     for m in &raw.machines {
@@ -691,14 +905,24 @@ fn resolve_profile(
         let vars = checked_vars(ld, path, source, r.vars.as_ref());
         if let Some(h) = &r.hostname {
             if !valid_hostname(h.get_ref()) {
-                ld.err(path, source, h.span().start, format!("invalid hostname {:?}", h.get_ref()));
+                ld.err(
+                    path,
+                    source,
+                    h.span().start,
+                    format!("invalid hostname {:?}", h.get_ref()),
+                );
             }
         }
         let uuid = match &r.uuid {
             Some(u) => match parse_uuid(u.get_ref()) {
                 Some(u) => Some(u),
                 None => {
-                    ld.err(path, source, u.span().start, format!("invalid UUID {:?}", u.get_ref()));
+                    ld.err(
+                        path,
+                        source,
+                        u.span().start,
+                        format!("invalid UUID {:?}", u.get_ref()),
+                    );
                     None
                 }
             },
@@ -724,7 +948,10 @@ fn resolve_profile(
         // A machine entry is an exact-MAC claim on its profile.
         selectors.push(Selector {
             profile: index,
-            conditions: Conditions { macs: [mac].into(), ..Default::default() },
+            conditions: Conditions {
+                macs: [mac].into(),
+                ..Default::default()
+            },
             at: here,
             machine_entry: true,
         });
@@ -790,8 +1017,12 @@ fn check_ambiguity(ld: &mut Loader, profiles: &[Profile], selectors: &[Selector]
         {
             continue;
         }
-        let shared: Vec<String> =
-            a.conditions.macs.intersection(&b.conditions.macs).map(|m| m.to_string()).collect();
+        let shared: Vec<String> = a
+            .conditions
+            .macs
+            .intersection(&b.conditions.macs)
+            .map(|m| m.to_string())
+            .collect();
         let what = if shared.is_empty() {
             format!(
                 "selector {} overlaps selector {} of profile {:?} at {}",

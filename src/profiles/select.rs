@@ -37,12 +37,21 @@ pub struct Facts {
 impl Facts {
     /// Facts holding only a MAC address.
     pub fn from_mac(mac: MacAddr) -> Self {
-        Facts { mac, uuid: None, arch: None, platform: None, hostname: None, labels: BTreeMap::new() }
+        Facts {
+            mac,
+            uuid: None,
+            arch: None,
+            platform: None,
+            hostname: None,
+            labels: BTreeMap::new(),
+        }
     }
 }
 
 /// Architectures iPXE reports in `${buildarch}` (and DHCP maps option 93 to).
-pub const ARCHES: &[&str] = &["i386", "x86_64", "arm32", "arm64", "riscv32", "riscv64", "loong64"];
+pub const ARCHES: &[&str] = &[
+    "i386", "x86_64", "arm32", "arm64", "riscv32", "riscv64", "loong64",
+];
 /// Firmware platforms iPXE reports in `${platform}`.
 pub const PLATFORMS: &[&str] = &["pcbios", "efi"];
 
@@ -80,7 +89,10 @@ impl Conditions {
             && (self.uuids.is_empty() || f.uuid.as_ref().is_some_and(|u| self.uuids.contains(u)))
             && self.mac_prefix.as_ref().is_none_or(|p| f.mac.has_prefix(p))
             && (self.arches.is_empty() || f.arch.as_ref().is_some_and(|a| self.arches.contains(a)))
-            && self.platform.as_ref().is_none_or(|p| f.platform.as_ref() == Some(p))
+            && self
+                .platform
+                .as_ref()
+                .is_none_or(|p| f.platform.as_ref() == Some(p))
             && self.labels.iter().all(|(k, v)| f.labels.get(k) == Some(v))
     }
 
@@ -97,13 +109,17 @@ impl Conditions {
 
     /// Whether some machine could satisfy both `self` and `other`.
     pub fn could_overlap(&self, other: &Conditions) -> bool {
-        let sets_meet = |a: &BTreeSet<_>, b: &BTreeSet<_>| a.is_empty() || b.is_empty() || !a.is_disjoint(b);
+        let sets_meet =
+            |a: &BTreeSet<_>, b: &BTreeSet<_>| a.is_empty() || b.is_empty() || !a.is_disjoint(b);
         let macs_meet = match (self.macs.is_empty(), other.macs.is_empty()) {
             (false, false) => !self.macs.is_disjoint(&other.macs),
             _ => true,
         };
         let prefix_ok = |macs: &BTreeSet<MacAddr>, prefix: &Option<MacPrefix>| {
-            macs.is_empty() || prefix.as_ref().is_none_or(|p| macs.iter().any(|m| m.has_prefix(p)))
+            macs.is_empty()
+                || prefix
+                    .as_ref()
+                    .is_none_or(|p| macs.iter().any(|m| m.has_prefix(p)))
         };
         macs_meet
             && prefix_ok(&self.macs, &other.mac_prefix)
@@ -133,13 +149,19 @@ impl fmt::Display for Conditions {
             parts.push(format!("mac in [{}]", macs.join(", ")));
         }
         if !self.uuids.is_empty() {
-            parts.push(format!("uuid in [{}]", self.uuids.iter().cloned().collect::<Vec<_>>().join(", ")));
+            parts.push(format!(
+                "uuid in [{}]",
+                self.uuids.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
         if let Some(p) = &self.mac_prefix {
             parts.push(format!("mac_prefix {p}"));
         }
         if !self.arches.is_empty() {
-            parts.push(format!("arch in [{}]", self.arches.iter().cloned().collect::<Vec<_>>().join(", ")));
+            parts.push(format!(
+                "arch in [{}]",
+                self.arches.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
         if let Some(p) = &self.platform {
             parts.push(format!("platform {p}"));
@@ -192,35 +214,91 @@ mod tests {
 
     #[test]
     fn precedence_order() {
-        let exact = Conditions { macs: [mac("52:54:00:00:00:01")].into(), ..Default::default() };
-        let uuid = Conditions { uuids: ["u".to_string()].into(), ..Default::default() };
-        let long = Conditions { mac_prefix: Some("52:54:00:00".parse().unwrap()), ..Default::default() };
-        let short = Conditions { mac_prefix: Some("52:54".parse().unwrap()), ..Default::default() };
-        let arch = Conditions { arches: ["x86_64".to_string()].into(), ..Default::default() };
-        let label = Conditions { labels: [("a".to_string(), "b".to_string())].into(), ..Default::default() };
+        let exact = Conditions {
+            macs: [mac("52:54:00:00:00:01")].into(),
+            ..Default::default()
+        };
+        let uuid = Conditions {
+            uuids: ["u".to_string()].into(),
+            ..Default::default()
+        };
+        let long = Conditions {
+            mac_prefix: Some("52:54:00:00".parse().unwrap()),
+            ..Default::default()
+        };
+        let short = Conditions {
+            mac_prefix: Some("52:54".parse().unwrap()),
+            ..Default::default()
+        };
+        let arch = Conditions {
+            arches: ["x86_64".to_string()].into(),
+            ..Default::default()
+        };
+        let label = Conditions {
+            labels: [("a".to_string(), "b".to_string())].into(),
+            ..Default::default()
+        };
         let mut exact_label = exact.clone();
         exact_label.labels = label.labels.clone();
-        let order = [&exact_label, &exact, &uuid, &long, &short, &arch, &label, &Conditions::default()];
+        let order = [
+            &exact_label,
+            &exact,
+            &uuid,
+            &long,
+            &short,
+            &arch,
+            &label,
+            &Conditions::default(),
+        ];
         for pair in order.windows(2) {
-            assert!(pair[0].specificity() > pair[1].specificity(), "{} !> {}", pair[0], pair[1]);
+            assert!(
+                pair[0].specificity() > pair[1].specificity(),
+                "{} !> {}",
+                pair[0],
+                pair[1]
+            );
         }
     }
 
     #[test]
     fn overlap_detection() {
-        let p1 = Conditions { mac_prefix: Some("52:54:00".parse().unwrap()), ..Default::default() };
-        let p2 = Conditions { mac_prefix: Some("52:54:01".parse().unwrap()), ..Default::default() };
+        let p1 = Conditions {
+            mac_prefix: Some("52:54:00".parse().unwrap()),
+            ..Default::default()
+        };
+        let p2 = Conditions {
+            mac_prefix: Some("52:54:01".parse().unwrap()),
+            ..Default::default()
+        };
         assert!(!p1.could_overlap(&p2));
         assert!(p1.could_overlap(&p1.clone()));
-        let a = Conditions { arches: ["x86_64".to_string()].into(), ..Default::default() };
-        let b = Conditions { arches: ["arm64".to_string()].into(), ..Default::default() };
+        let a = Conditions {
+            arches: ["x86_64".to_string()].into(),
+            ..Default::default()
+        };
+        let b = Conditions {
+            arches: ["arm64".to_string()].into(),
+            ..Default::default()
+        };
         assert!(!a.could_overlap(&b));
-        let l1 = Conditions { labels: [("rack".to_string(), "1".to_string())].into(), ..Default::default() };
-        let l2 = Conditions { labels: [("rack".to_string(), "2".to_string())].into(), ..Default::default() };
-        let l3 = Conditions { labels: [("role".to_string(), "x".to_string())].into(), ..Default::default() };
+        let l1 = Conditions {
+            labels: [("rack".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        };
+        let l2 = Conditions {
+            labels: [("rack".to_string(), "2".to_string())].into(),
+            ..Default::default()
+        };
+        let l3 = Conditions {
+            labels: [("role".to_string(), "x".to_string())].into(),
+            ..Default::default()
+        };
         assert!(!l1.could_overlap(&l2));
         assert!(l1.could_overlap(&l3), "a machine can carry both labels");
-        let m = Conditions { macs: [mac("52:54:01:00:00:01")].into(), ..Default::default() };
+        let m = Conditions {
+            macs: [mac("52:54:01:00:00:01")].into(),
+            ..Default::default()
+        };
         assert!(!m.could_overlap(&p1));
         assert!(m.could_overlap(&p2));
     }

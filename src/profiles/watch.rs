@@ -65,7 +65,12 @@ impl Live {
             last_error: None,
             last_error_at: None,
         };
-        Live { sources, base_url, current: ArcSwap::from_pointee(set), status: Mutex::new(status) }
+        Live {
+            sources,
+            base_url,
+            current: ArcSwap::from_pointee(set),
+            status: Mutex::new(status),
+        }
     }
 
     /// The set to serve this request from.
@@ -75,7 +80,10 @@ impl Live {
 
     /// The outcome of the last reload.
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Load everything again (blocking: file I/O and test renders). On success the new set is
@@ -121,7 +129,10 @@ pub async fn run(live: Arc<Live>, token: CancellationToken) -> Result<(), WatchE
             Ok(events) => {
                 // Reading the files ourselves produces access events: ignore them, or every
                 // reload would trigger the next.
-                if events.iter().any(|e| !matches!(e.kind, EventKind::Access(_))) {
+                if events
+                    .iter()
+                    .any(|e| !matches!(e.kind, EventKind::Access(_)))
+                {
                     let _ = tx.send(());
                 }
             }
@@ -132,14 +143,20 @@ pub async fn run(live: Arc<Live>, token: CancellationToken) -> Result<(), WatchE
             }
         },
     )
-    .map_err(|source| WatchError { path: "profiles".into(), source })?;
+    .map_err(|source| WatchError {
+        path: "profiles".into(),
+        source,
+    })?;
     for dir in [&live.sources.profiles, &live.sources.scripts] {
         if !dir.exists() {
             continue;
         }
         debouncer
             .watch(dir, RecursiveMode::Recursive)
-            .map_err(|source| WatchError { path: dir.display().to_string(), source })?;
+            .map_err(|source| WatchError {
+                path: dir.display().to_string(),
+                source,
+            })?;
         tracing::debug!(path = %dir.display(), "watching for profile changes");
     }
     loop {
