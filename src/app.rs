@@ -7,7 +7,7 @@
 //! period for requests in flight.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +80,14 @@ pub async fn run(config: Config, bound: Bound, token: CancellationToken) -> Resu
     let http_addr = bound.http_addr();
     let base_url = config.base_url(http_addr);
     let src = sources(&config);
+    // Watch before loading: an edit made while loading then causes a reload, not a miss.
+    let watcher = match watch::watch(&src) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "hot reload disabled: profile changes need a restart");
+            None
+        }
+    };
     let set = {
         let (src, url) = (src.clone(), base_url.clone());
         tokio::task::spawn_blocking(move || ProfileSet::load(&src, &url))
@@ -104,13 +112,8 @@ pub async fn run(config: Config, bound: Bound, token: CancellationToken) -> Resu
     };
 
     let tracker = TaskTracker::new();
-    {
-        let (live, token) = (live.clone(), token.clone());
-        tracker.spawn(async move {
-            if let Err(e) = watch::run(live, token).await {
-                tracing::error!(error = %e, "hot reload disabled");
-            }
-        });
+    if let Some(watcher) = watcher {
+        tracker.spawn(watch::run(watcher, live.clone(), token.clone()));
     }
     let app = http::router(state);
     tracing::info!(base_url = %base_url, "listening for HTTP on {http_addr}");
@@ -139,7 +142,7 @@ pub async fn run(config: Config, bound: Bound, token: CancellationToken) -> Resu
     }
 }
 
-fn warn_missing_dir(what: &str, path: &PathBuf) {
+fn warn_missing_dir(what: &str, path: &Path) {
     if !path.is_dir() {
         tracing::warn!(path = %path.display(), "{what} directory does not exist; /{what}/ will answer 404");
     }

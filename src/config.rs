@@ -226,10 +226,10 @@ impl Config {
             .map_err(|e| Diagnostics(vec![diag::from_toml(path, source, &e)]))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.paths.resolve(base);
-        if let Some(file) = &mut config.api.token_file {
-            if file.is_relative() {
-                *file = base.join(&*file);
-            }
+        if let Some(file) = &mut config.api.token_file
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
         }
         let mut errors = Vec::new();
         let line_of_key = |key: &str| {

@@ -57,10 +57,11 @@ impl Inventory {
     /// gaps filled from what the machine reported before.
     pub fn observe(&self, mut facts: Facts, now: SystemTime) -> Facts {
         let mut map = self.machines.lock().unwrap_or_else(|e| e.into_inner());
-        if !map.contains_key(&facts.mac) && map.len() >= MAX_MACHINES {
-            if let Some(oldest) = map.values().min_by_key(|r| r.last_seen).map(|r| r.mac) {
-                map.remove(&oldest);
-            }
+        if !map.contains_key(&facts.mac)
+            && map.len() >= MAX_MACHINES
+            && let Some(oldest) = map.values().min_by_key(|r| r.last_seen).map(|r| r.mac)
+        {
+            map.remove(&oldest);
         }
         let rec = map.entry(facts.mac).or_insert_with(|| Record {
             mac: facts.mac,

@@ -98,20 +98,16 @@ pub(crate) fn diagnostic(
         msg = format!("{msg}: {detail}");
     }
     // Quote the template line: the error's own range is often just a filter name.
-    if let (Some(src), Some(n)) = (err.template_source(), err.line()) {
-        if let Some(text) = src
-            .lines()
-            .nth(n.saturating_sub(1))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
-            let text: String = if text.chars().count() > 160 {
-                text.chars().take(157).chain("...".chars()).collect()
-            } else {
-                text.to_string()
-            };
-            msg = format!("{msg} in `{text}`");
-        }
+    if let (Some(src), Some(n)) = (err.template_source(), err.line())
+        && let Some(text) = src.lines().nth(n.saturating_sub(1)).map(str::trim)
+        && !text.is_empty()
+    {
+        let text: String = if text.chars().count() > 160 {
+            text.chars().take(157).chain("...".chars()).collect()
+        } else {
+            text.to_string()
+        };
+        msg = format!("{msg} in `{text}`");
     }
     Diagnostic::new(path, Some(line), msg)
 }

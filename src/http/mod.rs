@@ -18,6 +18,7 @@ mod query;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use axum::body::HttpBody as _;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -236,26 +237,27 @@ async fn log_request(req: Request, next: Next) -> Response {
             },
             ..Default::default()
         });
-    let mac = outcome.mac.map(|m| m.to_string());
-    let mac = mac.as_deref().unwrap_or("-");
+    let mac = outcome
+        .mac
+        .map_or_else(|| "-".to_string(), |m| m.to_string());
     let profile = outcome.profile.as_deref().unwrap_or("-");
-    let bytes = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
-    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let bytes = resp.body().size_hint().exact().or_else(|| {
+        resp.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    });
+    let bytes = bytes.map_or_else(|| "-".to_string(), |b| b.to_string());
+    let ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     let served = outcome.served;
     match status {
         500.. => {
-            tracing::error!(%method, %path, status, mac, profile, served, bytes, ms, "http request")
+            tracing::error!(%method, %path, status, %mac, %profile, %served, %bytes, ms, "http request")
         }
         400..=499 => {
-            tracing::warn!(%method, %path, status, mac, profile, served, bytes, ms, "http request")
+            tracing::warn!(%method, %path, status, %mac, %profile, %served, %bytes, ms, "http request")
         }
         _ => {
-            tracing::info!(%method, %path, status, mac, profile, served, bytes, ms, "http request")
+            tracing::info!(%method, %path, status, %mac, %profile, %served, %bytes, ms, "http request")
         }
     }
     resp

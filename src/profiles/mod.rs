@@ -248,7 +248,7 @@ struct RawSelector {
 struct RawMachine {
     mac: Spanned<String>,
     hostname: Option<Spanned<String>>,
-    ip: Option<std::net::IpAddr>,
+    ip: Option<Spanned<String>>,
     uuid: Option<Spanned<String>>,
     vars: Option<Spanned<toml::Table>>,
 }
@@ -596,8 +596,11 @@ impl ProfileSet {
             loaded_at: SystemTime::now(),
         };
         set.selectors
-            .sort_by(|a, b| b.conditions.specificity().cmp(&a.conditions.specificity()));
+            .sort_by_key(|s| std::cmp::Reverse(s.conditions.specificity()));
         if !ld.errors.is_empty() {
+            // Sorted by file and line: the order an operator fixes them in.
+            ld.errors
+                .sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
             return Err(Diagnostics(ld.errors));
         }
         let render_errors = render::check_all(&set, base_url);
@@ -903,16 +906,27 @@ fn resolve_profile(
         };
         let here = at(r.mac.span().start);
         let vars = checked_vars(ld, path, source, r.vars.as_ref());
-        if let Some(h) = &r.hostname {
-            if !valid_hostname(h.get_ref()) {
-                ld.err(
-                    path,
-                    source,
-                    h.span().start,
-                    format!("invalid hostname {:?}", h.get_ref()),
-                );
-            }
+        if let Some(h) = &r.hostname
+            && !valid_hostname(h.get_ref())
+        {
+            let msg = format!("invalid hostname {:?}", h.get_ref());
+            ld.err(path, source, h.span().start, msg);
         }
+        let ip = match &r.ip {
+            Some(ip) => match ip.get_ref().trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    ld.err(
+                        path,
+                        source,
+                        ip.span().start,
+                        format!("invalid IP address {:?}", ip.get_ref()),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let uuid = match &r.uuid {
             Some(u) => match parse_uuid(u.get_ref()) {
                 Some(u) => Some(u),
@@ -939,7 +953,7 @@ fn resolve_profile(
                 mac,
                 profile: index,
                 hostname: r.hostname.as_ref().map(|h| h.get_ref().clone()),
-                ip: r.ip,
+                ip,
                 uuid,
                 vars,
                 at: here.clone(),

@@ -119,9 +119,20 @@ pub struct WatchError {
     source: notify::Error,
 }
 
-/// Reload `live` whenever its directories change, until `token` is cancelled.
-pub async fn run(live: Arc<Live>, token: CancellationToken) -> Result<(), WatchError> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+/// Watches on the profile directories, registered before the first load so that no edit
+/// made during start-up is missed (it costs one extra reload at most).
+pub struct Watcher {
+    /// Dropping it stops the notify thread.
+    _debouncer: notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+    changes: mpsc::UnboundedReceiver<()>,
+}
+
+/// Start watching the directories of `sources` (synchronously: they are watched on return).
+pub fn watch(sources: &Sources) -> Result<Watcher, WatchError> {
+    let (tx, changes) = mpsc::unbounded_channel::<()>();
     let mut debouncer = notify_debouncer_full::new_debouncer(
         DEBOUNCE,
         None,
@@ -147,7 +158,7 @@ pub async fn run(live: Arc<Live>, token: CancellationToken) -> Result<(), WatchE
         path: "profiles".into(),
         source,
     })?;
-    for dir in [&live.sources.profiles, &live.sources.scripts] {
+    for dir in [&sources.profiles, &sources.scripts] {
         if !dir.exists() {
             continue;
         }
@@ -159,15 +170,27 @@ pub async fn run(live: Arc<Live>, token: CancellationToken) -> Result<(), WatchE
             })?;
         tracing::debug!(path = %dir.display(), "watching for profile changes");
     }
+    Ok(Watcher {
+        _debouncer: debouncer,
+        changes,
+    })
+}
+
+/// Reload `live` whenever the watched directories change, until `token` is cancelled.
+pub async fn run(watcher: Watcher, live: Arc<Live>, token: CancellationToken) {
+    let Watcher {
+        _debouncer,
+        mut changes,
+    } = watcher;
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
-            got = rx.recv() => {
+            got = changes.recv() => {
                 if got.is_none() {
                     break;
                 }
                 // Coalesce anything that queued up while the last reload ran.
-                while rx.try_recv().is_ok() {}
+                while changes.try_recv().is_ok() {}
                 let l = live.clone();
                 match tokio::task::spawn_blocking(move || l.reload()).await {
                     Ok(Ok(())) => {
@@ -184,6 +207,4 @@ pub async fn run(live: Arc<Live>, token: CancellationToken) -> Result<(), WatchE
             }
         }
     }
-    drop(debouncer);
-    Ok(())
 }
