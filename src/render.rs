@@ -243,13 +243,15 @@ impl ProfileSet {
                         what: "ignition".into(),
                     })?;
                 let body = self.render_named(name, &ctx)?;
-                validate_ignition(&body).map_err(|message| RenderError::InvalidIgnition {
-                    template: self
-                        .origins
-                        .get(name)
-                        .map_or(name.clone(), |l| l.path.display().to_string()),
-                    message,
-                })?;
+                self.validated
+                    .check(&body)
+                    .map_err(|message| RenderError::InvalidIgnition {
+                        template: self
+                            .origins
+                            .get(name)
+                            .map_or(name.clone(), |l| l.path.display().to_string()),
+                        message,
+                    })?;
                 Ok(Rendered {
                     body,
                     content_type: "application/vnd.coreos.ignition+json",
@@ -330,6 +332,43 @@ fn metadata(ctx: &BTreeMap<String, Value>) -> String {
             )
         })
         .collect()
+}
+
+/// Remembers which Ignition texts passed validation. Validation depends on the text alone, so
+/// a machine fetching the same config again (or 300 machines with identical configs) costs a
+/// hash instead of two JSON parses. Keyed SipHash with a random key: request parameters that
+/// reach the output cannot be used to forge a collision.
+#[derive(Debug, Default)]
+pub(crate) struct ValidatedCache {
+    state: std::hash::RandomState,
+    /// A std mutex around a set lookup or insert; never held across `.await`.
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+/// Entries kept before the cache starts over (bounds memory; a miss only costs a parse).
+const VALIDATED_MAX: usize = 16_384;
+
+impl ValidatedCache {
+    /// Validate `text`, or recall that it was valid.
+    pub(crate) fn check(&self, text: &str) -> Result<(), String> {
+        use std::hash::BuildHasher;
+        let key = self.state.hash_one(text);
+        if self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        validate_ignition(text)?;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= VALIDATED_MAX {
+            seen.clear();
+        }
+        seen.insert(key);
+        Ok(())
+    }
 }
 
 /// Check that `text` is an Ignition config of a 3.x spec version, with only keys of that spec.
@@ -478,6 +517,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn validated_cache_remembers_only_valid_texts() {
+        let cache = ValidatedCache::default();
+        let good = r#"{"ignition":{"version":"3.4.0"}}"#;
+        let bad = r#"{"ignition":{"version":"2.0.0"}}"#;
+        assert!(cache.check(good).is_ok());
+        assert!(cache.check(good).is_ok());
+        assert!(cache.check(bad).is_err());
+        assert!(
+            cache.check(bad).is_err(),
+            "an invalid text is never cached as valid"
+        );
+        assert_eq!(cache.seen.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -184,6 +184,8 @@ pub struct ProfileSet {
     pub(crate) origins: HashMap<String, Location>,
     /// When this set was loaded.
     pub loaded_at: SystemTime,
+    /// Hashes of Ignition texts already validated, so identical renders skip re-parsing.
+    pub(crate) validated: render::ValidatedCache,
 }
 
 impl std::fmt::Debug for ProfileSet {
@@ -594,6 +596,7 @@ impl ProfileSet {
             env,
             origins: ld.origins,
             loaded_at: SystemTime::now(),
+            validated: render::ValidatedCache::default(),
         };
         set.selectors
             .sort_by_key(|s| std::cmp::Reverse(s.conditions.specificity()));

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# HTTP benchmark: Kindling next to nginx, same machine, same run, loopback only.
+#
+#   bench/http.sh [rounds] [seconds-per-test]      (default: 5 rounds of 5 s)
+#
+# Measures with wrk (2 threads, 32 connections):
+#   - /ipxe and /ignition rendered per request by Kindling, against nginx serving the very
+#     same bytes as static files (the cost of choosing a profile and rendering templates);
+#   - a 30 MiB asset from Kindling's /assets/ and from nginx.
+# Each test runs once per round, alternating servers; the table shows medians and the
+# ratio Kindling/nginx (1.00 = as fast as nginx). Both servers and wrk share the machine's
+# cores, so absolute numbers depend on the machine; compare the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+secs=${2:-5}
+
+scripts/setup.sh bench >/dev/null
+cargo build --locked --release -q
+bin=$PWD/target/release/kindling
+
+work=$(mktemp -d)
+chmod 755 "$work"  # nginx workers run as nobody
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+[ -n "${BENCH_DEBUG:-}" ] && set -x
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+kport=$(free_port)
+nport=$(free_port)
+mac=52:54:00:10:00:21
+
+# Kindling on the shipped example profiles, plus a 30 MiB asset.
+mkdir -p "$work/assets/flatcar" "$work/static"
+head -c $((30 * 1024 * 1024)) /dev/urandom > "$work/assets/flatcar/big.img"
+cat > "$work/kindling.toml" <<CONF
+[server]
+base_url = "http://127.0.0.1:$kport"
+[http]
+listen = "127.0.0.1:$kport"
+[paths]
+profiles = "$PWD/profiles"
+ipxe_scripts = "$PWD/ipxe"
+assets = "$work/assets"
+[log]
+level = "warn"
+CONF
+"$bin" serve --config "$work/kindling.toml" 2>"$work/kindling.log" &
+pids+=($!)
+kpid=$!
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$kport/healthz" >/dev/null && break; sleep 0.1; done
+
+# nginx serving the same bytes: the rendered documents as static files, and the asset.
+curl -fs "http://127.0.0.1:$kport/ipxe?mac=$mac" > "$work/static/ipxe"
+curl -fs "http://127.0.0.1:$kport/ignition?mac=$mac" > "$work/static/ignition"
+cp "$work/assets/flatcar/big.img" "$work/static/big.img"
+cat > "$work/nginx.conf" <<CONF
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  client_body_temp_path $work/nginx-tmp;
+  proxy_temp_path $work/nginx-tmp;
+  fastcgi_temp_path $work/nginx-tmp;
+  uwsgi_temp_path $work/nginx-tmp;
+  scgi_temp_path $work/nginx-tmp;
+  server {
+    listen 127.0.0.1:$nport;
+    root $work/static;
+  }
+}
+CONF
+mkdir -p "$work/nginx-tmp"
+nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$nport/ipxe" >/dev/null && break; sleep 0.1; done
+cmp -s <(curl -fs "http://127.0.0.1:$nport/ignition") <(curl -fs "http://127.0.0.1:$kport/ignition?mac=$mac") \
+  || { echo "nginx and Kindling do not serve the same bytes" >&2; exit 1; }
+
+# wrk → requests/s and MB/s
+run_wrk() {
+  local out
+  out=$(wrk -t2 -c32 -d"${secs}s" --latency "$1" 2>&1)
+  local rps mbps
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  mbps=$(awk '/^Transfer\/sec:/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /MB/) {sub("MB","",v)} else if (v ~ /KB/) {sub("KB","",v); v/=1024} else {sub("B","",v); v/=1048576}; print v}' <<<"$out")
+  echo "$rps $mbps"
+}
+
+declare -A results
+tests=(ipxe ignition asset)
+kurl() { case $1 in ipxe) echo "http://127.0.0.1:$kport/ipxe?mac=$mac";; ignition) echo "http://127.0.0.1:$kport/ignition?mac=$mac";; asset) echo "http://127.0.0.1:$kport/assets/flatcar/big.img";; esac; }
+nurl() { case $1 in ipxe) echo "http://127.0.0.1:$nport/ipxe";; ignition) echo "http://127.0.0.1:$nport/ignition";; asset) echo "http://127.0.0.1:$nport/big.img";; esac; }
+
+echo "HTTP benchmark: $rounds rounds x ${secs}s per test, wrk -t2 -c32, $(nproc) cores"
+for r in $(seq "$rounds"); do
+  for t in "${tests[@]}"; do
+    results[k,$t]+="$(run_wrk "$(kurl "$t")");"
+    results[n,$t]+="$(run_wrk "$(nurl "$t")");"
+  done
+  echo "  round $r done"
+done
+krss=$(awk '/VmHWM/ {print $2}' "/proc/$kpid/status")
+
+median() { tr ';' '\n' | awk 'NF' | awk -v f="$1" '{print $f}' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+printf '\n%-34s %14s %14s %8s\n' "test (median of $rounds)" "kindling" "nginx" "ratio"
+for t in "${tests[@]}"; do
+  if [ "$t" = asset ]; then field=2; unit="MB/s"; else field=1; unit="req/s"; fi
+  k=$(median $field <<<"${results[k,$t]}")
+  n=$(median $field <<<"${results[n,$t]}")
+  label=$t; [ "$t" = asset ] && label="30 MiB asset"
+  [ "$t" = ipxe ] && label="/ipxe (rendered vs static)"
+  [ "$t" = ignition ] && label="/ignition (rendered vs static)"
+  printf '%-34s %10.0f %-4s %10.0f %-4s %7.2fx\n' "$label" "$k" "$unit" "$n" "$unit" "$(awk -v a="$k" -v b="$n" 'BEGIN {print (b > 0 ? a / b : 0)}')"
+done
+echo
+echo "kindling peak RSS during the run: $((krss / 1024)) MiB"

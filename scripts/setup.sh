@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Install everything Kindling's tests, example and benchmarks need on a fresh Debian 12 machine.
+#
+#   scripts/setup.sh [run|test|bench]...   (default: test)
+#
+# Idempotent: installs only missing Debian packages. Packages must not start their own
+# services (nginx, tftpd-hpa, kea...): tests and benchmarks run every peer themselves, inside
+# their own namespaces or on loopback, and stop it by PID. A temporary policy-rc.d tells
+# Debian's maintainer scripts not to start daemons while we install.
+set -euo pipefail
+
+want=()
+for purpose in "${@:-test}"; do
+  case "$purpose" in
+    run) want+=(ipxe ca-certificates) ;;
+    test) want+=(ipxe curl ca-certificates) ;;
+    bench) want+=(ipxe curl wrk nginx-light) ;;
+    *) echo "setup.sh: unknown purpose '$purpose' (run, test, bench)" >&2; exit 64 ;;
+  esac
+done
+
+missing=()
+for pkg in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+# de-duplicate
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk 'NF && !seen[$0]++')
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install ${missing[*]}" >&2; exit 1; }
+    sudo=(sudo)
+  fi
+  created_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  trap '[ "$created_policy" = 1 ] && "${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -q
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The Rust toolchain: Debian 12's cargo is too old for this crate (edition 2024, Rust >= 1.90).
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found. Install Rust >= 1.90 with rustup (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
+rustc_minor=$(rustc --version | awk '{split($2, v, "."); print v[2]}')
+if [ "${rustc_minor:-0}" -lt 90 ]; then
+  echo "setup: $(rustc --version) is too old; Kindling needs Rust >= 1.90 (rustup update)." >&2
+  exit 1
+fi
+echo "setup: ready ($(rustc --version))"

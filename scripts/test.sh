@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script):
+# set-up, formatting, lints, unit and integration tests.
+#
+#   scripts/test.sh
+#
+# Tests that need root or network namespaces print "SKIP <test>: <reason>" when those are
+# missing; CI runs as root and runs them all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh test
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked --all-targets
