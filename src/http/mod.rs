@@ -264,4 +264,4 @@ async fn log_request(req: Request, next: Next) -> Response {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

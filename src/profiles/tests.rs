@@ -564,3 +564,67 @@ fn shipped_example_profiles_load() {
         assert!(ign.contains(&format!("data:,{host}")), "{ign}");
     }
 }
+
+#[test]
+fn mutated_profiles_never_panic_the_loader() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let worker = std::fs::read_to_string(root.join("profiles/worker.toml")).unwrap();
+    let ign = std::fs::read_to_string(root.join("profiles/templates/k8s-node.ign.j2")).unwrap();
+    let mut rng = crate::http::tests::Rng(0xdead_beef_0000_0042);
+    let noise = [
+        "[",
+        "]",
+        "\"",
+        "=",
+        "\n",
+        "{{",
+        "}}",
+        "{%",
+        "%}",
+        "..",
+        "/",
+        "\u{fffd}",
+        "52:54:00",
+        "[[machine]]\n",
+        "default = true\n",
+        "\0",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir_all(profiles.join("templates")).unwrap();
+    let sources = Sources {
+        profiles: profiles.clone(),
+        scripts: root.join("ipxe"),
+    };
+    let mut loaded = 0;
+    for _ in 0..300 {
+        let mut w = worker.clone().into_bytes();
+        let mut t = ign.clone().into_bytes();
+        for target in [&mut w, &mut t] {
+            for _ in 0..rng.below(4) {
+                let at = rng.below(target.len() + 1);
+                match rng.below(3) {
+                    0 => target.truncate(at),
+                    1 => {
+                        let n = noise[rng.below(noise.len())].as_bytes();
+                        target.splice(at..at, n.iter().copied());
+                    }
+                    _ => {
+                        if at < target.len() {
+                            target.remove(at);
+                        }
+                    }
+                }
+            }
+        }
+        std::fs::write(profiles.join("worker.toml"), &w).unwrap();
+        std::fs::write(profiles.join("templates/k8s-node.ign.j2"), &t).unwrap();
+        if ProfileSet::load(&sources, "http://x").is_ok() {
+            loaded += 1;
+        }
+    }
+    assert!(
+        loaded > 0 && loaded < 300,
+        "mutations should both break and spare the profile: {loaded}"
+    );
+}
