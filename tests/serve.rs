@@ -381,3 +381,26 @@ fn shipped_example_config_runs_as_is() {
     assert!(body.contains("(ctrl-1)"), "{body}");
     assert!(d.terminate().success());
 }
+
+#[test]
+fn json_logs_carry_the_mac_as_a_field() {
+    let dir = lab();
+    write(
+        dir.path(),
+        "kindling.toml",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[paths]\nipxe_scripts = \"ipxe\"\n[log]\nformat = \"json\"\n",
+    );
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(
+        rt.block_on(get(&d.url(&format!("/ipxe?mac={MAC1}")))).0,
+        200
+    );
+    let line = d
+        .wait_log(Duration::from_secs(5), |l| l.contains("\"http request\""))
+        .expect("a JSON request line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["mac"], MAC1, "{line}");
+    assert_eq!(v["fields"]["served"], "ipxe", "{line}");
+    assert_eq!(v["fields"]["status"], 200, "{line}");
+}

@@ -273,6 +273,27 @@ impl Loader {
             .push(Diagnostic::at_offset(path, source, offset, msg));
     }
 
+    /// Parse a spanned value, or report `invalid WHAT "value"` at its line.
+    fn parse<T>(
+        &mut self,
+        path: &Path,
+        source: &str,
+        field: &Spanned<String>,
+        what: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let parsed = parse(field.get_ref());
+        if parsed.is_none() {
+            self.err(
+                path,
+                source,
+                field.span().start,
+                format!("invalid {what} {:?}", field.get_ref()),
+            );
+        }
+        parsed
+    }
+
     /// Register the file template `rel` (relative to the profiles dir) if it exists.
     fn file_template(
         &mut self,
@@ -817,17 +838,8 @@ fn resolve_profile(
             }
         }
         for u in &r.uuid {
-            match parse_uuid(u.get_ref()) {
-                Some(u) => {
-                    c.uuids.insert(u);
-                }
-                None => ld.err(
-                    path,
-                    source,
-                    u.span().start,
-                    format!("invalid UUID {:?}", u.get_ref()),
-                ),
-            }
+            c.uuids
+                .extend(ld.parse(path, source, u, "UUID", parse_uuid));
         }
         if let Some(p) = &r.mac_prefix {
             match p.get_ref().parse::<MacPrefix>() {
@@ -915,36 +927,15 @@ fn resolve_profile(
             let msg = format!("invalid hostname {:?}", h.get_ref());
             ld.err(path, source, h.span().start, msg);
         }
-        let ip = match &r.ip {
-            Some(ip) => match ip.get_ref().trim().parse::<std::net::IpAddr>() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    ld.err(
-                        path,
-                        source,
-                        ip.span().start,
-                        format!("invalid IP address {:?}", ip.get_ref()),
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
-        let uuid = match &r.uuid {
-            Some(u) => match parse_uuid(u.get_ref()) {
-                Some(u) => Some(u),
-                None => {
-                    ld.err(
-                        path,
-                        source,
-                        u.span().start,
-                        format!("invalid UUID {:?}", u.get_ref()),
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
+        let ip = r.ip.as_ref().and_then(|ip| {
+            ld.parse(path, source, ip, "IP address", |s| {
+                s.trim().parse::<std::net::IpAddr>().ok()
+            })
+        });
+        let uuid = r
+            .uuid
+            .as_ref()
+            .and_then(|u| ld.parse(path, source, u, "UUID", parse_uuid));
         if let Some(first) = machines.get(&mac) {
             let msg = format!("machine {mac} is already declared at {}", first.at);
             ld.err(path, source, r.mac.span().start, msg);
