@@ -56,7 +56,11 @@ impl Daemon {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     if let Some(rest) = line.split("listening for HTTP on ").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        // Text or JSON log line: the address is the run of address characters.
+                        let addr: String = rest
+                            .chars()
+                            .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+                            .collect();
                         let _ = tx.send(addr);
                     }
                     logs.lock().unwrap().push(line);
