@@ -144,6 +144,8 @@ pub struct DhcpConfig {
     pub mode: DhcpMode,
     /// The interfaces DHCP answers on; never all interfaces.
     pub interfaces: Vec<String>,
+    /// The iPXE binary each firmware family gets.
+    pub boot_files: crate::dhcp::pxe::BootFiles,
 }
 
 /// `[tftp]`: the TFTP service (implemented in a later release; the section is reserved).
@@ -256,6 +258,15 @@ impl Config {
                 "dhcp.mode is not \"off\" but dhcp.interfaces is empty: name the interfaces to serve",
             ));
         }
+        for (fw, file) in config.dhcp.boot_files.all() {
+            if let Err(msg) = check_boot_file(file) {
+                errors.push(Diagnostic::new(
+                    path,
+                    line_of_key(fw.name()),
+                    format!("dhcp.boot_files.{fw}: {msg}"),
+                ));
+            }
+        }
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -286,6 +297,26 @@ impl PathsConfig {
             }
         }
     }
+}
+
+/// A boot file name must fit the BOOTP `file` field and stay inside the binaries directory.
+pub fn check_boot_file(file: &str) -> Result<(), String> {
+    use crate::dhcp::pxe::MAX_BOOT_FILE_LEN;
+    if file.is_empty() {
+        return Err("boot file name is empty".into());
+    }
+    if file.len() > MAX_BOOT_FILE_LEN {
+        return Err(format!(
+            "boot file name is {} bytes; at most {MAX_BOOT_FILE_LEN} fit the DHCP file field",
+            file.len()
+        ));
+    }
+    if file.starts_with('/') || file.split('/').any(|c| c == "..") || file.contains(['\\', '\0']) {
+        return Err(format!(
+            "boot file {file:?} must be a relative path without '..'"
+        ));
+    }
+    Ok(())
 }
 
 /// iPXE (Debian's 2019 build) speaks plain HTTP only; a base URL must be `http://host[:port]`.
@@ -357,6 +388,26 @@ mod tests {
         assert!(err.contains(":2: dhcp.mode"), "{err}");
         let err = parse("[dhcp]\nmode = \"on\"\n").unwrap_err().to_string();
         assert!(err.contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn boot_files_are_checked() {
+        let c = parse("[dhcp.boot_files]\nuefi_x64 = \"snponly.efi\"\n").unwrap();
+        assert_eq!(c.dhcp.boot_files.uefi_x64, "snponly.efi");
+        assert_eq!(c.dhcp.boot_files.bios, "undionly.kpxe");
+        let long = "a".repeat(128);
+        let err = parse(&format!("[dhcp.boot_files]\nbios = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":2: dhcp.boot_files.bios: boot file name is 128 bytes"),
+            "{err}"
+        );
+        let err = parse("[dhcp.boot_files]\n\nuefi_arm64 = \"../../etc/shadow\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":3: dhcp.boot_files.uefi_arm64"), "{err}");
+        assert!(parse("[dhcp.boot_files]\nuefi_mips = \"x\"\n").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dhcp;
 pub mod diag;
 pub mod http;
 pub mod inventory;

@@ -66,6 +66,24 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Explain what a PXE client gets from DHCP (boot file, profile) and why.
+    Explain {
+        /// The configuration file.
+        #[arg(long, short, default_value = "kindling.toml", env = "KINDLING_CONFIG")]
+        config: PathBuf,
+        /// The machine's MAC address.
+        #[arg(long)]
+        mac: MacAddr,
+        /// Option 93 client architecture: 0 BIOS, 7/9 UEFI x64, 11 arm64, 16 x64 HTTP, 19 arm64 HTTP, ...
+        #[arg(long)]
+        arch: Option<u16>,
+        /// Option 77 user class, e.g. iPXE.
+        #[arg(long)]
+        user_class: Option<String>,
+        /// Option 60 vendor class; default PXEClient (HTTPClient for HTTP boot architectures).
+        #[arg(long)]
+        vendor_class: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,6 +139,13 @@ fn main() -> ExitCode {
             };
             render(&config, facts, what)
         }
+        Command::Explain {
+            config,
+            mac,
+            arch,
+            user_class,
+            vendor_class,
+        } => explain(&config, mac, arch, user_class, vendor_class),
     }
 }
 
@@ -262,4 +287,73 @@ fn render(path: &Path, facts: Facts, what: What) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn explain(
+    path: &Path,
+    mac: MacAddr,
+    arch: Option<u16>,
+    user_class: Option<String>,
+    vendor_class: Option<String>,
+) -> ExitCode {
+    use kindling::dhcp::pxe::{self, BootFile, ClientInfo};
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let base_url = app::offline_base_url(&config);
+    let set = match ProfileSet::load(&app::sources(&config), &base_url) {
+        Ok(set) => set,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let arch_type = arch.and_then(pxe::arch_type);
+    let vendor_class = vendor_class.unwrap_or_else(|| {
+        let kind = if arch_type.is_some_and(|a| a.http) {
+            "HTTPClient"
+        } else {
+            "PXEClient"
+        };
+        match arch {
+            Some(a) => format!("{kind}:Arch:{a:05}"),
+            None => kind.to_string(),
+        }
+    });
+    let client = ClientInfo {
+        arch,
+        vendor_class: Some(vendor_class),
+        user_class: user_class.map(String::into_bytes),
+        ipxe_options: false,
+    };
+    // What DHCP knows of the machine: its MAC, and the arch/platform that option 93 implies.
+    let mut facts = Facts::from_mac(mac);
+    if let Some(fw) = arch_type.and_then(|a| a.firmware) {
+        facts.arch = Some(fw.ipxe_arch().to_string());
+        facts.platform = Some(fw.platform().to_string());
+    }
+    let (machine, chosen) = set.machine_boot(&facts);
+    let decision = pxe::decide(&client, &machine, &config.dhcp.boot_files, &base_url);
+    println!("machine:    {mac}");
+    match &chosen {
+        Some(m) => println!("profile:    {} ({})", m.profile.name, m.reason),
+        None => println!("profile:    none (no selector matches and there is no default profile)"),
+    }
+    match &decision.boot_file {
+        Some(BootFile::Tftp(f)) => println!(
+            "boot file:  {f} (TFTP from {})",
+            config.paths.ipxe_binaries.display()
+        ),
+        Some(BootFile::Http(u)) => println!("boot file:  {u} (HTTP)"),
+        None => println!("boot file:  none"),
+    }
+    if let Some(vc) = decision.vendor_class {
+        println!("option 60:  {vc}");
+    }
+    println!("why:");
+    for step in &decision.why {
+        println!("  - {step}");
+    }
+    ExitCode::SUCCESS
 }

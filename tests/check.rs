@@ -117,3 +117,54 @@ fn version() {
         format!("kindling {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn explain_prints_the_dhcp_decision_and_why() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |args: &[&str]| {
+        let out = kindling()
+            .current_dir(root)
+            .args(["explain", "--config", "kindling.toml"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run(&["--mac", "52:54:00:10:00:21", "--arch", "0"]);
+    assert!(
+        out.contains("profile:    worker (machine entry at profiles/worker.toml:"),
+        "{out}"
+    );
+    assert!(out.contains("boot file:  undionly.kpxe (TFTP"), "{out}");
+    let out = run(&["--mac", "52-54-00-10-00-21", "--arch", "9"]);
+    assert!(out.contains("boot file:  ipxe.efi (TFTP"), "{out}");
+    let out = run(&[
+        "--mac",
+        "52:54:00:10:00:21",
+        "--arch",
+        "7",
+        "--user-class",
+        "iPXE",
+    ]);
+    assert!(
+        out.contains("boot file:  http://127.0.0.1:8080/boot.ipxe (HTTP)"),
+        "{out}"
+    );
+    assert!(out.contains("would loop"), "{out}");
+    let out = run(&["--mac", "52:54:00:10:00:21", "--arch", "19"]);
+    assert!(
+        out.contains("boot file:  http://127.0.0.1:8080/boot/snp-arm64.efi (HTTP)"),
+        "{out}"
+    );
+    assert!(out.contains("option 60:  HTTPClient"), "{out}");
+    let out = run(&["--mac", "52:54:00:99:00:01", "--arch", "9"]);
+    assert!(
+        out.contains("profile:    none") && out.contains("boot file:  none"),
+        "{out}"
+    );
+}

@@ -8,6 +8,7 @@
 //! | `/metadata?mac=..` | `KEY=value` lines |
 //! | `/generic?mac=..`, `/generic/{name}?mac=..` | a generic template (cloud-init, kickstart, ...) |
 //! | `/assets/...` | static files: Range, HEAD, ETag, Last-Modified; no traversal |
+//! | `/boot/...` | the iPXE binaries (`paths.ipxe_binaries`), for UEFI HTTP boot clients |
 //! | `/healthz` | liveness and the state of the last profile reload |
 //!
 //! MACs are accepted as `aa:bb:..` and `aa-bb-..` in any case. Every request is logged on one
@@ -103,6 +104,11 @@ pub fn router(state: HttpState) -> Router {
     let assets = ServeDir::new(&state.config.paths.assets)
         .append_index_html_on_directories(false)
         .redirect_to_trailing_slash(false);
+    // iPXE binaries over HTTP, for UEFI HTTP boot clients (the DHCP classifier hands them
+    // http://<server>/boot/<file>).
+    let binaries = ServeDir::new(&state.config.paths.ipxe_binaries)
+        .append_index_html_on_directories(false)
+        .redirect_to_trailing_slash(false);
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/ipxe", get(|s, q| machine_doc(s, q, What::Ipxe)))
@@ -115,6 +121,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/generic/{name}", get(generic_named))
         .route("/healthz", get(healthz))
         .nest_service("/assets", assets)
+        .nest_service("/boot", binaries)
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn(log_request))
         .with_state(state)
@@ -232,6 +239,8 @@ async fn log_request(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| Outcome {
             served: if path.starts_with("/assets/") {
                 "asset".into()
+            } else if path.starts_with("/boot/") {
+                "ipxe-binary".into()
             } else {
                 String::new()
             },

@@ -47,7 +47,12 @@ fn fixture() -> Fixture {
     );
     write("assets/os/vmlinuz", &"0123456789".repeat(100));
     write("secret.txt", "do not serve");
-    let config = crate::config::Config::parse(&root.join("kindling.toml"), "").unwrap();
+    write("ipxe-bin/ipxe.efi", "MZ fake efi");
+    let config = crate::config::Config::parse(
+        &root.join("kindling.toml"),
+        "[paths]\nipxe_binaries = \"ipxe-bin\"\n",
+    )
+    .unwrap();
     let sources = Sources {
         profiles: root.join("profiles"),
         scripts: Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe"),
@@ -248,6 +253,19 @@ async fn assets_range_head_etag_and_no_traversal() {
         );
         assert!(!body.contains("do not serve"), "{bad} escaped");
     }
+}
+
+#[tokio::test]
+async fn ipxe_binaries_over_http_for_uefi_http_boot() {
+    let f = fixture();
+    let (status, _, body) = get(&f, "/boot/ipxe.efi").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "MZ fake efi"));
+    let (status, _, body) = get(&f, "/boot/../secret.txt").await;
+    assert!(
+        status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST,
+        "{status}"
+    );
+    assert!(!body.contains("do not serve"));
 }
 
 #[tokio::test]

@@ -108,6 +108,8 @@ pub struct Boot {
     pub args: Vec<String>,
     /// The iPXE script template: the profile's own or the built-in `ipxe/profile.ipxe.j2`.
     pub script: String,
+    /// `[boot.files]`: iPXE binaries for this profile's machines, overriding `[dhcp.boot_files]`.
+    pub files: BTreeMap<crate::dhcp::pxe::Firmware, String>,
 }
 
 /// A machine entry from a profile (`[[machine]]`).
@@ -228,6 +230,8 @@ struct RawBoot {
     #[serde(default)]
     args: Vec<Spanned<String>>,
     script: Option<Spanned<String>>,
+    #[serde(default)]
+    files: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -657,6 +661,30 @@ impl ProfileSet {
         })
     }
 
+    /// What DHCP should do for a machine: netboot with its profile, boot from disk, or nothing.
+    pub fn machine_boot(
+        &self,
+        facts: &Facts,
+    ) -> (crate::dhcp::pxe::MachineBoot, Option<Match<'_>>) {
+        use crate::dhcp::pxe::MachineBoot;
+        match self.select(facts) {
+            None => (MachineBoot::NoProfile, None),
+            Some(m) if m.profile.boot.local => (
+                MachineBoot::LocalDisk {
+                    profile: m.profile.name.clone(),
+                },
+                Some(m),
+            ),
+            Some(m) => (
+                MachineBoot::Netboot {
+                    profile: m.profile.name.clone(),
+                    files: m.profile.boot.files.clone(),
+                },
+                Some(m),
+            ),
+        }
+    }
+
     /// A profile by name.
     pub fn profile(&self, name: &str) -> Option<&Profile> {
         self.profiles.iter().find(|p| p.name == name)
@@ -813,6 +841,31 @@ fn resolve_profile(
             off,
             "boot.local = true and boot.kernel are contradictory: choose one",
         );
+    }
+
+    for (key, file) in &rb.files {
+        let fw = crate::dhcp::pxe::ARCH_TYPES
+            .iter()
+            .filter_map(|a| a.firmware)
+            .find(|f| f.name() == key);
+        let Some(fw) = fw else {
+            let msg = format!(
+                "boot.files.{key}: unknown firmware; expected one of bios, uefi_ia32, uefi_x64, uefi_arm32, uefi_arm64, uefi_riscv64, uefi_loong64"
+            );
+            ld.err(path, source, file.span().start, msg);
+            continue;
+        };
+        match crate::config::check_boot_file(file.get_ref()) {
+            Ok(()) => {
+                boot.files.insert(fw, file.get_ref().clone());
+            }
+            Err(msg) => ld.err(
+                path,
+                source,
+                file.span().start,
+                format!("boot.files.{key}: {msg}"),
+            ),
+        }
     }
 
     let ignition = raw

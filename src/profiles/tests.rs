@@ -628,3 +628,51 @@ fn mutated_profiles_never_panic_the_loader() {
         "mutations should both break and spare the profile: {loaded}"
     );
 }
+
+#[test]
+fn boot_file_overrides_per_profile() {
+    use crate::dhcp::pxe::{Firmware, MachineBoot};
+    let (_d, set) = ok(&[
+        (
+            "a.toml",
+            "[boot]\nkernel = \"k\"\n[boot.files]\nuefi_x64 = \"snponly.efi\"\n[[machine]]\nmac = \"52:54:00:00:00:01\"\n",
+        ),
+        (
+            "disk.toml",
+            "[boot]\nlocal = true\n[[machine]]\nmac = \"52:54:00:00:00:02\"\n",
+        ),
+    ]);
+    let (m, _) = set.machine_boot(&facts("52:54:00:00:00:01"));
+    assert_eq!(
+        m,
+        MachineBoot::Netboot {
+            profile: "a".into(),
+            files: [(Firmware::UefiX64, "snponly.efi".to_string())].into()
+        }
+    );
+    assert_eq!(
+        set.machine_boot(&facts("52:54:00:00:00:02")).0,
+        MachineBoot::LocalDisk {
+            profile: "disk".into()
+        }
+    );
+    assert_eq!(
+        set.machine_boot(&facts("52:54:00:00:00:03")).0,
+        MachineBoot::NoProfile
+    );
+    let errs = errors(&[(
+        "a.toml",
+        "[boot]\nkernel = \"k\"\n[boot.files]\nuefi_x65 = \"a.efi\"\nbios = \"../x\"\n",
+    )]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("profiles/a.toml:4: boot.files.uefi_x65: unknown firmware"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with(
+            "profiles/a.toml:5: boot.files.bios: boot file \"../x\" must be a relative path"
+        ),
+        "{errs:?}"
+    );
+}

@@ -1,0 +1,9 @@
+//! DHCP: how machines find Kindling.
+//!
+//! - [`pxe`]: the PXE client classifier, a pure function from what a DHCP request says
+//!   (options 60, 77, 93, 175) and the machine's profile to the boot file it gets, and why.
+//!
+//! The DHCP server itself (full, proxy and relay modes; leases) is the next step and plugs in
+//! beside the HTTP service in [`crate::app`].
+
+pub mod pxe;
