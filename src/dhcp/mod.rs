@@ -1,9 +1,11 @@
 //! DHCP: how machines find Kindling.
 //!
+//! - [`leases`]: address allocation (reservations, reuse oldest-expired first, quarantine).
 //! - [`pxe`]: the PXE client classifier, a pure function from what a DHCP request says
 //!   (options 60, 77, 93, 175) and the machine's profile to the boot file it gets, and why.
 //!
 //! The DHCP server itself (full, proxy and relay modes; leases) is the next step and plugs in
 //! beside the HTTP service in [`crate::app`].
 
+pub mod leases;
 pub mod pxe;
