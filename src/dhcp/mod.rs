@@ -1,6 +1,7 @@
 //! DHCP: how machines find Kindling.
 //!
 //! - [`leases`]: address allocation (reservations, reuse oldest-expired first, quarantine).
+//! - [`reply`]: reply addressing (RFC 2131 §4.1), boot fields, padding; defensive reads.
 //! - [`store`]: durable leases in redb, committed before the ACK.
 //! - [`pxe`]: the PXE client classifier, a pure function from what a DHCP request says
 //!   (options 60, 77, 93, 175) and the machine's profile to the boot file it gets, and why.
@@ -10,4 +11,5 @@
 
 pub mod leases;
 pub mod pxe;
+pub mod reply;
 pub mod store;

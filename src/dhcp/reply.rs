@@ -1,0 +1,339 @@
+//! Building DHCP replies that real PXE ROMs accept: pure functions over dhcproto messages.
+//!
+//! - [`client_mac`] and [`client_info`]: what a request says, read defensively (dhcproto's
+//!   `chaddr()` slices by the packet's own `hlen` and panics beyond 16: check first).
+//! - [`destination`]: RFC 2131 §4.1 reply addressing in one place.
+//! - [`set_boot`]: siaddr, the `file` field and options 66/67 set consistently from a
+//!   classifier decision, option 60 echoed (`PXEClient`/`HTTPClient`), and iPXE's
+//!   `no-pxedhcp` (option 175.176) so iPXE does not wait ~3 s for proxy offers.
+//! - [`encode_padded`]: encode, then pad to the 300-byte BOOTP minimum some ROMs insist on
+//!   (dhcproto does not pad).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use dhcproto::v4::{DhcpOption, HType, Message, MessageType, OptionCode, UnknownOption};
+use dhcproto::{Encodable, Encoder};
+
+use super::pxe::{BootFile, ClientInfo, Decision, MAX_BOOT_FILE_LEN};
+use crate::mac::MacAddr;
+
+/// The BOOTP minimum message size (RFC 951/1542); shorter replies are dropped by some ROMs.
+pub const BOOTP_MIN_LEN: usize = 300;
+/// DHCP server port.
+pub const SERVER_PORT: u16 = 67;
+/// DHCP client port.
+pub const CLIENT_PORT: u16 = 68;
+
+/// The client's Ethernet MAC, or `None` when the packet is not Ethernet or `hlen` is not 6.
+pub fn client_mac(msg: &Message) -> Option<MacAddr> {
+    if msg.htype() != HType::Eth || msg.hlen() != 6 {
+        return None;
+    }
+    let bytes: [u8; 6] = msg.chaddr().try_into().ok()?;
+    Some(MacAddr(bytes))
+}
+
+/// Options 60, 77, 93 and 175 of a request, for the classifier.
+pub fn client_info(msg: &Message) -> ClientInfo {
+    let opts = msg.opts();
+    let vendor_class = match opts.get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(v)) => Some(String::from_utf8_lossy(v).into_owned()),
+        _ => None,
+    };
+    let user_class = match opts.get(OptionCode::UserClass) {
+        Some(DhcpOption::UserClass(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(a.0),
+        _ => None,
+    };
+    ClientInfo {
+        arch,
+        vendor_class,
+        user_class,
+        ipxe_options: opts.get(OptionCode::Unknown(175)).is_some(),
+    }
+}
+
+/// Where a reply goes (RFC 2131 §4.1): to the relay when `giaddr` is set; a DHCPNAK without a
+/// relay is broadcast; to `ciaddr` when the client has an address; otherwise broadcast (the
+/// client has no address yet and we do not inject ARP entries).
+pub fn destination(req: &Message, reply: MessageType) -> SocketAddrV4 {
+    if !req.giaddr().is_unspecified() {
+        return SocketAddrV4::new(req.giaddr(), SERVER_PORT);
+    }
+    if reply != MessageType::Nak && !req.ciaddr().is_unspecified() {
+        return SocketAddrV4::new(req.ciaddr(), CLIENT_PORT);
+    }
+    SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+}
+
+/// Put the classifier's decision into a reply. `server_ip` is Kindling's address on the
+/// client's network (TFTP next-server).
+pub fn set_boot(reply: &mut Message, decision: &Decision, server_ip: Ipv4Addr) {
+    if let Some(vc) = decision.vendor_class {
+        reply
+            .opts_mut()
+            .insert(DhcpOption::ClassIdentifier(vc.as_bytes().to_vec()));
+    }
+    match &decision.boot_file {
+        Some(BootFile::Tftp(file)) => {
+            reply.set_siaddr(server_ip);
+            set_file(reply, file);
+            reply.opts_mut().insert(DhcpOption::TFTPServerName(
+                server_ip.to_string().into_bytes(),
+            ));
+            reply
+                .opts_mut()
+                .insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+        }
+        Some(BootFile::Http(url)) => {
+            reply.set_siaddr(server_ip);
+            set_file(reply, url);
+            reply
+                .opts_mut()
+                .insert(DhcpOption::BootfileName(url.as_bytes().to_vec()));
+        }
+        None => {}
+    }
+    if decision.ipxe {
+        // iPXE encapsulated option 176 `no-pxedhcp` = 1: do not wait for proxy offers.
+        reply
+            .opts_mut()
+            .insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::Unknown(175),
+                vec![176, 1, 1],
+            )));
+    }
+}
+
+/// The `file` field holds 127 bytes and a NUL; dhcproto panics on longer names. Names are
+/// checked at config load; a longer URL is sent in option 67 only.
+fn set_file(reply: &mut Message, file: &str) {
+    if file.len() <= MAX_BOOT_FILE_LEN {
+        reply.set_fname_str(file);
+    }
+}
+
+/// Encode a reply and pad it to [`BOOTP_MIN_LEN`] bytes.
+pub fn encode_padded(msg: &Message) -> Result<Vec<u8>, dhcproto::error::EncodeError> {
+    let mut buf = Vec::with_capacity(BOOTP_MIN_LEN.max(576));
+    msg.encode(&mut Encoder::new(&mut buf))?;
+    if buf.len() < BOOTP_MIN_LEN {
+        buf.resize(BOOTP_MIN_LEN, 0);
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use dhcproto::v4::{Architecture, Flags, Opcode};
+    use dhcproto::{Decodable, Decoder};
+
+    use super::*;
+    use crate::dhcp::pxe::{self, BootFiles, MachineBoot};
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    /// A DHCPDISCOVER as OVMF's PXE client sends it.
+    fn uefi_discover() -> Message {
+        let mut m = Message::new_with_id(
+            0x1234_5678,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &MAC,
+        );
+        m.set_flags(Flags::default().set_broadcast());
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(MessageType::Discover));
+        o.insert(DhcpOption::ClientSystemArchitecture(Architecture::X64));
+        o.insert(DhcpOption::ClassIdentifier(
+            b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+        ));
+        o.insert(DhcpOption::ClientMachineIdentifier(vec![0; 17]));
+        m
+    }
+
+    fn reply_to(req: &Message) -> Message {
+        let mut r = Message::new_with_id(
+            req.xid(),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 0, 0, 50),
+            Ipv4Addr::UNSPECIFIED,
+            req.giaddr(),
+            req.chaddr(),
+        );
+        r.set_opcode(Opcode::BootReply);
+        r.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Offer));
+        r
+    }
+
+    fn roundtrip(m: &Message) -> (usize, Message) {
+        let bytes = encode_padded(m).unwrap();
+        (
+            bytes.len(),
+            Message::decode(&mut Decoder::new(&bytes)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn uefi_rom_gets_consistent_tftp_boot_fields_in_a_padded_reply() {
+        let req = uefi_discover();
+        assert_eq!(client_mac(&req), Some(MacAddr(MAC)));
+        let info = client_info(&req);
+        assert_eq!(info.arch, Some(7));
+        let machine = MachineBoot::Netboot {
+            profile: "w".into(),
+            files: Default::default(),
+        };
+        let d = pxe::decide(
+            &info,
+            &machine,
+            &BootFiles::default(),
+            "http://10.0.0.2:8080",
+        );
+        let mut r = reply_to(&req);
+        set_boot(&mut r, &d, Ipv4Addr::new(10, 0, 0, 2));
+        let (len, back) = roundtrip(&r);
+        assert!(len >= BOOTP_MIN_LEN, "{len}");
+        assert_eq!(back.siaddr(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(
+            back.fname_str().unwrap().unwrap().trim_end_matches('\0'),
+            "ipxe.efi"
+        );
+        assert_eq!(
+            back.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(b"ipxe.efi".to_vec()))
+        );
+        assert_eq!(
+            back.opts().get(OptionCode::TFTPServerName),
+            Some(&DhcpOption::TFTPServerName(b"10.0.0.2".to_vec()))
+        );
+        assert_eq!(
+            back.opts().get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        assert!(
+            back.opts().get(OptionCode::Unknown(175)).is_none(),
+            "not iPXE"
+        );
+    }
+
+    #[test]
+    fn ipxe_gets_the_script_url_and_no_pxedhcp() {
+        let mut req = uefi_discover();
+        req.opts_mut()
+            .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        let machine = MachineBoot::Netboot {
+            profile: "w".into(),
+            files: Default::default(),
+        };
+        let d = pxe::decide(
+            &client_info(&req),
+            &machine,
+            &BootFiles::default(),
+            "http://10.0.0.2:8080",
+        );
+        let mut r = reply_to(&req);
+        set_boot(&mut r, &d, Ipv4Addr::new(10, 0, 0, 2));
+        let (_, back) = roundtrip(&r);
+        assert_eq!(
+            back.fname_str().unwrap().unwrap().trim_end_matches('\0'),
+            "http://10.0.0.2:8080/boot.ipxe"
+        );
+        match back.opts().get(OptionCode::Unknown(175)) {
+            Some(DhcpOption::Unknown(u)) => assert_eq!(u.data(), &[176, 1, 1]),
+            other => panic!("no option 175: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn long_urls_go_in_option_67_only() {
+        let base = format!("http://{}.example:8080", "a".repeat(120));
+        let mut req = uefi_discover();
+        req.opts_mut()
+            .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        let machine = MachineBoot::Netboot {
+            profile: "w".into(),
+            files: Default::default(),
+        };
+        let d = pxe::decide(&client_info(&req), &machine, &BootFiles::default(), &base);
+        let mut r = reply_to(&req);
+        set_boot(&mut r, &d, Ipv4Addr::new(10, 0, 0, 2));
+        let (_, back) = roundtrip(&r);
+        assert!(
+            back.fname().is_none_or(|f| f.iter().all(|b| *b == 0)),
+            "file field left empty"
+        );
+        assert_eq!(
+            back.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(
+                format!("{base}/boot.ipxe").into_bytes()
+            ))
+        );
+    }
+
+    #[test]
+    fn no_boot_file_means_no_boot_fields() {
+        let req = uefi_discover();
+        let d = pxe::decide(
+            &client_info(&req),
+            &MachineBoot::NoProfile,
+            &BootFiles::default(),
+            "http://x",
+        );
+        let mut r = reply_to(&req);
+        set_boot(&mut r, &d, Ipv4Addr::new(10, 0, 0, 2));
+        let (_, back) = roundtrip(&r);
+        assert_eq!(back.siaddr(), Ipv4Addr::UNSPECIFIED);
+        assert!(back.opts().get(OptionCode::BootfileName).is_none());
+    }
+
+    #[test]
+    fn reply_addressing_follows_rfc2131() {
+        let mut req = uefi_discover();
+        assert_eq!(
+            destination(&req, MessageType::Offer),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
+        );
+        req.set_ciaddr(Ipv4Addr::new(10, 0, 0, 50));
+        assert_eq!(
+            destination(&req, MessageType::Ack),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), 68)
+        );
+        assert_eq!(
+            destination(&req, MessageType::Nak),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            "NAK broadcast"
+        );
+        req.set_giaddr(Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(
+            destination(&req, MessageType::Ack),
+            SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 1), 67)
+        );
+        assert_eq!(
+            destination(&req, MessageType::Nak),
+            SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 1), 67)
+        );
+    }
+
+    #[test]
+    fn hostile_hlen_does_not_panic() {
+        let mut bytes = encode_padded(&uefi_discover()).unwrap();
+        bytes[2] = 200; // hlen
+        let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(
+            client_mac(&m),
+            None,
+            "rejected before chaddr() can slice out of bounds"
+        );
+        bytes[2] = 6;
+        bytes[1] = 6; // htype IEEE 802 (token ring), not Ethernet
+        let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(client_mac(&m), None);
+    }
+}
