@@ -1,5 +1,6 @@
 //! DHCP: how machines find Kindling.
 //!
+//! - [`decide`]: full-mode message handling (DORA, renew, rebind, decline, release, inform).
 //! - [`leases`]: address allocation (reservations, reuse oldest-expired first, quarantine).
 //! - [`reply`]: reply addressing (RFC 2131 §4.1), boot fields, padding; defensive reads.
 //! - [`store`]: durable leases in redb, committed before the ACK.
@@ -9,6 +10,7 @@
 //! The DHCP server itself (full, proxy and relay modes; leases) is the next step and plugs in
 //! beside the HTTP service in [`crate::app`].
 
+pub mod decide;
 pub mod leases;
 pub mod pxe;
 pub mod reply;

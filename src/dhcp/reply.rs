@@ -24,6 +24,21 @@ pub const SERVER_PORT: u16 = 67;
 /// DHCP client port.
 pub const CLIENT_PORT: u16 = 68;
 
+/// Decode a datagram, treating a decoder panic as a malformed packet.
+///
+/// dhcproto 0.15's option decoder carries `debug_assert!`s on option lengths (and a `len - 1`
+/// that underflows on a zero-length option), so a single crafted packet panics it in debug
+/// builds; release builds skip the asserts but the server must not depend on the build mode.
+/// The decoder is pure, so catching its unwind loses nothing.
+pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+    use dhcproto::{Decodable, Decoder};
+    match std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(bytes))) {
+        Ok(Ok(msg)) => Ok(msg),
+        Ok(Err(e)) => Err(format!("malformed DHCP packet: {e}")),
+        Err(_) => Err("malformed DHCP packet (rejected by the decoder's length checks)".into()),
+    }
+}
+
 /// The client's Ethernet MAC, or `None` when the packet is not Ethernet or `hlen` is not 6.
 pub fn client_mac(msg: &Message) -> Option<MacAddr> {
     if msg.htype() != HType::Eth || msg.hlen() != 6 {
@@ -335,5 +350,28 @@ mod tests {
         bytes[1] = 6; // htype IEEE 802 (token ring), not Ethernet
         let m = Message::decode(&mut Decoder::new(&bytes)).unwrap();
         assert_eq!(client_mac(&m), None);
+    }
+
+    #[test]
+    fn decoder_length_assertions_are_malformed_packets_not_crashes() {
+        let good = encode_padded(&uefi_discover()).unwrap();
+        assert!(decode(&good).is_ok());
+        // Options start after the 236-byte header and the 4-byte magic cookie. Option 152
+        // (bulk lease query base time) with length 2 trips the decoder's `len == 4` debug
+        // assertion; whatever the build, decode() answers instead of unwinding.
+        let packet = |opt: &[u8]| {
+            let mut bad = good[..240].to_vec();
+            bad.extend_from_slice(&[53, 1, 1]);
+            bad.extend_from_slice(opt);
+            bad.push(255);
+            bad
+        };
+        let short_time = decode(&packet(&[152, 2, 0, 0]));
+        if cfg!(debug_assertions) {
+            assert!(short_time.is_err());
+        }
+        let _ = decode(&packet(&[151, 0]));
+        assert!(decode(&[]).is_err());
+        assert!(decode(&good[..100]).is_err());
     }
 }

@@ -1,0 +1,725 @@
+//! Full-mode DHCP decisions: one request plus the subnet's state in, one action out.
+//!
+//! Pure and synchronous, with time passed in. The server loop decodes, calls [`handle`],
+//! persists [`Action::Reply::lease`] (durably, before sending), then sends. Kindling is
+//! *authoritative* on the subnets it serves (full mode means it is the LAN's DHCP server): a
+//! REQUEST for an address it cannot give is NAKed rather than ignored, so clients restart
+//! quickly instead of timing out.
+//!
+//! | request | state (RFC 2131 §4.3) | action |
+//! | --- | --- | --- |
+//! | DISCOVER | | OFFER an address ([`Pool::choose`]), held for the offer time |
+//! | REQUEST + server id ours | SELECTING | ACK if it is the offered/usable address, else NAK |
+//! | REQUEST + server id not ours | SELECTING | ignore; our offer lapses |
+//! | REQUEST, no server id, ciaddr 0 | INIT-REBOOT | ACK if the requested address is usable by it, else NAK |
+//! | REQUEST, ciaddr set | RENEWING / REBINDING | ACK (extend) if usable by it, else NAK |
+//! | DECLINE | | quarantine the address; no reply |
+//! | RELEASE | | free the address; no reply |
+//! | INFORM | | ACK with configuration, no address, no lease time |
+//! | BOOTREPLY or OFFER/ACK/NAK | another server's | ignore |
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
+
+use super::leases::{Lease, Now, Pool, State};
+use super::pxe::Decision;
+use super::reply::{client_mac, destination, set_boot};
+use crate::mac::MacAddr;
+
+/// A subnet Kindling serves in full mode.
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    /// Network address.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix_len: u8,
+    /// The address range and its leases.
+    pub pool: Pool,
+    /// Option 3.
+    pub router: Option<Ipv4Addr>,
+    /// Option 6.
+    pub dns: Vec<Ipv4Addr>,
+    /// Option 15.
+    pub domain: Option<String>,
+    /// Option 51 for bound leases.
+    pub lease_time: Duration,
+    /// How long an offer holds its address.
+    pub offer_time: Duration,
+}
+
+impl Subnet {
+    /// The netmask (option 1).
+    pub fn mask(&self) -> Ipv4Addr {
+        let bits = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len.min(32)))
+            .unwrap_or(0);
+        Ipv4Addr::from(bits)
+    }
+
+    /// Whether `ip` is on this subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.mask()) == u32::from(self.network) & u32::from(self.mask())
+    }
+}
+
+/// What the server should do with one request.
+#[derive(Debug)]
+pub enum Action {
+    /// Send `msg` to `to`, after persisting `lease` if there is one.
+    Reply {
+        /// The reply.
+        msg: Box<Message>,
+        /// Its destination (RFC 2131 §4.1).
+        to: SocketAddrV4,
+        /// The lease to make durable before the reply leaves (ACKs).
+        lease: Option<Lease>,
+        /// The request's client.
+        mac: MacAddr,
+        /// Offer, Ack or Nak.
+        kind: MessageType,
+    },
+    /// No reply; persist the changed lease (RELEASE, DECLINE).
+    Persist {
+        /// The lease as it now stands.
+        lease: Lease,
+        /// The client.
+        mac: MacAddr,
+        /// Release or Decline.
+        kind: MessageType,
+    },
+    /// Drop the request, logged with the reason.
+    Ignore(String),
+}
+
+/// Everything [`handle`] needs besides the request and subnet.
+pub struct Ctx<'a> {
+    /// Kindling's address on this subnet: server identifier and next-server.
+    pub server_ip: Ipv4Addr,
+    /// The current time (Unix seconds).
+    pub now: Now,
+    /// The classifier's decision for this request's client (boot file or none).
+    pub boot: &'a Decision,
+    /// The hostname the machine's profile assigns (option 12), if any.
+    pub hostname: Option<&'a str>,
+}
+
+/// Decide what to do with `req` on `subnet`.
+pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
+    if req.opcode() != Opcode::BootRequest {
+        return Action::Ignore("a BOOTREPLY (another server's packet)".into());
+    }
+    let Some(mac) = client_mac(req) else {
+        return Action::Ignore(format!(
+            "not an Ethernet client (htype {:?}, hlen {})",
+            req.htype(),
+            req.hlen()
+        ));
+    };
+    let Some(kind) = req.opts().msg_type() else {
+        return Action::Ignore(format!(
+            "{mac}: no DHCP message type (plain BOOTP is not served)"
+        ));
+    };
+    let requested = match req.opts().get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+        _ => None,
+    };
+    let server_id = match req.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+        _ => None,
+    };
+    let client_hostname = match req.opts().get(OptionCode::Hostname) {
+        Some(DhcpOption::Hostname(h)) => Some(h.clone()),
+        _ => None,
+    };
+    let hostname = ctx.hostname.map(str::to_string).or(client_hostname);
+    let now = ctx.now;
+    match kind {
+        MessageType::Discover => match subnet.pool.choose(mac, requested, now) {
+            Ok(ip) => {
+                let until = now + subnet.offer_time.as_secs();
+                subnet.pool.assign(ip, mac, State::Offered, until, hostname);
+                let msg = build(req, subnet, ctx, MessageType::Offer, ip, true);
+                Action::Reply {
+                    to: destination(req, MessageType::Offer),
+                    msg: Box::new(msg),
+                    lease: None,
+                    mac,
+                    kind: MessageType::Offer,
+                }
+            }
+            Err(e) => Action::Ignore(format!("{mac}: DISCOVER not answered: {e}")),
+        },
+        MessageType::Request => {
+            if let Some(sid) = server_id
+                && sid != ctx.server_ip
+            {
+                return Action::Ignore(format!(
+                    "{mac}: REQUEST for server {sid}: the client chose another server"
+                ));
+            }
+            let ciaddr = req.ciaddr();
+            let wanted = if ciaddr.is_unspecified() {
+                requested
+            } else {
+                Some(ciaddr)
+            };
+            let Some(ip) = wanted else {
+                return nak(
+                    req,
+                    subnet,
+                    ctx,
+                    mac,
+                    "REQUEST names no address (no option 50, no ciaddr)",
+                );
+            };
+            if !subnet.contains(ip) {
+                return nak(
+                    req,
+                    subnet,
+                    ctx,
+                    mac,
+                    &format!("{ip} is not on this subnet"),
+                );
+            }
+            if !subnet.pool.usable_by(ip, mac, now) {
+                return nak(
+                    req,
+                    subnet,
+                    ctx,
+                    mac,
+                    &format!("{ip} is not available to {mac}"),
+                );
+            }
+            if server_id.is_none()
+                && ciaddr.is_unspecified()
+                && subnet.pool.choose(mac, Some(ip), now) != Ok(ip)
+            {
+                // INIT-REBOOT asking for an address other than the one it should have
+                // (e.g. its reservation changed): NAK so it starts over with DISCOVER.
+                return nak(
+                    req,
+                    subnet,
+                    ctx,
+                    mac,
+                    &format!("{ip} is not the address for {mac}"),
+                );
+            }
+            let until = now + subnet.lease_time.as_secs();
+            let lease = subnet.pool.assign(ip, mac, State::Bound, until, hostname);
+            let msg = build(req, subnet, ctx, MessageType::Ack, ip, true);
+            Action::Reply {
+                to: destination(req, MessageType::Ack),
+                msg: Box::new(msg),
+                lease: Some(lease),
+                mac,
+                kind: MessageType::Ack,
+            }
+        }
+        MessageType::Decline => {
+            let Some(ip) = requested else {
+                return Action::Ignore(format!("{mac}: DECLINE without option 50"));
+            };
+            match subnet.pool.decline(ip, mac, now) {
+                Some(lease) => Action::Persist {
+                    lease,
+                    mac,
+                    kind: MessageType::Decline,
+                },
+                None => Action::Ignore(format!("{mac}: DECLINE of {ip}, which it does not hold")),
+            }
+        }
+        MessageType::Release => {
+            let ip = req.ciaddr();
+            match subnet.pool.release(ip, mac, now) {
+                Some(lease) => Action::Persist {
+                    lease,
+                    mac,
+                    kind: MessageType::Release,
+                },
+                None => Action::Ignore(format!("{mac}: RELEASE of {ip}, which it does not hold")),
+            }
+        }
+        MessageType::Inform => {
+            let msg = build(
+                req,
+                subnet,
+                ctx,
+                MessageType::Ack,
+                Ipv4Addr::UNSPECIFIED,
+                false,
+            );
+            Action::Reply {
+                to: destination(req, MessageType::Ack),
+                msg: Box::new(msg),
+                lease: None,
+                mac,
+                kind: MessageType::Ack,
+            }
+        }
+        other => Action::Ignore(format!("{mac}: {other:?} is a server message")),
+    }
+}
+
+fn nak(req: &Message, subnet: &Subnet, ctx: &Ctx<'_>, mac: MacAddr, why: &str) -> Action {
+    let mut msg = reply_base(req, MessageType::Nak, Ipv4Addr::UNSPECIFIED);
+    msg.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(ctx.server_ip));
+    msg.opts_mut().insert(DhcpOption::Message(why.to_string()));
+    let _ = subnet;
+    Action::Reply {
+        to: destination(req, MessageType::Nak),
+        msg: Box::new(msg),
+        lease: None,
+        mac,
+        kind: MessageType::Nak,
+    }
+}
+
+fn reply_base(req: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Message {
+    let mut msg = Message::new_with_id(
+        req.xid(),
+        Ipv4Addr::UNSPECIFIED,
+        yiaddr,
+        Ipv4Addr::UNSPECIFIED,
+        req.giaddr(),
+        &[],
+    );
+    msg.set_opcode(Opcode::BootReply);
+    msg.set_htype(HType::Eth);
+    if let Some(mac) = client_mac(req) {
+        msg.set_chaddr(&mac.0);
+    }
+    msg.set_flags(req.flags());
+    msg.opts_mut().insert(DhcpOption::MessageType(kind));
+    msg
+}
+
+/// An OFFER or ACK with the subnet's configuration and the boot decision.
+fn build(
+    req: &Message,
+    subnet: &Subnet,
+    ctx: &Ctx<'_>,
+    kind: MessageType,
+    yiaddr: Ipv4Addr,
+    with_lease: bool,
+) -> Message {
+    let mut msg = reply_base(req, kind, yiaddr);
+    if kind == MessageType::Ack && yiaddr.is_unspecified() {
+        msg.set_ciaddr(req.ciaddr()); // INFORM
+    }
+    let o = msg.opts_mut();
+    o.insert(DhcpOption::ServerIdentifier(ctx.server_ip));
+    o.insert(DhcpOption::SubnetMask(subnet.mask()));
+    if with_lease {
+        let secs = u32::try_from(subnet.lease_time.as_secs()).unwrap_or(u32::MAX);
+        o.insert(DhcpOption::AddressLeaseTime(secs));
+        o.insert(DhcpOption::Renewal(secs / 2));
+        o.insert(DhcpOption::Rebinding(secs / 8 * 7));
+    }
+    if let Some(r) = subnet.router {
+        o.insert(DhcpOption::Router(vec![r]));
+    }
+    if !subnet.dns.is_empty() {
+        o.insert(DhcpOption::DomainNameServer(subnet.dns.clone()));
+    }
+    if let Some(d) = &subnet.domain {
+        o.insert(DhcpOption::DomainName(d.clone()));
+    }
+    if let Some(h) = ctx.hostname {
+        o.insert(DhcpOption::Hostname(h.to_string()));
+    }
+    // Option 97 (client GUID) is echoed: PXE clients expect it back.
+    if let Some(guid @ DhcpOption::ClientMachineIdentifier(_)) =
+        req.opts().get(OptionCode::ClientMachineIdentifier)
+    {
+        o.insert(guid.clone());
+    }
+    set_boot(&mut msg, ctx.boot, ctx.server_ip);
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use dhcproto::v4::{Architecture, Flags};
+
+    use super::*;
+    use crate::dhcp::pxe::{self, BootFile, BootFiles, MachineBoot};
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    fn subnet() -> Subnet {
+        Subnet {
+            network: Ipv4Addr::new(10, 0, 0, 0),
+            prefix_len: 24,
+            pool: Pool::new(
+                Ipv4Addr::new(10, 0, 0, 100),
+                Ipv4Addr::new(10, 0, 0, 101),
+                HashMap::from([(mac(9), Ipv4Addr::new(10, 0, 0, 9))]),
+            ),
+            router: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            dns: vec![SERVER],
+            domain: Some("lab.example".into()),
+            lease_time: Duration::from_secs(3600),
+            offer_time: Duration::from_secs(60),
+        }
+    }
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x52, 0x54, 0, 0, 0, n])
+    }
+
+    fn request(kind: MessageType, m: MacAddr) -> Message {
+        let mut msg = Message::new_with_id(
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &m.0,
+        );
+        msg.set_flags(Flags::default().set_broadcast());
+        msg.opts_mut().insert(DhcpOption::MessageType(kind));
+        msg
+    }
+
+    fn no_boot() -> Decision {
+        pxe::decide(
+            &Default::default(),
+            &MachineBoot::NoProfile,
+            &BootFiles::default(),
+            "http://x",
+        )
+    }
+
+    fn run(req: &Message, s: &mut Subnet, now: Now) -> Action {
+        let d = no_boot();
+        handle(
+            req,
+            s,
+            &Ctx {
+                server_ip: SERVER,
+                now,
+                boot: &d,
+                hostname: None,
+            },
+        )
+    }
+
+    fn reply(a: Action) -> (Message, SocketAddrV4, Option<Lease>, MessageType) {
+        match a {
+            Action::Reply {
+                msg,
+                to,
+                lease,
+                kind,
+                ..
+            } => (*msg, to, lease, kind),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn dora(s: &mut Subnet, m: MacAddr, now: Now) -> Ipv4Addr {
+        let (offer, _, _, kind) = reply(run(&request(MessageType::Discover, m), s, now));
+        assert_eq!(kind, MessageType::Offer);
+        let mut req = request(MessageType::Request, m);
+        req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        let (ack, _, lease, kind) = reply(run(&req, s, now));
+        assert_eq!(kind, MessageType::Ack);
+        assert_eq!(
+            lease.unwrap().state,
+            State::Bound,
+            "the ACK comes with a lease to persist"
+        );
+        ack.yiaddr()
+    }
+
+    #[test]
+    fn discover_offer_request_ack() {
+        let mut s = subnet();
+        let (offer, to, lease, _) = reply(run(&request(MessageType::Discover, mac(1)), &mut s, 0));
+        assert!(lease.is_none(), "offers are not persisted");
+        assert_eq!(to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(offer.opcode(), Opcode::BootReply);
+        let o = offer.opts();
+        assert_eq!(
+            o.get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(SERVER))
+        );
+        assert_eq!(
+            o.get(OptionCode::SubnetMask),
+            Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+        );
+        assert_eq!(
+            o.get(OptionCode::AddressLeaseTime),
+            Some(&DhcpOption::AddressLeaseTime(3600))
+        );
+        assert_eq!(
+            o.get(OptionCode::Router),
+            Some(&DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 0, 1)]))
+        );
+        assert_eq!(
+            o.get(OptionCode::DomainName),
+            Some(&DhcpOption::DomainName("lab.example".into()))
+        );
+        assert_eq!(
+            dora(&mut s, mac(1), 1),
+            Ipv4Addr::new(10, 0, 0, 100),
+            "the offered address is acked"
+        );
+    }
+
+    #[test]
+    fn reserved_machine_gets_its_address() {
+        let mut s = subnet();
+        assert_eq!(dora(&mut s, mac(9), 0), Ipv4Addr::new(10, 0, 0, 9));
+    }
+
+    #[test]
+    fn request_for_another_server_is_ignored_and_wrong_addresses_are_naked() {
+        let mut s = subnet();
+        let mut req = request(MessageType::Request, mac(1));
+        req.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 0, 3)));
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 100)));
+        assert!(matches!(run(&req, &mut s, 0), Action::Ignore(_)));
+
+        // INIT-REBOOT for an address on another subnet.
+        let mut req = request(MessageType::Request, mac(1));
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+                192, 168, 1, 5,
+            )));
+        let (nak, to, _, kind) = reply(run(&req, &mut s, 0));
+        assert_eq!(kind, MessageType::Nak);
+        assert_eq!(to.ip(), &Ipv4Addr::BROADCAST);
+        assert_eq!(nak.yiaddr(), Ipv4Addr::UNSPECIFIED);
+
+        // INIT-REBOOT for an address another client holds.
+        let held = dora(&mut s, mac(2), 0);
+        let mut req = request(MessageType::Request, mac(1));
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(held));
+        assert_eq!(reply(run(&req, &mut s, 10)).3, MessageType::Nak);
+
+        // INIT-REBOOT for the reserved address of someone else.
+        let mut req = request(MessageType::Request, mac(1));
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(reply(run(&req, &mut s, 10)).3, MessageType::Nak);
+    }
+
+    #[test]
+    fn init_reboot_renew_and_rebind() {
+        let mut s = subnet();
+        let ip = dora(&mut s, mac(1), 0);
+        // INIT-REBOOT: remembers its address.
+        let mut req = request(MessageType::Request, mac(1));
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        let (_, _, lease, kind) = reply(run(&req, &mut s, 100));
+        assert_eq!((kind, lease.unwrap().expires), (MessageType::Ack, 3700));
+        // RENEWING: unicast with ciaddr; the reply goes to ciaddr.
+        let mut req = request(MessageType::Request, mac(1));
+        req.set_flags(Flags::default());
+        req.set_ciaddr(ip);
+        let (ack, to, lease, _) = reply(run(&req, &mut s, 1800));
+        assert_eq!(to, SocketAddrV4::new(ip, 68));
+        assert_eq!(ack.yiaddr(), ip);
+        assert_eq!(lease.unwrap().expires, 5400, "extended");
+        // REBINDING after the lease lapsed, address still free: granted again.
+        let (_, _, lease, kind) = reply(run(&req, &mut s, 9000));
+        assert_eq!((kind, lease.unwrap().expires), (MessageType::Ack, 12_600));
+    }
+
+    #[test]
+    fn decline_quarantines_and_release_frees() {
+        let mut s = subnet();
+        let ip = dora(&mut s, mac(1), 0);
+        let mut dec = request(MessageType::Decline, mac(1));
+        dec.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        match run(&dec, &mut s, 5) {
+            Action::Persist { lease, kind, .. } => {
+                assert_eq!((lease.state, kind), (State::Declined, MessageType::Decline))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_ne!(
+            dora(&mut s, mac(1), 6),
+            ip,
+            "a declined address is not offered again"
+        );
+        let ip2 = s.pool.address_of(mac(1)).unwrap();
+        let mut rel = request(MessageType::Release, mac(1));
+        rel.set_ciaddr(ip2);
+        match run(&rel, &mut s, 7) {
+            Action::Persist { lease, .. } => assert_eq!(lease.state, State::Released),
+            other => panic!("{other:?}"),
+        }
+        let mut rel = request(MessageType::Release, mac(2));
+        rel.set_ciaddr(ip2);
+        assert!(
+            matches!(run(&rel, &mut s, 8), Action::Ignore(_)),
+            "only the holder releases"
+        );
+    }
+
+    #[test]
+    fn inform_gets_configuration_without_an_address() {
+        let mut s = subnet();
+        let mut req = request(MessageType::Inform, mac(1));
+        req.set_ciaddr(Ipv4Addr::new(10, 0, 0, 50));
+        let (ack, to, lease, kind) = reply(run(&req, &mut s, 0));
+        assert_eq!((kind, lease), (MessageType::Ack, None));
+        assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
+        assert!(ack.opts().get(OptionCode::Router).is_some());
+        assert_eq!(to, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), 68));
+    }
+
+    #[test]
+    fn pool_exhaustion_and_foreign_packets_are_ignored() {
+        let mut s = subnet();
+        dora(&mut s, mac(1), 0);
+        dora(&mut s, mac(2), 0);
+        assert!(
+            matches!(run(&request(MessageType::Discover, mac(3)), &mut s, 1), Action::Ignore(w) if w.contains("exhausted"))
+        );
+        let mut foreign = request(MessageType::Offer, mac(3));
+        assert!(matches!(run(&foreign, &mut s, 1), Action::Ignore(_)));
+        foreign.set_opcode(Opcode::BootReply);
+        assert!(matches!(run(&foreign, &mut s, 1), Action::Ignore(w) if w.contains("BOOTREPLY")));
+        let mut bootp = request(MessageType::Discover, mac(3));
+        bootp.opts_mut().remove(OptionCode::MessageType);
+        assert!(matches!(run(&bootp, &mut s, 1), Action::Ignore(w) if w.contains("BOOTP")));
+    }
+
+    #[test]
+    fn pxe_offer_carries_boot_info_and_echoes_guid() {
+        let mut s = subnet();
+        let mut req = request(MessageType::Discover, mac(1));
+        req.opts_mut()
+            .insert(DhcpOption::ClientSystemArchitecture(Architecture::X64));
+        req.opts_mut().insert(DhcpOption::ClassIdentifier(
+            b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+        ));
+        req.opts_mut()
+            .insert(DhcpOption::ClientMachineIdentifier(vec![0, 1, 2, 3]));
+        let machine = MachineBoot::Netboot {
+            profile: "w".into(),
+            files: Default::default(),
+        };
+        let d = pxe::decide(
+            &crate::dhcp::reply::client_info(&req),
+            &machine,
+            &BootFiles::default(),
+            "http://10.0.0.2:8080",
+        );
+        assert_eq!(d.boot_file, Some(BootFile::Tftp("ipxe.efi".into())));
+        let a = handle(
+            &req,
+            &mut s,
+            &Ctx {
+                server_ip: SERVER,
+                now: 0,
+                boot: &d,
+                hostname: Some("worker-1"),
+            },
+        );
+        let (offer, _, _, _) = reply(a);
+        assert_eq!(offer.siaddr(), SERVER);
+        assert_eq!(
+            offer.opts().get(OptionCode::ClientMachineIdentifier),
+            Some(&DhcpOption::ClientMachineIdentifier(vec![0, 1, 2, 3]))
+        );
+        assert_eq!(
+            offer.opts().get(OptionCode::Hostname),
+            Some(&DhcpOption::Hostname("worker-1".into()))
+        );
+        assert!(crate::dhcp::reply::encode_padded(&offer).unwrap().len() >= 300);
+    }
+
+    /// Bounded random-packet test of decode → decide → encode: mutated real requests and pure
+    /// noise, never a panic.
+    #[test]
+    fn random_packets_never_panic() {
+        let mut rng = crate::http::tests::Rng(0x0dcb_0dcb_0dcb_0001);
+        let seeds: Vec<Vec<u8>> = [
+            MessageType::Discover,
+            MessageType::Request,
+            MessageType::Decline,
+            MessageType::Release,
+            MessageType::Inform,
+        ]
+        .into_iter()
+        .map(|k| {
+            let mut m = request(k, mac(1));
+            m.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 100)));
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00007".to_vec(),
+            ));
+            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+            crate::dhcp::reply::encode_padded(&m).unwrap()
+        })
+        .collect();
+        let mut s = subnet();
+        let (mut decoded, mut answered) = (0, 0);
+        for i in 0..20_000u64 {
+            let mut bytes = if i % 10 == 0 {
+                (0..rng.below(600)).map(|_| rng.next() as u8).collect()
+            } else {
+                seeds[rng.below(seeds.len())].clone()
+            };
+            for _ in 0..rng.below(6) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = rng.below(bytes.len());
+                match rng.below(3) {
+                    0 => bytes[at] = rng.next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, rng.next() as u8),
+                }
+            }
+            let Ok(msg) = crate::dhcp::reply::decode(&bytes) else {
+                continue;
+            };
+            decoded += 1;
+            let info = crate::dhcp::reply::client_info(&msg);
+            let machine = MachineBoot::Netboot {
+                profile: "w".into(),
+                files: Default::default(),
+            };
+            let d = pxe::decide(
+                &info,
+                &machine,
+                &BootFiles::default(),
+                "http://10.0.0.2:8080",
+            );
+            if let Action::Reply { msg, .. } = handle(
+                &msg,
+                &mut s,
+                &Ctx {
+                    server_ip: SERVER,
+                    now: i,
+                    boot: &d,
+                    hostname: None,
+                },
+            ) {
+                answered += 1;
+                crate::dhcp::reply::encode_padded(&msg).unwrap();
+            }
+        }
+        assert!(
+            decoded > 1000 && answered > 100,
+            "the mix must exercise the decision code: {decoded} decoded, {answered} answered"
+        );
+    }
+}
