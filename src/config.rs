@@ -5,8 +5,9 @@
 //! silently leave a default in place), reported as `file:line: message`. Relative paths are
 //! relative to the directory of the config file, so a config and its profiles can move together.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -136,8 +137,8 @@ pub enum DhcpMode {
     Proxy,
 }
 
-/// `[dhcp]`: the DHCP service (implemented in a later release; the section is reserved).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[dhcp]`: the DHCP service.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DhcpConfig {
     /// `off`, `full` or `proxy`.
@@ -146,6 +147,65 @@ pub struct DhcpConfig {
     pub interfaces: Vec<String>,
     /// The iPXE binary each firmware family gets.
     pub boot_files: crate::dhcp::pxe::BootFiles,
+    /// Lease time of bound addresses (subnets may override).
+    #[serde(with = "humantime_serde")]
+    pub lease_time: Duration,
+    /// How long an offered address is held for the client that was offered it.
+    #[serde(with = "humantime_serde")]
+    pub offer_time: Duration,
+    /// `[[dhcp.subnet]]`: the subnets served in full mode.
+    #[serde(rename = "subnet")]
+    pub subnets: Vec<SubnetConfig>,
+    /// `[[dhcp.reservation]]`: fixed addresses beyond the profiles' machine `ip`s.
+    #[serde(rename = "reservation")]
+    pub reservations: Vec<ReservationConfig>,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            mode: DhcpMode::Off,
+            interfaces: Vec::new(),
+            boot_files: Default::default(),
+            lease_time: Duration::from_secs(3600),
+            offer_time: Duration::from_secs(60),
+            subnets: Vec::new(),
+            reservations: Vec::new(),
+        }
+    }
+}
+
+/// `[[dhcp.subnet]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetConfig {
+    /// The network, e.g. `10.10.0.0/24`.
+    pub network: ipnet::Ipv4Net,
+    /// First and last address handed out dynamically.
+    pub range: [Ipv4Addr; 2],
+    /// Kindling's address on this subnet (server identifier, next-server). Default:
+    /// `server.advertise_ip`.
+    pub server_ip: Option<Ipv4Addr>,
+    /// Option 3.
+    pub router: Option<Ipv4Addr>,
+    /// Option 6.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// Option 15.
+    pub domain: Option<String>,
+    /// Overrides `dhcp.lease_time`.
+    #[serde(default, with = "humantime_serde")]
+    pub lease_time: Option<Duration>,
+}
+
+/// `[[dhcp.reservation]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationConfig {
+    /// The machine.
+    pub mac: crate::mac::MacAddr,
+    /// Its address.
+    pub ip: Ipv4Addr,
 }
 
 /// `[tftp]`: the TFTP service (implemented in a later release; the section is reserved).
@@ -258,6 +318,7 @@ impl Config {
                 "dhcp.mode is not \"off\" but dhcp.interfaces is empty: name the interfaces to serve",
             ));
         }
+        errors.extend(check_dhcp(path, source, &config));
         for (fw, file) in config.dhcp.boot_files.all() {
             if let Err(msg) = check_boot_file(file) {
                 errors.push(Diagnostic::new(
@@ -297,6 +358,101 @@ impl PathsConfig {
             }
         }
     }
+}
+
+/// Subnets, ranges and reservations must be consistent before DHCP serves anything.
+fn check_dhcp(path: &Path, source: &str, config: &Config) -> Vec<Diagnostic> {
+    let d = &config.dhcp;
+    let mut errors = Vec::new();
+    // The line where a value is written, for messages about it (toml gives no spans here).
+    let line_of = |needle: &str| {
+        source
+            .lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i + 1)
+    };
+    if d.mode == DhcpMode::Full && d.subnets.is_empty() {
+        errors.push(Diagnostic::new(
+            path,
+            line_of("mode"),
+            "dhcp.mode = \"full\" needs at least one [[dhcp.subnet]]",
+        ));
+    }
+    let advertise = match config.server.advertise_ip {
+        Some(IpAddr::V4(ip)) => Some(ip),
+        _ => None,
+    };
+    for (i, s) in d.subnets.iter().enumerate() {
+        let at = line_of(&s.network.to_string());
+        let net = s.network.trunc();
+        let [first, last] = s.range;
+        if u32::from(first) > u32::from(last) {
+            errors.push(Diagnostic::new(
+                path,
+                at,
+                format!("subnet {net}: range starts at {first}, after its end {last}"),
+            ));
+        }
+        for ip in [first, last] {
+            if !net.contains(&ip) || ip == net.network() || ip == net.broadcast() {
+                errors.push(Diagnostic::new(
+                    path,
+                    at,
+                    format!("subnet {net}: range address {ip} is not a host address of the subnet"),
+                ));
+            }
+        }
+        match s.server_ip.or(advertise) {
+            None => errors.push(Diagnostic::new(
+                path,
+                at,
+                format!(
+                    "subnet {net}: set server_ip (Kindling's address on it) or server.advertise_ip"
+                ),
+            )),
+            Some(ip) if !net.contains(&ip) && d.subnets.len() == 1 && s.server_ip.is_some() => {
+                errors.push(Diagnostic::new(
+                    path,
+                    at,
+                    format!("subnet {net}: server_ip {ip} is not on the subnet"),
+                ))
+            }
+            Some(_) => {}
+        }
+        for other in &d.subnets[i + 1..] {
+            let o = other.network.trunc();
+            if net.contains(&o.network()) || o.contains(&net.network()) {
+                errors.push(Diagnostic::new(
+                    path,
+                    line_of(&other.network.to_string()),
+                    format!("subnet {o} overlaps subnet {net}"),
+                ));
+            }
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    for r in &d.reservations {
+        let at = line_of(&r.ip.to_string());
+        if let Some(prev) = seen.insert(r.ip, r.mac) {
+            errors.push(Diagnostic::new(
+                path,
+                at,
+                format!("address {} is reserved for both {prev} and {}", r.ip, r.mac),
+            ));
+        }
+        if d.mode == DhcpMode::Full && !d.subnets.iter().any(|s| s.network.trunc().contains(&r.ip))
+        {
+            errors.push(Diagnostic::new(
+                path,
+                at,
+                format!(
+                    "reservation {} for {} is on no [[dhcp.subnet]]",
+                    r.ip, r.mac
+                ),
+            ));
+        }
+    }
+    errors
 }
 
 /// A boot file name must fit the BOOTP `file` field and stay inside the binaries directory.
@@ -388,6 +544,79 @@ mod tests {
         assert!(err.contains(":2: dhcp.mode"), "{err}");
         let err = parse("[dhcp]\nmode = \"on\"\n").unwrap_err().to_string();
         assert!(err.contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn dhcp_subnets_are_checked() {
+        let ok = parse(
+            "[dhcp]\nmode = \"full\"\ninterfaces = [\"veth0\"]\nlease_time = \"2h\"\n\
+             [[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.100\", \"10.0.0.200\"]\n\
+             server_ip = \"10.0.0.2\"\nrouter = \"10.0.0.1\"\ndns = [\"10.0.0.2\"]\nlease_time = \"10m\"\n\
+             [[dhcp.reservation]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.0.0.10\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.dhcp.lease_time, Duration::from_secs(7200));
+        assert_eq!(
+            ok.dhcp.subnets[0].lease_time,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(ok.dhcp.offer_time, Duration::from_secs(60));
+
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        let e = err("[dhcp]\nmode = \"full\"\ninterfaces = [\"veth0\"]\n");
+        assert!(
+            e.contains(":2: dhcp.mode = \"full\" needs at least one [[dhcp.subnet]]"),
+            "{e}"
+        );
+        let subnet = |range: &str| {
+            err(&format!(
+                "[dhcp]\nmode = \"full\"\ninterfaces = [\"veth0\"]\n[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = {range}\nserver_ip = \"10.0.0.2\"\n"
+            ))
+        };
+        let e = subnet("[\"10.0.0.200\", \"10.0.0.100\"]");
+        assert!(
+            e.contains(
+                ":5: subnet 10.0.0.0/24: range starts at 10.0.0.200, after its end 10.0.0.100"
+            ),
+            "{e}"
+        );
+        let e = subnet("[\"10.0.0.10\", \"10.0.1.5\"]");
+        assert!(
+            e.contains(":5: subnet 10.0.0.0/24: range address 10.0.1.5 is not a host address"),
+            "{e}"
+        );
+        let e = subnet("[\"10.0.0.0\", \"10.0.0.5\"]");
+        assert!(
+            e.contains("range address 10.0.0.0 is not a host address"),
+            "network address: {e}"
+        );
+        let e = err(
+            "[dhcp]\nmode = \"full\"\ninterfaces = [\"veth0\"]\n[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.10\", \"10.0.0.20\"]\n",
+        );
+        assert!(e.contains("set server_ip"), "{e}");
+        let e = err(
+            "[server]\nadvertise_ip = \"10.0.0.2\"\n[dhcp]\nmode = \"full\"\ninterfaces = [\"veth0\"]\n\
+             [[dhcp.subnet]]\nnetwork = \"10.0.0.0/16\"\nrange = [\"10.0.0.10\", \"10.0.0.20\"]\n\
+             [[dhcp.subnet]]\nnetwork = \"10.0.5.0/24\"\nrange = [\"10.0.5.10\", \"10.0.5.20\"]\n\
+             [[dhcp.reservation]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.9.0.10\"\n\
+             [[dhcp.reservation]]\nmac = \"52:54:00:00:00:02\"\nip = \"10.9.0.10\"\n",
+        );
+        assert!(
+            e.contains(":10: subnet 10.0.5.0/24 overlaps subnet 10.0.0.0/16"),
+            "{e}"
+        );
+        assert!(
+            e.contains("reservation 10.9.0.10 for 52:54:00:00:00:01 is on no [[dhcp.subnet]]"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "address 10.9.0.10 is reserved for both 52:54:00:00:00:01 and 52:54:00:00:00:02"
+            ),
+            "{e}"
+        );
+        let e = err("[dhcp]\nlease_time = \"forever\"\n");
+        assert!(e.contains(":2:"), "{e}");
     }
 
     #[test]

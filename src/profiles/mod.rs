@@ -994,6 +994,16 @@ fn resolve_profile(
             ld.err(path, source, r.mac.span().start, msg);
             continue;
         }
+        // One address, one machine: DHCP reserves it, DNS names it.
+        if let (Some(ip), Some(span)) = (ip, r.ip.as_ref().map(|s| s.span()))
+            && let Some(other) = machines.values().find(|m| m.ip == Some(ip))
+        {
+            let msg = format!(
+                "address {ip} is already assigned to machine {} at {}",
+                other.mac, other.at
+            );
+            ld.err(path, source, span.start, msg);
+        }
         machines.insert(
             mac,
             Machine {

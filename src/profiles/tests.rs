@@ -676,3 +676,22 @@ fn boot_file_overrides_per_profile() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn an_address_belongs_to_one_machine() {
+    let errs = errors(&[
+        (
+            "a.toml",
+            &format!("{BOOT}[[machine]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.0.0.5\"\n"),
+        ),
+        (
+            "b.toml",
+            &format!("{BOOT}\n[[machine]]\nmac = \"52:54:00:00:00:02\"\nip = \"10.0.0.5\"\n"),
+        ),
+    ]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("profiles/b.toml:6: address 10.0.0.5 is already assigned to machine 52:54:00:00:00:01 at profiles/a.toml:4"),
+        "{errs:?}"
+    );
+}
