@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, DhcpMode};
 use crate::diag::Diagnostics;
 use crate::http::{self, HttpState};
 use crate::inventory::Inventory;
@@ -56,6 +56,8 @@ pub fn offline_base_url(config: &Config) -> String {
 pub struct Bound {
     /// The HTTP listener.
     pub http: TcpListener,
+    /// One DHCP socket per configured interface (full mode).
+    pub dhcp: Vec<crate::dhcp::server::Listener>,
 }
 
 impl Bound {
@@ -64,7 +66,31 @@ impl Bound {
         let http = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-        Ok(Bound { http })
+        let mut dhcp = Vec::new();
+        match config.dhcp.mode {
+            DhcpMode::Off => {}
+            DhcpMode::Proxy => anyhow::bail!(
+                "dhcp.mode = \"proxy\" is not implemented yet; use \"full\" or \"off\" (refusing to start rather than run without the DHCP you configured)"
+            ),
+            DhcpMode::Full => {
+                for iface in &config.dhcp.interfaces {
+                    let std_sock =
+                        crate::net::udp_on_interface(iface, crate::dhcp::reply::SERVER_PORT)
+                            .with_context(|| format!("DHCP on interface {iface}"))?;
+                    let socket = tokio::net::UdpSocket::from_std(std_sock)?;
+                    let addrs = crate::net::ipv4_addrs(iface)?;
+                    if addrs.is_empty() {
+                        tracing::warn!(iface = %iface, "interface has no IPv4 address: only relayed requests can be matched to a subnet");
+                    }
+                    dhcp.push(crate::dhcp::server::Listener {
+                        iface: iface.clone(),
+                        socket,
+                        addrs,
+                    });
+                }
+            }
+        }
+        Ok(Bound { http, dhcp })
     }
 
     /// The bound HTTP address.
@@ -76,7 +102,11 @@ impl Bound {
 }
 
 /// Run every configured service on `bound` until `token` is cancelled.
-pub async fn run(config: Config, bound: Bound, token: CancellationToken) -> Result<(), AppError> {
+pub async fn run(
+    config: Config,
+    mut bound: Bound,
+    token: CancellationToken,
+) -> Result<(), AppError> {
     let http_addr = bound.http_addr();
     let base_url = config.base_url(http_addr);
     let src = sources(&config);
@@ -104,14 +134,38 @@ pub async fn run(config: Config, bound: Bound, token: CancellationToken) -> Resu
     );
     warn_missing_dir("assets", &config.paths.assets);
     let live = Arc::new(Live::new(src, base_url.clone(), set));
+    let inventory = Arc::new(Inventory::default());
+    let tracker = TaskTracker::new();
+
+    if !bound.dhcp.is_empty() {
+        let state_dir = config.paths.state.clone();
+        let store =
+            tokio::task::spawn_blocking(move || crate::dhcp::store::LeaseStore::open(&state_dir))
+                .await
+                .context("lease store task panicked")?
+                .context("cannot open the lease store")?;
+        let service = crate::dhcp::server::Service::new(
+            &config,
+            Arc::new(store),
+            live.clone(),
+            inventory.clone(),
+            base_url.clone(),
+        )
+        .context("cannot restore DHCP leases")?;
+        let service = Arc::new(service);
+        for listener in std::mem::take(&mut bound.dhcp) {
+            tracing::info!(iface = %listener.iface, addrs = ?listener.addrs, "listening for DHCP on {}", listener.iface);
+            tracker.spawn(service.clone().run(listener, token.clone()));
+        }
+    }
+
     let state = HttpState {
         config: Arc::new(config),
         base_url: base_url.clone().into(),
         profiles: live.clone(),
-        inventory: Arc::new(Inventory::default()),
+        inventory,
     };
 
-    let tracker = TaskTracker::new();
     if let Some(watcher) = watcher {
         tracker.spawn(watch::run(watcher, live.clone(), token.clone()));
     }

@@ -5,7 +5,8 @@
 //! silently leave a default in place), reported as `file:line: message`. Relative paths are
 //! relative to the directory of the config file, so a config and its profiles can move together.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+pub use std::net::IpAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -40,6 +40,33 @@ pub struct Record {
     pub last_served: Option<String>,
     /// When it was last seen.
     pub last_seen: SystemTime,
+    /// The address DHCP gave it.
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The last DHCP event (`discover`, `offer`, `ack`, `nak`, `decline`, `release`, ...).
+    pub dhcp_event: Option<String>,
+    /// Option 60 vendor class.
+    pub vendor_class: Option<String>,
+    /// Option 97 client GUID, hex.
+    pub guid: Option<String>,
+    /// Option 93 architecture code.
+    pub arch_code: Option<u16>,
+}
+
+/// What a DHCP exchange tells the inventory.
+#[derive(Debug, Clone, Default)]
+pub struct DhcpSeen {
+    /// The event: `discover`, `offer`, `ack`, `nak`, `decline`, `release`, `inform`.
+    pub event: &'static str,
+    /// The address given (or declined/released).
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Option 60.
+    pub vendor_class: Option<String>,
+    /// Option 97, hex.
+    pub guid: Option<String>,
+    /// Option 93.
+    pub arch_code: Option<u16>,
+    /// Option 12 or the profile's hostname.
+    pub hostname: Option<String>,
 }
 
 /// Keys of the request that are hardware facts (kept in the record).
@@ -73,6 +100,11 @@ impl Inventory {
             profile: None,
             last_served: None,
             last_seen: now,
+            ip: None,
+            dhcp_event: None,
+            vendor_class: None,
+            guid: None,
+            arch_code: None,
         });
         rec.last_seen = now;
         merge(&mut rec.uuid, &mut facts.uuid);
@@ -85,6 +117,30 @@ impl Inventory {
             }
         }
         facts
+    }
+
+    /// Record a DHCP event for `mac` (creating its record).
+    pub fn dhcp(&self, mac: MacAddr, seen: DhcpSeen, now: SystemTime) {
+        self.observe(Facts::from_mac(mac), now);
+        let mut map = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rec) = map.get_mut(&mac) {
+            rec.dhcp_event = Some(seen.event.to_string());
+            if seen.ip.is_some() {
+                rec.ip = seen.ip;
+            }
+            if seen.vendor_class.is_some() {
+                rec.vendor_class = seen.vendor_class;
+            }
+            if seen.guid.is_some() {
+                rec.guid = seen.guid;
+            }
+            if seen.arch_code.is_some() {
+                rec.arch_code = seen.arch_code;
+            }
+            if seen.hostname.is_some() {
+                rec.hostname = seen.hostname;
+            }
+        }
     }
 
     /// Note what a machine was served.

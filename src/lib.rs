@@ -20,6 +20,7 @@ pub mod diag;
 pub mod http;
 pub mod inventory;
 pub mod mac;
+pub mod net;
 pub mod profiles;
 pub mod render;
 pub mod time_fmt;

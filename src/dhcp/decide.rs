@@ -47,6 +47,8 @@ pub struct Subnet {
     pub lease_time: Duration,
     /// How long an offer holds its address.
     pub offer_time: Duration,
+    /// Kindling's address on this subnet: server identifier and next-server.
+    pub server_ip: Ipv4Addr,
 }
 
 impl Subnet {
@@ -366,6 +368,7 @@ mod tests {
             domain: Some("lab.example".into()),
             lease_time: Duration::from_secs(3600),
             offer_time: Duration::from_secs(60),
+            server_ip: SERVER,
         }
     }
 

@@ -108,6 +108,13 @@ impl Pool {
         }
     }
 
+    /// Replace the reservations (profiles reloaded). Existing leases are kept: a machine whose
+    /// reservation moved gets NAKed on its next REQUEST and comes back for the new address.
+    pub fn set_reservations(&mut self, reservations: HashMap<MacAddr, Ipv4Addr>) {
+        self.reserved_ips = reservations.iter().map(|(m, ip)| (*ip, *m)).collect();
+        self.reservations = reservations;
+    }
+
     /// Whether `ip` is in the dynamic range.
     pub fn in_range(&self, ip: Ipv4Addr) -> bool {
         (self.first..=self.last).contains(&u32::from(ip))

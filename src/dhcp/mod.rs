@@ -14,4 +14,5 @@ pub mod decide;
 pub mod leases;
 pub mod pxe;
 pub mod reply;
+pub mod server;
 pub mod store;

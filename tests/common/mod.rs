@@ -38,7 +38,19 @@ pub fn replace(root: &Path, rel: &str, text: &str) {
 impl Daemon {
     /// Start `kindling serve` on `config` and wait (at most 20 s) for its HTTP address.
     pub fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kindling"))
+        Daemon::spawn(Command::new(env!("CARGO_BIN_EXE_kindling")), config)
+    }
+
+    /// The same, inside network namespace `netns` (`ip netns exec` execs in place, so the
+    /// child's PID is kindling's own).
+    pub fn start_in(netns: &str, config: &Path) -> Daemon {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_kindling")]);
+        Daemon::spawn(cmd, config)
+    }
+
+    fn spawn(mut cmd: Command, config: &Path) -> Daemon {
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -97,6 +109,14 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// SIGKILL, as a crash would, and wait for it.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Send SIGTERM and wait for the exit status (at most 15 s).

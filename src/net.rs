@@ -1,0 +1,56 @@
+//! Socket builders and interface facts.
+//!
+//! DHCP must answer only on the interfaces the config names: each gets its own socket bound to
+//! `0.0.0.0:67` (a socket bound to a unicast address never sees 255.255.255.255 datagrams)
+//! and restricted to the device with `SO_BINDTODEVICE`. A missing interface is an error, never
+//! a fallback to every interface.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A UDP socket on `0.0.0.0:port` that receives and sends only through `iface`, with
+/// broadcast enabled (replies to clients without an address are broadcast).
+pub fn udp_on_interface(iface: &str, port: u16) -> io::Result<UdpSocket> {
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    sock.bind_device(Some(iface.as_bytes())).map_err(|e| {
+        io::Error::new(e.kind(), format!("cannot bind to interface {iface:?}: {e} (does it exist? binding needs root or CAP_NET_RAW)"))
+    })?;
+    sock.set_reuse_address(true)?;
+    sock.set_broadcast(true)?;
+    sock.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind UDP port {port} on {iface}: {e}"),
+            )
+        })?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// The IPv4 addresses of an interface.
+pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter(|a| a.interface_name == iface)
+        .filter_map(|a| {
+            a.address
+                .and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_an_address_and_unknown_interfaces_are_errors() {
+        assert!(ipv4_addrs("lo").unwrap().contains(&Ipv4Addr::LOCALHOST));
+        assert!(ipv4_addrs("no-such-if0").unwrap().is_empty());
+        let err = udp_on_interface("no-such-if0", 0).unwrap_err();
+        assert!(err.to_string().contains("no-such-if0"), "{err}");
+    }
+}
