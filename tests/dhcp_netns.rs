@@ -318,3 +318,94 @@ fn a_missing_interface_is_a_start_up_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nosuch0"), "{err}");
 }
+
+/// Kea's perfdhcp: 2000 four-way exchanges at 200/s from 2000 simulated clients, zero drops.
+/// perfdhcp acts as a relay (giaddr = its own address, listening on port 67), so this also
+/// exercises relay addressing: subnet chosen by giaddr, replies unicast to giaddr:67.
+#[test]
+fn perfdhcp_thousands_of_exchanges_without_drops() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP perfdhcp_thousands_of_exchanges_without_drops: {why}");
+        return;
+    }
+    if Command::new("sh")
+        .args(["-c", "command -v perfdhcp"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!(
+            "SKIP perfdhcp_thousands_of_exchanges_without_drops: perfdhcp (kea-admin) is not installed"
+        );
+        return;
+    }
+    let lab = Lab::new("p");
+    must(&[
+        "-n",
+        &lab.client,
+        "addr",
+        "add",
+        "10.77.0.3/24",
+        "dev",
+        "vc0",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    // A pool large enough for every simulated client.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("network = \"10.77.0.0/24\"", "network = \"10.77.0.0/20\"")
+        .replace(
+            "range = [\"10.77.0.100\", \"10.77.0.110\"]",
+            "range = [\"10.77.1.1\", \"10.77.14.254\"]",
+        )
+        .replace(
+            "[paths]",
+            "[log]\nlevel = \"warn,kindling::app=info\"\n[paths]",
+        );
+    std::fs::write(&cfg, text).unwrap();
+    must(&["-n", &lab.server, "addr", "flush", "dev", "vs0"]);
+    must(&[
+        "-n",
+        &lab.server,
+        "addr",
+        "add",
+        "10.77.0.2/20",
+        "dev",
+        "vs0",
+    ]);
+    let d = Daemon::start_in(&lab.server, &cfg);
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("listening for DHCP on vs0")
+    })
+    .expect("DHCP listening");
+    let out = lab.client_run(
+        60,
+        &[
+            "perfdhcp", "-4", "-l", "vc0", "-r", "200", "-n", "2000", "-R", "2000", "-p", "30",
+            "-W", "2000000",
+        ],
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let field = |name: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .collect()
+    };
+    let (sent, received, drops, rejected) = (
+        field("sent packets:"),
+        field("received packets:"),
+        field("drops:"),
+        field("rejected leases:"),
+    );
+    assert_eq!(
+        sent,
+        vec![2000, 2000],
+        "DISCOVER and REQUEST counts:\n{text}\n{}",
+        d.log_text()
+    );
+    assert_eq!(received, vec![2000, 2000], "OFFER and ACK counts:\n{text}");
+    assert_eq!(drops, vec![0, 0], "{text}");
+    assert_eq!(rejected, vec![0, 0], "{text}");
+}
