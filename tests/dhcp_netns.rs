@@ -143,24 +143,18 @@ fn dhclient_address(lease_file: &Path) -> Option<String> {
 
 /// busybox udhcpc: one attempt, no configuration; the address it was offered and acked.
 fn udhcpc(lab: &Lab) -> Option<String> {
-    let out = lab.client_run(
-        20,
-        &[
-            "busybox",
-            "udhcpc",
-            "-i",
-            "vc0",
-            "-n",
-            "-q",
-            "-f",
-            "-s",
-            "/bin/true",
-            "-t",
-            "4",
-            "-T",
-            "2",
-        ],
-    );
+    udhcpc_in(&lab.client)
+}
+
+/// The same in namespace `ns` on its `vc0`.
+fn udhcpc_in(ns: &str) -> Option<String> {
+    let out = Command::new("timeout")
+        .args([
+            "20", "ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", "vc0", "-n", "-q", "-f",
+        ])
+        .args(["-s", "/bin/true", "-t", "4", "-T", "2"])
+        .output()
+        .expect("run udhcpc");
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     text.lines().find_map(|l| {
@@ -408,4 +402,127 @@ fn perfdhcp_thousands_of_exchanges_without_drops() {
     assert_eq!(received, vec![2000, 2000], "OFFER and ACK counts:\n{text}");
     assert_eq!(drops, vec![0, 0], "{text}");
     assert_eq!(rejected, vec![0, 0], "{text}");
+}
+
+/// Namespaces deleted (and a child process killed) on drop.
+struct Guard {
+    namespaces: Vec<String>,
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// client ── relay (isc-dhcp-relay, adds option 82) ── server: the relayed client gets an
+/// address from the relay's subnet (chosen by giaddr), the reply reaches it through the relay
+/// (which requires option 82 echoed back), and a selector on the circuit-id picks its profile.
+#[test]
+fn relayed_through_dhcrelay_with_option_82() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP relayed_through_dhcrelay_with_option_82: {why}");
+        return;
+    }
+    if Command::new("sh")
+        .args(["-c", "command -v dhcrelay"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!(
+            "SKIP relayed_through_dhcrelay_with_option_82: dhcrelay (isc-dhcp-relay) is not installed"
+        );
+        return;
+    }
+    let id = std::process::id();
+    let (s, r, c) = (
+        format!("kdl{id}rs"),
+        format!("kdl{id}rr"),
+        format!("kdl{id}rc"),
+    );
+    let mut guard = Guard {
+        namespaces: vec![s.clone(), r.clone(), c.clone()],
+        children: Vec::new(),
+    };
+    for ns in &guard.namespaces {
+        must(&["netns", "add", ns]);
+        must(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    must(&[
+        "-n", &s, "link", "add", "vs0", "type", "veth", "peer", "name", "rs0", "netns", &r,
+    ]);
+    must(&[
+        "-n", &r, "link", "add", "rc0", "type", "veth", "peer", "name", "vc0", "netns", &c,
+    ]);
+    must(&["-n", &s, "addr", "add", "10.77.0.2/24", "dev", "vs0"]);
+    must(&["-n", &r, "addr", "add", "10.77.0.1/24", "dev", "rs0"]);
+    must(&["-n", &r, "addr", "add", "10.79.0.1/24", "dev", "rc0"]);
+    for (ns, dev) in [(&s, "vs0"), (&r, "rs0"), (&r, "rc0"), (&c, "vc0")] {
+        must(&["-n", ns, "link", "set", dev, "up"]);
+    }
+    must(&["-n", &s, "route", "add", "10.79.0.0/24", "via", "10.77.0.1"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "[[dhcp.subnet]]\nnetwork = \"10.79.0.0/24\"\nrange = [\"10.79.0.100\", \"10.79.0.110\"]\n\
+           server_ip = \"10.77.0.2\"\nrouter = \"10.79.0.1\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    write(
+        dir.path(),
+        "profiles/relayed.toml",
+        "[boot]\nkernel = \"k\"\n[[select]]\nlabels = { circuit_id = \"rc0\" }\n",
+    );
+    let d = Daemon::start_in(&s, &cfg);
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("listening for DHCP on vs0")
+    })
+    .expect("DHCP listening");
+    guard.children.push(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &r,
+                "dhcrelay",
+                "-d",
+                "-4",
+                "-a",
+                "-iu",
+                "rs0",
+                "-id",
+                "rc0",
+                "10.77.0.2",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dhcrelay"),
+    );
+    std::thread::sleep(Duration::from_millis(500)); // dhcrelay has no readiness signal
+
+    let got = udhcpc_in(&c);
+    let got = got.unwrap_or_else(|| panic!("no lease through the relay:\n{}", d.log_text()));
+    assert!(
+        got.starts_with("10.79.0.1"),
+        "address from the relayed subnet: {got}"
+    );
+    let line = d
+        .wait_log(Duration::from_secs(5), |l| {
+            l.contains("DHCP ack") && l.contains(&got)
+        })
+        .unwrap();
+    assert!(
+        line.contains("profile=relayed"),
+        "option 82 circuit-id selected the profile: {line}"
+    );
+    drop(guard);
 }

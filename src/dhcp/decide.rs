@@ -25,7 +25,7 @@ use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 
 use super::leases::{Lease, Now, Pool, State};
 use super::pxe::Decision;
-use super::reply::{client_mac, destination, set_boot};
+use super::reply::{client_mac, destination, echo_relay_info, set_boot};
 use crate::mac::MacAddr;
 
 /// A subnet Kindling serves in full mode.
@@ -296,6 +296,7 @@ fn reply_base(req: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Message {
     }
     msg.set_flags(req.flags());
     msg.opts_mut().insert(DhcpOption::MessageType(kind));
+    echo_relay_info(req, &mut msg);
     msg
 }
 
@@ -646,6 +647,38 @@ mod tests {
             Some(&DhcpOption::Hostname("worker-1".into()))
         );
         assert!(crate::dhcp::reply::encode_padded(&offer).unwrap().len() >= 300);
+    }
+
+    #[test]
+    fn relayed_replies_echo_option_82() {
+        use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
+        let mut s = subnet();
+        let mut info = RelayAgentInformation::default();
+        info.insert(RelayInfo::AgentCircuitId(b"port1".to_vec()));
+        let opt = DhcpOption::RelayAgentInformation(info);
+        let mut req = request(MessageType::Discover, mac(1));
+        req.set_giaddr(Ipv4Addr::new(10, 0, 0, 1));
+        req.opts_mut().insert(opt.clone());
+        let (offer, to, _, _) = reply(run(&req, &mut s, 0));
+        assert_eq!(
+            offer.opts().get(OptionCode::RelayAgentInformation),
+            Some(&opt)
+        );
+        assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(to, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 67));
+        let mut bad = request(MessageType::Request, mac(1));
+        bad.set_giaddr(Ipv4Addr::new(10, 0, 0, 1));
+        bad.opts_mut().insert(opt.clone());
+        bad.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+                192, 168, 9, 9,
+            )));
+        let (nak, _, _, kind) = reply(run(&bad, &mut s, 0));
+        assert_eq!(kind, MessageType::Nak);
+        assert_eq!(
+            nak.opts().get(OptionCode::RelayAgentInformation),
+            Some(&opt)
+        );
     }
 
     /// Bounded random-packet test of decode → decide → encode: mutated real requests and pure

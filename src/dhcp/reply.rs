@@ -71,6 +71,41 @@ pub fn client_info(msg: &Message) -> ClientInfo {
     }
 }
 
+/// Option 82 (relay agent information, RFC 3046) as selector labels: `circuit_id` and
+/// `remote_id`, as text when printable, else as hex.
+pub fn relay_labels(msg: &Message) -> Vec<(String, String)> {
+    use dhcproto::v4::relay::{RelayCode, RelayInfo};
+    let Some(DhcpOption::RelayAgentInformation(info)) =
+        msg.opts().get(OptionCode::RelayAgentInformation)
+    else {
+        return Vec::new();
+    };
+    let text = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() || c == ' ') => {
+            s.to_string()
+        }
+        _ => b.iter().map(|x| format!("{x:02x}")).collect(),
+    };
+    let mut out = Vec::new();
+    if let Some(RelayInfo::AgentCircuitId(id)) = info.get(RelayCode::AgentCircuitId) {
+        out.push(("circuit_id".to_string(), text(id)));
+    }
+    if let Some(RelayInfo::AgentRemoteId(id)) = info.get(RelayCode::AgentRemoteId) {
+        out.push(("remote_id".to_string(), text(id)));
+    }
+    out
+}
+
+/// Copy option 82 from the request into the reply: a relay agent strips it on the way back
+/// and needs it to find the client's port (RFC 3046 §2.2).
+pub fn echo_relay_info(req: &Message, reply: &mut Message) {
+    if let Some(o @ DhcpOption::RelayAgentInformation(_)) =
+        req.opts().get(OptionCode::RelayAgentInformation)
+    {
+        reply.opts_mut().insert(o.clone());
+    }
+}
+
 /// Where a reply goes (RFC 2131 §4.1): to the relay when `giaddr` is set; a DHCPNAK without a
 /// relay is broadcast; to `ciaddr` when the client has an address; otherwise broadcast (the
 /// client has no address yet and we do not inject ARP entries).
@@ -373,5 +408,31 @@ mod tests {
         let _ = decode(&packet(&[151, 0]));
         assert!(decode(&[]).is_err());
         assert!(decode(&good[..100]).is_err());
+    }
+
+    #[test]
+    fn option_82_becomes_labels() {
+        use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
+        let mut req = uefi_discover();
+        assert!(relay_labels(&req).is_empty());
+        let mut info = RelayAgentInformation::default();
+        info.insert(RelayInfo::AgentCircuitId(b"rack7-port12".to_vec()));
+        info.insert(RelayInfo::AgentRemoteId(vec![0, 1, 0xfe]));
+        req.opts_mut()
+            .insert(DhcpOption::RelayAgentInformation(info));
+        assert_eq!(
+            relay_labels(&req),
+            vec![
+                ("circuit_id".into(), "rack7-port12".into()),
+                ("remote_id".into(), "0001fe".into())
+            ]
+        );
+        let mut r = reply_to(&req);
+        echo_relay_info(&req, &mut r);
+        let (_, back) = roundtrip(&r);
+        assert_eq!(
+            back.opts().get(OptionCode::RelayAgentInformation),
+            req.opts().get(OptionCode::RelayAgentInformation)
+        );
     }
 }

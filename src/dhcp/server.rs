@@ -260,6 +260,8 @@ impl Service {
         }
         let info = reply::client_info(&req);
         let mut facts = Facts::from_mac(mac);
+        // Option 82 circuit-id / remote-id: selectors can match them as labels.
+        facts.labels.extend(reply::relay_labels(&req));
         if let Some(fw) = info.arch.and_then(pxe::arch_type).and_then(|a| a.firmware) {
             facts.arch = Some(fw.ipxe_arch().to_string());
             facts.platform = Some(fw.platform().to_string());
