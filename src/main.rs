@@ -156,6 +156,18 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The config, the base URL machines would use, and the profiles: what `render` and `explain`
+/// need without starting anything.
+fn load_offline(path: &Path) -> Result<(Config, String, ProfileSet), ExitCode> {
+    let config = load_config(path)?;
+    let base_url = app::offline_base_url(&config);
+    let set = ProfileSet::load(&app::sources(&config), &base_url).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    Ok((config, base_url, set))
+}
+
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -257,17 +269,9 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn render(path: &Path, facts: Facts, what: What) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(c) => c,
+    let (_, base_url, set) = match load_offline(path) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
-    };
-    let base_url = app::offline_base_url(&config);
-    let set = match ProfileSet::load(&app::sources(&config), &base_url) {
-        Ok(set) => set,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
     };
     let Some(m) = set.select(&facts) else {
         eprintln!(
@@ -297,17 +301,9 @@ fn explain(
     vendor_class: Option<String>,
 ) -> ExitCode {
     use kindling::dhcp::pxe::{self, BootFile, ClientInfo};
-    let config = match load_config(path) {
-        Ok(c) => c,
+    let (config, base_url, set) = match load_offline(path) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
-    };
-    let base_url = app::offline_base_url(&config);
-    let set = match ProfileSet::load(&app::sources(&config), &base_url) {
-        Ok(set) => set,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
     };
     let arch_type = arch.and_then(pxe::arch_type);
     let vendor_class = vendor_class.unwrap_or_else(|| {
