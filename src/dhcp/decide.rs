@@ -615,14 +615,8 @@ mod tests {
         ));
         req.opts_mut()
             .insert(DhcpOption::ClientMachineIdentifier(vec![0, 1, 2, 3]));
-        let machine = MachineBoot::Netboot {
-            profile: "w".into(),
-            files: Default::default(),
-        };
-        let d = pxe::decide(
+        let d = crate::dhcp::reply::tests::netboot_decision(
             &crate::dhcp::reply::client_info(&req),
-            &machine,
-            &BootFiles::default(),
             "http://10.0.0.2:8080",
         );
         assert_eq!(d.boot_file, Some(BootFile::Tftp("ipxe.efi".into())));
@@ -729,16 +723,7 @@ mod tests {
             };
             decoded += 1;
             let info = crate::dhcp::reply::client_info(&msg);
-            let machine = MachineBoot::Netboot {
-                profile: "w".into(),
-                files: Default::default(),
-            };
-            let d = pxe::decide(
-                &info,
-                &machine,
-                &BootFiles::default(),
-                "http://10.0.0.2:8080",
-            );
+            let d = crate::dhcp::reply::tests::netboot_decision(&info, "http://10.0.0.2:8080");
             if let Action::Reply { msg, .. } = handle(
                 &msg,
                 &mut s,

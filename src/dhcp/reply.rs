@@ -177,7 +177,7 @@ pub fn encode_padded(msg: &Message) -> Result<Vec<u8>, dhcproto::error::EncodeEr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use dhcproto::v4::{Architecture, Flags, Opcode};
     use dhcproto::{Decodable, Decoder};
 
@@ -205,6 +205,15 @@ mod tests {
         ));
         o.insert(DhcpOption::ClientMachineIdentifier(vec![0; 17]));
         m
+    }
+
+    /// The classifier's decision for a client whose profile netboots.
+    pub(crate) fn netboot_decision(info: &ClientInfo, base_url: &str) -> Decision {
+        let machine = MachineBoot::Netboot {
+            profile: "w".into(),
+            files: Default::default(),
+        };
+        pxe::decide(info, &machine, &BootFiles::default(), base_url)
     }
 
     fn reply_to(req: &Message) -> Message {
@@ -236,16 +245,7 @@ mod tests {
         assert_eq!(client_mac(&req), Some(MacAddr(MAC)));
         let info = client_info(&req);
         assert_eq!(info.arch, Some(7));
-        let machine = MachineBoot::Netboot {
-            profile: "w".into(),
-            files: Default::default(),
-        };
-        let d = pxe::decide(
-            &info,
-            &machine,
-            &BootFiles::default(),
-            "http://10.0.0.2:8080",
-        );
+        let d = netboot_decision(&info, "http://10.0.0.2:8080");
         let mut r = reply_to(&req);
         set_boot(&mut r, &d, Ipv4Addr::new(10, 0, 0, 2));
         let (len, back) = roundtrip(&r);
@@ -278,16 +278,7 @@ mod tests {
         let mut req = uefi_discover();
         req.opts_mut()
             .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-        let machine = MachineBoot::Netboot {
-            profile: "w".into(),
-            files: Default::default(),
-        };
-        let d = pxe::decide(
-            &client_info(&req),
-            &machine,
-            &BootFiles::default(),
-            "http://10.0.0.2:8080",
-        );
+        let d = netboot_decision(&client_info(&req), "http://10.0.0.2:8080");
         let mut r = reply_to(&req);
         set_boot(&mut r, &d, Ipv4Addr::new(10, 0, 0, 2));
         let (_, back) = roundtrip(&r);
@@ -307,11 +298,7 @@ mod tests {
         let mut req = uefi_discover();
         req.opts_mut()
             .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-        let machine = MachineBoot::Netboot {
-            profile: "w".into(),
-            files: Default::default(),
-        };
-        let d = pxe::decide(&client_info(&req), &machine, &BootFiles::default(), &base);
+        let d = netboot_decision(&client_info(&req), &base);
         let mut r = reply_to(&req);
         set_boot(&mut r, &d, Ipv4Addr::new(10, 0, 0, 2));
         let (_, back) = roundtrip(&r);
