@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, DhcpMode};
+use crate::config::{Config, DhcpMode, IpAddr};
 use crate::diag::Diagnostics;
 use crate::http::{self, HttpState};
 use crate::inventory::Inventory;
@@ -67,27 +67,34 @@ impl Bound {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let mut dhcp = Vec::new();
-        match config.dhcp.mode {
-            DhcpMode::Off => {}
-            DhcpMode::Proxy => anyhow::bail!(
-                "dhcp.mode = \"proxy\" is not implemented yet; use \"full\" or \"off\" (refusing to start rather than run without the DHCP you configured)"
-            ),
-            DhcpMode::Full => {
-                for iface in &config.dhcp.interfaces {
-                    let std_sock =
-                        crate::net::udp_on_interface(iface, crate::dhcp::reply::SERVER_PORT)
-                            .with_context(|| format!("DHCP on interface {iface}"))?;
-                    let socket = tokio::net::UdpSocket::from_std(std_sock)?;
-                    let addrs = crate::net::ipv4_addrs(iface)?;
-                    if addrs.is_empty() {
-                        tracing::warn!(iface = %iface, "interface has no IPv4 address: only relayed requests can be matched to a subnet");
-                    }
-                    dhcp.push(crate::dhcp::server::Listener {
-                        iface: iface.clone(),
-                        socket,
-                        addrs,
-                    });
+        let ports: &[u16] = match config.dhcp.mode {
+            DhcpMode::Off => &[],
+            DhcpMode::Full => &[crate::dhcp::reply::SERVER_PORT],
+            DhcpMode::Proxy => &[
+                crate::dhcp::reply::SERVER_PORT,
+                crate::dhcp::proxy::PXE_PORT,
+            ],
+        };
+        for iface in &config.dhcp.interfaces {
+            let addrs = crate::net::ipv4_addrs(iface)?;
+            for &port in ports {
+                let std_sock = crate::net::udp_on_interface(iface, port)
+                    .with_context(|| format!("DHCP on interface {iface}"))?;
+                dhcp.push(crate::dhcp::server::Listener {
+                    iface: iface.clone(),
+                    socket: Arc::new(tokio::net::UdpSocket::from_std(std_sock)?),
+                    port,
+                    addrs: addrs.clone(),
+                });
+            }
+            if addrs.is_empty() {
+                let advertised = matches!(config.server.advertise_ip, Some(IpAddr::V4(_)));
+                if config.dhcp.mode == DhcpMode::Proxy && !advertised {
+                    anyhow::bail!(
+                        "proxy DHCP on {iface}: the interface has no IPv4 address to offer as the boot server; give it one or set server.advertise_ip"
+                    );
                 }
+                tracing::warn!(iface = %iface, "interface has no IPv4 address: only relayed requests can be matched to a subnet");
             }
         }
         Ok(Bound { http, dhcp })
@@ -138,23 +145,32 @@ pub async fn run(
     let tracker = TaskTracker::new();
 
     if !bound.dhcp.is_empty() {
-        let state_dir = config.paths.state.clone();
-        let store =
-            tokio::task::spawn_blocking(move || crate::dhcp::store::LeaseStore::open(&state_dir))
-                .await
-                .context("lease store task panicked")?
-                .context("cannot open the lease store")?;
-        let service = crate::dhcp::server::Service::new(
+        let store = if config.dhcp.mode == DhcpMode::Full {
+            let state_dir = config.paths.state.clone();
+            let store = tokio::task::spawn_blocking(move || {
+                crate::dhcp::store::LeaseStore::open(&state_dir)
+            })
+            .await
+            .context("lease store task panicked")?
+            .context("cannot open the lease store")?;
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        let (service, writer) = crate::dhcp::server::Service::new(
             &config,
-            Arc::new(store),
+            store,
             live.clone(),
             inventory.clone(),
             base_url.clone(),
         )
         .context("cannot restore DHCP leases")?;
+        if let Some(writer) = writer {
+            tracker.spawn(writer.run());
+        }
         let service = Arc::new(service);
         for listener in std::mem::take(&mut bound.dhcp) {
-            tracing::info!(iface = %listener.iface, addrs = ?listener.addrs, "listening for DHCP on {}", listener.iface);
+            tracing::info!(iface = %listener.iface, port = listener.port, addrs = ?listener.addrs, mode = ?config.dhcp.mode, "listening for DHCP on {}", listener.iface);
             tracker.spawn(service.clone().run(listener, token.clone()));
         }
     }

@@ -21,11 +21,11 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 
 use super::leases::{Lease, Now, Pool, State};
 use super::pxe::Decision;
-use super::reply::{client_mac, destination, echo_relay_info, set_boot};
+use super::reply::{client_mac, destination, echo_guid, reply_base, set_boot, set_no_proxydhcp};
 use crate::mac::MacAddr;
 
 /// A subnet Kindling serves in full mode.
@@ -280,26 +280,6 @@ fn nak(req: &Message, subnet: &Subnet, ctx: &Ctx<'_>, mac: MacAddr, why: &str) -
     }
 }
 
-fn reply_base(req: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Message {
-    let mut msg = Message::new_with_id(
-        req.xid(),
-        Ipv4Addr::UNSPECIFIED,
-        yiaddr,
-        Ipv4Addr::UNSPECIFIED,
-        req.giaddr(),
-        &[],
-    );
-    msg.set_opcode(Opcode::BootReply);
-    msg.set_htype(HType::Eth);
-    if let Some(mac) = client_mac(req) {
-        msg.set_chaddr(&mac.0);
-    }
-    msg.set_flags(req.flags());
-    msg.opts_mut().insert(DhcpOption::MessageType(kind));
-    echo_relay_info(req, &mut msg);
-    msg
-}
-
 /// An OFFER or ACK with the subnet's configuration and the boot decision.
 fn build(
     req: &Message,
@@ -334,13 +314,11 @@ fn build(
     if let Some(h) = ctx.hostname {
         o.insert(DhcpOption::Hostname(h.to_string()));
     }
-    // Option 97 (client GUID) is echoed: PXE clients expect it back.
-    if let Some(guid @ DhcpOption::ClientMachineIdentifier(_)) =
-        req.opts().get(OptionCode::ClientMachineIdentifier)
-    {
-        o.insert(guid.clone());
-    }
+    echo_guid(req, &mut msg);
     set_boot(&mut msg, ctx.boot, ctx.server_ip);
+    if ctx.boot.ipxe {
+        set_no_proxydhcp(&mut msg);
+    }
     msg
 }
 

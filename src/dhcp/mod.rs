@@ -12,6 +12,7 @@
 
 pub mod decide;
 pub mod leases;
+pub mod proxy;
 pub mod pxe;
 pub mod reply;
 pub mod server;

@@ -4,14 +4,14 @@
 //!   `chaddr()` slices by the packet's own `hlen` and panics beyond 16: check first).
 //! - [`destination`]: RFC 2131 §4.1 reply addressing in one place.
 //! - [`set_boot`]: siaddr, the `file` field and options 66/67 set consistently from a
-//!   classifier decision, option 60 echoed (`PXEClient`/`HTTPClient`), and iPXE's
-//!   `no-pxedhcp` (option 175.176) so iPXE does not wait ~3 s for proxy offers.
+//!   classifier decision, option 60 echoed (`PXEClient`/`HTTPClient`); [`set_no_proxydhcp`]
+//!   (iPXE option 175.176) so iPXE does not wait ~3 s for proxy offers in full mode.
 //! - [`encode_padded`]: encode, then pad to the 300-byte BOOTP minimum some ROMs insist on
 //!   (dhcproto does not pad).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use dhcproto::v4::{DhcpOption, HType, Message, MessageType, OptionCode, UnknownOption};
+use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::{Encodable, Encoder};
 
 use super::pxe::{BootFile, ClientInfo, Decision, MAX_BOOT_FILE_LEN};
@@ -106,6 +106,37 @@ pub fn echo_relay_info(req: &Message, reply: &mut Message) {
     }
 }
 
+/// A BOOTREPLY skeleton for `req`: same xid, flags, chaddr and giaddr, message type `kind`,
+/// option 82 echoed.
+pub fn reply_base(req: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Message {
+    let mut msg = Message::new_with_id(
+        req.xid(),
+        Ipv4Addr::UNSPECIFIED,
+        yiaddr,
+        Ipv4Addr::UNSPECIFIED,
+        req.giaddr(),
+        &[],
+    );
+    msg.set_opcode(Opcode::BootReply);
+    msg.set_htype(HType::Eth);
+    if let Some(mac) = client_mac(req) {
+        msg.set_chaddr(&mac.0);
+    }
+    msg.set_flags(req.flags());
+    msg.opts_mut().insert(DhcpOption::MessageType(kind));
+    echo_relay_info(req, &mut msg);
+    msg
+}
+
+/// Echo option 97 (client machine GUID): PXE clients expect it back.
+pub fn echo_guid(req: &Message, reply: &mut Message) {
+    if let Some(guid @ DhcpOption::ClientMachineIdentifier(_)) =
+        req.opts().get(OptionCode::ClientMachineIdentifier)
+    {
+        reply.opts_mut().insert(guid.clone());
+    }
+}
+
 /// Where a reply goes (RFC 2131 §4.1): to the relay when `giaddr` is set; a DHCPNAK without a
 /// relay is broadcast; to `ciaddr` when the client has an address; otherwise broadcast (the
 /// client has no address yet and we do not inject ARP entries).
@@ -147,15 +178,17 @@ pub fn set_boot(reply: &mut Message, decision: &Decision, server_ip: Ipv4Addr) {
         }
         None => {}
     }
-    if decision.ipxe {
-        // iPXE encapsulated option 176 `no-pxedhcp` = 1: do not wait for proxy offers.
-        reply
-            .opts_mut()
-            .insert(DhcpOption::Unknown(UnknownOption::new(
-                OptionCode::Unknown(175),
-                vec![176, 1, 1],
-            )));
-    }
+}
+
+/// Tell iPXE not to wait ~3 s for proxy-DHCP offers: iPXE encapsulated option 175.176
+/// `no-pxedhcp` = 1. Full mode only: in proxy mode Kindling *is* the proxy.
+pub fn set_no_proxydhcp(reply: &mut Message) {
+    reply
+        .opts_mut()
+        .insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![176, 1, 1],
+        )));
 }
 
 /// The `file` field holds 127 bytes and a NUL; dhcproto panics on longer names. Names are
@@ -178,7 +211,7 @@ pub fn encode_padded(msg: &Message) -> Result<Vec<u8>, dhcproto::error::EncodeEr
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use dhcproto::v4::{Architecture, Flags, Opcode};
+    use dhcproto::v4::{Architecture, Flags};
     use dhcproto::{Decodable, Decoder};
 
     use super::*;
@@ -281,6 +314,8 @@ pub(crate) mod tests {
         let d = netboot_decision(&client_info(&req), "http://10.0.0.2:8080");
         let mut r = reply_to(&req);
         set_boot(&mut r, &d, Ipv4Addr::new(10, 0, 0, 2));
+        assert!(d.ipxe);
+        set_no_proxydhcp(&mut r);
         let (_, back) = roundtrip(&r);
         assert_eq!(
             back.fname_str().unwrap().unwrap().trim_end_matches('\0'),

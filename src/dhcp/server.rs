@@ -1,28 +1,36 @@
-//! The DHCP service in full mode: sockets, the per-packet path, durability.
+//! The DHCP service: sockets, the per-packet path, durability.
 //!
-//! Per datagram: decode (a malformed packet is logged and dropped), rate-limit by MAC, choose
-//! the subnet (by giaddr when relayed, else by the receiving interface's address), classify the
-//! PXE client against its profile, run [`decide::handle`], persist the lease (fsync) if the
-//! reply is an ACK, then send. One task per interface; the subnets sit behind a std mutex that
-//! is held only inside the synchronous decision, never across `.await`.
+//! Per datagram: decode (a malformed packet is logged and dropped), rate-limit by MAC,
+//! classify the PXE client against its profile ([`pxe::decide`]), then by mode:
 //!
-//! Not yet: proxy mode (port 4011), option 82 labels, metrics. See the README's status.
+//! - **full**: choose the subnet (by giaddr when relayed, else by the receiving interface's
+//!   address) and run [`decide::handle`]. An ACK is not sent by the socket task: it goes to the
+//!   [`LeaseWriter`] with its lease, which commits every lease waiting in one fsync'd
+//!   transaction and only then sends their ACKs (group commit: durable before the ACK leaves,
+//!   without one fsync per client).
+//! - **proxy**: [`proxy::offer`] for DISCOVERs on port 67, [`proxy::ack`] for REQUESTs on 4011;
+//!   no addresses, no leases.
+//!
+//! One task per socket; the subnets sit behind a std mutex that is held only inside the
+//! synchronous decision, never across `.await`.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::decide::{self, Action, Ctx, Subnet};
 use super::leases::{Lease, Pool};
-use super::pxe::{self, BootFiles};
+use super::proxy;
+use super::pxe::{self, BootFiles, ClientInfo, Decision};
 use super::reply;
 use super::store::{LeaseStore, StoreError};
-use crate::config::{Config, IpAddr};
+use crate::config::{Config, DhcpMode, IpAddr};
 use crate::inventory::{DhcpSeen, Inventory};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
@@ -35,29 +43,117 @@ const RATE_LIMIT: u32 = 30;
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Warn when a pool is this full (percent).
 const POOL_WARN_PERCENT: u32 = 90;
+/// Lease writes waiting for the writer; beyond this the socket tasks wait (backpressure).
+const WRITE_QUEUE: usize = 4096;
+/// Most leases committed in one transaction.
+const WRITE_BATCH: usize = 1024;
 
 /// One bound DHCP socket.
 #[derive(Debug)]
 pub struct Listener {
     /// The interface it is bound to.
     pub iface: String,
-    /// The socket (`0.0.0.0:67`, `SO_BINDTODEVICE`).
-    pub socket: UdpSocket,
-    /// The interface's IPv4 addresses, to find its subnet.
+    /// The socket (`0.0.0.0:port`, `SO_BINDTODEVICE`).
+    pub socket: Arc<UdpSocket>,
+    /// 67, or 4011 for proxy-DHCP boot server requests.
+    pub port: u16,
+    /// The interface's IPv4 addresses: its subnet (full mode), its server address (proxy).
     pub addrs: Vec<Ipv4Addr>,
 }
 
-/// The DHCP service's state, shared by the per-interface tasks.
+/// A lease change on its way to disk, with the ACK to send once it is there.
+struct Write {
+    lease: Lease,
+    ack: Option<(Vec<u8>, SocketAddrV4, Arc<UdpSocket>)>,
+}
+
+/// Commits lease changes in batches, then sends the ACKs that waited for them.
+pub struct LeaseWriter {
+    store: Arc<LeaseStore>,
+    rx: mpsc::Receiver<Write>,
+}
+
+impl std::fmt::Debug for LeaseWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseWriter").finish_non_exhaustive()
+    }
+}
+
+impl LeaseWriter {
+    /// Run until every [`Service`] holding the sending side is gone, then finish the queue.
+    pub async fn run(mut self) {
+        let mut batch = Vec::with_capacity(64);
+        while self.rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+            let leases: Vec<Lease> = batch.iter().map(|w: &Write| w.lease.clone()).collect();
+            let store = self.store.clone();
+            let result = tokio::task::spawn_blocking(move || store.put(&leases)).await;
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("lease store task failed: {e}")),
+            };
+            if let Some(e) = error {
+                let acks = batch.iter().filter(|w| w.ack.is_some()).count();
+                tracing::error!(error = %e, leases = batch.len(), acks, "cannot persist leases: their ACKs are not sent");
+                batch.clear();
+                continue;
+            }
+            for w in batch.drain(..) {
+                if let Some((bytes, to, socket)) = w.ack
+                    && let Err(e) = socket.send_to(&bytes, SocketAddr::V4(to)).await
+                {
+                    tracing::warn!(%to, error = %e, "DHCP send failed");
+                }
+            }
+        }
+    }
+}
+
+/// What one request says about its client, and what the profiles make of it.
+struct Client {
+    mac: MacAddr,
+    info: ClientInfo,
+    decision: Decision,
+    hostname: Option<String>,
+    profile: String,
+    guid: Option<String>,
+}
+
+impl Client {
+    fn seen(&self, event: &'static str, ip: Option<Ipv4Addr>) -> DhcpSeen {
+        DhcpSeen {
+            event,
+            ip,
+            vendor_class: self.info.vendor_class.clone(),
+            guid: self.guid.clone(),
+            arch_code: self.info.arch,
+            hostname: self.hostname.clone(),
+        }
+    }
+
+    fn boot_text(&self) -> &str {
+        match &self.decision.boot_file {
+            Some(pxe::BootFile::Tftp(f)) => f,
+            Some(pxe::BootFile::Http(u)) => u,
+            None => "-",
+        }
+    }
+}
+
+/// The DHCP service's state, shared by the per-socket tasks.
 pub struct Service {
+    mode: DhcpMode,
     /// A std mutex: held only for the synchronous decision of one packet.
     subnets: Mutex<Vec<Subnet>>,
     /// Profile generation the reservations were last built from.
     reservations_gen: Mutex<u64>,
-    store: Arc<LeaseStore>,
+    /// To the lease writer (full mode).
+    writes: Option<mpsc::Sender<Write>>,
     profiles: Arc<Live>,
     inventory: Arc<Inventory>,
     boot_files: BootFiles,
     base_url: String,
+    advertise: Option<Ipv4Addr>,
     config_reservations: HashMap<MacAddr, Ipv4Addr>,
     /// Per-MAC packet counts in the current window. A std mutex, held for one map update.
     limiter: Mutex<HashMap<MacAddr, (u64, u32)>>,
@@ -93,14 +189,16 @@ fn reservations(
 }
 
 impl Service {
-    /// Build the subnets from the config and restore every stored lease.
+    /// Build the service. Full mode needs `store`: the subnets are built from the config,
+    /// every stored lease is restored, and the returned [`LeaseWriter`] must be run. Proxy mode
+    /// keeps no leases.
     pub fn new(
         config: &Config,
-        store: Arc<LeaseStore>,
+        store: Option<Arc<LeaseStore>>,
         profiles: Arc<Live>,
         inventory: Arc<Inventory>,
         base_url: String,
-    ) -> Result<Service, StoreError> {
+    ) -> Result<(Service, Option<LeaseWriter>), StoreError> {
         let d = &config.dhcp;
         let advertise = match config.server.advertise_ip {
             Some(IpAddr::V4(ip)) => Some(ip),
@@ -108,56 +206,67 @@ impl Service {
         };
         let config_reservations: HashMap<MacAddr, Ipv4Addr> =
             d.reservations.iter().map(|r| (r.mac, r.ip)).collect();
-        let all = reservations(&profiles.current(), &config_reservations);
-        let mut subnets: Vec<Subnet> = d
-            .subnets
-            .iter()
-            .map(|s| {
-                let net = s.network.trunc();
-                let mine = all
-                    .iter()
-                    .filter(|(_, ip)| net.contains(*ip))
-                    .map(|(m, ip)| (*m, *ip))
-                    .collect();
-                Subnet {
-                    network: net.network(),
-                    prefix_len: net.prefix_len(),
-                    pool: Pool::new(s.range[0], s.range[1], mine),
-                    router: s.router,
-                    dns: s.dns.clone(),
-                    domain: s.domain.clone(),
-                    lease_time: s.lease_time.unwrap_or(d.lease_time),
-                    offer_time: d.offer_time,
-                    server_ip: s.server_ip.or(advertise).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        let mut subnets = Vec::new();
+        let mut writer = None;
+        let mut writes = None;
+        if let (DhcpMode::Full, Some(store)) = (d.mode, store) {
+            let all = reservations(&profiles.current(), &config_reservations);
+            subnets = d
+                .subnets
+                .iter()
+                .map(|s| {
+                    let net = s.network.trunc();
+                    let mine = all
+                        .iter()
+                        .filter(|(_, ip)| net.contains(*ip))
+                        .map(|(m, ip)| (*m, *ip))
+                        .collect();
+                    Subnet {
+                        network: net.network(),
+                        prefix_len: net.prefix_len(),
+                        pool: Pool::new(s.range[0], s.range[1], mine),
+                        router: s.router,
+                        dns: s.dns.clone(),
+                        domain: s.domain.clone(),
+                        lease_time: s.lease_time.unwrap_or(d.lease_time),
+                        offer_time: d.offer_time,
+                        server_ip: s.server_ip.or(advertise).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    }
+                })
+                .collect();
+            let stored = store.load()?;
+            let count = stored.len();
+            for lease in stored {
+                if let Some(s) = subnets.iter_mut().find(|s| s.contains(lease.ip)) {
+                    s.pool.restore(lease);
                 }
-            })
-            .collect();
-        let stored = store.load()?;
-        let count = stored.len();
-        for lease in stored {
-            if let Some(s) = subnets.iter_mut().find(|s| s.contains(lease.ip)) {
-                s.pool.restore(lease);
             }
+            tracing::info!(
+                subnets = subnets.len(),
+                leases = count,
+                "DHCP leases restored"
+            );
+            let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+            writes = Some(tx);
+            writer = Some(LeaseWriter { store, rx });
         }
-        tracing::info!(
-            subnets = subnets.len(),
-            leases = count,
-            "DHCP leases restored"
-        );
-        Ok(Service {
+        let service = Service {
+            mode: d.mode,
             subnets: Mutex::new(subnets),
             reservations_gen: Mutex::new(profiles.status().generation),
-            store,
+            writes,
             profiles,
             inventory,
             boot_files: d.boot_files.clone(),
             base_url,
+            advertise,
             config_reservations,
             limiter: Mutex::new(HashMap::new()),
-        })
+        };
+        Ok((service, writer))
     }
 
-    /// Serve one interface until `token` is cancelled.
+    /// Serve one socket until `token` is cancelled.
     pub async fn run(self: Arc<Self>, listener: Listener, token: CancellationToken) {
         let mut buf = vec![0u8; 1500];
         loop {
@@ -171,26 +280,25 @@ impl Service {
                     }
                 },
             };
-            let Some((bytes, to, lease)) = self.process(&buf[..len], peer, &listener) else {
+            let Some(out) = self.process(&buf[..len], peer, &listener) else {
                 continue;
             };
-            if let Some(lease) = lease {
-                // Durable before the ACK leaves: a crash after this point keeps the lease.
-                let store = self.store.clone();
-                match tokio::task::spawn_blocking(move || store.put(&[lease])).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "cannot persist lease: ACK not sent");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "lease store task failed: ACK not sent");
-                        continue;
+            match out {
+                Out::Send(bytes, to) => {
+                    if let Err(e) = listener.socket.send_to(&bytes, SocketAddr::V4(to)).await {
+                        tracing::warn!(iface = %listener.iface, %to, error = %e, "DHCP send failed");
                     }
                 }
-            }
-            if let Err(e) = listener.socket.send_to(&bytes, SocketAddr::V4(to)).await {
-                tracing::warn!(iface = %listener.iface, %to, error = %e, "DHCP send failed");
+                Out::Write(lease, ack) => {
+                    let Some(writes) = &self.writes else {
+                        continue;
+                    };
+                    let ack = ack.map(|(bytes, to)| (bytes, to, listener.socket.clone()));
+                    // Durable before the ACK leaves: the writer sends it after the commit.
+                    if writes.send(Write { lease, ack }).await.is_err() {
+                        tracing::error!("lease writer stopped: ACK not sent");
+                    }
+                }
             }
         }
     }
@@ -234,14 +342,8 @@ impl Service {
         }
     }
 
-    /// Decide on one datagram: the encoded reply, its destination and the lease to persist.
-    fn process(
-        &self,
-        bytes: &[u8],
-        peer: SocketAddr,
-        listener: &Listener,
-    ) -> Option<(Vec<u8>, SocketAddrV4, Option<Lease>)> {
-        let iface = listener.iface.as_str();
+    /// Decode, rate-limit and classify one datagram.
+    fn admit(&self, bytes: &[u8], peer: SocketAddr, iface: &str) -> Option<(Message, Client)> {
         let req = match reply::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -249,13 +351,11 @@ impl Service {
                 return None;
             }
         };
-        let xid = req.xid();
         let Some(mac) = reply::client_mac(&req) else {
-            tracing::debug!(%iface, %peer, xid, "dropping DHCP packet: not an Ethernet client");
+            tracing::debug!(%iface, %peer, xid = req.xid(), "dropping DHCP packet: not an Ethernet client");
             return None;
         };
-        let now = unix_now();
-        if !self.allow(mac, now) {
+        if !self.allow(mac, unix_now()) {
             return None;
         }
         let info = reply::client_info(&req);
@@ -273,9 +373,101 @@ impl Service {
             .as_ref()
             .and_then(|m| m.machine)
             .and_then(|m| m.hostname.clone());
+        let profile = chosen
+            .as_ref()
+            .map_or("-", |m| m.profile.name.as_str())
+            .to_string();
+        let guid = match req.opts().get(OptionCode::ClientMachineIdentifier) {
+            Some(DhcpOption::ClientMachineIdentifier(g)) => {
+                Some(g.iter().map(|b| format!("{b:02x}")).collect())
+            }
+            _ => None,
+        };
+        let client = Client {
+            mac,
+            info,
+            decision,
+            hostname,
+            profile,
+            guid,
+        };
+        Some((req, client))
+    }
+
+    /// Decide on one datagram.
+    fn process(&self, bytes: &[u8], peer: SocketAddr, listener: &Listener) -> Option<Out> {
+        let (req, client) = self.admit(bytes, peer, &listener.iface)?;
+        match self.mode {
+            DhcpMode::Proxy => self.proxy(&req, &client, peer, listener),
+            DhcpMode::Full => self.full(&req, &client, peer, listener),
+            DhcpMode::Off => None,
+        }
+    }
+
+    /// Proxy mode: a proxy OFFER on 67, the boot file on 4011.
+    fn proxy(
+        &self,
+        req: &Message,
+        client: &Client,
+        peer: SocketAddr,
+        listener: &Listener,
+    ) -> Option<Out> {
+        let (iface, mac, xid) = (listener.iface.as_str(), client.mac, req.xid());
+        let kind = req.opts().msg_type();
+        let Some(server_ip) = self.advertise.or(listener.addrs.first().copied()) else {
+            tracing::warn!(%iface, %mac, "proxy DHCP: no address on this interface and no server.advertise_ip: not answered");
+            return None;
+        };
+        let SocketAddr::V4(peer) = peer else {
+            return None;
+        };
+        let (answer, to, event) = if listener.port == proxy::PXE_PORT {
+            (
+                proxy::ack(req, &client.decision, server_ip),
+                proxy::ack_destination(peer),
+                "ack",
+            )
+        } else if kind == Some(MessageType::Discover) {
+            (
+                proxy::offer(req, &client.decision, server_ip),
+                test_hook(peer, reply::destination(req, MessageType::Offer)),
+                "offer",
+            )
+        } else {
+            // REQUEST, RELEASE, ... on 67 belong to the LAN's DHCP server.
+            tracing::trace!(%iface, %mac, xid, ?kind, "proxy DHCP: not ours");
+            return None;
+        };
+        let ip = (!req.ciaddr().is_unspecified()).then(|| req.ciaddr());
+        let msg = match answer {
+            Ok(m) => m,
+            Err(why) => {
+                tracing::debug!(%iface, %mac, xid, ?kind, port = listener.port, "proxy DHCP: not answered: {why}");
+                if kind == Some(MessageType::Discover) {
+                    self.inventory
+                        .dhcp(mac, client.seen("discover", ip), SystemTime::now());
+                }
+                return None;
+            }
+        };
+        tracing::info!(%iface, %mac, xid, profile = %client.profile, boot = %client.boot_text(), %to, port = listener.port, "proxy DHCP {event}");
+        self.inventory
+            .dhcp(mac, client.seen(event, ip), SystemTime::now());
+        encode(&msg, mac, xid).map(|bytes| Out::Send(bytes, to))
+    }
+
+    /// Full mode: addresses, leases and boot information.
+    fn full(
+        &self,
+        req: &Message,
+        client: &Client,
+        peer: SocketAddr,
+        listener: &Listener,
+    ) -> Option<Out> {
+        let (iface, mac, xid) = (listener.iface.as_str(), client.mac, req.xid());
         let kind = req.opts().msg_type();
         let giaddr = req.giaddr();
-
+        let set = self.profiles.current();
         let action = {
             let mut subnets = self.subnets.lock().unwrap_or_else(|e| e.into_inner());
             self.refresh_reservations(&set, &mut subnets);
@@ -292,38 +484,22 @@ impl Service {
             };
             let server_ip = subnet.server_ip;
             decide::handle(
-                &req,
+                req,
                 subnet,
                 &Ctx {
                     server_ip,
-                    now,
-                    boot: &decision,
-                    hostname: hostname.as_deref(),
+                    now: unix_now(),
+                    boot: &client.decision,
+                    hostname: client.hostname.as_deref(),
                 },
             )
         };
-
-        let guid = match req.opts().get(OptionCode::ClientMachineIdentifier) {
-            Some(DhcpOption::ClientMachineIdentifier(g)) => {
-                Some(g.iter().map(|b| format!("{b:02x}")).collect())
-            }
-            _ => None,
-        };
-        let seen = |event: &'static str, ip: Option<Ipv4Addr>| DhcpSeen {
-            event,
-            ip,
-            vendor_class: info.vendor_class.clone(),
-            guid: guid.clone(),
-            arch_code: info.arch,
-            hostname: hostname.clone(),
-        };
-        let profile = chosen.as_ref().map_or("-", |m| m.profile.name.as_str());
         match action {
             Action::Ignore(why) => {
                 tracing::debug!(%iface, %mac, xid, ?kind, "DHCP request not answered: {why}");
                 if kind == Some(MessageType::Discover) {
                     self.inventory
-                        .dhcp(mac, seen("discover", None), SystemTime::now());
+                        .dhcp(mac, client.seen("discover", None), SystemTime::now());
                 }
                 if why.contains("exhausted") {
                     tracing::warn!(%iface, %mac, "{why}");
@@ -338,16 +514,9 @@ impl Service {
                 };
                 tracing::info!(%iface, %mac, xid, ip = %lease.ip, %event, "DHCP {event}");
                 self.inventory
-                    .dhcp(mac, seen(event, Some(lease.ip)), SystemTime::now());
-                let store = self.store.clone();
-                let l = lease.clone();
-                // No reply to wait for: persist in the background.
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = store.put(&[l]) {
-                        tracing::error!(error = %e, "cannot persist lease change");
-                    }
-                });
-                None
+                    .dhcp(mac, client.seen(event, Some(lease.ip)), SystemTime::now());
+                // No reply waits for it.
+                Some(Out::Write(lease, None))
             }
             Action::Reply {
                 msg,
@@ -363,32 +532,20 @@ impl Service {
                     _ => "ack",
                 };
                 let ip = (!msg.yiaddr().is_unspecified()).then(|| msg.yiaddr());
-                let boot = match &decision.boot_file {
-                    Some(pxe::BootFile::Tftp(f)) => f.clone(),
-                    Some(pxe::BootFile::Http(u)) => u.clone(),
-                    None => "-".into(),
-                };
                 let ip_text = ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
-                tracing::info!(%iface, %mac, xid, ip = %ip_text, %profile, %boot, %event, "DHCP {event}");
-                self.inventory.dhcp(mac, seen(event, ip), SystemTime::now());
+                tracing::info!(%iface, %mac, xid, ip = %ip_text, profile = %client.profile, boot = %client.boot_text(), %event, "DHCP {event}");
+                self.inventory
+                    .dhcp(mac, client.seen(event, ip), SystemTime::now());
                 self.warn_if_pool_low(ip);
-                // Test hook: a client on a non-standard port (a test tool) gets its reply
-                // where it came from.
                 let to = match peer {
-                    SocketAddr::V4(p)
-                        if p.port() != reply::CLIENT_PORT && p.port() != reply::SERVER_PORT =>
-                    {
-                        p
-                    }
-                    _ => to,
+                    SocketAddr::V4(p) => test_hook(p, to),
+                    SocketAddr::V6(_) => to,
                 };
-                match reply::encode_padded(&msg) {
-                    Ok(bytes) => Some((bytes, to, lease)),
-                    Err(e) => {
-                        tracing::error!(%mac, xid, error = %e, "cannot encode DHCP reply");
-                        None
-                    }
-                }
+                let bytes = encode(&msg, mac, xid)?;
+                Some(match lease {
+                    Some(lease) => Out::Write(lease, Some((bytes, to))),
+                    None => Out::Send(bytes, to),
+                })
             }
         }
     }
@@ -401,6 +558,34 @@ impl Service {
             if size > 0 && used * 100 >= size * POOL_WARN_PERCENT {
                 tracing::warn!(subnet = %s.network, used, size, "DHCP pool is running low");
             }
+        }
+    }
+}
+
+/// What the socket task does with one decision.
+enum Out {
+    /// Send now.
+    Send(Vec<u8>, SocketAddrV4),
+    /// Make the lease durable, then send the ACK if there is one.
+    Write(Lease, Option<(Vec<u8>, SocketAddrV4)>),
+}
+
+/// Test hook: a client on a non-standard port (a test tool such as perfdhcp) gets its reply
+/// where it came from.
+fn test_hook(peer: SocketAddrV4, to: SocketAddrV4) -> SocketAddrV4 {
+    if peer.port() != reply::CLIENT_PORT && peer.port() != reply::SERVER_PORT {
+        peer
+    } else {
+        to
+    }
+}
+
+fn encode(msg: &Message, mac: MacAddr, xid: u32) -> Option<Vec<u8>> {
+    match reply::encode_padded(msg) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            tracing::error!(%mac, xid, error = %e, "cannot encode DHCP reply");
+            None
         }
     }
 }
