@@ -6,9 +6,15 @@
 
 mod common;
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::{
+    Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use common::{Daemon, write};
 
@@ -523,6 +529,440 @@ fn relayed_through_dhcrelay_with_option_82() {
     assert!(
         line.contains("profile=relayed"),
         "option 82 circuit-id selected the profile: {line}"
+    );
+    drop(guard);
+}
+
+/// A UDP socket created inside namespace `ns` (by a helper thread that joins it: a socket
+/// belongs to the namespace it was created in), bound to `dev` and `addr`, broadcast allowed.
+fn udp_in_netns(ns: &str, dev: &str, addr: SocketAddrV4) -> UdpSocket {
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.bind_device(Some(dev.as_bytes())).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind(&SocketAddr::V4(addr).into()).unwrap();
+        let s: UdpSocket = s.into();
+        s.set_read_timeout(Some(Duration::from_millis(250)))
+            .unwrap();
+        s
+    })
+    .join()
+    .expect("socket thread")
+}
+
+/// A PXE request as firmware sends it: UEFI x64 (option 93 = 7, `PXEClient` class, GUID).
+fn pxe_request(kind: MessageType, mac: [u8; 6], xid: u32, ipxe: bool) -> Message {
+    let mut m = Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    m.set_flags(Flags::default().set_broadcast());
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(kind));
+    o.insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+    ));
+    o.insert(DhcpOption::ClientSystemArchitecture(Architecture::X64));
+    o.insert(DhcpOption::ClientMachineIdentifier(
+        [&[0u8][..], &[0x11; 16]].concat(),
+    ));
+    o.insert(DhcpOption::ParameterRequestList(
+        [1u8, 3, 6, 43, 60, 66, 67, 97]
+            .into_iter()
+            .map(OptionCode::from)
+            .collect(),
+    ));
+    if ipxe {
+        o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        o.insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![19, 1, 1],
+        )));
+    }
+    m
+}
+
+fn encode(m: &Message) -> Vec<u8> {
+    let mut buf = Vec::new();
+    m.encode(&mut Encoder::new(&mut buf)).unwrap();
+    buf
+}
+
+/// Send `req` to `to` up to `tries` times; collect the replies with its xid until `done`
+/// says enough (each try waits up to a second).
+fn exchange(
+    sock: &UdpSocket,
+    req: &Message,
+    to: SocketAddrV4,
+    tries: u32,
+    done: impl Fn(&[Message]) -> bool,
+) -> Vec<Message> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1500];
+    for _ in 0..tries {
+        sock.send_to(&encode(req), to).unwrap();
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n]))
+                && m.xid() == req.xid()
+                && m.opcode() == Opcode::BootReply
+            {
+                got.push(m);
+            }
+            if done(&got) {
+                return got;
+            }
+        }
+    }
+    got
+}
+
+fn server_id(m: &Message) -> Option<Ipv4Addr> {
+    match m.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+        _ => None,
+    }
+}
+
+fn file_of(m: &Message) -> String {
+    m.fname_str()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+const KINDLING: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const DNSMASQ: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+/// Proxy mode beside dnsmasq as the LAN's plain DHCP server, each in its own namespace on one
+/// bridge. An emulated UEFI PXE ROM (then iPXE) on raw UDP: dnsmasq gives the address,
+/// Kindling the boot file (proxy OFFER on 67, ACK on 4011 back to the source port), and
+/// Kindling never offers an address. A machine that boots from disk and a plain dhclient get
+/// their address from dnsmasq and nothing from Kindling.
+#[test]
+fn proxy_mode_beside_dnsmasq() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP proxy_mode_beside_dnsmasq: {why}");
+        return;
+    }
+    let Some(dnsmasq) = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("SKIP proxy_mode_beside_dnsmasq: dnsmasq (dnsmasq-base) is not installed");
+        return;
+    };
+    let id = std::process::id();
+    let (s, d, c) = (
+        format!("kdl{id}xs"),
+        format!("kdl{id}xd"),
+        format!("kdl{id}xc"),
+    );
+    let mut guard = Guard {
+        namespaces: vec![s.clone(), d.clone(), c.clone()],
+        children: Vec::new(),
+    };
+    for ns in &guard.namespaces {
+        must(&["netns", "add", ns]);
+        must(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    // Kindling's namespace holds the bridge (the "switch"); dnsmasq and the client hang off it.
+    must(&["-n", &s, "link", "add", "br0", "type", "bridge"]);
+    must(&[
+        "-n", &s, "link", "add", "sd0", "type", "veth", "peer", "name", "vd0", "netns", &d,
+    ]);
+    must(&[
+        "-n", &s, "link", "add", "sc0", "type", "veth", "peer", "name", "vc0", "netns", &c,
+    ]);
+    for port in ["sd0", "sc0"] {
+        must(&["-n", &s, "link", "set", port, "master", "br0"]);
+        must(&["-n", &s, "link", "set", port, "up"]);
+    }
+    must(&["-n", &s, "addr", "add", "10.77.0.2/24", "dev", "br0"]);
+    must(&["-n", &s, "link", "set", "br0", "up"]);
+    must(&["-n", &d, "addr", "add", "10.77.0.1/24", "dev", "vd0"]);
+    must(&["-n", &d, "link", "set", "vd0", "up"]);
+    must(&[
+        "-n",
+        &c,
+        "link",
+        "set",
+        "vc0",
+        "address",
+        "52:54:00:77:00:31",
+    ]);
+    must(&["-n", &c, "link", "set", "vc0", "up"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let leases = dir.path().join("dnsmasq.leases");
+    guard.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &d, dnsmasq])
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+                "--interface=vd0",
+                "--bind-interfaces",
+                "--dhcp-range=10.77.0.100,10.77.0.110,255.255.255.0,10m",
+                "--dhcp-authoritative",
+                "--no-ping",
+                "--pid-file",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dnsmasq"),
+    );
+
+    let ipxe = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");
+    write(
+        dir.path(),
+        "kindling.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[server]\nbase_url = \"http://10.77.0.2:8080\"\n\
+             [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n\
+             [dhcp]\nmode = \"proxy\"\ninterfaces = [\"br0\"]\n",
+            ipxe.display()
+        ),
+    );
+    write(
+        dir.path(),
+        "profiles/node.toml",
+        "default = true\n[boot]\nkernel = \"k\"\n",
+    );
+    write(
+        dir.path(),
+        "profiles/disk.toml",
+        "[boot]\nlocal = true\n[[machine]]\nmac = \"52:54:00:77:00:32\"\n",
+    );
+    let cfg = dir.path().join("kindling.toml");
+    let daemon = Daemon::start_in(&s, &cfg);
+    daemon
+        .wait_log(Duration::from_secs(5), |l| {
+            l.contains("listening for DHCP on br0") && l.contains("port=4011")
+        })
+        .unwrap_or_else(|| panic!("{}", daemon.log_text()));
+
+    let mac = [0x52, 0x54, 0x00, 0x77, 0x00, 0x31];
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let rom = udp_in_netns(&c, "vc0", SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+
+    // 1. DISCOVER: an address offer from dnsmasq and a proxy offer (no address) from Kindling.
+    let discover = pxe_request(MessageType::Discover, mac, 0x3100_0001, false);
+    let both = |r: &[Message]| {
+        r.iter().any(|m| server_id(m) == Some(DNSMASQ))
+            && r.iter().any(|m| server_id(m) == Some(KINDLING))
+    };
+    let offers = exchange(&rom, &discover, bcast, 5, both);
+    assert!(both(&offers), "offers: {offers:?}\n{}", daemon.log_text());
+    let from = |who| offers.iter().find(|m| server_id(m) == Some(who)).unwrap();
+    let address = from(DNSMASQ).yiaddr();
+    assert!(address.octets()[..3] == [10, 77, 0] && address.octets()[3] >= 100);
+    let proxy = from(KINDLING);
+    assert_eq!(
+        proxy.yiaddr(),
+        Ipv4Addr::UNSPECIFIED,
+        "Kindling gave no address"
+    );
+    assert!(proxy.opts().get(OptionCode::AddressLeaseTime).is_none());
+    assert_eq!(
+        proxy.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+    match proxy.opts().get(OptionCode::VendorExtensions) {
+        Some(DhcpOption::VendorExtensions(o43)) => assert!(
+            o43.windows(9)
+                .any(|w| w == [8, 7, 0x80, 0, 1, 10, 77, 0, 2]),
+            "option 43 names this boot server: {o43:?}"
+        ),
+        other => panic!("no option 43: {other:?}"),
+    }
+    assert!(
+        proxy
+            .opts()
+            .get(OptionCode::ClientMachineIdentifier)
+            .is_some()
+    );
+
+    // 2. The REQUEST goes to dnsmasq, which ACKs; Kindling stays silent on 67.
+    let mut request = pxe_request(MessageType::Request, mac, 0x3100_0002, false);
+    request
+        .opts_mut()
+        .insert(DhcpOption::ServerIdentifier(DNSMASQ));
+    request
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(address));
+    let acks = exchange(&rom, &request, bcast, 3, |r| !r.is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        acks.iter()
+            .all(|m| server_id(m) == Some(DNSMASQ) && m.yiaddr() == address),
+        "{acks:?}"
+    );
+    assert!(!acks.is_empty(), "dnsmasq ACKed");
+    must(&[
+        "-n",
+        &c,
+        "addr",
+        "add",
+        &format!("{address}/24"),
+        "dev",
+        "vc0",
+    ]);
+
+    // 3. OVMF-style boot server request from port 4011 to Kindling's 4011: the boot file,
+    //    back to port 4011.
+    let ovmf = udp_in_netns(&c, "vc0", SocketAddrV4::new(address, 4011));
+    let mut bs = pxe_request(MessageType::Request, mac, 0x3100_0003, false);
+    bs.set_ciaddr(address);
+    bs.set_flags(Flags::default());
+    bs.opts_mut().insert(DhcpOption::VendorExtensions(vec![
+        71, 4, 0x80, 0, 0, 0, 255,
+    ]));
+    let to_kindling = SocketAddrV4::new(KINDLING, 4011);
+    let ack = exchange(&ovmf, &bs, to_kindling, 3, |r| !r.is_empty());
+    let ack = ack
+        .first()
+        .unwrap_or_else(|| panic!("no ACK on 4011:\n{}", daemon.log_text()));
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(file_of(ack), "ipxe.efi");
+    assert_eq!(ack.siaddr(), KINDLING);
+    assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(
+        ack.opts().get(OptionCode::VendorExtensions),
+        Some(&DhcpOption::VendorExtensions(vec![
+            71, 4, 0x80, 0, 0, 0, 255
+        ]))
+    );
+
+    // 4. iPXE: its DISCOVER gets the script URL in Kindling's proxy offer; its proxy REQUEST
+    //    from port 68 gets the URL back on port 68.
+    let discover = pxe_request(MessageType::Discover, mac, 0x3100_0004, true);
+    let offers = exchange(&rom, &discover, bcast, 5, both);
+    let proxy = offers
+        .iter()
+        .find(|m| server_id(m) == Some(KINDLING))
+        .unwrap_or_else(|| panic!("{offers:?}"));
+    assert_eq!(file_of(proxy), "http://10.77.0.2:8080/boot.ipxe");
+    assert_eq!(proxy.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    let mut req = pxe_request(MessageType::Request, mac, 0x3100_0005, true);
+    req.set_ciaddr(address);
+    let ack = exchange(&rom, &req, to_kindling, 3, |r| !r.is_empty());
+    assert_eq!(
+        ack.first().map(file_of).as_deref(),
+        Some("http://10.77.0.2:8080/boot.ipxe"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // 5. A machine whose profile boots from disk: dnsmasq offers, Kindling does not.
+    let disk = [0x52, 0x54, 0x00, 0x77, 0x00, 0x32];
+    let discover = pxe_request(MessageType::Discover, disk, 0x3200_0001, false);
+    let offers = exchange(&rom, &discover, bcast, 6, |r| {
+        r.iter().any(|m| server_id(m) == Some(DNSMASQ))
+    });
+    assert!(
+        offers.iter().any(|m| server_id(m) == Some(DNSMASQ)),
+        "{offers:?}"
+    );
+    assert!(
+        offers.iter().all(|m| server_id(m) != Some(KINDLING)),
+        "{offers:?}"
+    );
+
+    // 6. A plain dhclient (no PXE class): address from dnsmasq, nothing from Kindling.
+    must(&["-n", &c, "addr", "flush", "dev", "vc0"]);
+    must(&["-n", &c, "link", "set", "vc0", "down"]);
+    must(&[
+        "-n",
+        &c,
+        "link",
+        "set",
+        "vc0",
+        "address",
+        "52:54:00:77:00:33",
+    ]);
+    must(&["-n", &c, "link", "set", "vc0", "up"]);
+    let lf = dir.path().join("dhclient.leases");
+    let out = Command::new("timeout")
+        .args([
+            "40",
+            "ip",
+            "netns",
+            "exec",
+            &c,
+            "dhclient",
+            "-1",
+            "-v",
+            "-sf",
+            "/bin/true",
+        ])
+        .arg("-lf")
+        .arg(&lf)
+        .arg("-pf")
+        .arg(dir.path().join("dhclient.pid"))
+        .arg("vc0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = dhclient_address(&lf).expect("dhclient lease");
+    assert!(got.starts_with("10.77.0.1"), "{got}");
+    assert_ne!(
+        got,
+        address.to_string(),
+        "dnsmasq gave each machine its own address"
+    );
+
+    // Kindling answered only the netboot machine, and keeps no leases in proxy mode.
+    let log = daemon.log_text();
+    let proxy_lines: Vec<&str> = log.lines().filter(|l| l.contains("proxy DHCP")).collect();
+    assert!(
+        proxy_lines
+            .iter()
+            .all(|l| l.contains("mac=52:54:00:77:00:31")),
+        "{log}"
+    );
+    for (xid, event) in [
+        (0x3100_0001u32, "offer"),
+        (0x3100_0003, "ack"),
+        (0x3100_0004, "offer"),
+        (0x3100_0005, "ack"),
+    ] {
+        assert!(
+            proxy_lines
+                .iter()
+                .any(|l| l.contains(&format!("proxy DHCP {event}"))
+                    && l.contains(&format!("xid={xid} "))),
+            "{event} {xid:#x}: {log}"
+        );
+    }
+    assert!(!dir.path().join("state/leases.redb").exists());
+    let dnsmasq_leases = std::fs::read_to_string(&leases).unwrap_or_default();
+    assert!(
+        dnsmasq_leases.contains("52:54:00:77:00:31"),
+        "{dnsmasq_leases}"
     );
     drop(guard);
 }
