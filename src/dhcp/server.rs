@@ -157,6 +157,8 @@ pub struct Service {
     config_reservations: HashMap<MacAddr, Ipv4Addr>,
     /// Per-MAC packet counts in the current window. A std mutex, held for one map update.
     limiter: Mutex<HashMap<MacAddr, (u64, u32)>>,
+    /// When the pools were last counted and last warned about (Unix seconds).
+    pool_check: Mutex<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Service {
@@ -262,6 +264,7 @@ impl Service {
             advertise,
             config_reservations,
             limiter: Mutex::new(HashMap::new()),
+            pool_check: Mutex::new((0, 0)),
         };
         Ok((service, writer))
     }
@@ -550,13 +553,27 @@ impl Service {
         }
     }
 
+    /// Warn when the pool of `ip` is nearly full. Counting is a walk over the pool, so it runs
+    /// at most once a second, and the warning repeats at most once a minute.
     fn warn_if_pool_low(&self, ip: Option<Ipv4Addr>) {
         let Some(ip) = ip else { return };
+        let now = unix_now();
+        {
+            let mut last = self.pool_check.lock().unwrap_or_else(|e| e.into_inner());
+            if last.0 == now {
+                return;
+            }
+            last.0 = now;
+        }
         let subnets = self.subnets.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = subnets.iter().find(|s| s.contains(ip)) {
-            let (size, used) = s.pool.usage(unix_now());
+            let (size, used) = s.pool.usage(now);
             if size > 0 && used * 100 >= size * POOL_WARN_PERCENT {
-                tracing::warn!(subnet = %s.network, used, size, "DHCP pool is running low");
+                let mut last = self.pool_check.lock().unwrap_or_else(|e| e.into_inner());
+                if now >= last.1 + 60 {
+                    last.1 = now;
+                    tracing::warn!(subnet = %s.network, used, size, "DHCP pool is running low");
+                }
             }
         }
     }

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# DHCP benchmark: Kindling next to dnsmasq and Kea (kea-dhcp4, memfile), same namespaces,
+# same run, same load generator (Kea's perfdhcp).
+#
+#   bench/dhcp.sh [rounds] [seconds-per-step]    (default: 3 rounds, 5 s steps)
+#
+# Two network namespaces created here and deleted on exit: the server side (10.88.0.2/16 on a
+# veth) and perfdhcp's side (10.88.0.3/16). perfdhcp acts as a relay (giaddr = its address,
+# unicast to the server), so every server sees relayed DORA exchanges from up to 60,000
+# simulated clients. Each server, one at a time and with fresh state for every step, gets an
+# offered rate that doubles from 1000/s until it answers less than 95%: its peak is the most
+# four-way exchanges completed per second, its clean rate the highest offered rate it answered
+# at 99% or more. The table shows medians over the rounds and the ratio of Kindling's peak to
+# each server's (above 1.00 = Kindling faster). perfdhcp shares the 2 cores with the server.
+#
+# Durability differs, and the table says so: Kindling fsyncs every batch of leases before
+# their ACKs leave; dnsmasq rewrites its whole lease file and fsyncs it after each change;
+# Kea's memfile appends to a CSV without fsync. Each server logs at its default level to a file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+secs=${2:-5}
+clients=60000
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench/dhcp.sh: needs root (network namespaces)" >&2
+  exit 1
+fi
+scripts/setup.sh bench >/dev/null
+cargo build --locked --release -q
+bin=$PWD/target/release/kindling
+dnsmasq=$(command -v dnsmasq || echo /usr/sbin/dnsmasq)
+kea=$(command -v kea-dhcp4 || echo /usr/sbin/kea-dhcp4)
+
+work=$(mktemp -d)
+tag="kdb$$"
+srv="${tag}s"
+cli="${tag}c"
+pid=""
+stop_server() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=""
+  fi
+}
+cleanup() {
+  stop_server
+  ip netns del "$srv" 2>/dev/null || true
+  ip netns del "$cli" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+[ -n "${BENCH_DEBUG:-}" ] && set -x
+
+ip netns add "$srv"
+ip netns add "$cli"
+ip -n "$srv" link add vs0 type veth peer name vc0 netns "$cli"
+ip -n "$srv" addr add 10.88.0.2/16 dev vs0
+ip -n "$cli" addr add 10.88.0.3/16 dev vc0
+for ns in "$srv" "$cli"; do ip -n "$ns" link set lo up; done
+ip -n "$srv" link set vs0 up
+ip -n "$cli" link set vc0 up
+
+mkdir -p "$work/profiles"
+cat > "$work/profiles/node.toml" <<'TOML'
+default = true
+[boot]
+kernel = "/assets/vmlinuz"
+TOML
+
+# Start one server in the server namespace with fresh state; sets $pid.
+start_server() {
+  local name=$1 state="$work/state-$1"
+  rm -rf "$state"
+  mkdir -p "$state"
+  case "$name" in
+    kindling)
+      cat > "$state/kindling.toml" <<CONF
+[server]
+base_url = "http://10.88.0.2:8080"
+[http]
+listen = "127.0.0.1:0"
+[paths]
+profiles = "$work/profiles"
+ipxe_scripts = "$PWD/ipxe"
+state = "$state"
+[dhcp]
+mode = "full"
+interfaces = ["vs0"]
+lease_time = "1h"
+[[dhcp.subnet]]
+network = "10.88.0.0/16"
+range = ["10.88.1.1", "10.88.255.254"]
+server_ip = "10.88.0.2"
+CONF
+      ip netns exec "$srv" "$bin" serve --config "$state/kindling.toml" 2>"$state/log" &
+      pid=$!
+      ;;
+    dnsmasq)
+      ip netns exec "$srv" "$dnsmasq" --keep-in-foreground --conf-file=/dev/null --port=0 \
+        --user=root --interface=vs0 --bind-interfaces --no-ping --dhcp-authoritative \
+        --dhcp-range=10.88.1.1,10.88.255.254,255.255.0.0,1h --dhcp-lease-max=70000 \
+        --dhcp-leasefile="$state/leases" --pid-file --log-facility="$state/log" 2>>"$state/log" &
+      pid=$!
+      ;;
+    kea)
+      cat > "$state/kea.json" <<JSON
+{ "Dhcp4": {
+    "interfaces-config": { "interfaces": ["vs0"], "dhcp-socket-type": "udp" },
+    "lease-database": { "type": "memfile", "persist": true,
+                        "name": "$state/leases.csv", "lfc-interval": 0 },
+    "valid-lifetime": 3600,
+    "subnet4": [ { "id": 1, "subnet": "10.88.0.0/16",
+                   "pools": [ { "pool": "10.88.1.1 - 10.88.255.254" } ] } ],
+    "loggers": [ { "name": "kea-dhcp4", "severity": "INFO",
+                   "output_options": [ { "output": "$state/log" } ] } ]
+} }
+JSON
+      KEA_PIDFILE_DIR="$state" KEA_LOCKFILE_DIR="$state" \
+        ip netns exec "$srv" "$kea" -c "$state/kea.json" >>"$state/log" 2>&1 &
+      pid=$!
+      ;;
+  esac
+  # Ready when something listens on 67 in the namespace (bounded: 10 s).
+  for _ in $(seq 100); do
+    if ip netns exec "$srv" ss -Hlun 'sport = :67' | grep -q .; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench/dhcp.sh: $name did not start; its log:" >&2
+  cat "$state/log" >&2
+  exit 1
+}
+
+# One perfdhcp run at offered rate $1 against whatever serves; prints
+# "completed_per_s answered_percent rss_kib". Completed = ACKs received / seconds of sending.
+measure() {
+  local out acks sent rss
+  out=$(timeout $((secs + 30)) ip netns exec "$cli" perfdhcp -4 -l vc0 -r "$1" \
+    -R "$clients" -p "$secs" -W 1000000 10.88.0.2 2>&1 || true)
+  # Two statistics blocks: DISCOVER-OFFER, then REQUEST-ACK.
+  sent=$(awk '/^sent packets:/ {n++; if (n == 1) print $3}' <<<"$out")
+  acks=$(awk '/^received packets:/ {n++; if (n == 2) print $3}' <<<"$out")
+  rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  if [ -z "$sent" ] || [ "$sent" = 0 ]; then
+    echo "bench/dhcp.sh: perfdhcp sent nothing:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  awk -v a="${acks:-0}" -v s="$sent" -v t="$secs" -v r="${rss:-0}" 'BEGIN {printf "%.0f %.1f %d\n", a / t, 100 * a / s, r}'
+}
+
+# Offered rates, doubling until a server answers less than 95% of them.
+ladder=(1000 2000 4000 8000 16000 32000)
+servers=(kindling dnsmasq kea)
+declare -A peaks cleans rsss
+for r in $(seq "$rounds"); do
+  for name in "${servers[@]}"; do
+    peak=0 clean=0 maxrss=0
+    for offered in "${ladder[@]}"; do
+      start_server "$name"
+      read -r done pct rss < <(measure "$offered")
+      stop_server
+      printf 'round %d %-9s offered %6d/s  completed %6d/s  answered %5.1f%%  RSS %6d KiB\n' \
+        "$r" "$name" "$offered" "$done" "$pct" "$rss" >&2
+      (( done > peak )) && peak=$done
+      (( rss > maxrss )) && maxrss=$rss
+      if awk -v p="$pct" 'BEGIN {exit !(p >= 99)}'; then clean=$offered; fi
+      awk -v p="$pct" 'BEGIN {exit !(p < 95)}' && break
+    done
+    peaks[$name]+="$peak "
+    cleans[$name]+="$clean "
+    rsss[$name]+="$maxrss "
+  done
+done
+
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+k=$(median <<<"${peaks[kindling]}")
+echo
+printf '%-10s %16s %18s %10s %11s\n' "server" "peak DORA/s" "clean rate (>=99%)" "peak RSS" "kindling/x"
+for name in "${servers[@]}"; do
+  m=$(median <<<"${peaks[$name]}")
+  c=$(median <<<"${cleans[$name]}")
+  rss=$(median <<<"${rsss[$name]}")
+  printf '%-10s %16.0f %18.0f %6.0f MiB %10.2fx\n' "$name" "$m" "$c" \
+    "$(awk -v r="$rss" 'BEGIN {print r / 1024}')" "$(awk -v a="$k" -v b="$m" 'BEGIN {print (b > 0) ? a / b : 0}')"
+done
+echo
+echo "medians of $rounds rounds; perfdhcp -R $clients -p $secs, relayed, offered rates ${ladder[*]}/s"
+echo "durability: kindling fsyncs each batch of leases before its ACKs; dnsmasq rewrites + fsyncs its lease file per change; kea (memfile) does not fsync"
