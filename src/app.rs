@@ -142,6 +142,7 @@ pub async fn run(
     warn_missing_dir("assets", &config.paths.assets);
     let live = Arc::new(Live::new(src, base_url.clone(), set));
     let inventory = Arc::new(Inventory::default());
+    let metrics = crate::metrics::Metrics::new();
     let tracker = TaskTracker::new();
 
     if !bound.dhcp.is_empty() {
@@ -162,6 +163,7 @@ pub async fn run(
             store,
             live.clone(),
             inventory.clone(),
+            metrics.clone(),
             base_url.clone(),
         )
         .context("cannot restore DHCP leases")?;
@@ -169,6 +171,7 @@ pub async fn run(
             tracker.spawn(writer.run());
         }
         let service = Arc::new(service);
+        crate::dhcp::server::Service::export_pools(&service, &metrics);
         for listener in std::mem::take(&mut bound.dhcp) {
             tracing::info!(iface = %listener.iface, port = listener.port, addrs = ?listener.addrs, mode = ?config.dhcp.mode, "listening for DHCP on {}", listener.iface);
             tracker.spawn(service.clone().run(listener, token.clone()));
@@ -180,6 +183,7 @@ pub async fn run(
         base_url: base_url.clone().into(),
         profiles: live.clone(),
         inventory,
+        metrics,
     };
 
     if let Some(watcher) = watcher {

@@ -7,11 +7,13 @@
 //! - [`render`]: minijinja templates (strict, sandboxed) and Ignition validation.
 //! - [`http`]: the Matchbox-compatible boot endpoints and static assets.
 //! - [`inventory`]: what each machine has reported and been served.
+//! - [`dhcp`]: full and proxy DHCP, relays, the PXE classifier, durable leases.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`app`]: composition: bind, load, spawn services, graceful shutdown.
 //! - [`mac`], [`diag`]: the `MacAddr` type and `file:line: message` diagnostics.
 //!
-//! DHCP, TFTP, DNS and Wake-on-LAN have config sections already and plug into [`app`] as
-//! services beside HTTP.
+//! TFTP, DNS and Wake-on-LAN have config sections already and plug into [`app`] as services
+//! beside HTTP and DHCP.
 
 pub mod app;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod diag;
 pub mod http;
 pub mod inventory;
 pub mod mac;
+pub mod metrics;
 pub mod net;
 pub mod profiles;
 pub mod render;

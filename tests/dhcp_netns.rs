@@ -966,3 +966,130 @@ fn proxy_mode_beside_dnsmasq() {
     );
     drop(guard);
 }
+
+/// `GET /metrics` from the daemon inside namespace `ns` (its HTTP listens on that namespace's
+/// loopback).
+fn metrics_in(ns: &str, d: &Daemon) -> String {
+    let out = Command::new("timeout")
+        .args(["10", "ip", "netns", "exec", ns, "curl", "-sf"])
+        .arg(format!("http://{}/metrics", d.addr))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl /metrics failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Guards, with a raw client in the client namespace: more clients than addresses (the pool
+/// runs out loudly: a warning, then "exhausted", and the pool metrics say so), one MAC
+/// flooding (rate-limited), and garbage datagrams (dropped, counted, no crash).
+#[test]
+fn pool_exhaustion_floods_and_garbage_are_loud_not_fatal() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP pool_exhaustion_floods_and_garbage_are_loud_not_fatal: {why}");
+        return;
+    }
+    let lab = Lab::new("f");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let d = Daemon::start_in(&lab.server, &cfg);
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("listening for DHCP on vs0")
+    })
+    .expect("DHCP listening");
+    let sock = udp_in_netns(
+        &lab.client,
+        "vc0",
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+    );
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let discover = |n: u8| {
+        let mut m = pxe_request(
+            MessageType::Discover,
+            [2, 0, 0, 0, 0, n],
+            0x4000_0000 + u32::from(n),
+            false,
+        );
+        m.opts_mut().remove(OptionCode::ClassIdentifier);
+        m.opts_mut().remove(OptionCode::ClientSystemArchitecture);
+        m
+    };
+
+    // 15 clients, 11 addresses (10.77.0.100-110).
+    let mut offered = std::collections::HashSet::new();
+    for n in 1..=15u8 {
+        let got = exchange(&sock, &discover(n), bcast, 1, |r| !r.is_empty());
+        for m in got {
+            assert!(offered.insert(m.yiaddr()), "{} offered twice", m.yiaddr());
+        }
+    }
+    assert_eq!(offered.len(), 11, "{offered:?}\n{}", d.log_text());
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("DHCP pool is running low")
+    })
+    .unwrap_or_else(|| panic!("no low-pool warning:\n{}", d.log_text()));
+    d.wait_log(Duration::from_secs(5), |l| l.contains("is exhausted"))
+        .unwrap_or_else(|| panic!("no exhaustion warning:\n{}", d.log_text()));
+
+    // One MAC floods: 40 more DISCOVERs; it had used 1 of its 30 per 10 s.
+    let flood = encode(&discover(1));
+    for _ in 0..40 {
+        sock.send_to(&flood, bcast).unwrap();
+    }
+    // Garbage: three datagrams that are not DHCP.
+    for junk in [
+        &b"hello"[..],
+        &[0u8; 300][..],
+        &[1, 1, 6, 0, 0xff, 0xff][..],
+    ] {
+        sock.send_to(junk, bcast).unwrap();
+    }
+    d.wait_log(Duration::from_secs(5), |l| l.contains("DHCP rate limit"))
+        .unwrap_or_else(|| panic!("no rate-limit warning:\n{}", d.log_text()));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = metrics_in(&lab.server, &d);
+        let malformed = metric(
+            &text,
+            "kindling_dhcp_messages_total{type=\"malformed\",outcome=\"dropped\"}",
+        );
+        if malformed == Some(2) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let pool = |name: &str| {
+        metric(
+            &text,
+            &format!("kindling_dhcp_pool_{name}{{subnet=\"10.77.0.0/24\"}}"),
+        )
+    };
+    assert_eq!(pool("size"), Some(11), "{text}");
+    assert_eq!(pool("used"), Some(11), "{text}");
+    assert_eq!(pool("free"), Some(0), "{text}");
+    let count = |t: &str, o: &str| {
+        metric(
+            &text,
+            &format!("kindling_dhcp_messages_total{{type=\"{t}\",outcome=\"{o}\"}}"),
+        )
+    };
+    assert_eq!(
+        count("discover", "ignored"),
+        Some(4),
+        "pool exhausted: {text}"
+    );
+    assert_eq!(count("discover", "rate_limited"), Some(11), "{text}");
+    assert_eq!(count("discover", "offer"), Some(11 + 29), "{text}");
+    // "hello" and the truncated header do not decode; 300 zero bytes decode as a BOOTP
+    // packet that is not Ethernet.
+    assert_eq!(count("malformed", "dropped"), Some(2), "{text}");
+    assert_eq!(count("bootp", "dropped"), Some(1), "{text}");
+    // Still serving.
+    let again = exchange(&sock, &discover(2), bcast, 2, |r| !r.is_empty());
+    assert_eq!(again.len(), 1, "{}", d.log_text());
+}

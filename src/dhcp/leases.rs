@@ -301,10 +301,26 @@ impl Pool {
         Some(quarantined)
     }
 
+    /// Addresses in the range.
+    pub fn size(&self) -> u32 {
+        (self.last - self.first).saturating_add(1)
+    }
+
+    /// A cheap upper bound of [`Pool::usage`]'s `used`: every address with a lease record or a
+    /// reservation. When even this is below a threshold, the precise count is not needed.
+    pub fn used_at_most(&self) -> u32 {
+        let reserved = self
+            .reserved_ips
+            .keys()
+            .filter(|ip| self.in_range(**ip) && !self.by_ip.contains_key(ip))
+            .count();
+        u32::try_from(self.by_expiry.len() + reserved).unwrap_or(u32::MAX)
+    }
+
     /// Addresses in the range and how many are in use now (bound or offered, not expired),
     /// reserved, or quarantined: for the pool metric and the low-pool warning.
     pub fn usage(&self, now: Now) -> (u32, u32) {
-        let size = self.last - self.first + 1;
+        let size = self.size();
         let used = self
             .by_ip
             .values()

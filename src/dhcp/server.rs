@@ -33,6 +33,7 @@ use super::store::{LeaseStore, StoreError};
 use crate::config::{Config, DhcpMode, IpAddr};
 use crate::inventory::{DhcpSeen, Inventory};
 use crate::mac::MacAddr;
+use crate::metrics::{Metrics, PoolLabels};
 use crate::profiles::watch::Live;
 use crate::profiles::{Facts, ProfileSet};
 
@@ -151,14 +152,15 @@ pub struct Service {
     writes: Option<mpsc::Sender<Write>>,
     profiles: Arc<Live>,
     inventory: Arc<Inventory>,
+    metrics: Arc<Metrics>,
     boot_files: BootFiles,
     base_url: String,
     advertise: Option<Ipv4Addr>,
     config_reservations: HashMap<MacAddr, Ipv4Addr>,
     /// Per-MAC packet counts in the current window. A std mutex, held for one map update.
     limiter: Mutex<HashMap<MacAddr, (u64, u32)>>,
-    /// When the pools were last counted and last warned about (Unix seconds).
-    pool_check: Mutex<(u64, u64)>,
+    /// When the pools were last counted and warned about.
+    pool_warn: Mutex<PoolWarn>,
 }
 
 impl std::fmt::Debug for Service {
@@ -199,6 +201,7 @@ impl Service {
         store: Option<Arc<LeaseStore>>,
         profiles: Arc<Live>,
         inventory: Arc<Inventory>,
+        metrics: Arc<Metrics>,
         base_url: String,
     ) -> Result<(Service, Option<LeaseWriter>), StoreError> {
         let d = &config.dhcp;
@@ -259,12 +262,13 @@ impl Service {
             writes,
             profiles,
             inventory,
+            metrics,
             boot_files: d.boot_files.clone(),
             base_url,
             advertise,
             config_reservations,
             limiter: Mutex::new(HashMap::new()),
-            pool_check: Mutex::new((0, 0)),
+            pool_warn: Mutex::new(PoolWarn::default()),
         };
         Ok((service, writer))
     }
@@ -351,14 +355,18 @@ impl Service {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(%iface, %peer, error = %e, "dropping DHCP packet");
+                self.metrics.dhcp("malformed", "dropped");
                 return None;
             }
         };
+        let kind = type_name(req.opts().msg_type());
         let Some(mac) = reply::client_mac(&req) else {
             tracing::debug!(%iface, %peer, xid = req.xid(), "dropping DHCP packet: not an Ethernet client");
+            self.metrics.dhcp(kind, "dropped");
             return None;
         };
         if !self.allow(mac, unix_now()) {
+            self.metrics.dhcp(kind, "rate_limited");
             return None;
         }
         let info = reply::client_info(&req);
@@ -417,7 +425,9 @@ impl Service {
     ) -> Option<Out> {
         let (iface, mac, xid) = (listener.iface.as_str(), client.mac, req.xid());
         let kind = req.opts().msg_type();
+        let name = type_name(kind);
         let Some(server_ip) = self.advertise.or(listener.addrs.first().copied()) else {
+            self.metrics.dhcp(name, "ignored");
             tracing::warn!(%iface, %mac, "proxy DHCP: no address on this interface and no server.advertise_ip: not answered");
             return None;
         };
@@ -439,6 +449,7 @@ impl Service {
         } else {
             // REQUEST, RELEASE, ... on 67 belong to the LAN's DHCP server.
             tracing::trace!(%iface, %mac, xid, ?kind, "proxy DHCP: not ours");
+            self.metrics.dhcp(name, "ignored");
             return None;
         };
         let ip = (!req.ciaddr().is_unspecified()).then(|| req.ciaddr());
@@ -446,6 +457,7 @@ impl Service {
             Ok(m) => m,
             Err(why) => {
                 tracing::debug!(%iface, %mac, xid, ?kind, port = listener.port, "proxy DHCP: not answered: {why}");
+                self.metrics.dhcp(name, "ignored");
                 if kind == Some(MessageType::Discover) {
                     self.inventory
                         .dhcp(mac, client.seen("discover", ip), SystemTime::now());
@@ -454,6 +466,14 @@ impl Service {
             }
         };
         tracing::info!(%iface, %mac, xid, profile = %client.profile, boot = %client.boot_text(), %to, port = listener.port, "proxy DHCP {event}");
+        self.metrics.dhcp(
+            name,
+            if event == "ack" {
+                "proxy_ack"
+            } else {
+                "proxy_offer"
+            },
+        );
         self.inventory
             .dhcp(mac, client.seen(event, ip), SystemTime::now());
         encode(&msg, mac, xid).map(|bytes| Out::Send(bytes, to))
@@ -469,6 +489,7 @@ impl Service {
     ) -> Option<Out> {
         let (iface, mac, xid) = (listener.iface.as_str(), client.mac, req.xid());
         let kind = req.opts().msg_type();
+        let name = type_name(kind);
         let giaddr = req.giaddr();
         let set = self.profiles.current();
         let action = {
@@ -483,6 +504,7 @@ impl Service {
             };
             let Some(subnet) = subnet else {
                 tracing::warn!(%iface, %mac, xid, %giaddr, "no [[dhcp.subnet]] for this interface or relay: not answered");
+                self.metrics.dhcp(name, "ignored");
                 return None;
             };
             let server_ip = subnet.server_ip;
@@ -500,12 +522,18 @@ impl Service {
         match action {
             Action::Ignore(why) => {
                 tracing::debug!(%iface, %mac, xid, ?kind, "DHCP request not answered: {why}");
+                self.metrics.dhcp(name, "ignored");
                 if kind == Some(MessageType::Discover) {
                     self.inventory
                         .dhcp(mac, client.seen("discover", None), SystemTime::now());
                 }
                 if why.contains("exhausted") {
-                    tracing::warn!(%iface, %mac, "{why}");
+                    let now = unix_now();
+                    let mut w = self.pool_warn.lock().unwrap_or_else(|e| e.into_inner());
+                    if now >= w.exhausted + WARN_EVERY {
+                        w.exhausted = now;
+                        tracing::warn!(%iface, %mac, "{why}: new clients get no address (repeated at most once a minute)");
+                    }
                 }
                 None
             }
@@ -516,6 +544,7 @@ impl Service {
                     "release"
                 };
                 tracing::info!(%iface, %mac, xid, ip = %lease.ip, %event, "DHCP {event}");
+                self.metrics.dhcp(name, event);
                 self.inventory
                     .dhcp(mac, client.seen(event, Some(lease.ip)), SystemTime::now());
                 // No reply waits for it.
@@ -537,6 +566,7 @@ impl Service {
                 let ip = (!msg.yiaddr().is_unspecified()).then(|| msg.yiaddr());
                 let ip_text = ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
                 tracing::info!(%iface, %mac, xid, ip = %ip_text, profile = %client.profile, boot = %client.boot_text(), %event, "DHCP {event}");
+                self.metrics.dhcp(name, event);
                 self.inventory
                     .dhcp(mac, client.seen(event, ip), SystemTime::now());
                 self.warn_if_pool_low(ip);
@@ -553,29 +583,86 @@ impl Service {
         }
     }
 
-    /// Warn when the pool of `ip` is nearly full. Counting is a walk over the pool, so it runs
-    /// at most once a second, and the warning repeats at most once a minute.
+    /// Export each pool's size, used and free addresses, computed at scrape time.
+    pub fn export_pools(service: &Arc<Service>, metrics: &Metrics) {
+        let weak = Arc::downgrade(service);
+        metrics.on_scrape(move |m| {
+            let Some(service) = weak.upgrade() else {
+                return;
+            };
+            let now = unix_now();
+            let subnets = service.subnets.lock().unwrap_or_else(|e| e.into_inner());
+            for s in subnets.iter() {
+                let (size, used) = s.pool.usage(now);
+                let labels = PoolLabels {
+                    subnet: format!("{}/{}", s.network, s.prefix_len),
+                };
+                m.dhcp_pool_size.get_or_create(&labels).set(i64::from(size));
+                m.dhcp_pool_used.get_or_create(&labels).set(i64::from(used));
+                m.dhcp_pool_free
+                    .get_or_create(&labels)
+                    .set(i64::from(size - used));
+            }
+        });
+    }
+
+    /// Warn when the pool of `ip` is nearly full (at most once a minute). The precise count
+    /// walks the pool: it is skipped while a cheap upper bound is below the threshold, and runs
+    /// at most once a second on pools of more than [`COUNT_ALWAYS_BELOW`] leases.
     fn warn_if_pool_low(&self, ip: Option<Ipv4Addr>) {
         let Some(ip) = ip else { return };
         let now = unix_now();
-        {
-            let mut last = self.pool_check.lock().unwrap_or_else(|e| e.into_inner());
-            if last.0 == now {
+        let subnets = self.subnets.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = subnets.iter().find(|s| s.contains(ip)) else {
+            return;
+        };
+        let size = s.pool.size();
+        let low = |used: u32| {
+            size > 0 && u64::from(used) * 100 >= u64::from(size) * u64::from(POOL_WARN_PERCENT)
+        };
+        let bound = s.pool.used_at_most();
+        if !low(bound) {
+            return;
+        }
+        let mut w = self.pool_warn.lock().unwrap_or_else(|e| e.into_inner());
+        if bound > COUNT_ALWAYS_BELOW {
+            if w.counted == now {
                 return;
             }
-            last.0 = now;
+            w.counted = now;
         }
-        let subnets = self.subnets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = subnets.iter().find(|s| s.contains(ip)) {
-            let (size, used) = s.pool.usage(now);
-            if size > 0 && used * 100 >= size * POOL_WARN_PERCENT {
-                let mut last = self.pool_check.lock().unwrap_or_else(|e| e.into_inner());
-                if now >= last.1 + 60 {
-                    last.1 = now;
-                    tracing::warn!(subnet = %s.network, used, size, "DHCP pool is running low");
-                }
-            }
+        let (size, used) = s.pool.usage(now);
+        if low(used) && now >= w.low + WARN_EVERY {
+            w.low = now;
+            tracing::warn!(subnet = %s.network, used, size, "DHCP pool is running low (repeated at most once a minute)");
         }
+    }
+}
+
+/// Pools with at most this many leases are counted on every new address.
+const COUNT_ALWAYS_BELOW: u32 = 4096;
+/// Seconds between repeats of a pool warning.
+const WARN_EVERY: u64 = 60;
+
+/// When the pools were last counted and warned about (Unix seconds).
+#[derive(Debug, Default)]
+struct PoolWarn {
+    counted: u64,
+    low: u64,
+    exhausted: u64,
+}
+
+/// The metric label of a DHCP message type.
+fn type_name(kind: Option<MessageType>) -> &'static str {
+    match kind {
+        Some(MessageType::Discover) => "discover",
+        Some(MessageType::Request) => "request",
+        Some(MessageType::Decline) => "decline",
+        Some(MessageType::Release) => "release",
+        Some(MessageType::Inform) => "inform",
+        Some(MessageType::Offer | MessageType::Ack | MessageType::Nak) => "reply",
+        Some(_) => "other",
+        None => "bootp",
     }
 }
 

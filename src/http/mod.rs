@@ -46,6 +46,8 @@ pub struct HttpState {
     pub profiles: Arc<Live>,
     /// What machines have reported.
     pub inventory: Arc<Inventory>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a request was answered with, attached to the response for the request log line.
@@ -120,6 +122,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/generic/{name}", get(generic_named))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .nest_service("/assets", assets)
         .nest_service("/boot", binaries)
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -201,6 +204,14 @@ async fn machine_doc(
         )
         .for_machine(mac, Some(profile))),
     }
+}
+
+async fn metrics(State(st): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        st.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn healthz(State(st): State<HttpState>) -> Response {

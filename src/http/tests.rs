@@ -64,6 +64,7 @@ fn fixture() -> Fixture {
         base_url: base.clone().into(),
         profiles: Arc::new(Live::new(sources, base, set)),
         inventory: Arc::new(Inventory::default()),
+        metrics: crate::metrics::Metrics::new(),
     };
     Fixture { _dir: dir, state }
 }
@@ -277,6 +278,20 @@ async fn healthz_reports_reload_state() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["profiles"]["profiles"], 2);
     assert_eq!(v["profiles"]["last_error"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_text() {
+    let f = fixture();
+    f.state.metrics.dhcp("discover", "offer");
+    let (status, headers, body) = get(&f, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], crate::metrics::CONTENT_TYPE);
+    assert!(
+        body.contains("kindling_dhcp_messages_total{type=\"discover\",outcome=\"offer\"} 1"),
+        "{body}"
+    );
+    assert!(body.ends_with("# EOF\n"));
 }
 
 /// A tiny deterministic PRNG (xorshift64*), so the random tests replay exactly.

@@ -1,0 +1,164 @@
+//! Prometheus metrics at `/metrics` (OpenMetrics text), with prometheus-client.
+//!
+//! Counters are updated where things happen. Values that are cheaper to compute than to keep
+//! up to date (pool usage) are filled in at scrape time by the refreshers services register
+//! with [`Metrics::on_scrape`].
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of `kindling_dhcp_messages_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DhcpLabels {
+    /// The request's message type (`discover`, `request`, ...; `malformed` when undecodable).
+    pub r#type: &'static str,
+    /// What Kindling did: `offer`, `ack`, `nak`, `inform`, `release`, `decline`,
+    /// `proxy_offer`, `proxy_ack`, `ignored`, `rate_limited`, `dropped`.
+    pub outcome: &'static str,
+}
+
+/// Labels of the per-pool gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The subnet, e.g. `10.0.0.0/24`.
+    pub subnet: String,
+}
+
+type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// Every metric Kindling exports.
+pub struct Metrics {
+    registry: Registry,
+    refreshers: Mutex<Vec<Refresher>>,
+    /// DHCP requests by type and outcome.
+    pub dhcp_messages: Family<DhcpLabels, Counter>,
+    /// Addresses in each pool's range.
+    pub dhcp_pool_size: Family<PoolLabels, Gauge>,
+    /// Addresses in use (offered, bound, quarantined, or reserved).
+    pub dhcp_pool_used: Family<PoolLabels, Gauge>,
+    /// Addresses free to hand out.
+    pub dhcp_pool_free: Family<PoolLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kindling");
+        let dhcp_messages = Family::<DhcpLabels, Counter>::default();
+        registry.register(
+            "dhcp_messages",
+            "DHCP requests received, by message type and outcome",
+            dhcp_messages.clone(),
+        );
+        let dhcp_pool_size = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "dhcp_pool_size",
+            "Addresses in the pool's range",
+            dhcp_pool_size.clone(),
+        );
+        let dhcp_pool_used = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "dhcp_pool_used",
+            "Addresses offered, bound, quarantined or reserved",
+            dhcp_pool_used.clone(),
+        );
+        let dhcp_pool_free = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "dhcp_pool_free",
+            "Addresses free to hand out",
+            dhcp_pool_free.clone(),
+        );
+        Metrics {
+            registry,
+            refreshers: Mutex::new(Vec::new()),
+            dhcp_messages,
+            dhcp_pool_size,
+            dhcp_pool_used,
+            dhcp_pool_free,
+        }
+    }
+}
+
+impl Metrics {
+    /// A shared, empty set of metrics.
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// Count one DHCP request.
+    pub fn dhcp(&self, r#type: &'static str, outcome: &'static str) {
+        self.dhcp_messages
+            .get_or_create(&DhcpLabels { r#type, outcome })
+            .inc();
+    }
+
+    /// Run `f` before every scrape to fill in computed values.
+    pub fn on_scrape(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.refreshers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(f));
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        for f in self
+            .refreshers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            f(self);
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_scrape_time_gauges_are_encoded() {
+        let m = Metrics::new();
+        m.dhcp("discover", "offer");
+        m.dhcp("discover", "offer");
+        m.dhcp("request", "nak");
+        m.on_scrape(|m| {
+            let l = PoolLabels {
+                subnet: "10.0.0.0/24".into(),
+            };
+            m.dhcp_pool_size.get_or_create(&l).set(10);
+            m.dhcp_pool_used.get_or_create(&l).set(9);
+            m.dhcp_pool_free.get_or_create(&l).set(1);
+        });
+        let text = m.encode();
+        assert!(
+            text.contains("kindling_dhcp_messages_total{type=\"discover\",outcome=\"offer\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("kindling_dhcp_messages_total{type=\"request\",outcome=\"nak\"} 1"));
+        assert!(
+            text.contains("kindling_dhcp_pool_free{subnet=\"10.0.0.0/24\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
