@@ -1093,3 +1093,95 @@ fn pool_exhaustion_floods_and_garbage_are_loud_not_fatal() {
     let again = exchange(&sock, &discover(2), bcast, 2, |r| !r.is_empty());
     assert_eq!(again.len(), 1, "{}", d.log_text());
 }
+
+/// dhclient keeps running on a short lease: it renews at T1 by unicast (RENEWING: ciaddr set,
+/// no server id), gets the same address, and Kindling extends the lease. Its script only sets
+/// the address on the namespace's interface (never resolv.conf).
+#[test]
+fn dhclient_renews_by_unicast() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP dhclient_renews_by_unicast: {why}");
+        return;
+    }
+    let lab = Lab::new("r");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("lease_time = \"10m\"", "lease_time = \"8s\"");
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start_in(&lab.server, &cfg);
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("listening for DHCP on vs0")
+    })
+    .expect("DHCP listening");
+    let script = dir.path().join("script.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$reason\" in BOUND|RENEW|REBIND|REBOOT) ip addr replace \"$new_ip_address/24\" dev \"$interface\";; esac\nexit 0\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let log = dir.path().join("dhclient.log");
+    let dhclient = Guard {
+        namespaces: Vec::new(),
+        children: vec![
+            Command::new("ip")
+                .args(["netns", "exec", &lab.client, "dhclient", "-d", "-v", "-sf"])
+                .arg(&script)
+                .arg("-lf")
+                .arg(dir.path().join("dhclient.leases"))
+                .arg("-pf")
+                .arg(dir.path().join("dhclient.pid"))
+                .arg("vc0")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("start dhclient"),
+        ],
+    };
+    // The first ACK, then a renewal ACK for the same address (T1 = 4 s).
+    let first = d
+        .wait_log(Duration::from_secs(15), |l| l.contains("DHCP ack"))
+        .unwrap_or_else(|| panic!("no ACK:\n{}", d.log_text()));
+    let ip = first
+        .split("ip=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let renewed = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&format!("DHCPREQUEST for {ip} on vc0 to 10.77.0.2 port 67"))
+            && d.log_text().matches("DHCP ack").count() >= 2
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no unicast renewal:\n{text}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let acks: Vec<String> = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("DHCP ack"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        acks.iter().all(|l| l.contains(&format!("ip={ip} "))),
+        "renewed the same address: {acks:?}"
+    );
+    assert!(
+        renewed.contains(&format!("DHCPACK of {ip} from 10.77.0.2")),
+        "{renewed}"
+    );
+    drop(dhclient); // kills it
+}
