@@ -653,8 +653,8 @@ mod tests {
         );
     }
 
-    /// Bounded random-packet test of decode → decide → encode: mutated real requests and pure
-    /// noise, never a panic.
+    /// Bounded random-packet test of decode → decide (full and proxy) → encode: mutated real
+    /// requests and pure noise, never a panic.
     #[test]
     fn random_packets_never_panic() {
         let mut rng = crate::http::tests::Rng(0x0dcb_0dcb_0dcb_0001);
@@ -674,6 +674,9 @@ mod tests {
                 b"PXEClient:Arch:00007".to_vec(),
             ));
             m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+            m.opts_mut().insert(DhcpOption::VendorExtensions(vec![
+                71, 4, 0x80, 0, 0, 0, 255,
+            ]));
             crate::dhcp::reply::encode_padded(&m).unwrap()
         })
         .collect();
@@ -702,6 +705,16 @@ mod tests {
             decoded += 1;
             let info = crate::dhcp::reply::client_info(&msg);
             let d = crate::dhcp::reply::tests::netboot_decision(&info, "http://10.0.0.2:8080");
+            // Proxy mode's path over the same packet.
+            for r in [
+                crate::dhcp::proxy::offer(&msg, &d, SERVER),
+                crate::dhcp::proxy::ack(&msg, &d, SERVER),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                crate::dhcp::reply::encode_padded(&r).unwrap();
+            }
             if let Action::Reply { msg, .. } = handle(
                 &msg,
                 &mut s,
