@@ -13,7 +13,7 @@ want=()
 for purpose in "${@:-test}"; do
   case "$purpose" in
     run) want+=(ipxe ca-certificates) ;;
-    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base) ;;
+    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa) ;;
     bench) want+=(ipxe curl wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base) ;;
     *) echo "setup.sh: unknown purpose '$purpose' (run, test, bench)" >&2; exit 64 ;;
   esac

@@ -56,8 +56,10 @@ pub fn offline_base_url(config: &Config) -> String {
 pub struct Bound {
     /// The HTTP listener.
     pub http: TcpListener,
-    /// One DHCP socket per configured interface (full mode).
+    /// DHCP sockets: per configured interface, port 67 (and 4011 in proxy mode).
     pub dhcp: Vec<crate::dhcp::server::Listener>,
+    /// The TFTP socket, when enabled.
+    pub tftp: Option<tokio::net::UdpSocket>,
 }
 
 impl Bound {
@@ -97,7 +99,16 @@ impl Bound {
                 tracing::warn!(iface = %iface, "interface has no IPv4 address: only relayed requests can be matched to a subnet");
             }
         }
-        Ok(Bound { http, dhcp })
+        let tftp = if config.tftp.enabled {
+            Some(
+                tokio::net::UdpSocket::bind(config.tftp.listen)
+                    .await
+                    .with_context(|| format!("cannot listen for TFTP on {}", config.tftp.listen))?,
+            )
+        } else {
+            None
+        };
+        Ok(Bound { http, dhcp, tftp })
     }
 
     /// The bound HTTP address.
@@ -176,6 +187,22 @@ pub async fn run(
             tracing::info!(iface = %listener.iface, port = listener.port, addrs = ?listener.addrs, mode = ?config.dhcp.mode, "listening for DHCP on {}", listener.iface);
             tracker.spawn(service.clone().run(listener, token.clone()));
         }
+    }
+
+    if let Some(socket) = bound.tftp.take() {
+        let roots = vec![
+            config.paths.ipxe_binaries.clone(),
+            config.paths.assets.clone(),
+        ];
+        let addr = socket.local_addr().context("TFTP socket")?;
+        let service = Arc::new(crate::tftp::Service::new(
+            roots,
+            config.tftp.clone(),
+            inventory.clone(),
+            metrics.clone(),
+        ));
+        tracing::info!(ipxe_binaries = %config.paths.ipxe_binaries.display(), assets = %config.paths.assets.display(), "listening for TFTP on {addr}");
+        tracker.spawn(service.run(socket, token.clone()));
     }
 
     let state = HttpState {

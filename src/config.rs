@@ -209,7 +209,7 @@ pub struct ReservationConfig {
     pub ip: Ipv4Addr,
 }
 
-/// `[tftp]`: the TFTP service (implemented in a later release; the section is reserved).
+/// `[tftp]`: the read-only TFTP service (iPXE binaries and assets).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TftpConfig {
@@ -217,6 +217,17 @@ pub struct TftpConfig {
     pub enabled: bool,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Transfers served at once; requests beyond get a TFTP error and retry.
+    pub max_transfers: usize,
+    /// Retransmission timeout when the client asks for none.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retransmissions of one window before a silent client's transfer is dropped.
+    pub retries: u32,
+    /// Largest block size granted (it is also clamped to the path MTU).
+    pub max_block_size: u16,
+    /// Largest window size granted (RFC 7440).
+    pub max_window_size: u16,
 }
 
 impl Default for TftpConfig {
@@ -224,6 +235,11 @@ impl Default for TftpConfig {
         TftpConfig {
             enabled: false,
             listen: SocketAddr::from(([0, 0, 0, 0], 69)),
+            max_transfers: 1024,
+            timeout: Duration::from_secs(1),
+            retries: 5,
+            max_block_size: 8192,
+            max_window_size: 64,
         }
     }
 }
@@ -320,6 +336,35 @@ impl Config {
             ));
         }
         errors.extend(check_dhcp(path, source, &config));
+        let t = &config.tftp;
+        if !(8..=65464).contains(&t.max_block_size) {
+            errors.push(Diagnostic::new(
+                path,
+                line_of_key("max_block_size"),
+                format!(
+                    "tftp.max_block_size = {}: must be 8 to 65464 (RFC 2348)",
+                    t.max_block_size
+                ),
+            ));
+        }
+        if t.max_window_size == 0 {
+            errors.push(Diagnostic::new(
+                path,
+                line_of_key("max_window_size"),
+                "tftp.max_window_size must be at least 1 (RFC 7440)",
+            ));
+        }
+        if t.max_transfers == 0 || t.timeout.is_zero() {
+            errors.push(Diagnostic::new(
+                path,
+                line_of_key(if t.max_transfers == 0 {
+                    "max_transfers"
+                } else {
+                    "timeout"
+                }),
+                "tftp.max_transfers and tftp.timeout must be above zero",
+            ));
+        }
         for (fw, file) in config.dhcp.boot_files.all() {
             if let Err(msg) = check_boot_file(file) {
                 errors.push(Diagnostic::new(

@@ -152,6 +152,24 @@ impl Inventory {
         }
     }
 
+    /// The machine DHCP last gave `ip` to (TFTP knows only the client's address).
+    pub fn mac_by_ip(&self, ip: std::net::Ipv4Addr) -> Option<MacAddr> {
+        let map = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .filter(|r| r.ip == Some(ip))
+            .max_by_key(|r| r.last_seen)
+            .map(|r| r.mac)
+    }
+
+    /// Record that `mac` fetched `what` (e.g. `tftp:ipxe.efi`).
+    pub fn fetched(&self, mac: MacAddr, what: &str, now: SystemTime) {
+        let mut map = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rec) = map.get_mut(&mac) {
+            rec.last_served = Some(what.to_string());
+            rec.last_seen = now;
+        }
+    }
+
     /// A copy of one machine's record.
     pub fn get(&self, mac: MacAddr) -> Option<Record> {
         self.machines

@@ -26,4 +26,5 @@ pub mod metrics;
 pub mod net;
 pub mod profiles;
 pub mod render;
+pub mod tftp;
 pub mod time_fmt;

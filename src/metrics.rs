@@ -25,6 +25,14 @@ pub struct DhcpLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `kindling_tftp_transfers_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TftpLabels {
+    /// `completed`, `aborted` (by the client, e.g. after a tsize probe, or replaced by its
+    /// new request), `timeout`, `error`, `refused`, `busy`, `malformed`.
+    pub outcome: &'static str,
+}
+
 /// Labels of the per-pool gauges.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -46,6 +54,10 @@ pub struct Metrics {
     pub dhcp_pool_used: Family<PoolLabels, Gauge>,
     /// Addresses free to hand out.
     pub dhcp_pool_free: Family<PoolLabels, Gauge>,
+    /// TFTP requests by outcome.
+    pub tftp_transfers: Family<TftpLabels, Counter>,
+    /// Bytes sent by completed TFTP transfers.
+    pub tftp_bytes: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,8 +93,22 @@ impl Default for Metrics {
             "Addresses free to hand out",
             dhcp_pool_free.clone(),
         );
+        let tftp_transfers = Family::<TftpLabels, Counter>::default();
+        registry.register(
+            "tftp_transfers",
+            "TFTP requests, by outcome",
+            tftp_transfers.clone(),
+        );
+        let tftp_bytes = Counter::default();
+        registry.register(
+            "tftp_sent_bytes",
+            "Bytes of completed TFTP transfers",
+            tftp_bytes.clone(),
+        );
         Metrics {
             registry,
+            tftp_transfers,
+            tftp_bytes,
             refreshers: Mutex::new(Vec::new()),
             dhcp_messages,
             dhcp_pool_size,
@@ -102,6 +128,13 @@ impl Metrics {
     pub fn dhcp(&self, r#type: &'static str, outcome: &'static str) {
         self.dhcp_messages
             .get_or_create(&DhcpLabels { r#type, outcome })
+            .inc();
+    }
+
+    /// Count one TFTP request's outcome.
+    pub fn tftp(&self, outcome: &'static str) {
+        self.tftp_transfers
+            .get_or_create(&TftpLabels { outcome })
             .inc();
     }
 

@@ -95,6 +95,19 @@ impl Daemon {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The address in the first log line containing `marker` (e.g. `listening for TFTP on `).
+    pub fn logged_addr(&self, marker: &str) -> SocketAddr {
+        let line = self
+            .wait_log(Duration::from_secs(5), |l| l.contains(marker))
+            .unwrap_or_else(|| panic!("no {marker:?} line:\n{}", self.log_text()));
+        let rest = line.split(marker).nth(1).unwrap();
+        let addr: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+            .collect();
+        addr.parse().expect("an address")
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

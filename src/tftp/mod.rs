@@ -1,0 +1,568 @@
+//! The read-only TFTP service: iPXE binaries and assets for PXE ROMs.
+//!
+//! Kindling's own RRQ-only server on tokio, rather than async-tftp 0.4. That crate ignores
+//! a client's ERROR packet and drops a second RRQ from the same address and port while the
+//! first transfer still retries. A PXE ROM does exactly that. OVMF sends RRQ(tsize) → OACK →
+//! ERROR 8 → RRQ, so its real download waited for the dead transfer's retries to run out. See
+//! CRATES.md.
+//!
+//! - One listening socket; each transfer gets its own socket connected to the client (its
+//!   transfer ID), so stray datagrams never reach it.
+//! - A new RRQ from the same address and port as a running transfer replaces it at once.
+//! - An ERROR from the client ends its transfer at once.
+//! - Options: `blksize` (clamped to `tftp.max_block_size` and the path MTU), `tsize`, `timeout`
+//!   (1..255 s), `windowsize` (RFC 7440, clamped to `tftp.max_window_size`).
+//! - A silent client's transfer ends after `tftp.retries` retransmissions of its window.
+//! - At most `tftp.max_transfers` transfers at once; a request beyond that gets an ERROR
+//!   ("busy") and the client retries.
+//! - Write requests, absolute paths, `..` and netascii mode are refused with a TFTP ERROR.
+//! - Files up to 8 MiB (iPXE binaries) are cached in memory, keyed by path, size and
+//!   modification time. Bigger files are read per window.
+//! - Each completed transfer is logged and recorded against the machine. TFTP knows only the
+//!   client's IP, so the inventory maps it to a MAC (the address DHCP gave it).
+
+pub mod packet;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TftpConfig;
+use crate::inventory::Inventory;
+use crate::metrics::Metrics;
+use packet::{ErrorCode, Options, Packet, Request};
+
+/// Files up to this size are kept in memory once read.
+const CACHE_FILE_MAX: u64 = 8 << 20;
+/// The cache is emptied when it would grow beyond this.
+const CACHE_TOTAL_MAX: u64 = 64 << 20;
+/// IPv4 + UDP + TFTP DATA headers: a block must fit the MTU with them.
+const HEADERS: u32 = 20 + 8 + 4;
+
+/// A file's bytes, shared by the transfers that send it.
+type Bytes = Arc<[u8]>;
+
+/// The TFTP service.
+pub struct Service {
+    roots: Vec<PathBuf>,
+    config: TftpConfig,
+    inventory: Arc<Inventory>,
+    metrics: Arc<Metrics>,
+    slots: Arc<Semaphore>,
+    /// Running transfers by client address, to replace one when its client asks again.
+    active: Mutex<HashMap<SocketAddr, (u64, CancellationToken)>>,
+    next_id: std::sync::atomic::AtomicU64,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("tftp::Service")
+            .field("roots", &self.roots)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    files: HashMap<PathBuf, (u64, SystemTime, Bytes)>,
+    total: u64,
+}
+
+/// Where a file's blocks come from.
+enum Source {
+    Memory(Bytes),
+    File(Arc<std::fs::File>, u64),
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Memory(b) => b.len() as u64,
+            Source::File(_, len) => *len,
+        }
+    }
+
+    /// `len` bytes at `offset` (fewer at the end of the file).
+    async fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        match self {
+            Source::Memory(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(len).min(b.len());
+                Ok(b[start..end].into())
+            }
+            Source::File(f, _) => {
+                let f = f.clone();
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; len];
+                    let mut got = 0;
+                    while got < len {
+                        match f.read_at(&mut buf[got..], offset + got as u64)? {
+                            0 => break,
+                            n => got += n,
+                        }
+                    }
+                    buf.truncate(got);
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+        }
+    }
+}
+
+/// A request refused before any data: the ERROR to send and the reason to log.
+struct Refusal(ErrorCode, String);
+
+/// Why a transfer ended without completing.
+enum Ended {
+    ClientError(u16, String),
+    TimedOut(u64),
+    Replaced,
+    Io(std::io::Error),
+}
+
+impl Service {
+    /// A service serving from `roots`, looked up in order (the iPXE binaries, then assets).
+    pub fn new(
+        roots: Vec<PathBuf>,
+        config: TftpConfig,
+        inventory: Arc<Inventory>,
+        metrics: Arc<Metrics>,
+    ) -> Service {
+        Service {
+            slots: Arc::new(Semaphore::new(config.max_transfers)),
+            roots,
+            config,
+            inventory,
+            metrics,
+            active: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// Serve requests arriving on `socket` until `token` is cancelled.
+    pub async fn run(self: Arc<Self>, socket: UdpSocket, token: CancellationToken) {
+        let local = socket.local_addr().ok();
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (len, peer) = tokio::select! {
+                _ = token.cancelled() => break,
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TFTP receive failed");
+                        continue;
+                    }
+                },
+            };
+            match packet::parse(&buf[..len]) {
+                Ok(Packet::Request(req)) if req.opcode == packet::RRQ => {
+                    self.start(peer, req, local, &socket, &token).await;
+                }
+                Ok(Packet::Request(req)) => {
+                    tracing::info!(%peer, file = %req.filename, "TFTP write request refused");
+                    self.metrics.tftp("refused");
+                    let msg =
+                        packet::error(ErrorCode::AccessViolation, "Kindling's TFTP is read-only");
+                    let _ = socket.send_to(&msg, peer).await;
+                }
+                Ok(other) => {
+                    tracing::debug!(%peer, ?other, "TFTP: not a request on the server port; dropped");
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TFTP: malformed packet dropped");
+                    self.metrics.tftp("malformed");
+                }
+            }
+        }
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        req: Request,
+        local: Option<SocketAddr>,
+        socket: &UdpSocket,
+        token: &CancellationToken,
+    ) {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cancel = token.child_token();
+        if let Some((_, old)) = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, (id, cancel.clone()))
+        {
+            // The client started over (a ROM after its tsize probe): serve the new request now.
+            old.cancel();
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, file = %req.filename, max = self.config.max_transfers, "TFTP busy: request refused");
+            self.metrics.tftp("busy");
+            let msg = packet::error(ErrorCode::Undefined, "server busy, try again");
+            let _ = socket.send_to(&msg, peer).await;
+            self.forget(peer, id);
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.transfer(peer, req, local, cancel).await;
+            drop(permit);
+            this.forget(peer, id);
+        });
+    }
+
+    fn forget(&self, peer: SocketAddr, id: u64) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if active.get(&peer).is_some_and(|(i, _)| *i == id) {
+            active.remove(&peer);
+        }
+    }
+
+    async fn transfer(
+        &self,
+        peer: SocketAddr,
+        req: Request,
+        local: Option<SocketAddr>,
+        cancel: CancellationToken,
+    ) {
+        let started = Instant::now();
+        let bind_ip = match local {
+            Some(a) if !a.ip().is_unspecified() => a.ip(),
+            _ => IpAddr::from([0, 0, 0, 0]),
+        };
+        let sock = match UdpSocket::bind((bind_ip, 0)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "TFTP: cannot open a transfer socket");
+                return;
+            }
+        };
+        if let Err(e) = sock.connect(peer).await {
+            tracing::warn!(%peer, error = %e, "TFTP: cannot reach the client");
+            return;
+        }
+        let file = req.filename.clone();
+        let source = match self.open(&req).await {
+            Ok(s) => s,
+            Err(Refusal(code, why)) => {
+                tracing::info!(%peer, %file, "TFTP request refused: {why}");
+                self.metrics.tftp("refused");
+                let _ = sock.send(&packet::error(code, &why)).await;
+                return;
+            }
+        };
+        let mtu = path_mtu(&sock).unwrap_or(1500);
+        let (granted, block_size, window, timeout) = self.negotiate(&req.options, &source, mtu);
+        let result = tokio::select! {
+            _ = cancel.cancelled() => Err(Ended::Replaced),
+            r = send_file(&sock, &source, &granted, block_size, window, timeout, self.config.retries) => r,
+        };
+        let ms = started.elapsed().as_millis();
+        let mac = match peer.ip() {
+            IpAddr::V4(ip) => self.inventory.mac_by_ip(ip),
+            IpAddr::V6(_) => None,
+        };
+        let mac_text = mac.map_or_else(|| "-".to_string(), |m| m.to_string());
+        match result {
+            Ok(bytes) => {
+                tracing::info!(%peer, mac = %mac_text, %file, bytes, ms, block_size, window, "TFTP sent");
+                self.metrics.tftp("completed");
+                self.metrics.tftp_bytes.inc_by(bytes);
+                if let Some(mac) = mac {
+                    self.inventory
+                        .fetched(mac, &format!("tftp:{file}"), SystemTime::now());
+                }
+            }
+            Err(Ended::ClientError(code, msg)) => {
+                // OVMF and others end the tsize probe this way; not a failure.
+                tracing::debug!(%peer, mac = %mac_text, %file, code, %msg, "TFTP transfer ended by the client");
+                self.metrics.tftp("aborted");
+            }
+            Err(Ended::Replaced) => {
+                tracing::debug!(%peer, %file, "TFTP transfer replaced by a new request from the same client");
+                self.metrics.tftp("aborted");
+            }
+            Err(Ended::TimedOut(block)) => {
+                tracing::warn!(%peer, mac = %mac_text, %file, block, ms, "TFTP transfer abandoned: the client stopped answering");
+                self.metrics.tftp("timeout");
+            }
+            Err(Ended::Io(e)) => {
+                tracing::warn!(%peer, mac = %mac_text, %file, error = %e, "TFTP transfer failed");
+                self.metrics.tftp("error");
+                let _ = sock
+                    .send(&packet::error(ErrorCode::Undefined, "read error"))
+                    .await;
+            }
+        }
+    }
+
+    /// The options granted, the block size, window size and retransmission timeout.
+    fn negotiate(
+        &self,
+        asked: &Options,
+        source: &Source,
+        mtu: u32,
+    ) -> (Options, usize, usize, Duration) {
+        let mtu_block = u16::try_from(mtu.saturating_sub(HEADERS).max(8)).unwrap_or(u16::MAX);
+        let block_size = asked
+            .block_size
+            .map(|b| b.min(self.config.max_block_size).min(mtu_block));
+        let window_size = asked
+            .window_size
+            .map(|w| w.min(self.config.max_window_size));
+        let granted = Options {
+            block_size,
+            timeout: asked.timeout,
+            transfer_size: asked.transfer_size.map(|_| source.len()),
+            window_size,
+        };
+        let timeout = asked
+            .timeout
+            .map_or(self.config.timeout, |t| Duration::from_secs(u64::from(t)));
+        (
+            granted,
+            usize::from(block_size.unwrap_or(512)),
+            usize::from(window_size.unwrap_or(1)),
+            timeout,
+        )
+    }
+
+    /// Resolve and open the requested file.
+    async fn open(&self, req: &Request) -> Result<Source, Refusal> {
+        if req.mode != "octet" {
+            return Err(Refusal(
+                ErrorCode::Undefined,
+                format!("mode {:?} is not served: use octet (binary) mode", req.mode),
+            ));
+        }
+        let rel = safe_relative(&req.filename).map_err(|why| {
+            Refusal(
+                ErrorCode::AccessViolation,
+                format!("{:?}: {why}", req.filename),
+            )
+        })?;
+        let Some((path, meta)) = self.roots.iter().find_map(|root| {
+            let p = root.join(&rel);
+            std::fs::metadata(&p)
+                .ok()
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| (p, m))
+        }) else {
+            return Err(Refusal(
+                ErrorCode::FileNotFound,
+                format!("{}: no such file", req.filename),
+            ));
+        };
+        let len = meta.len();
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if len <= CACHE_FILE_MAX {
+            if let Some((l, t, bytes)) = self
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .files
+                .get(&path)
+                && *l == len
+                && *t == mtime
+            {
+                return Ok(Source::Memory(bytes.clone()));
+            }
+            let p = path.clone();
+            let bytes: Bytes = tokio::task::spawn_blocking(move || std::fs::read(p))
+                .await
+                .map_err(|e| Refusal(ErrorCode::Undefined, e.to_string()))?
+                .map_err(|e| io_refusal(&req.filename, &e))?
+                .into();
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.total + len > CACHE_TOTAL_MAX {
+                cache.files.clear();
+                cache.total = 0;
+            }
+            if let Some((old, _, _)) = cache.files.insert(path, (len, mtime, bytes.clone())) {
+                cache.total -= old;
+            }
+            cache.total += len;
+            return Ok(Source::Memory(bytes));
+        }
+        let file = std::fs::File::open(&path).map_err(|e| io_refusal(&req.filename, &e))?;
+        Ok(Source::File(Arc::new(file), len))
+    }
+}
+
+fn io_refusal(name: &str, e: &std::io::Error) -> Refusal {
+    let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
+        ErrorCode::AccessViolation
+    } else {
+        ErrorCode::FileNotFound
+    };
+    Refusal(code, format!("{name}: {e}"))
+}
+
+/// The request path as a relative path with no `..`; absolute paths are refused.
+fn safe_relative(name: &str) -> Result<PathBuf, &'static str> {
+    if name.starts_with('/') || name.starts_with('\\') {
+        return Err("absolute paths are refused");
+    }
+    let mut out = PathBuf::new();
+    for part in name.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => return Err("\"..\" is refused"),
+            p => out.push(p),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err("empty path");
+    }
+    Ok(out)
+}
+
+/// The path MTU towards the connected peer (Linux `IP_MTU`).
+fn path_mtu(sock: &UdpSocket) -> Option<u32> {
+    nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::IpMtu)
+        .ok()
+        .and_then(|m| u32::try_from(m).ok())
+}
+
+/// Send the OACK (if any option was granted) and every block, windowed; the bytes sent.
+async fn send_file(
+    sock: &UdpSocket,
+    source: &Source,
+    granted: &Options,
+    block_size: usize,
+    window: usize,
+    timeout: Duration,
+    retries: u32,
+) -> Result<u64, Ended> {
+    let mut buf = [0u8; 1024];
+    if granted.any() {
+        let oack = packet::oack(granted);
+        let mut tries = 0;
+        loop {
+            sock.send(&oack).await.map_err(Ended::Io)?;
+            match recv_ack(sock, &mut buf, timeout).await? {
+                Some(0) => break,
+                Some(_) => continue,
+                None => {
+                    tries += 1;
+                    if tries > retries {
+                        return Err(Ended::TimedOut(0));
+                    }
+                }
+            }
+        }
+    }
+    let len = source.len();
+    // Blocks 1..=last; the last one is short (possibly empty).
+    let last = len / block_size as u64 + 1;
+    let mut base: u64 = 1;
+    let mut tries = 0;
+    while base <= last {
+        let end = (base + window as u64 - 1).min(last);
+        let offset = (base - 1) * block_size as u64;
+        let chunk = source
+            .read(offset, (end - base + 1) as usize * block_size)
+            .await
+            .map_err(Ended::Io)?;
+        for (i, block) in (base..=end).enumerate() {
+            let from = (i * block_size).min(chunk.len());
+            let to = ((i + 1) * block_size).min(chunk.len());
+            sock.send(&packet::data(block as u16, &chunk[from..to]))
+                .await
+                .map_err(Ended::Io)?;
+        }
+        // Wait for an ACK inside the window; ignore stale ones.
+        let acked = loop {
+            match recv_ack(sock, &mut buf, timeout).await? {
+                Some(n) => {
+                    if let Some(k) = (base..=end).find(|k| *k as u16 == n) {
+                        break Some(k);
+                    }
+                }
+                None => break None,
+            }
+        };
+        match acked {
+            Some(k) => {
+                base = k + 1;
+                tries = 0;
+            }
+            None => {
+                tries += 1;
+                if tries > retries {
+                    return Err(Ended::TimedOut(base));
+                }
+            }
+        }
+    }
+    Ok(len)
+}
+
+/// The next ACK's block number, `None` on timeout; a client ERROR ends the transfer.
+async fn recv_ack(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<Option<u16>, Ended> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
+            Err(_) => return Ok(None),
+            // ICMP port unreachable: the client is gone; keep waiting out the timeout.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            Ok(Err(e)) => return Err(Ended::Io(e)),
+            Ok(Ok(n)) => n,
+        };
+        match packet::parse(&buf[..n]) {
+            Ok(Packet::Ack(b)) => return Ok(Some(b)),
+            Ok(Packet::Error(code, msg)) => return Err(Ended::ClientError(code, msg)),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_relative_and_never_escape() {
+        assert_eq!(
+            safe_relative("ipxe.efi").unwrap(),
+            PathBuf::from("ipxe.efi")
+        );
+        assert_eq!(
+            safe_relative("flatcar/./vmlinuz").unwrap(),
+            PathBuf::from("flatcar/vmlinuz")
+        );
+        assert_eq!(
+            safe_relative("a\\b").unwrap(),
+            PathBuf::from("a/b"),
+            "backslashes are separators"
+        );
+        for bad in [
+            "/etc/passwd",
+            "\\x",
+            "../x",
+            "a/../../x",
+            "a\\..\\x",
+            "",
+            "./",
+        ] {
+            assert!(safe_relative(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! TFTP against real clients (curl, tftp-hpa) and a raw-socket client for the option and
+//! error cases, on loopback: the OVMF tsize-probe sequence, windowsize, refusals, a client
+//! that vanishes, and the transfer bound.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, write};
+use kindling::tftp::packet::{self, Packet};
+
+/// A daemon serving TFTP on loopback from a temporary iPXE directory and assets directory.
+struct Lab {
+    _dir: tempfile::TempDir,
+    daemon: Daemon,
+    tftp: SocketAddr,
+    /// The ~1 MiB "iPXE binary".
+    small: Vec<u8>,
+    /// A 9 MiB asset (bigger than the 8 MiB cache limit: read per window).
+    big: Vec<u8>,
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn lab(extra: &str) -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let small = pattern(1_000_000, 7);
+    let big = pattern(9 << 20, 11);
+    std::fs::create_dir_all(dir.path().join("ipxe")).unwrap();
+    std::fs::write(dir.path().join("ipxe/ipxe.efi"), &small).unwrap();
+    std::fs::create_dir_all(dir.path().join("assets/os")).unwrap();
+    std::fs::write(dir.path().join("assets/os/big.img"), &big).unwrap();
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");
+    write(
+        dir.path(),
+        "kindling.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[paths]\nipxe_binaries = \"ipxe\"\nipxe_scripts = \"{}\"\n\
+             [tftp]\nenabled = true\nlisten = \"127.0.0.1:0\"\n{extra}",
+            scripts.display()
+        ),
+    );
+    write(
+        dir.path(),
+        "profiles/p.toml",
+        "default = true\n[boot]\nkernel = \"k\"\n",
+    );
+    let daemon = Daemon::start(&dir.path().join("kindling.toml"));
+    let tftp = daemon.logged_addr("listening for TFTP on ");
+    Lab {
+        _dir: dir,
+        daemon,
+        tftp,
+        small,
+        big,
+    }
+}
+
+fn tool(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+/// Receive one packet: its parsed form, raw bytes and source.
+fn recv(s: &UdpSocket) -> (Packet, Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = s.recv_from(&mut buf).expect("a packet from the server");
+    buf.truncate(n);
+    let parsed = match u16::from_be_bytes([buf[0], buf[1]]) {
+        packet::DATA | packet::OACK => Packet::Other(u16::from_be_bytes([buf[0], buf[1]])),
+        _ => packet::parse(&buf).unwrap(),
+    };
+    (parsed, buf, from)
+}
+
+fn oack_fields(raw: &[u8]) -> Vec<(String, String)> {
+    let parts: Vec<String> = raw[2..]
+        .split(|&c| c == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    parts
+        .chunks(2)
+        .filter(|c| c.len() == 2 && !c[0].is_empty())
+        .map(|c| (c[0].clone(), c[1].clone()))
+        .collect()
+}
+
+/// Download after an OACK (already received from `tid`), windowed: ACK the last block of
+/// each window, like OVMF. Returns the file.
+fn download_windowed(s: &UdpSocket, tid: SocketAddr, block_size: usize, window: usize) -> Vec<u8> {
+    s.send_to(&packet::ack(0), tid).unwrap();
+    let mut out = Vec::new();
+    let mut expect: u16 = 1;
+    let mut in_window = 0;
+    loop {
+        let (_, raw, from) = recv(s);
+        assert_eq!(from, tid, "data from the transfer's own port");
+        assert_eq!(u16::from_be_bytes([raw[0], raw[1]]), packet::DATA);
+        let block = u16::from_be_bytes([raw[2], raw[3]]);
+        assert_eq!(block, expect, "blocks in order on a loss-free link");
+        out.extend_from_slice(&raw[4..]);
+        let last = raw.len() - 4 < block_size;
+        in_window += 1;
+        if in_window == window || last {
+            s.send_to(&packet::ack(block), tid).unwrap();
+            in_window = 0;
+        }
+        if last {
+            return out;
+        }
+        expect = expect.wrapping_add(1);
+    }
+}
+
+/// OVMF's sequence: RRQ with tsize/blksize/windowsize, ERROR 8 after the OACK, then the same
+/// RRQ again from the same port. The second request must be answered at once, not after the
+/// first transfer's retries run out.
+#[test]
+fn tsize_probe_then_error_then_rrq_again_is_served_at_once() {
+    let lab = lab("");
+    let s = client();
+    let opts = [("tsize", "0"), ("blksize", "1468"), ("windowsize", "4")];
+    s.send_to(&packet::rrq("ipxe.efi", &opts), lab.tftp)
+        .unwrap();
+    let (_, raw, tid) = recv(&s);
+    assert_eq!(u16::from_be_bytes([raw[0], raw[1]]), packet::OACK);
+    assert_eq!(
+        oack_fields(&raw),
+        [
+            ("blksize".to_string(), "1468".to_string()),
+            ("tsize".into(), lab.small.len().to_string()),
+            ("windowsize".into(), "4".into()),
+        ]
+    );
+    s.send_to(
+        &packet::error(packet::ErrorCode::OptionsRefused, "tsize only"),
+        tid,
+    )
+    .unwrap();
+    let asked = Instant::now();
+    s.send_to(
+        &packet::rrq("ipxe.efi", &[("blksize", "1468"), ("windowsize", "4")]),
+        lab.tftp,
+    )
+    .unwrap();
+    let (_, raw, tid2) = recv(&s);
+    let waited = asked.elapsed();
+    assert_eq!(u16::from_be_bytes([raw[0], raw[1]]), packet::OACK);
+    assert!(
+        waited < Duration::from_millis(500),
+        "the second RRQ waited {waited:?}"
+    );
+    let started = Instant::now();
+    let got = download_windowed(&s, tid2, 1468, 4);
+    assert!(got == lab.small, "content differs");
+    lab.daemon
+        .wait_log(Duration::from_secs(3), |l| {
+            l.contains("TFTP sent") && l.contains("file=ipxe.efi") && l.contains("window=4")
+        })
+        .unwrap_or_else(|| panic!("{}", lab.daemon.log_text()));
+    eprintln!("1 MB at blksize 1468 windowsize 4: {:?}", started.elapsed());
+}
+
+#[test]
+fn options_are_clamped_and_plain_requests_get_512_byte_blocks() {
+    let lab = lab("max_block_size = 1024\nmax_window_size = 8\n");
+    let s = client();
+    s.send_to(
+        &packet::rrq(
+            "os/big.img",
+            &[
+                ("blksize", "65464"),
+                ("windowsize", "1000"),
+                ("timeout", "3"),
+            ],
+        ),
+        lab.tftp,
+    )
+    .unwrap();
+    let (_, raw, tid) = recv(&s);
+    assert_eq!(
+        oack_fields(&raw),
+        [
+            ("blksize".to_string(), "1024".to_string()),
+            ("timeout".into(), "3".into()),
+            ("windowsize".into(), "8".into()),
+        ]
+    );
+    let got = download_windowed(&s, tid, 1024, 8);
+    assert!(got == lab.big, "9 MiB asset (read per window) differs");
+
+    // No options: no OACK, DATA 1 of 512 bytes straight away, lock-step.
+    let s = client();
+    s.send_to(&packet::rrq("ipxe.efi", &[]), lab.tftp).unwrap();
+    let (_, raw, tid) = recv(&s);
+    assert_eq!(u16::from_be_bytes([raw[0], raw[1]]), packet::DATA);
+    assert_eq!(raw.len(), 4 + 512);
+    // The remaining blocks, lock-step (window 1): ACK 1 then continue.
+    let mut got = raw[4..].to_vec();
+    s.send_to(&packet::ack(1), tid).unwrap();
+    let mut expect = 2u16;
+    loop {
+        let (_, raw, _) = recv(&s);
+        assert_eq!(u16::from_be_bytes([raw[2], raw[3]]), expect);
+        got.extend_from_slice(&raw[4..]);
+        s.send_to(&packet::ack(expect), tid).unwrap();
+        if raw.len() < 4 + 512 {
+            break;
+        }
+        expect = expect.wrapping_add(1);
+    }
+    assert!(got == lab.small);
+}
+
+#[test]
+fn refusals_are_tftp_errors() {
+    let lab = lab("");
+    let cases: [(&[u8], u16, &str); 6] = [
+        (&packet::rrq("../etc/passwd", &[]), 2, ".."),
+        (&packet::rrq("/etc/passwd", &[]), 2, "absolute"),
+        (&packet::rrq("os/../../x", &[]), 2, ".."),
+        (&packet::rrq("missing.efi", &[]), 1, "no such file"),
+        (b"\x00\x02ipxe.efi\x00octet\x00", 2, "read-only"),
+        (b"\x00\x01ipxe.efi\x00netascii\x00", 0, "octet"),
+    ];
+    for (req, code, text) in cases {
+        let s = client();
+        s.send_to(req, lab.tftp).unwrap();
+        match recv(&s).0 {
+            Packet::Error(c, msg) => {
+                assert_eq!(c, code, "{msg}");
+                assert!(msg.contains(text), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Garbage is dropped, and the server keeps serving.
+    let s = client();
+    s.send_to(b"\x00\x09junk", lab.tftp).unwrap();
+    s.send_to(&packet::rrq("ipxe.efi", &[]), lab.tftp).unwrap();
+    assert!(matches!(recv(&s).0, Packet::Other(packet::DATA)));
+}
+
+/// A client that stops answering: the transfer ends after its retries (timeout 200 ms × 2),
+/// is logged, and frees its slot (max_transfers = 1) for the next client.
+#[test]
+fn a_vanished_client_ends_its_transfer_and_frees_the_slot() {
+    let lab = lab("timeout = \"200ms\"\nretries = 2\nmax_transfers = 1\n");
+    let gone = client();
+    gone.send_to(&packet::rrq("ipxe.efi", &[("blksize", "1024")]), lab.tftp)
+        .unwrap();
+    let _ = recv(&gone); // the OACK; never acknowledged
+    // The only slot is taken: another client is told to retry.
+    let other = client();
+    other
+        .send_to(&packet::rrq("ipxe.efi", &[]), lab.tftp)
+        .unwrap();
+    match recv(&other).0 {
+        Packet::Error(0, msg) => assert!(msg.contains("busy"), "{msg}"),
+        p => panic!("{p:?}"),
+    }
+    drop(gone);
+    lab.daemon
+        .wait_log(Duration::from_secs(5), |l| {
+            l.contains("TFTP transfer abandoned")
+        })
+        .unwrap_or_else(|| panic!("{}", lab.daemon.log_text()));
+    other
+        .send_to(&packet::rrq("ipxe.efi", &[]), lab.tftp)
+        .unwrap();
+    assert!(matches!(recv(&other).0, Packet::Other(packet::DATA)));
+}
+
+/// Real clients: curl at two block sizes and tftp-hpa.
+#[test]
+fn curl_and_tftp_hpa_download_byte_identical_files() {
+    let lab = lab("");
+    let out_dir = tempfile::tempdir().unwrap();
+    if tool("curl") {
+        for blksize in ["512", "1468"] {
+            let out = out_dir.path().join(format!("curl-{blksize}"));
+            let status = Command::new("curl")
+                .args(["-sS", "--max-time", "60", "--tftp-blksize", blksize, "-o"])
+                .arg(&out)
+                .arg(format!("tftp://{}/os/big.img", lab.tftp))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            assert!(
+                std::fs::read(&out).unwrap() == lab.big,
+                "curl blksize {blksize}"
+            );
+        }
+    } else {
+        eprintln!("SKIP curl part: curl is not installed (scripts/setup.sh installs it)");
+    }
+    if tool("tftp") {
+        let out = out_dir.path().join("hpa");
+        let o = Command::new("timeout")
+            .args(["60", "tftp", "-m", "binary"])
+            .arg(lab.tftp.ip().to_string())
+            .arg(lab.tftp.port().to_string())
+            .arg("-c")
+            .arg("get")
+            .arg("ipxe.efi")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            std::fs::read(&out).ok().as_deref() == Some(&lab.small[..]),
+            "tftp-hpa: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    } else {
+        eprintln!("SKIP tftp-hpa part: tftp is not installed (scripts/setup.sh installs tftp-hpa)");
+    }
+    let metrics = reqwest_get(&lab.daemon.url("/metrics"));
+    assert!(
+        metrics.contains("kindling_tftp_transfers_total{outcome=\"completed\"}"),
+        "{metrics}"
+    );
+}
+
+fn reqwest_get(url: &str) -> String {
+    let out = Command::new("curl").args(["-sf", url]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
