@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything Kindling's tests, example and benchmarks need on a fresh Debian 12 machine.
 #
-#   scripts/setup.sh [run|test|bench]...   (default: test)
+#   scripts/setup.sh [run|test|lab|bench]...   (default: test)
+#
+# "test" includes "lab": the QEMU PXE lab that scripts/lab.sh then builds under target/lab.
 #
 # Idempotent: installs only missing Debian packages. Packages must not start their own
 # services (nginx, tftpd-hpa, kea...): tests and benchmarks run every peer themselves, inside
@@ -9,13 +11,22 @@
 # Debian's maintainer scripts not to start daemons while we install.
 set -euo pipefail
 
+# The QEMU PXE lab (scripts/lab.sh): firmware, NIC ROMs, the libraries of the unpacked QEMU
+# (PXE-LAB.md: installing qemu-system-x86 itself would remove the newer qemu-utils), cpio.
+lab=(ovmf seabios ipxe-qemu cpio gzip libaio1 libcapstone4 libfdt1 libglib2.0-0 libpixman-1-0
+  libslirp0 libseccomp2 liburing2 libzstd1 libnuma1 libpmem1 libgnutls30 libjpeg62-turbo
+  libpng16-16 libsasl2-2 libusb-1.0-0 libusbredirparser1 libvdeplug2 libspice-server1 libcacard0
+  libbrlapi0.8 libasound2 libsndio7.0 libibverbs1 librdmacm1 libfuse3-3 libgbm1 libepoxy0 libbpf1
+  libcap-ng0 libncursesw6 libudev1 libgmp10)
 want=()
 for purpose in "${@:-test}"; do
   case "$purpose" in
     run) want+=(ipxe ca-certificates) ;;
-    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa) ;;
+    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa)
+          want+=("${lab[@]}") ;;
+    lab) want+=("${lab[@]}") ;;
     bench) want+=(ipxe curl wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base) ;;
-    *) echo "setup.sh: unknown purpose '$purpose' (run, test, bench)" >&2; exit 64 ;;
+    *) echo "setup.sh: unknown purpose '$purpose' (run, test, lab, bench)" >&2; exit 64 ;;
   esac
 done
 
@@ -58,3 +69,8 @@ if [ "${rustc_minor:-0}" -lt 90 ]; then
   exit 1
 fi
 echo "setup: ready ($(rustc --version))"
+for purpose in "${@:-test}"; do
+  case "$purpose" in
+    test | lab) "$(dirname "$0")/lab.sh" ;;
+  esac
+done

@@ -39,6 +39,7 @@ pub struct Record {
     /// What it was last served (`ipxe`, `ignition`, ...).
     pub last_served: Option<String>,
     /// When it was last seen.
+    #[serde(serialize_with = "crate::time_fmt::serialize")]
     pub last_seen: SystemTime,
     /// The address DHCP gave it.
     pub ip: Option<std::net::Ipv4Addr>,
@@ -50,6 +51,14 @@ pub struct Record {
     pub guid: Option<String>,
     /// Option 93 architecture code.
     pub arch_code: Option<u16>,
+    /// What the machine last reported about itself (`provisioned`, ...).
+    pub state: Option<String>,
+    /// When it last reported.
+    #[serde(with = "crate::time_fmt::option")]
+    pub reported_at: Option<SystemTime>,
+    /// When it first reported `provisioned`.
+    #[serde(with = "crate::time_fmt::option")]
+    pub provisioned_at: Option<SystemTime>,
 }
 
 /// What a DHCP exchange tells the inventory.
@@ -105,6 +114,9 @@ impl Inventory {
             vendor_class: None,
             guid: None,
             arch_code: None,
+            state: None,
+            reported_at: None,
+            provisioned_at: None,
         });
         rec.last_seen = now;
         merge(&mut rec.uuid, &mut facts.uuid);
@@ -167,6 +179,22 @@ impl Inventory {
         if let Some(rec) = map.get_mut(&mac) {
             rec.last_served = Some(what.to_string());
             rec.last_seen = now;
+        }
+    }
+
+    /// The machine reported `state` (and the hostname it runs as).
+    pub fn report(&self, mac: MacAddr, state: &str, hostname: Option<String>, now: SystemTime) {
+        self.observe(Facts::from_mac(mac), now);
+        let mut map = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rec) = map.get_mut(&mac) {
+            rec.state = Some(state.to_string());
+            rec.reported_at = Some(now);
+            if state == "provisioned" && rec.provisioned_at.is_none() {
+                rec.provisioned_at = Some(now);
+            }
+            if hostname.is_some() {
+                rec.hostname = hostname;
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 
 mod query;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -123,6 +124,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/generic/{name}", get(generic_named))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/report", get(report).post(report))
+        .route("/api/v1/machines/{mac}", get(machine))
         .nest_service("/assets", assets)
         .nest_service("/boot", binaries)
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -203,6 +206,85 @@ async fn machine_doc(
             ),
         )
         .for_machine(mac, Some(profile))),
+    }
+}
+
+/// The booted OS reports in: `POST /api/v1/report?mac=…` with `state` (default
+/// `provisioned`) and `hostname` as form fields or query parameters; `GET` with the same query
+/// for clients that cannot POST.
+async fn report(
+    State(st): State<HttpState>,
+    RawQuery(q): RawQuery,
+    body: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    let mut fields: HashMap<String, String> =
+        form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    if body.len() > 4096 {
+        return Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a report is a few form fields (mac, state, hostname)",
+        ));
+    }
+    fields.extend(form_urlencoded::parse(&body).into_owned());
+    let mac: MacAddr = fields
+        .get("mac")
+        .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "missing mac"))?
+        .parse()
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("mac: {e}")))?;
+    let state = fields
+        .get("state")
+        .map_or("provisioned", String::as_str)
+        .to_string();
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    };
+    if !token_ok(&state) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "state: letters, digits, '-', '_' or '.', at most 63",
+        )
+        .for_machine(mac, None));
+    }
+    let hostname = fields.get("hostname").filter(|h| !h.is_empty()).cloned();
+    if let Some(h) = &hostname
+        && !token_ok(h)
+    {
+        return Err(
+            HttpError::new(StatusCode::BAD_REQUEST, "hostname: not a host name")
+                .for_machine(mac, None),
+        );
+    }
+    st.inventory
+        .report(mac, &state, hostname.clone(), SystemTime::now());
+    tracing::info!(%mac, %state, hostname = hostname.as_deref().unwrap_or("-"), "machine reported");
+    let mut resp = Json(json!({ "mac": mac.to_string(), "state": state })).into_response();
+    resp.extensions_mut().insert(Outcome {
+        mac: Some(mac),
+        served: format!("report: {state}"),
+        ..Default::default()
+    });
+    Ok(resp)
+}
+
+/// One machine's record.
+async fn machine(
+    State(st): State<HttpState>,
+    Path(mac): Path<String>,
+) -> Result<Response, HttpError> {
+    let mac: MacAddr = mac
+        .parse()
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("mac: {e}")))?;
+    match st.inventory.get(mac) {
+        Some(rec) => Ok(Json(rec).into_response()),
+        None => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            format!("no record of {mac}: it has not booted or reported since Kindling started"),
+        )),
     }
 }
 

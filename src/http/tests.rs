@@ -281,6 +281,38 @@ async fn healthz_reports_reload_state() {
 }
 
 #[tokio::test]
+async fn the_booted_os_reports_in_and_the_record_says_provisioned() {
+    let f = fixture();
+    let req = Request::post("/api/v1/report?mac=52-54-00-00-00-01")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("state=provisioned&hostname=node-1"))
+        .unwrap();
+    let (status, _, body) = request(&f, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = get(&f, "/api/v1/machines/52:54:00:00:00:01").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "provisioned");
+    assert_eq!(v["hostname"], "node-1");
+    assert!(v["provisioned_at"].as_str().unwrap().ends_with('Z'), "{v}");
+    // GET for minimal clients; bad input is a 400, unknown machines a 404.
+    let (status, _, _) = get(&f, "/api/v1/report?mac=52:54:00:00:00:02&state=installing").await;
+    assert_eq!(status, StatusCode::OK);
+    for bad in [
+        "/api/v1/report",
+        "/api/v1/report?mac=zz",
+        "/api/v1/report?mac=52:54:00:00:00:02&state=a%20b",
+        "/api/v1/report?mac=52:54:00:00:00:02&hostname=%2Fetc",
+    ] {
+        assert_eq!(get(&f, bad).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(
+        get(&f, "/api/v1/machines/52:54:00:00:00:99").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
 async fn metrics_are_openmetrics_text() {
     let f = fixture();
     f.state.metrics.dhcp("discover", "offer");

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build the PXE lab used by the QEMU end-to-end tests and scripts/demo.sh, under target/lab:
+#
+#   target/lab/qemu/usr/bin/qemu-system-x86_64   QEMU, unpacked (never installed: installing
+#                                                qemu-system-x86 would remove the machine's
+#                                                newer qemu-utils; see PXE-LAB.md)
+#   target/lab/os/vmlinuz, target/lab/os/initrd.img
+#                                                the OS under test: Debian's kernel and a busybox
+#                                                initramfs whose /init fetches its Ignition
+#                                                config, checks it is JSON and reports in
+#
+# Idempotent: skips what exists (delete target/lab to rebuild). Needs the packages
+# scripts/setup.sh installs for "test" (ovmf, seabios, ipxe-qemu and QEMU's libraries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lab=$PWD/target/lab
+mkdir -p "$lab/debs"
+
+download() { # package...
+  (cd "$lab/debs" && apt-get download "$@" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+}
+
+if [ ! -x "$lab/qemu/usr/bin/qemu-system-x86_64" ]; then
+  echo "lab: unpacking QEMU"
+  rm -f "$lab"/debs/qemu-system-*.deb
+  download qemu-system-x86 qemu-system-common qemu-system-data
+  for d in "$lab"/debs/qemu-system-*.deb; do dpkg-deb -x "$d" "$lab/qemu"; done
+fi
+if ldd "$lab/qemu/usr/bin/qemu-system-x86_64" | grep -q 'not found'; then
+  echo "lab: QEMU misses libraries (scripts/setup.sh test installs them):" >&2
+  ldd "$lab/qemu/usr/bin/qemu-system-x86_64" | grep 'not found' >&2
+  exit 1
+fi
+
+if [ ! -s "$lab/os/initrd.img" ] || [ ! -s "$lab/os/vmlinuz" ] || [ scripts/lab-init.sh -nt "$lab/os/initrd.img" ]; then
+  echo "lab: building the test OS (kernel + busybox initramfs)"
+  kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  rm -rf "$lab/os" "$lab/unpack"
+  mkdir -p "$lab/os" "$lab/unpack"
+  ls "$lab"/debs/"$kpkg"_*.deb >/dev/null 2>&1 || download "$kpkg"
+  ls "$lab"/debs/busybox-static_*.deb >/dev/null 2>&1 || download busybox-static
+  dpkg-deb -x "$(ls "$lab"/debs/"$kpkg"_*.deb | head -1)" "$lab/unpack/kernel"
+  dpkg-deb -x "$(ls "$lab"/debs/busybox-static_*.deb | head -1)" "$lab/unpack/busybox"
+  cp "$lab"/unpack/kernel/boot/vmlinuz-* "$lab/os/vmlinuz"
+  root=$lab/unpack/initramfs
+  mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib/modules,etc}
+  cp "$lab/unpack/busybox/bin/busybox" "$root/bin/busybox"
+  mods=$(ls -d "$lab"/unpack/kernel/lib/modules/*)
+  for m in failover net_failover virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_net; do
+    cp "$(find "$mods" -name "$m.ko" | head -1)" "$root/lib/modules/"
+  done
+  install -m 755 scripts/lab-init.sh "$root/init"
+  (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$lab/os/initrd.img"
+  rm -rf "$lab/unpack"
+fi
+echo "lab: ready in $lab ($(du -sh "$lab/os/initrd.img" | cut -f1) initramfs)"
