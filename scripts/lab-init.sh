@@ -60,7 +60,20 @@ ip link set "$nic" up
 udhcpc -i "$nic" -n -q -t 10 -T 2 -s /tmp/udhcpc.sh >/dev/null 2>&1 || fail "no DHCP lease"
 say "address $(ip -4 -o addr show dev "$nic" | awk '{print $4}')"
 
-wget -q -T 20 -O /tmp/ignition.json "$url" || fail "cannot fetch $url"
+# Fetch with a few retries (the link may still be settling); keep wget's reason. Not wget -T:
+# busybox-static 1.35's wget crashes with it when the environment is empty, as in /init.
+fetch() { # url file [post-data]
+  for try in 1 2 3 4 5; do
+    if [ -n "${3:-}" ]; then
+      timeout 10 wget -q -O "$2" --post-data "$3" "$1" 2>/tmp/wget.err && return 0
+    else
+      timeout 10 wget -q -O "$2" "$1" 2>/tmp/wget.err && return 0
+    fi
+    sleep 1
+  done
+  return 1
+}
+fetch "$url" /tmp/ignition.json || fail "cannot fetch $url: $(cat /tmp/wget.err)"
 say "fetched ignition ($(wc -c < /tmp/ignition.json) bytes)"
 
 # A JSON syntax check in awk (busybox has no JSON parser): tokens, then a stack machine.
@@ -115,8 +128,8 @@ say "ignition parses as JSON"
 # The hostname the config sets: /etc/hostname's data: URL.
 host=$(sed -n 's/.*"data:,\([A-Za-z0-9.-]*\)".*/\1/p' /tmp/ignition.json | head -1)
 if [ -n "$report" ]; then
-  wget -q -T 20 -O /tmp/report.out --post-data "state=provisioned&hostname=$host" \
-    "$report?mac=$mac" || fail "cannot report to $report"
+  fetch "$report?mac=$mac" /tmp/report.out "state=provisioned&hostname=$host" ||
+    fail "cannot report to $report: $(cat /tmp/wget.err)"
   say "reported as ${host:-?}"
 fi
 say "DONE mac=$mac hostname=$host"

@@ -344,8 +344,10 @@ fn explain(
         Some(BootFile::Http(u)) => println!("boot file:  {u} (HTTP)"),
         None => println!("boot file:  none"),
     }
-    if let Some(vc) = decision.vendor_class {
-        println!("option 60:  {vc}");
+    match decision.vendor_class {
+        Some(vc @ "HTTPClient") => println!("option 60:  {vc}"),
+        Some(vc) => println!("option 60:  {vc} (proxy mode only)"),
+        None => {}
     }
     println!("why:");
     for step in &decision.why {

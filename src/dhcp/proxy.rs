@@ -58,6 +58,9 @@ pub fn offer(req: &Message, decision: &Decision, server_ip: Ipv4Addr) -> Result<
         set_boot(&mut msg, decision, server_ip);
     } else if decision.ipxe {
         set_boot(&mut msg, decision, server_ip);
+        msg.opts_mut().insert(DhcpOption::ClassIdentifier(
+            vendor_class.as_bytes().to_vec(),
+        ));
         msg.opts_mut().insert(DhcpOption::VendorExtensions(vec![
             SUB_DISCOVERY_CONTROL,
             1,
@@ -81,13 +84,16 @@ pub fn ack(req: &Message, decision: &Decision, server_ip: Ipv4Addr) -> Result<Me
     if req.opts().msg_type() != Some(MessageType::Request) {
         return Err("not a DHCPREQUEST (port 4011 serves only boot server requests)");
     }
-    answerable(decision)?;
+    let vendor_class = answerable(decision)?;
     let mut msg = reply_base(req, MessageType::Ack, Ipv4Addr::UNSPECIFIED);
     msg.set_ciaddr(req.ciaddr());
     msg.opts_mut()
         .insert(DhcpOption::ServerIdentifier(server_ip));
     echo_guid(req, &mut msg);
     set_boot(&mut msg, decision, server_ip);
+    msg.opts_mut().insert(DhcpOption::ClassIdentifier(
+        vendor_class.as_bytes().to_vec(),
+    ));
     if let Some((kind, layer)) = boot_item(req) {
         let [t0, t1] = kind.to_be_bytes();
         let [l0, l1] = layer.to_be_bytes();

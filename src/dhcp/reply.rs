@@ -152,8 +152,13 @@ pub fn destination(req: &Message, reply: MessageType) -> SocketAddrV4 {
 
 /// Put the classifier's decision into a reply. `server_ip` is Kindling's address on the
 /// client's network (TFTP next-server).
+///
+/// Option 60 is echoed only for `HTTPClient` (UEFI HTTP boot needs it). A `PXEClient` echo
+/// without option 43 makes EDK2/OVMF treat the offer as a "BINL" offer and ask port 4011
+/// for the file, so a full-mode server answers PXE ROMs as a plain DHCP server with a boot
+/// file does. Proxy mode adds `PXEClient` itself ([`super::proxy`]).
 pub fn set_boot(reply: &mut Message, decision: &Decision, server_ip: Ipv4Addr) {
-    if let Some(vc) = decision.vendor_class {
+    if let Some(vc @ "HTTPClient") = decision.vendor_class {
         reply
             .opts_mut()
             .insert(DhcpOption::ClassIdentifier(vc.as_bytes().to_vec()));
@@ -298,7 +303,8 @@ pub(crate) mod tests {
         );
         assert_eq!(
             back.opts().get(OptionCode::ClassIdentifier),
-            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+            None,
+            "no PXEClient echo: OVMF would take the offer for a BINL offer and ask port 4011"
         );
         assert!(
             back.opts().get(OptionCode::Unknown(175)).is_none(),

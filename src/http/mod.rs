@@ -261,7 +261,7 @@ async fn report(
     }
     st.inventory
         .report(mac, &state, hostname.clone(), SystemTime::now());
-    tracing::info!(%mac, %state, hostname = hostname.as_deref().unwrap_or("-"), "machine reported");
+    tracing::info!(%mac, %state, hostname = %hostname.as_deref().unwrap_or("-"), "machine reported");
     let mut resp = Json(json!({ "mac": mac.to_string(), "state": state })).into_response();
     resp.extensions_mut().insert(Outcome {
         mac: Some(mac),
