@@ -1,0 +1,464 @@
+//! The whole boot path with real firmware: QEMU VMs (TCG) PXE-boot from Kindling alone.
+//!
+//! Each scenario builds its own network namespace with a bridge (Kindling's address on it)
+//! and one tap device per VM, starts Kindling inside it, and boots VMs there. The OS under
+//! test is the lab's kernel + busybox initramfs (scripts/lab.sh): its /init fetches the
+//! Ignition config named on its kernel command line, checks it is JSON, reports to
+//! `/api/v1/report` with the hostname the config sets, and powers off. A scenario passes when
+//! every VM printed `KINDLING-LAB: DONE` with its own hostname and Kindling's record of it says
+//! `provisioned`. On failure the serial consoles and Kindling's log are printed.
+//!
+//! Scenarios run one at a time (TCG is CPU-bound on 2 cores): BIOS, UEFI, proxy mode beside
+//! dnsmasq (UEFI), and three BIOS VMs at once with a profile each. Needs root and the lab
+//! (`scripts/setup.sh test` builds it); skips with the reason otherwise.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, write};
+
+/// One scenario at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const KINDLING_IP: &str = "10.99.0.2";
+const DNSMASQ_IP: &str = "10.99.0.1";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Firmware {
+    Bios,
+    Uefi,
+}
+
+fn lab_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/lab")
+}
+
+fn qemu() -> PathBuf {
+    lab_dir().join("qemu/usr/bin/qemu-system-x86_64")
+}
+
+fn skip_reason() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("needs root for network namespaces and tap devices".into());
+    }
+    for (path, what) in [
+        (qemu(), "the lab's QEMU (scripts/setup.sh test builds it)"),
+        (
+            lab_dir().join("os/initrd.img"),
+            "the lab's test OS (scripts/lab.sh)",
+        ),
+        (
+            PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            "OVMF (package ovmf)",
+        ),
+        (
+            PathBuf::from("/usr/lib/ipxe/qemu/pxe-virtio.rom"),
+            "iPXE ROMs (package ipxe-qemu)",
+        ),
+        (
+            PathBuf::from("/usr/lib/ipxe/ipxe.efi"),
+            "iPXE binaries (package ipxe)",
+        ),
+    ] {
+        if !path.exists() {
+            return Some(format!("{} is missing: {what}", path.display()));
+        }
+    }
+    None
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces, child processes and the daemon of one scenario; all removed on drop.
+struct Lab {
+    ns: String,
+    extra_ns: Vec<String>,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+    daemon: Option<Daemon>,
+    vms: Vec<(String, PathBuf)>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (mac, serial) in &self.vms {
+                let text = std::fs::read_to_string(serial).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!(
+                    "--- serial console of {mac} (last 40 lines) ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        drop(self.daemon.take());
+        for ns in std::iter::once(&self.ns).chain(&self.extra_ns) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+impl Lab {
+    /// A namespace with bridge br0 (Kindling's address) and `taps` tap devices on it.
+    fn new(tag: &str, taps: usize) -> Lab {
+        let ns = format!("kdl{}{tag}", std::process::id());
+        ip(&["netns", "add", &ns]);
+        let lab = Lab {
+            ns: ns.clone(),
+            extra_ns: Vec::new(),
+            children: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            daemon: None,
+            vms: Vec::new(),
+        };
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{KINDLING_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "br0", "up"]);
+        for i in 0..taps {
+            let tap = format!("tap{i}");
+            ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+            ip(&["-n", &ns, "link", "set", &tap, "master", "br0"]);
+            ip(&["-n", &ns, "link", "set", &tap, "up"]);
+        }
+        lab
+    }
+
+    /// dnsmasq as the LAN's plain DHCP server, in its own namespace on the bridge.
+    fn add_dnsmasq(&mut self) {
+        let d = format!("{}d", self.ns);
+        ip(&["netns", "add", &d]);
+        self.extra_ns.push(d.clone());
+        ip(&["-n", &d, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", &self.ns, "link", "add", "sd0", "type", "veth", "peer", "name", "vd0", "netns",
+            &d,
+        ]);
+        ip(&["-n", &self.ns, "link", "set", "sd0", "master", "br0"]);
+        ip(&["-n", &self.ns, "link", "set", "sd0", "up"]);
+        ip(&[
+            "-n",
+            &d,
+            "addr",
+            "add",
+            &format!("{DNSMASQ_IP}/24"),
+            "dev",
+            "vd0",
+        ]);
+        ip(&["-n", &d, "link", "set", "vd0", "up"]);
+        let leases = self.dir.path().join("dnsmasq.leases");
+        self.children.push(
+            Command::new("ip")
+                .args(["netns", "exec", &d, "dnsmasq"])
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--port=0",
+                    "--user=root",
+                    "--interface=vd0",
+                    "--bind-interfaces",
+                    "--no-ping",
+                    "--dhcp-authoritative",
+                    "--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,10m",
+                    "--pid-file",
+                ])
+                .arg(format!("--dhcp-leasefile={}", leases.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start dnsmasq"),
+        );
+    }
+
+    /// Kindling with one profile per VM (`vm-N`, hostname `node-N`), the lab OS as assets.
+    fn start_kindling(&mut self, mode: &str, macs: &[String]) {
+        let root = self.dir.path();
+        std::fs::create_dir_all(root.join("assets")).unwrap();
+        for f in ["vmlinuz", "initrd.img"] {
+            std::os::unix::fs::symlink(lab_dir().join("os").join(f), root.join("assets").join(f))
+                .unwrap();
+        }
+        let dhcp = if mode == "full" {
+            format!(
+                "mode = \"full\"\ninterfaces = [\"br0\"]\n[[dhcp.subnet]]\nnetwork = \"10.99.0.0/24\"\n\
+                 range = [\"10.99.0.100\", \"10.99.0.150\"]\nserver_ip = \"{KINDLING_IP}\"\n"
+            )
+        } else {
+            "mode = \"proxy\"\ninterfaces = [\"br0\"]\n".to_string()
+        };
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");
+        write(
+            root,
+            "kindling.toml",
+            &format!(
+                "[server]\nbase_url = \"http://{KINDLING_IP}:8080\"\n[http]\nlisten = \"{KINDLING_IP}:8080\"\n\
+                 [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n[tftp]\nenabled = true\n[dhcp]\n{dhcp}",
+                scripts.display()
+            ),
+        );
+        write(
+            root,
+            "profiles/templates/node.ign.j2",
+            "{\"ignition\": {\"version\": \"3.3.0\"},\n \"storage\": {\"files\": [{\"path\": \"/etc/hostname\", \
+             \"mode\": 420, \"contents\": {\"source\": \"data:,{{ hostname }}\"}}]}}\n",
+        );
+        for (i, mac) in macs.iter().enumerate() {
+            write(
+                root,
+                &format!("profiles/vm-{i}.toml"),
+                &format!(
+                    "ignition = \"templates/node.ign.j2\"\n[boot]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
+                     args = [\"console=ttyS0\", \"ignition.config.url={{{{ base_url }}}}/ignition?mac={{{{ mac }}}}\", \
+                     \"kindling.report={{{{ base_url }}}}/api/v1/report\"]\n\
+                     [[machine]]\nmac = \"{mac}\"\nhostname = \"node-{i}\"\n"
+                ),
+            );
+        }
+        let d = Daemon::start_in(&self.ns, &root.join("kindling.toml"));
+        d.wait_log(Duration::from_secs(5), |l| l.contains("listening for TFTP"))
+            .expect("TFTP listening");
+        self.daemon = Some(d);
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().unwrap()
+    }
+
+    /// Start a VM on `tapN`.
+    fn boot(&mut self, n: usize, mac: &str, fw: Firmware) {
+        let serial = self.dir.path().join(format!("serial-{n}.log"));
+        let q = lab_dir().join("qemu");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns])
+            .arg(qemu())
+            .arg("-L")
+            .arg(q.join("usr/share/qemu"))
+            .args(["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"])
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-m",
+                "384",
+                "-nographic",
+            ])
+            .args(["-monitor", "none", "-no-reboot", "-boot", "n"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname=tap{n},script=no,downscript=no"),
+            ]);
+        match fw {
+            Firmware::Bios => {
+                cmd.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
+            }
+            Firmware::Uefi => {
+                let vars = self.dir.path().join(format!("vars-{n}.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+                cmd.args([
+                    "-drive",
+                    "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                ])
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+                // No NIC ROM: OVMF's own PXE client runs and really TFTPs ipxe.efi.
+                .args([
+                    "-device",
+                    &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+                ]);
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu");
+        self.children.push(child);
+        self.vms.push((mac.to_string(), serial));
+    }
+
+    /// Wait until every VM printed its DONE line (or failed), at most `limit`.
+    fn wait_all(&self, limit: Duration) {
+        let end = Instant::now() + limit;
+        loop {
+            let mut done = 0;
+            for (mac, serial) in &self.vms {
+                let text = std::fs::read_to_string(serial).unwrap_or_default();
+                for bad in [
+                    "KINDLING-LAB: FAILED",
+                    "Kernel panic",
+                    "No bootable device",
+                    "Nothing to boot",
+                ] {
+                    assert!(
+                        !text.contains(bad),
+                        "VM {mac}: {bad}\n--- kindling ---\n{}",
+                        self.daemon().log_text()
+                    );
+                }
+                if text.contains("KINDLING-LAB: DONE") {
+                    done += 1;
+                }
+            }
+            if done == self.vms.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{done} of {} VMs done after {limit:?}\n--- kindling ---\n{}",
+                self.vms.len(),
+                self.daemon().log_text()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Kindling's record of a machine, through the API inside the namespace.
+    fn record(&self, mac: &str) -> serde_json::Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sf"])
+            .arg(format!("http://{KINDLING_IP}:8080/api/v1/machines/{mac}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn check_provisioned(&self, macs: &[String]) {
+        for (i, mac) in macs.iter().enumerate() {
+            let (_, serial) = self.vms.iter().find(|(m, _)| m == mac).unwrap();
+            let text = std::fs::read_to_string(serial).unwrap();
+            assert!(
+                text.contains(&format!("KINDLING-LAB: DONE mac={mac} hostname=node-{i}")),
+                "VM {mac} got its own Ignition (hostname node-{i})"
+            );
+            let rec = self.record(mac);
+            assert_eq!(rec["state"], "provisioned", "{rec}");
+            assert_eq!(rec["hostname"], format!("node-{i}"), "{rec}");
+            assert!(rec["provisioned_at"].is_string(), "{rec}");
+        }
+    }
+}
+
+fn macs(first: u8, n: u8) -> Vec<String> {
+    (first..first + n)
+        .map(|i| format!("52:54:00:99:00:{i:02x}"))
+        .collect()
+}
+
+fn scenario(tag: &str, fw: Firmware, mode: &str, vms: u8, limit: Duration) -> Lab {
+    let macs = macs(1, vms);
+    let mut lab = Lab::new(tag, macs.len());
+    if mode == "proxy" {
+        lab.add_dnsmasq();
+    }
+    lab.start_kindling(mode, &macs);
+    let started = Instant::now();
+    for (i, mac) in macs.iter().enumerate() {
+        lab.boot(i, mac, fw);
+    }
+    lab.wait_all(limit);
+    eprintln!(
+        "{tag}: {} {fw:?} VM(s) in {mode} mode provisioned in {:?}",
+        macs.len(),
+        started.elapsed()
+    );
+    lab.check_provisioned(&macs);
+    lab
+}
+
+macro_rules! skip_unless_lab {
+    ($name:literal) => {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIP {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+/// SeaBIOS runs QEMU's iPXE ROM, which is already iPXE: DHCP → /boot.ipxe → /ipxe → kernel and
+/// initrd → the OS fetches /ignition and reports. (A legacy non-iPXE BIOS ROM that TFTPs
+/// undionly.kpxe cannot be emulated with Debian's packages; the classifier's unit tests cover
+/// it.)
+#[test]
+fn bios_vm_boots_end_to_end() {
+    skip_unless_lab!("bios_vm_boots_end_to_end");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = scenario("eb", Firmware::Bios, "full", 1, Duration::from_secs(150));
+    let log = lab.daemon().log_text();
+    assert!(
+        log.contains("boot=http://10.99.0.2:8080/boot.ipxe"),
+        "{log}"
+    );
+}
+
+/// OVMF's own PXE client: DHCP → TFTP ipxe.efi (tsize probe, blksize, windowsize) → iPXE →
+/// the same HTTP path.
+#[test]
+fn uefi_vm_boots_end_to_end_through_tftp() {
+    skip_unless_lab!("uefi_vm_boots_end_to_end_through_tftp");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = scenario("eu", Firmware::Uefi, "full", 1, Duration::from_secs(240));
+    let log = lab.daemon().log_text();
+    assert!(
+        log.lines().any(|l| l.contains("TFTP sent")
+            && l.contains("file=ipxe.efi")
+            && l.contains("mac=52:54:00:99:00:01")),
+        "ipxe.efi over TFTP, mapped to the machine: {log}"
+    );
+}
+
+/// Proxy mode: dnsmasq hands out the addresses; Kindling's proxy offer, 4011 answer and TFTP
+/// get OVMF to iPXE, and iPXE to /boot.ipxe.
+#[test]
+fn uefi_vm_boots_in_proxy_mode_beside_dnsmasq() {
+    skip_unless_lab!("uefi_vm_boots_in_proxy_mode_beside_dnsmasq");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = scenario("ep", Firmware::Uefi, "proxy", 1, Duration::from_secs(240));
+    let log = lab.daemon().log_text();
+    assert!(log.contains("proxy DHCP ack"), "{log}");
+    assert!(log.contains("TFTP sent"), "{log}");
+    assert!(
+        !log.contains("server: DHCP ack"),
+        "Kindling handed out no address: {log}"
+    );
+}
+
+/// Three VMs at once, each with its own profile and hostname.
+#[test]
+fn three_vms_boot_at_once_with_their_own_profiles() {
+    skip_unless_lab!("three_vms_boot_at_once_with_their_own_profiles");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = scenario("em", Firmware::Bios, "full", 3, Duration::from_secs(300));
+    let log = lab.daemon().log_text();
+    for i in 0..3 {
+        assert!(log.contains(&format!("profile=vm-{i}")), "{log}");
+    }
+}
