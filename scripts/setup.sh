@@ -25,7 +25,7 @@ for purpose in "${@:-test}"; do
     test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa)
           want+=("${lab[@]}") ;;
     lab) want+=("${lab[@]}") ;;
-    bench) want+=(ipxe curl wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base) ;;
+    bench) want+=(ipxe curl wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa) ;;
     *) echo "setup.sh: unknown purpose '$purpose' (run, test, lab, bench)" >&2; exit 64 ;;
   esac
 done
