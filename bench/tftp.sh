@@ -2,7 +2,8 @@
 # TFTP benchmark: Kindling next to tftpd-hpa and dnsmasq, same namespace, same run, same
 # load client (bench/tftp_load.rs).
 #
-#   bench/tftp.sh [rounds]      (default: 3)      BENCH_QUICK=1 for a short matrix
+#   bench/tftp.sh [rounds]      (default: 3)      BENCH_QUICK=1 for a short matrix,
+#                                                 BENCH_CELLS="FILE N BLKSIZE WINDOW;..." for chosen cells
 #
 # Every server listens on 127.0.0.1:69 inside a network namespace created here (its own
 # loopback; deleted on exit), one server at a time. The client starts N concurrent downloads
@@ -90,7 +91,9 @@ start_server() {
   exit 1
 }
 
-if [ -n "${BENCH_QUICK:-}" ]; then
+if [ -n "${BENCH_CELLS:-}" ]; then
+  IFS=';' read -r -a cells <<<"$BENCH_CELLS"   # e.g. "big.img 10 1468 0;ipxe.efi 1 512 8"
+elif [ -n "${BENCH_QUICK:-}" ]; then
   cells=("ipxe.efi 10 1468 0" "ipxe.efi 10 1468 8" "big.img 1 1468 8")
 else
   cells=()

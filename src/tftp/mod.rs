@@ -88,34 +88,67 @@ impl Source {
             Source::File(_, len) => *len,
         }
     }
+}
 
-    /// `len` bytes at `offset` (fewer at the end of the file).
-    async fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
-        match self {
-            Source::Memory(b) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
-                let end = start.saturating_add(len).min(b.len());
-                Ok(b[start..end].into())
-            }
-            Source::File(f, _) => {
-                let f = f.clone();
-                tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let mut buf = vec![0u8; len];
-                    let mut got = 0;
-                    while got < len {
-                        match f.read_at(&mut buf[got..], offset + got as u64)? {
-                            0 => break,
-                            n => got += n,
-                        }
-                    }
-                    buf.truncate(got);
-                    Ok(Bytes::from(buf))
-                })
-                .await
-                .map_err(std::io::Error::other)?
-            }
+/// Bytes read ahead from a file per blocking read (a few hundred blocks).
+const READ_AHEAD: usize = 512 << 10;
+
+/// The bytes of a transfer: the whole cached file, or a read-ahead window of a big one.
+struct Reader<'a> {
+    source: &'a Source,
+    /// The bytes held and the file offset of their first byte.
+    held: Bytes,
+    at: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn new(source: &'a Source) -> Reader<'a> {
+        let held = match source {
+            Source::Memory(b) => b.clone(),
+            Source::File(..) => Bytes::from(Vec::new()),
+        };
+        Reader {
+            source,
+            held,
+            at: 0,
         }
+    }
+
+    fn len(&self) -> u64 {
+        self.source.len()
+    }
+
+    /// Make `offset..offset + len` (clipped to the file) available; returns where it starts
+    /// in [`Reader::held`]. Cached files never read; big files read [`READ_AHEAD`] at a time.
+    async fn fetch(&mut self, offset: u64, len: usize) -> std::io::Result<usize> {
+        let want_end = (offset + len as u64).min(self.len());
+        let held_end = self.at + self.held.len() as u64;
+        if offset >= self.at && want_end <= held_end {
+            return Ok(usize::try_from(offset - self.at).unwrap_or(usize::MAX));
+        }
+        let Source::File(f, _) = self.source else {
+            return Ok(self.held.len());
+        };
+        let f = f.clone();
+        let size = len.max(READ_AHEAD);
+        let bytes = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; size];
+            let mut got = 0;
+            while got < size {
+                match f.read_at(&mut buf[got..], offset + got as u64)? {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+            buf.truncate(got);
+            Ok::<_, std::io::Error>(Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.held = bytes;
+        self.at = offset;
+        Ok(0)
     }
 }
 
@@ -465,24 +498,29 @@ async fn send_file(
             }
         }
     }
-    let len = source.len();
+    let mut reader = Reader::new(source);
+    let len = reader.len();
     // Blocks 1..=last; the last one is short (possibly empty).
     let last = len / block_size as u64 + 1;
     let mut base: u64 = 1;
     let mut tries = 0;
+    let mut out = Vec::with_capacity(4 + block_size);
     while base <= last {
         let end = (base + window as u64 - 1).min(last);
         let offset = (base - 1) * block_size as u64;
-        let chunk = source
-            .read(offset, (end - base + 1) as usize * block_size)
+        let start = reader
+            .fetch(offset, (end - base + 1) as usize * block_size)
             .await
             .map_err(Ended::Io)?;
+        let held = &reader.held;
         for (i, block) in (base..=end).enumerate() {
-            let from = (i * block_size).min(chunk.len());
-            let to = ((i + 1) * block_size).min(chunk.len());
-            sock.send(&packet::data(block as u16, &chunk[from..to]))
-                .await
-                .map_err(Ended::Io)?;
+            let from = (start + i * block_size).min(held.len());
+            let to = (start + (i + 1) * block_size).min(held.len());
+            out.clear();
+            out.extend_from_slice(&packet::DATA.to_be_bytes());
+            out.extend_from_slice(&(block as u16).to_be_bytes());
+            out.extend_from_slice(&held[from..to]);
+            sock.send(&out).await.map_err(Ended::Io)?;
         }
         // Wait for an ACK inside the window; ignore stale ones.
         let acked = loop {
