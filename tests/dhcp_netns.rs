@@ -16,7 +16,7 @@ use dhcproto::v4::{
 };
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
-use common::{Daemon, write};
+use common::{Daemon, Netns, have, ip, write};
 
 const RESERVED_MAC: &str = "52:54:00:77:00:50";
 const RESERVED_IP: &str = "10.77.0.50";
@@ -27,20 +27,6 @@ struct Lab {
     client: String,
 }
 
-fn ip(args: &[&str]) -> Output {
-    Command::new("ip").args(args).output().expect("run ip")
-}
-
-fn must(args: &[&str]) {
-    let out = ip(args);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Lab {
     fn new(tag: &str) -> Lab {
         let id = std::process::id();
@@ -49,14 +35,14 @@ impl Lab {
             client: format!("kdl{id}{tag}c"),
         };
         let (s, c) = (lab.server.as_str(), lab.client.as_str());
-        must(&["netns", "add", s]);
-        must(&["netns", "add", c]);
-        must(&[
+        ip(&["netns", "add", s]);
+        ip(&["netns", "add", c]);
+        ip(&[
             "-n", s, "link", "add", "vs0", "type", "veth", "peer", "name", "vc0", "netns", c,
         ]);
-        must(&["-n", s, "addr", "add", "10.77.0.2/24", "dev", "vs0"]);
+        ip(&["-n", s, "addr", "add", "10.77.0.2/24", "dev", "vs0"]);
         for (ns, dev) in [(s, "vs0"), (s, "lo"), (c, "lo")] {
-            must(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         lab.set_client_mac("52:54:00:77:00:01");
         lab
@@ -64,10 +50,10 @@ impl Lab {
 
     fn set_client_mac(&self, mac: &str) {
         let c = self.client.as_str();
-        must(&["-n", c, "link", "set", "vc0", "down"]);
-        must(&["-n", c, "addr", "flush", "dev", "vc0"]);
-        must(&["-n", c, "link", "set", "vc0", "address", mac]);
-        must(&["-n", c, "link", "set", "vc0", "up"]);
+        ip(&["-n", c, "link", "set", "vc0", "down"]);
+        ip(&["-n", c, "addr", "flush", "dev", "vc0"]);
+        ip(&["-n", c, "link", "set", "vc0", "address", mac]);
+        ip(&["-n", c, "link", "set", "vc0", "up"]);
     }
 
     /// Run a command in the client namespace, bounded by `timeout`.
@@ -83,8 +69,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.server]);
-        let _ = ip(&["netns", "del", &self.client]);
+        for ns in [&self.server, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 
@@ -98,12 +85,7 @@ fn skip_reason() -> Option<String> {
         return Some("needs root for network namespaces".into());
     }
     for tool in ["ip", "dhclient", "busybox", "timeout"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
+        if !have(tool) {
             return Some(format!(
                 "{tool} is not installed (scripts/setup.sh installs it)"
             ));
@@ -230,7 +212,7 @@ fn full_mode_with_dhclient_and_udhcpc_and_a_kill_9_restart() {
     );
 
     // 3. Release: configure the address so dhclient can unicast the RELEASE, then release.
-    must(&[
+    ip(&[
         "-n",
         &lab.client,
         "addr",
@@ -328,19 +310,14 @@ fn perfdhcp_thousands_of_exchanges_without_drops() {
         eprintln!("SKIP perfdhcp_thousands_of_exchanges_without_drops: {why}");
         return;
     }
-    if Command::new("sh")
-        .args(["-c", "command -v perfdhcp"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
+    if !have("perfdhcp") {
         eprintln!(
             "SKIP perfdhcp_thousands_of_exchanges_without_drops: perfdhcp (kea-admin) is not installed"
         );
         return;
     }
     let lab = Lab::new("p");
-    must(&[
+    ip(&[
         "-n",
         &lab.client,
         "addr",
@@ -364,8 +341,8 @@ fn perfdhcp_thousands_of_exchanges_without_drops() {
             "[log]\nlevel = \"warn,kindling::app=info\"\n[paths]",
         );
     std::fs::write(&cfg, text).unwrap();
-    must(&["-n", &lab.server, "addr", "flush", "dev", "vs0"]);
-    must(&[
+    ip(&["-n", &lab.server, "addr", "flush", "dev", "vs0"]);
+    ip(&[
         "-n",
         &lab.server,
         "addr",
@@ -410,24 +387,6 @@ fn perfdhcp_thousands_of_exchanges_without_drops() {
     assert_eq!(rejected, vec![0, 0], "{text}");
 }
 
-/// Namespaces deleted (and a child process killed) on drop.
-struct Guard {
-    namespaces: Vec<String>,
-    children: Vec<std::process::Child>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
 /// client ── relay (isc-dhcp-relay, adds option 82) ── server: the relayed client gets an
 /// address from the relay's subnet (chosen by giaddr), the reply reaches it through the relay
 /// (which requires option 82 echoed back), and a selector on the circuit-id picks its profile.
@@ -437,44 +396,27 @@ fn relayed_through_dhcrelay_with_option_82() {
         eprintln!("SKIP relayed_through_dhcrelay_with_option_82: {why}");
         return;
     }
-    if Command::new("sh")
-        .args(["-c", "command -v dhcrelay"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
+    if !have("dhcrelay") {
         eprintln!(
             "SKIP relayed_through_dhcrelay_with_option_82: dhcrelay (isc-dhcp-relay) is not installed"
         );
         return;
     }
-    let id = std::process::id();
+    let mut guard = Netns::new(&["rs", "rr", "rc"]);
     let (s, r, c) = (
-        format!("kdl{id}rs"),
-        format!("kdl{id}rr"),
-        format!("kdl{id}rc"),
+        guard.names[0].clone(),
+        guard.names[1].clone(),
+        guard.names[2].clone(),
     );
-    let mut guard = Guard {
-        namespaces: vec![s.clone(), r.clone(), c.clone()],
-        children: Vec::new(),
-    };
-    for ns in &guard.namespaces {
-        must(&["netns", "add", ns]);
-        must(&["-n", ns, "link", "set", "lo", "up"]);
-    }
-    must(&[
-        "-n", &s, "link", "add", "vs0", "type", "veth", "peer", "name", "rs0", "netns", &r,
-    ]);
-    must(&[
-        "-n", &r, "link", "add", "rc0", "type", "veth", "peer", "name", "vc0", "netns", &c,
-    ]);
-    must(&["-n", &s, "addr", "add", "10.77.0.2/24", "dev", "vs0"]);
-    must(&["-n", &r, "addr", "add", "10.77.0.1/24", "dev", "rs0"]);
-    must(&["-n", &r, "addr", "add", "10.79.0.1/24", "dev", "rc0"]);
+    guard.veth(&s, "vs0", &r, "rs0");
+    guard.veth(&r, "rc0", &c, "vc0");
+    ip(&["-n", &s, "addr", "add", "10.77.0.2/24", "dev", "vs0"]);
+    ip(&["-n", &r, "addr", "add", "10.77.0.1/24", "dev", "rs0"]);
+    ip(&["-n", &r, "addr", "add", "10.79.0.1/24", "dev", "rc0"]);
     for (ns, dev) in [(&s, "vs0"), (&r, "rs0"), (&r, "rc0"), (&c, "vc0")] {
-        must(&["-n", ns, "link", "set", dev, "up"]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
     }
-    must(&["-n", &s, "route", "add", "10.79.0.0/24", "via", "10.77.0.1"]);
+    ip(&["-n", &s, "route", "add", "10.79.0.0/24", "via", "10.77.0.1"]);
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
@@ -660,44 +602,29 @@ fn proxy_mode_beside_dnsmasq() {
         eprintln!("SKIP proxy_mode_beside_dnsmasq: {why}");
         return;
     }
-    let Some(dnsmasq) = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
+    if !have("dnsmasq") {
         eprintln!("SKIP proxy_mode_beside_dnsmasq: dnsmasq (dnsmasq-base) is not installed");
         return;
-    };
-    let id = std::process::id();
+    }
+    let mut guard = Netns::new(&["xs", "xd", "xc"]);
     let (s, d, c) = (
-        format!("kdl{id}xs"),
-        format!("kdl{id}xd"),
-        format!("kdl{id}xc"),
+        guard.names[0].clone(),
+        guard.names[1].clone(),
+        guard.names[2].clone(),
     );
-    let mut guard = Guard {
-        namespaces: vec![s.clone(), d.clone(), c.clone()],
-        children: Vec::new(),
-    };
-    for ns in &guard.namespaces {
-        must(&["netns", "add", ns]);
-        must(&["-n", ns, "link", "set", "lo", "up"]);
-    }
     // Kindling's namespace holds the bridge (the "switch"); dnsmasq and the client hang off it.
-    must(&["-n", &s, "link", "add", "br0", "type", "bridge"]);
-    must(&[
-        "-n", &s, "link", "add", "sd0", "type", "veth", "peer", "name", "vd0", "netns", &d,
-    ]);
-    must(&[
-        "-n", &s, "link", "add", "sc0", "type", "veth", "peer", "name", "vc0", "netns", &c,
-    ]);
+    ip(&["-n", &s, "link", "add", "br0", "type", "bridge"]);
+    guard.veth(&s, "sd0", &d, "vd0");
+    guard.veth(&s, "sc0", &c, "vc0");
     for port in ["sd0", "sc0"] {
-        must(&["-n", &s, "link", "set", port, "master", "br0"]);
-        must(&["-n", &s, "link", "set", port, "up"]);
+        ip(&["-n", &s, "link", "set", port, "master", "br0"]);
+        ip(&["-n", &s, "link", "set", port, "up"]);
     }
-    must(&["-n", &s, "addr", "add", "10.77.0.2/24", "dev", "br0"]);
-    must(&["-n", &s, "link", "set", "br0", "up"]);
-    must(&["-n", &d, "addr", "add", "10.77.0.1/24", "dev", "vd0"]);
-    must(&["-n", &d, "link", "set", "vd0", "up"]);
-    must(&[
+    ip(&["-n", &s, "addr", "add", "10.77.0.2/24", "dev", "br0"]);
+    ip(&["-n", &s, "link", "set", "br0", "up"]);
+    ip(&["-n", &d, "addr", "add", "10.77.0.1/24", "dev", "vd0"]);
+    ip(&["-n", &d, "link", "set", "vd0", "up"]);
+    ip(&[
         "-n",
         &c,
         "link",
@@ -706,30 +633,15 @@ fn proxy_mode_beside_dnsmasq() {
         "address",
         "52:54:00:77:00:31",
     ]);
-    must(&["-n", &c, "link", "set", "vc0", "up"]);
+    ip(&["-n", &c, "link", "set", "vc0", "up"]);
 
     let dir = tempfile::tempdir().unwrap();
     let leases = dir.path().join("dnsmasq.leases");
-    guard.children.push(
-        Command::new("ip")
-            .args(["netns", "exec", &d, dnsmasq])
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--user=root",
-                "--interface=vd0",
-                "--bind-interfaces",
-                "--dhcp-range=10.77.0.100,10.77.0.110,255.255.255.0,10m",
-                "--dhcp-authoritative",
-                "--no-ping",
-                "--pid-file",
-            ])
-            .arg(format!("--dhcp-leasefile={}", leases.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start dnsmasq"),
+    guard.dnsmasq(
+        &d,
+        "vd0",
+        "10.77.0.100,10.77.0.110,255.255.255.0,10m",
+        &leases,
     );
 
     let ipxe = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");
@@ -818,7 +730,7 @@ fn proxy_mode_beside_dnsmasq() {
         "{acks:?}"
     );
     assert!(!acks.is_empty(), "dnsmasq ACKed");
-    must(&[
+    ip(&[
         "-n",
         &c,
         "addr",
@@ -889,9 +801,9 @@ fn proxy_mode_beside_dnsmasq() {
     );
 
     // 6. A plain dhclient (no PXE class): address from dnsmasq, nothing from Kindling.
-    must(&["-n", &c, "addr", "flush", "dev", "vc0"]);
-    must(&["-n", &c, "link", "set", "vc0", "down"]);
-    must(&[
+    ip(&["-n", &c, "addr", "flush", "dev", "vc0"]);
+    ip(&["-n", &c, "link", "set", "vc0", "down"]);
+    ip(&[
         "-n",
         &c,
         "link",
@@ -900,7 +812,7 @@ fn proxy_mode_beside_dnsmasq() {
         "address",
         "52:54:00:77:00:33",
     ]);
-    must(&["-n", &c, "link", "set", "vc0", "up"]);
+    ip(&["-n", &c, "link", "set", "vc0", "up"]);
     let lf = dir.path().join("dhclient.leases");
     let out = Command::new("timeout")
         .args([
@@ -1127,8 +1039,8 @@ fn dhclient_renews_by_unicast() {
         .status()
         .unwrap();
     let log = dir.path().join("dhclient.log");
-    let dhclient = Guard {
-        namespaces: Vec::new(),
+    let dhclient = Netns {
+        names: Vec::new(),
         children: vec![
             Command::new("ip")
                 .args(["netns", "exec", &lab.client, "dhclient", "-d", "-v", "-sf"])

@@ -15,11 +15,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, write};
+use common::{Daemon, Netns, ip, write};
 
 /// One scenario at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -72,23 +72,13 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Namespaces, child processes and the daemon of one scenario; all removed on drop.
 struct Lab {
     ns: String,
-    extra_ns: Vec<String>,
-    children: Vec<Child>,
-    dir: tempfile::TempDir,
     daemon: Option<Daemon>,
+    /// The namespaces, QEMU and dnsmasq: removed and killed after the daemon.
+    net: Netns,
+    dir: tempfile::TempDir,
     vms: Vec<(String, PathBuf)>,
 }
 
@@ -104,31 +94,22 @@ impl Drop for Lab {
                 );
             }
         }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
         drop(self.daemon.take());
-        for ns in std::iter::once(&self.ns).chain(&self.extra_ns) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 
 impl Lab {
     /// A namespace with bridge br0 (Kindling's address) and `taps` tap devices on it.
     fn new(tag: &str, taps: usize) -> Lab {
-        let ns = format!("kdl{}{tag}", std::process::id());
-        ip(&["netns", "add", &ns]);
+        let net = Netns::new(&[tag]);
+        let ns = net.names[0].clone();
         let lab = Lab {
             ns: ns.clone(),
-            extra_ns: Vec::new(),
-            children: Vec::new(),
-            dir: tempfile::tempdir().unwrap(),
             daemon: None,
+            net,
+            dir: tempfile::tempdir().unwrap(),
             vms: Vec::new(),
         };
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
         ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         ip(&[
             "-n",
@@ -153,12 +134,9 @@ impl Lab {
     fn add_dnsmasq(&mut self) {
         let d = format!("{}d", self.ns);
         ip(&["netns", "add", &d]);
-        self.extra_ns.push(d.clone());
+        self.net.names.push(d.clone());
         ip(&["-n", &d, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n", &self.ns, "link", "add", "sd0", "type", "veth", "peer", "name", "vd0", "netns",
-            &d,
-        ]);
+        self.net.veth(&self.ns, "sd0", &d, "vd0");
         ip(&["-n", &self.ns, "link", "set", "sd0", "master", "br0"]);
         ip(&["-n", &self.ns, "link", "set", "sd0", "up"]);
         ip(&[
@@ -172,26 +150,11 @@ impl Lab {
         ]);
         ip(&["-n", &d, "link", "set", "vd0", "up"]);
         let leases = self.dir.path().join("dnsmasq.leases");
-        self.children.push(
-            Command::new("ip")
-                .args(["netns", "exec", &d, "dnsmasq"])
-                .args([
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--port=0",
-                    "--user=root",
-                    "--interface=vd0",
-                    "--bind-interfaces",
-                    "--no-ping",
-                    "--dhcp-authoritative",
-                    "--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,10m",
-                    "--pid-file",
-                ])
-                .arg(format!("--dhcp-leasefile={}", leases.display()))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start dnsmasq"),
+        self.net.dnsmasq(
+            &d,
+            "vd0",
+            "10.99.0.100,10.99.0.150,255.255.255.0,10m",
+            &leases,
         );
     }
 
@@ -301,7 +264,7 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .expect("start qemu");
-        self.children.push(child);
+        self.net.children.push(child);
         self.vms.push((mac.to_string(), serial));
     }
 

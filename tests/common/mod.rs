@@ -162,3 +162,86 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Run `ip ARGS`; a failure fails the test with ip's message.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Network namespaces a test created and the processes it started in them: killed (by
+/// their own PIDs) and deleted on drop, also when an assertion fails.
+pub struct Netns {
+    pub names: Vec<String>,
+    pub children: Vec<Child>,
+}
+
+impl Netns {
+    /// Namespaces `kdl<pid><tag>` for each tag, loopback up.
+    pub fn new(tags: &[&str]) -> Netns {
+        let id = std::process::id();
+        let netns = Netns {
+            names: tags.iter().map(|t| format!("kdl{id}{t}")).collect(),
+            children: Vec::new(),
+        };
+        for ns in &netns.names {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        netns
+    }
+
+    /// A veth pair: `a` in namespace `a_ns`, `b` in `b_ns`.
+    pub fn veth(&self, a_ns: &str, a: &str, b_ns: &str, b: &str) {
+        ip(&[
+            "-n", a_ns, "link", "add", a, "type", "veth", "peer", "name", b, "netns", b_ns,
+        ]);
+    }
+
+    /// dnsmasq as a plain DHCP server (no DNS, no ping check) on `iface` of `ns`, handing out
+    /// `range` ("FIRST,LAST,MASK,LEASE"), leases in `leases`.
+    pub fn dnsmasq(&mut self, ns: &str, iface: &str, range: &str, leases: &Path) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground"])
+            .args([
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+                "--bind-interfaces",
+            ])
+            .args(["--dhcp-authoritative", "--no-ping", "--pid-file"])
+            .arg(format!("--interface={iface}"))
+            .arg(format!("--dhcp-range={range}"))
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        self.children.push(child);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
