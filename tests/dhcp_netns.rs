@@ -117,6 +117,34 @@ fn config(dir: &Path) -> std::path::PathBuf {
     dir.join("kindling.toml")
 }
 
+/// A running full-mode test setup: the lab, its files and the daemon.
+struct Setup {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+    d: Daemon,
+}
+
+/// The common start of a full-mode test: `None` (with the reason printed) without root or
+/// tools; else the lab, the config (changed by `edit`) and the daemon listening on vs0.
+fn start(test: &str, tag: &str, edit: impl FnOnce(String) -> String) -> Option<Setup> {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP {test}: {why}");
+        return None;
+    }
+    let lab = Lab::new(tag);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let text = edit(std::fs::read_to_string(&cfg).unwrap());
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start_in(&lab.server, &cfg);
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("listening for DHCP on vs0")
+    })
+    .expect("DHCP listening");
+    Some(Setup { lab, dir, cfg, d })
+}
+
 /// `fixed-address` of the last lease in a dhclient lease file.
 fn dhclient_address(lease_file: &Path) -> Option<String> {
     let text = std::fs::read_to_string(lease_file).ok()?;
@@ -173,18 +201,13 @@ fn dhclient(lab: &Lab, dir: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn full_mode_with_dhclient_and_udhcpc_and_a_kill_9_restart() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP full_mode_with_dhclient_and_udhcpc_and_a_kill_9_restart: {why}");
+    let Some(Setup { lab, dir, cfg, d }) = start(
+        "full_mode_with_dhclient_and_udhcpc_and_a_kill_9_restart",
+        "a",
+        |t| t,
+    ) else {
         return;
-    }
-    let lab = Lab::new("a");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let d = Daemon::start_in(&lab.server, &cfg);
-    d.wait_log(Duration::from_secs(5), |l| {
-        l.contains("listening for DHCP on vs0")
-    })
-    .expect("DHCP listening");
+    };
 
     // 1. dhclient gets an address from the range.
     let out = dhclient(&lab, dir.path(), &[]);
@@ -901,18 +924,20 @@ fn metric(text: &str, series: &str) -> Option<u64> {
 /// flooding (rate-limited), and garbage datagrams (dropped, counted, no crash).
 #[test]
 fn pool_exhaustion_floods_and_garbage_are_loud_not_fatal() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP pool_exhaustion_floods_and_garbage_are_loud_not_fatal: {why}");
+    // `_dir` keeps the daemon's directory alive.
+    let Some(Setup {
+        lab,
+        dir: _dir,
+        cfg: _,
+        d,
+    }) = start(
+        "pool_exhaustion_floods_and_garbage_are_loud_not_fatal",
+        "f",
+        |t| t,
+    )
+    else {
         return;
-    }
-    let lab = Lab::new("f");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let d = Daemon::start_in(&lab.server, &cfg);
-    d.wait_log(Duration::from_secs(5), |l| {
-        l.contains("listening for DHCP on vs0")
-    })
-    .expect("DHCP listening");
+    };
     let sock = udp_in_netns(
         &lab.client,
         "vc0",
@@ -1011,22 +1036,17 @@ fn pool_exhaustion_floods_and_garbage_are_loud_not_fatal() {
 /// the address on the namespace's interface (never resolv.conf).
 #[test]
 fn dhclient_renews_by_unicast() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP dhclient_renews_by_unicast: {why}");
-        return;
-    }
-    let lab = Lab::new("r");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("lease_time = \"10m\"", "lease_time = \"8s\"");
-    std::fs::write(&cfg, text).unwrap();
-    let d = Daemon::start_in(&lab.server, &cfg);
-    d.wait_log(Duration::from_secs(5), |l| {
-        l.contains("listening for DHCP on vs0")
+    let Some(Setup {
+        lab,
+        dir,
+        cfg: _,
+        d,
+    }) = start("dhclient_renews_by_unicast", "r", |t| {
+        t.replace("lease_time = \"10m\"", "lease_time = \"8s\"")
     })
-    .expect("DHCP listening");
+    else {
+        return;
+    };
     let script = dir.path().join("script.sh");
     std::fs::write(
         &script,
