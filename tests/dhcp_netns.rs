@@ -117,6 +117,20 @@ fn config(dir: &Path) -> std::path::PathBuf {
     dir.join("kindling.toml")
 }
 
+/// Whether to skip `test`: prints the reason (no root, or a tool missing: `(tool, package)`).
+fn skip(test: &str, tools: &[(&str, &str)]) -> bool {
+    let why = skip_reason().or_else(|| {
+        tools
+            .iter()
+            .find(|(tool, _)| !have(tool))
+            .map(|(tool, pkg)| format!("{tool} ({pkg}) is not installed"))
+    });
+    if let Some(why) = &why {
+        eprintln!("SKIP {test}: {why}");
+    }
+    why.is_some()
+}
+
 /// A running full-mode test setup: the lab, its files and the daemon.
 struct Setup {
     lab: Lab,
@@ -128,8 +142,7 @@ struct Setup {
 /// The common start of a full-mode test: `None` (with the reason printed) without root or
 /// tools; else the lab, the config (changed by `edit`) and the daemon listening on vs0.
 fn start(test: &str, tag: &str, edit: impl FnOnce(String) -> String) -> Option<Setup> {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP {test}: {why}");
+    if skip(test, &[]) {
         return None;
     }
     let lab = Lab::new(tag);
@@ -296,8 +309,7 @@ fn full_mode_with_dhclient_and_udhcpc_and_a_kill_9_restart() {
 
 #[test]
 fn a_missing_interface_is_a_start_up_error() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP a_missing_interface_is_a_start_up_error: {why}");
+    if skip("a_missing_interface_is_a_start_up_error", &[]) {
         return;
     }
     let lab = Lab::new("b");
@@ -329,14 +341,10 @@ fn a_missing_interface_is_a_start_up_error() {
 /// exercises relay addressing: subnet chosen by giaddr, replies unicast to giaddr:67.
 #[test]
 fn perfdhcp_thousands_of_exchanges_without_drops() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP perfdhcp_thousands_of_exchanges_without_drops: {why}");
-        return;
-    }
-    if !have("perfdhcp") {
-        eprintln!(
-            "SKIP perfdhcp_thousands_of_exchanges_without_drops: perfdhcp (kea-admin) is not installed"
-        );
+    if skip(
+        "perfdhcp_thousands_of_exchanges_without_drops",
+        &[("perfdhcp", "kea-admin")],
+    ) {
         return;
     }
     let lab = Lab::new("p");
@@ -415,14 +423,10 @@ fn perfdhcp_thousands_of_exchanges_without_drops() {
 /// (which requires option 82 echoed back), and a selector on the circuit-id picks its profile.
 #[test]
 fn relayed_through_dhcrelay_with_option_82() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP relayed_through_dhcrelay_with_option_82: {why}");
-        return;
-    }
-    if !have("dhcrelay") {
-        eprintln!(
-            "SKIP relayed_through_dhcrelay_with_option_82: dhcrelay (isc-dhcp-relay) is not installed"
-        );
+    if skip(
+        "relayed_through_dhcrelay_with_option_82",
+        &[("dhcrelay", "isc-dhcp-relay")],
+    ) {
         return;
     }
     let mut guard = Netns::new(&["rs", "rr", "rc"]);
@@ -621,12 +625,7 @@ const DNSMASQ: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// their address from dnsmasq and nothing from Kindling.
 #[test]
 fn proxy_mode_beside_dnsmasq() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP proxy_mode_beside_dnsmasq: {why}");
-        return;
-    }
-    if !have("dnsmasq") {
-        eprintln!("SKIP proxy_mode_beside_dnsmasq: dnsmasq (dnsmasq-base) is not installed");
+    if skip("proxy_mode_beside_dnsmasq", &[("dnsmasq", "dnsmasq-base")]) {
         return;
     }
     let mut guard = Netns::new(&["xs", "xd", "xc"]);
