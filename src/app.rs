@@ -205,12 +205,18 @@ pub async fn run(
         tracker.spawn(service.run(socket, token.clone()));
     }
 
+    let waker = crate::wol::Waker::new(&config.wol)
+        .map_err(|e| anyhow::anyhow!(e))?
+        .map(Arc::new);
+    let api_token = api_token(&config)?;
     let state = HttpState {
         config: Arc::new(config),
         base_url: base_url.clone().into(),
         profiles: live.clone(),
         inventory,
         metrics,
+        waker,
+        api_token,
     };
 
     if let Some(watcher) = watcher {
@@ -241,6 +247,25 @@ pub async fn run(
             anyhow::Error::new(e).context("HTTP server task failed"),
         )),
     }
+}
+
+/// The API token: `api.token`, or the first line of `api.token_file`.
+fn api_token(config: &Config) -> anyhow::Result<Option<Arc<str>>> {
+    if let Some(t) = &config.api.token {
+        return Ok(Some(t.trim().into()));
+    }
+    let Some(path) = &config.api.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read api.token_file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "api.token_file {} is empty",
+        path.display()
+    );
+    Ok(Some(token.into()))
 }
 
 fn warn_missing_dir(what: &str, path: &Path) {

@@ -266,12 +266,35 @@ impl Default for DnsConfig {
     }
 }
 
-/// `[wol]`: Wake-on-LAN (implemented in a later release; the section is reserved).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[wol]`: Wake-on-LAN.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WolConfig {
-    /// The interface magic packets leave from.
+    /// The interface magic packets leave from; Wake-on-LAN is off without one.
     pub interface: Option<String>,
+    /// UDP ports (9 is discard, 7 echo; NICs accept either).
+    pub ports: Vec<u16>,
+    /// Subnet-directed broadcast addresses to send to as well (for routed segments).
+    pub directed: Vec<Ipv4Addr>,
+    /// Also send raw Ethernet frames (EtherType 0x0842).
+    pub raw: bool,
+    /// How many times each packet is sent.
+    pub repeat: u32,
+    /// SecureOn password: `aa:bb:cc:dd:ee:ff` or `1.2.3.4`.
+    pub password: Option<String>,
+}
+
+impl Default for WolConfig {
+    fn default() -> Self {
+        WolConfig {
+            interface: None,
+            ports: vec![9],
+            directed: Vec::new(),
+            raw: true,
+            repeat: 3,
+            password: None,
+        }
+    }
 }
 
 /// `[api]`: the REST API (implemented in a later release; the section is reserved).
@@ -364,6 +387,11 @@ impl Config {
                 }),
                 "tftp.max_transfers and tftp.timeout must be above zero",
             ));
+        }
+        if let Some(pw) = &config.wol.password
+            && let Err(msg) = crate::wol::parse_password(pw)
+        {
+            errors.push(Diagnostic::new(path, line_of_key("password"), msg));
         }
         for (fw, file) in config.dhcp.boot_files.all() {
             if let Err(msg) = check_boot_file(file) {

@@ -59,6 +59,9 @@ pub struct Record {
     /// When it first reported `provisioned`.
     #[serde(with = "crate::time_fmt::option")]
     pub provisioned_at: Option<SystemTime>,
+    /// When Kindling last sent it a Wake-on-LAN packet.
+    #[serde(with = "crate::time_fmt::option")]
+    pub woken_at: Option<SystemTime>,
 }
 
 /// What a DHCP exchange tells the inventory.
@@ -117,6 +120,7 @@ impl Inventory {
             state: None,
             reported_at: None,
             provisioned_at: None,
+            woken_at: None,
         });
         rec.last_seen = now;
         merge(&mut rec.uuid, &mut facts.uuid);
@@ -195,6 +199,16 @@ impl Inventory {
             if hostname.is_some() {
                 rec.hostname = hostname;
             }
+        }
+    }
+
+    /// Kindling sent `mac` a magic packet: its state is `waking`.
+    pub fn woken(&self, mac: MacAddr, now: SystemTime) {
+        self.observe(Facts::from_mac(mac), now);
+        let mut map = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rec) = map.get_mut(&mac) {
+            rec.state = Some("waking".into());
+            rec.woken_at = Some(now);
         }
     }
 

@@ -28,3 +28,4 @@ pub mod profiles;
 pub mod render;
 pub mod tftp;
 pub mod time_fmt;
+pub mod wol;

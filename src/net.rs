@@ -42,6 +42,18 @@ pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
         .collect())
 }
 
+/// The IPv4 broadcast addresses of an interface.
+pub fn ipv4_broadcasts(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter(|a| a.interface_name == iface)
+        .filter_map(|a| {
+            a.broadcast
+                .and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

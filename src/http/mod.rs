@@ -49,6 +49,10 @@ pub struct HttpState {
     pub inventory: Arc<Inventory>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Sends magic packets (`[wol] interface` set).
+    pub waker: Option<Arc<crate::wol::Waker>>,
+    /// The bearer token mutating API calls need; without one they are refused.
+    pub api_token: Option<Arc<str>>,
 }
 
 /// What a request was answered with, attached to the response for the request log line.
@@ -126,6 +130,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/report", get(report).post(report))
         .route("/api/v1/machines/{mac}", get(machine))
+        .route("/api/v1/machines/{mac}/wake", axum::routing::post(wake))
         .nest_service("/assets", assets)
         .nest_service("/boot", binaries)
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -266,6 +271,71 @@ async fn report(
     resp.extensions_mut().insert(Outcome {
         mac: Some(mac),
         served: format!("report: {state}"),
+        ..Default::default()
+    });
+    Ok(resp)
+}
+
+/// A mutating API call must carry `Authorization: Bearer <api.token>`.
+fn authorize(st: &HttpState, headers: &axum::http::HeaderMap) -> Result<(), HttpError> {
+    let Some(token) = &st.api_token else {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "mutating API calls are off: set [api] token or token_file",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit on the first differing byte.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <api.token>)",
+        ))
+    }
+}
+
+/// Wake one machine: magic packets through `[wol] interface`; its record says `waking`.
+async fn wake(
+    State(st): State<HttpState>,
+    Path(mac): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, HttpError> {
+    authorize(&st, &headers)?;
+    let mac: MacAddr = mac
+        .parse()
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("mac: {e}")))?;
+    let Some(waker) = &st.waker else {
+        return Err(HttpError::new(
+            StatusCode::CONFLICT,
+            "Wake-on-LAN is off: set [wol] interface",
+        )
+        .for_machine(mac, None));
+    };
+    let sent = waker.wake(mac).await.map_err(|e| {
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot send the magic packet: {e}"),
+        )
+        .for_machine(mac, None)
+    })?;
+    st.inventory.woken(mac, SystemTime::now());
+    tracing::info!(%mac, udp = ?sent.udp, raw = sent.raw, repeat = sent.repeat, "Wake-on-LAN sent");
+    let mut resp = Json(json!({ "mac": mac.to_string(), "sent": sent })).into_response();
+    resp.extensions_mut().insert(Outcome {
+        mac: Some(mac),
+        served: "wake".into(),
         ..Default::default()
     });
     Ok(resp)

@@ -65,6 +65,8 @@ fn fixture() -> Fixture {
         profiles: Arc::new(Live::new(sources, base, set)),
         inventory: Arc::new(Inventory::default()),
         metrics: crate::metrics::Metrics::new(),
+        waker: None,
+        api_token: Some("s3cret".into()),
     };
     Fixture { _dir: dir, state }
 }
@@ -309,6 +311,37 @@ async fn the_booted_os_reports_in_and_the_record_says_provisioned() {
     assert_eq!(
         get(&f, "/api/v1/machines/52:54:00:00:00:99").await.0,
         StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn wake_needs_the_bearer_token_and_a_configured_interface() {
+    let f = fixture();
+    let post = |auth: Option<&str>| {
+        let mut r = Request::post("/api/v1/machines/52:54:00:00:00:01/wake");
+        if let Some(a) = auth {
+            r = r.header(header::AUTHORIZATION, a);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    assert_eq!(request(&f, post(None)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        request(&f, post(Some("Bearer wrong"))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        request(&f, post(Some("s3cret"))).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the Bearer scheme is required"
+    );
+    let (status, _, body) = request(&f, post(Some("Bearer s3cret"))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "no [wol] interface: {body}");
+    // Without a configured token, mutating calls are off altogether.
+    let mut f = f;
+    f.state.api_token = None;
+    assert_eq!(
+        request(&f, post(Some("Bearer s3cret"))).await.0,
+        StatusCode::FORBIDDEN
     );
 }
 
