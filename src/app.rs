@@ -152,9 +152,41 @@ pub async fn run(
     );
     warn_missing_dir("assets", &config.paths.assets);
     let live = Arc::new(Live::new(src, base_url.clone(), set));
-    let inventory = Arc::new(Inventory::default());
     let metrics = crate::metrics::Metrics::new();
+    let inventory = Arc::new(Inventory::new(
+        config.inventory.clone(),
+        Some(metrics.clone()),
+    ));
+    let inventory_store = {
+        let state_dir = config.paths.state.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::inventory::store::InventoryStore::open(&state_dir)
+        })
+        .await
+        .context("inventory store task panicked")?
+        .context("cannot open the inventory store")?
+    };
+    let inventory_store = Arc::new(inventory_store);
+    let records = {
+        let store = inventory_store.clone();
+        tokio::task::spawn_blocking(move || store.load())
+            .await
+            .context("inventory store task panicked")?
+            .context("cannot read the inventory store")?
+    };
+    tracing::info!(machines = records.len(), path = %config.paths.state.join("inventory.redb").display(), "inventory restored");
+    inventory.restore(records);
+    inventory.sync_profiles(&live.current());
+    export_inventory(&metrics, &inventory, &live);
+    // The writer outlives the other tasks: it stops after them, with a last commit.
+    let writer_token = CancellationToken::new();
+    let writer = tokio::spawn(
+        inventory
+            .clone()
+            .run_writer(inventory_store, writer_token.clone()),
+    );
     let tracker = TaskTracker::new();
+    tracker.spawn(inventory.clone().run_sweeper(token.clone()));
 
     if !bound.dhcp.is_empty() {
         let store = if config.dhcp.mode == DhcpMode::Full {
@@ -217,6 +249,7 @@ pub async fn run(
         metrics,
         waker,
         api_token,
+        shutdown: token.clone(),
     };
 
     if let Some(watcher) = watcher {
@@ -226,15 +259,23 @@ pub async fn run(
     tracing::info!(base_url = %base_url, "listening for HTTP on {http_addr}");
     let server_token = token.clone();
     let server = tracker.spawn(async move {
-        axum::serve(bound.http, app)
-            .with_graceful_shutdown(server_token.cancelled_owned())
-            .await
+        axum::serve(
+            bound.http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(server_token.cancelled_owned())
+        .await
     });
     tracker.close();
 
     token.cancelled().await;
     tracing::info!("shutting down");
-    if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+    let drained = tokio::time::timeout(GRACE, tracker.wait()).await.is_ok();
+    writer_token.cancel();
+    if tokio::time::timeout(GRACE, writer).await.is_err() {
+        tracing::warn!("the inventory writer did not finish its last commit in time");
+    }
+    if !drained {
         tracing::warn!("requests still in flight after {GRACE:?}; stopping anyway");
         return Ok(());
     }
@@ -266,6 +307,32 @@ fn api_token(config: &Config) -> anyhow::Result<Option<Arc<str>>> {
         path.display()
     );
     Ok(Some(token.into()))
+}
+
+/// Machines per boot state and failed reloads, computed at scrape time.
+fn export_inventory(
+    metrics: &crate::metrics::Metrics,
+    inventory: &Arc<Inventory>,
+    live: &Arc<Live>,
+) {
+    let (inv, live) = (Arc::downgrade(inventory), Arc::downgrade(live));
+    metrics.on_scrape(move |m| {
+        if let (Some(inv), Some(live)) = (inv.upgrade(), live.upgrade()) {
+            inv.sync_profiles(&live.current());
+            for (state, n) in inv.counts() {
+                m.machines
+                    .get_or_create(&crate::metrics::StateLabels {
+                        state: state.as_str(),
+                    })
+                    .set(n as i64);
+            }
+            let failed = live.status().failed_reloads;
+            let counted = m.reload_errors.get();
+            if failed > counted {
+                m.reload_errors.inc_by(failed - counted);
+            }
+        }
+    });
 }
 
 fn warn_missing_dir(what: &str, path: &Path) {

@@ -36,6 +36,8 @@ pub struct Config {
     pub wol: WolConfig,
     /// The REST API.
     pub api: ApiConfig,
+    /// Boot-state tracking: stall limits, history length.
+    pub inventory: crate::inventory::Settings,
 }
 
 /// `[server]`: the addresses machines are told to use.
@@ -297,7 +299,7 @@ impl Default for WolConfig {
     }
 }
 
-/// `[api]`: the REST API (implemented in a later release; the section is reserved).
+/// `[api]`: the REST API under `/api/v1`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {

@@ -10,7 +10,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -40,6 +41,23 @@ pub struct PoolLabels {
     pub subnet: String,
 }
 
+/// Labels of `kindling_http_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route (`/ipxe`, `/assets`, `/api/v1/machines/{mac}`, ...; `other` for 404s), so a
+    /// scan of made-up paths cannot grow the label set.
+    pub endpoint: String,
+    /// The status code.
+    pub status: u16,
+}
+
+/// Labels of `kindling_machines`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The boot state.
+    pub state: &'static str,
+}
+
 type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 /// Every metric Kindling exports.
@@ -58,6 +76,14 @@ pub struct Metrics {
     pub tftp_transfers: Family<TftpLabels, Counter>,
     /// Bytes sent by completed TFTP transfers.
     pub tftp_bytes: Counter,
+    /// HTTP requests by endpoint and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Machines in each boot state (filled at scrape time).
+    pub machines: Family<StateLabels, Gauge>,
+    /// Seconds from a magic packet to the machine's `provisioned`.
+    pub wake_to_provisioned: Histogram,
+    /// Profile reloads that failed (the last good set stayed in service).
+    pub reload_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,8 +131,34 @@ impl Default for Metrics {
             "Bytes of completed TFTP transfers",
             tftp_bytes.clone(),
         );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests, by endpoint and status",
+            http_requests.clone(),
+        );
+        let machines = Family::<StateLabels, Gauge>::default();
+        registry.register("machines", "Machines in each boot state", machines.clone());
+        // 30 s to about 4 h: a PXE install takes minutes, a slow one an hour or more.
+        let wake_to_provisioned = Histogram::new(exponential_buckets(30.0, 2.0, 10));
+        registry.register_with_unit(
+            "wake_to_provisioned",
+            "Time from the Wake-on-LAN packet to the machine reporting provisioned",
+            Unit::Seconds,
+            wake_to_provisioned.clone(),
+        );
+        let reload_errors = Counter::default();
+        registry.register(
+            "profile_reload_errors",
+            "Profile reloads that failed; the last good set stays in service",
+            reload_errors.clone(),
+        );
         Metrics {
             registry,
+            http_requests,
+            machines,
+            wake_to_provisioned,
+            reload_errors,
             tftp_transfers,
             tftp_bytes,
             refreshers: Mutex::new(Vec::new()),
@@ -128,6 +180,16 @@ impl Metrics {
     pub fn dhcp(&self, r#type: &'static str, outcome: &'static str) {
         self.dhcp_messages
             .get_or_create(&DhcpLabels { r#type, outcome })
+            .inc();
+    }
+
+    /// Count one HTTP request.
+    pub fn http(&self, endpoint: &str, status: u16) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                endpoint: endpoint.to_string(),
+                status,
+            })
             .inc();
     }
 

@@ -181,6 +181,61 @@ impl ProfileSet {
             .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))
     }
 
+    /// The iPXE script of `profile` telling the machine to boot from its local disk (its
+    /// `after_provision = "local"`, or the operator's next boot).
+    pub fn render_local(
+        &self,
+        profile: &Profile,
+        machine: Option<&Machine>,
+        facts: &Facts,
+        base_url: &str,
+    ) -> Result<Rendered, RenderError> {
+        let ctx = context(profile, machine, facts, base_url);
+        self.render_ipxe(profile, ctx, base_url, true)
+    }
+
+    fn render_ipxe(
+        &self,
+        profile: &Profile,
+        mut ctx: BTreeMap<String, Value>,
+        base_url: &str,
+        local: bool,
+    ) -> Result<Rendered, RenderError> {
+        let boot = &profile.boot;
+        let kernel = match &boot.kernel {
+            Some(k) => Some(asset_url(base_url, self.render_named(k, &ctx)?.trim())),
+            None => None,
+        };
+        let mut initrds = Vec::new();
+        for t in &boot.initrds {
+            initrds.push(asset_url(base_url, self.render_named(t, &ctx)?.trim()));
+        }
+        let names: Vec<String> = initrds
+            .iter()
+            .map(|u| {
+                let path = u.split(['?', '#']).next().unwrap_or(u);
+                path.rsplit('/').next().unwrap_or(path).to_string()
+            })
+            .collect();
+        let mut args = Vec::new();
+        for t in &boot.args {
+            let a = self.render_named(t, &ctx)?;
+            if !a.trim().is_empty() {
+                args.push(a.trim().to_string());
+            }
+        }
+        ctx.insert("local".into(), local.into());
+        ctx.insert("kernel".into(), crate::render::to_value(&kernel));
+        ctx.insert("initrds".into(), crate::render::to_value(&initrds));
+        ctx.insert("initrd_names".into(), crate::render::to_value(&names));
+        ctx.insert("args".into(), crate::render::to_value(&args));
+        let body = self.render_named(&boot.script, &ctx)?;
+        Ok(Rendered {
+            body,
+            content_type: "text/plain; charset=utf-8",
+        })
+    }
+
     /// The chain script every iPXE client fetches first (`/boot.ipxe`).
     pub fn render_boot_script(&self, base_url: &str) -> Result<String, RenderError> {
         let mut ctx = BTreeMap::new();
@@ -197,43 +252,9 @@ impl ProfileSet {
         base_url: &str,
         what: &What,
     ) -> Result<Rendered, RenderError> {
-        let mut ctx = context(profile, machine, facts, base_url);
+        let ctx = context(profile, machine, facts, base_url);
         match what {
-            What::Ipxe => {
-                let boot = &profile.boot;
-                let kernel = match &boot.kernel {
-                    Some(k) => Some(asset_url(base_url, self.render_named(k, &ctx)?.trim())),
-                    None => None,
-                };
-                let mut initrds = Vec::new();
-                for t in &boot.initrds {
-                    initrds.push(asset_url(base_url, self.render_named(t, &ctx)?.trim()));
-                }
-                let names: Vec<String> = initrds
-                    .iter()
-                    .map(|u| {
-                        let path = u.split(['?', '#']).next().unwrap_or(u);
-                        path.rsplit('/').next().unwrap_or(path).to_string()
-                    })
-                    .collect();
-                let mut args = Vec::new();
-                for t in &boot.args {
-                    let a = self.render_named(t, &ctx)?;
-                    if !a.trim().is_empty() {
-                        args.push(a.trim().to_string());
-                    }
-                }
-                ctx.insert("local".into(), boot.local.into());
-                ctx.insert("kernel".into(), crate::render::to_value(&kernel));
-                ctx.insert("initrds".into(), crate::render::to_value(&initrds));
-                ctx.insert("initrd_names".into(), crate::render::to_value(&names));
-                ctx.insert("args".into(), crate::render::to_value(&args));
-                let body = self.render_named(&boot.script, &ctx)?;
-                Ok(Rendered {
-                    body,
-                    content_type: "text/plain; charset=utf-8",
-                })
-            }
+            What::Ipxe => self.render_ipxe(profile, ctx, base_url, profile.boot.local),
             What::Ignition => {
                 let name = profile
                     .ignition

@@ -26,3 +26,37 @@ pub mod option {
         }
     }
 }
+
+/// A point in time that serializes as RFC 3339 with milliseconds and reads back the same way
+/// (the inventory keeps these in its store and shows them in the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(pub SystemTime);
+
+impl serde::Serialize for Stamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        humantime::parse_rfc3339(&text)
+            .map(Stamp)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_round_trips_to_the_millisecond() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
+        let json = serde_json::to_string(&Stamp(t)).unwrap();
+        assert_eq!(json, "\"2026-11-18T11:06:40.123Z\"");
+        assert_eq!(serde_json::from_str::<Stamp>(&json).unwrap(), Stamp(t));
+        assert!(serde_json::from_str::<Stamp>("\"yesterday\"").is_err());
+    }
+}

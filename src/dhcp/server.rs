@@ -31,7 +31,7 @@ use super::pxe::{self, BootFiles, ClientInfo, Decision};
 use super::reply;
 use super::store::{LeaseStore, StoreError};
 use crate::config::{Config, DhcpMode, IpAddr};
-use crate::inventory::{DhcpSeen, Inventory};
+use crate::inventory::{DhcpClient, DhcpSeen, Inventory};
 use crate::mac::MacAddr;
 use crate::metrics::{Metrics, PoolLabels};
 use crate::profiles::watch::Live;
@@ -122,8 +122,23 @@ struct Client {
 
 impl Client {
     fn seen(&self, event: &'static str, ip: Option<Ipv4Addr>) -> DhcpSeen {
+        let client = if self.decision.ipxe {
+            DhcpClient::Ipxe
+        } else if self.decision.firmware.is_some()
+            || self
+                .info
+                .vendor_class
+                .as_deref()
+                .is_some_and(|v| v.starts_with("PXEClient") || v.starts_with("HTTPClient"))
+        {
+            DhcpClient::Firmware
+        } else {
+            DhcpClient::Os
+        };
         DhcpSeen {
             event,
+            client,
+            profile: (self.profile != "-").then(|| self.profile.clone()),
             ip,
             vendor_class: self.info.vendor_class.clone(),
             guid: self.guid.clone(),
@@ -459,8 +474,7 @@ impl Service {
                 tracing::debug!(%iface, %mac, xid, ?kind, port = listener.port, "proxy DHCP: not answered: {why}");
                 self.metrics.dhcp(name, "ignored");
                 if kind == Some(MessageType::Discover) {
-                    self.inventory
-                        .dhcp(mac, client.seen("discover", ip), SystemTime::now());
+                    self.inventory.dhcp(mac, client.seen("discover", ip));
                 }
                 return None;
             }
@@ -474,8 +488,7 @@ impl Service {
                 "proxy_offer"
             },
         );
-        self.inventory
-            .dhcp(mac, client.seen(event, ip), SystemTime::now());
+        self.inventory.dhcp(mac, client.seen(event, ip));
         encode(&msg, mac, xid).map(|bytes| Out::Send(bytes, to))
     }
 
@@ -524,8 +537,7 @@ impl Service {
                 tracing::debug!(%iface, %mac, xid, ?kind, "DHCP request not answered: {why}");
                 self.metrics.dhcp(name, "ignored");
                 if kind == Some(MessageType::Discover) {
-                    self.inventory
-                        .dhcp(mac, client.seen("discover", None), SystemTime::now());
+                    self.inventory.dhcp(mac, client.seen("discover", None));
                 }
                 if why.contains("exhausted") {
                     let now = unix_now();
@@ -545,8 +557,7 @@ impl Service {
                 };
                 tracing::info!(%iface, %mac, xid, ip = %lease.ip, %event, "DHCP {event}");
                 self.metrics.dhcp(name, event);
-                self.inventory
-                    .dhcp(mac, client.seen(event, Some(lease.ip)), SystemTime::now());
+                self.inventory.dhcp(mac, client.seen(event, Some(lease.ip)));
                 // No reply waits for it.
                 Some(Out::Write(lease, None))
             }
@@ -567,8 +578,7 @@ impl Service {
                 let ip_text = ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
                 tracing::info!(%iface, %mac, xid, ip = %ip_text, profile = %client.profile, boot = %client.boot_text(), %event, "DHCP {event}");
                 self.metrics.dhcp(name, event);
-                self.inventory
-                    .dhcp(mac, client.seen(event, ip), SystemTime::now());
+                self.inventory.dhcp(mac, client.seen(event, ip));
                 self.warn_if_pool_low(ip);
                 let to = match peer {
                     SocketAddr::V4(p) => test_hook(p, to),

@@ -14,14 +14,16 @@
 //! MACs are accepted as `aa:bb:..` and `aa-bb-..` in any case. Every request is logged on one
 //! line with the machine's MAC, its profile and what it was served.
 
+mod api;
 mod query;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::body::HttpBody as _;
-use axum::extract::{Path, RawQuery, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +33,7 @@ use serde_json::json;
 use tower_http::services::ServeDir;
 
 use crate::config::Config;
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, Plan, Step};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
 use crate::render::{RenderError, What};
@@ -53,6 +55,8 @@ pub struct HttpState {
     pub waker: Option<Arc<crate::wol::Waker>>,
     /// The bearer token mutating API calls need; without one they are refused.
     pub api_token: Option<Arc<str>>,
+    /// Cancelled at shutdown: ends event streams so the server can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// What a request was answered with, attached to the response for the request log line.
@@ -63,13 +67,15 @@ struct Outcome {
     served: String,
 }
 
-/// An error answer: a status and a short plain-text reason, for curl users and iPXE's console.
+/// An error answer: a status and a short reason, as plain text for curl users and iPXE's
+/// console, or as JSON (`{"error": ..., "status": ...}`) under `/api/`.
 #[derive(Debug)]
 pub struct HttpError {
     status: StatusCode,
     message: String,
     mac: Option<MacAddr>,
     profile: Option<String>,
+    json: bool,
 }
 
 impl HttpError {
@@ -79,6 +85,15 @@ impl HttpError {
             message: message.into(),
             mac: None,
             profile: None,
+            json: false,
+        }
+    }
+
+    /// An API error: JSON.
+    fn api(status: StatusCode, message: impl Into<String>) -> Self {
+        HttpError {
+            json: true,
+            ..HttpError::new(status, message)
         }
     }
 
@@ -91,12 +106,20 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("kindling: {}\n", self.message),
-        )
-            .into_response();
+        let mut resp = if self.json {
+            (
+                self.status,
+                Json(json!({ "error": self.message, "status": self.status.as_u16() })),
+            )
+                .into_response()
+        } else {
+            (
+                self.status,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("kindling: {}\n", self.message),
+            )
+                .into_response()
+        };
         resp.extensions_mut().insert(Outcome {
             mac: self.mac,
             profile: self.profile,
@@ -118,23 +141,37 @@ pub fn router(state: HttpState) -> Router {
         .redirect_to_trailing_slash(false);
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
-        .route("/ipxe", get(|s, q| machine_doc(s, q, What::Ipxe)))
-        .route("/ignition", get(|s, q| machine_doc(s, q, What::Ignition)))
-        .route("/metadata", get(|s, q| machine_doc(s, q, What::Metadata)))
+        .route("/ipxe", get(|s, p, q| machine_doc(s, p, q, What::Ipxe)))
+        .route(
+            "/ignition",
+            get(|s, p, q| machine_doc(s, p, q, What::Ignition)),
+        )
+        .route(
+            "/metadata",
+            get(|s, p, q| machine_doc(s, p, q, What::Metadata)),
+        )
         .route(
             "/generic",
-            get(|s, q| machine_doc(s, q, What::Generic(None))),
+            get(|s, p, q| machine_doc(s, p, q, What::Generic(None))),
         )
         .route("/generic/{name}", get(generic_named))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/report", get(report).post(report))
-        .route("/api/v1/machines/{mac}", get(machine))
-        .route("/api/v1/machines/{mac}/wake", axum::routing::post(wake))
+        .merge(api::routes())
         .nest_service("/assets", assets)
         .nest_service("/boot", binaries)
-        .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(middleware::from_fn(log_request))
+        .fallback(|req: Request| async move {
+            if req.uri().path().starts_with("/api/") {
+                HttpError::api(
+                    StatusCode::NOT_FOUND,
+                    "no such endpoint: see /api/v1/openapi.json",
+                )
+            } else {
+                HttpError::new(StatusCode::NOT_FOUND, "no such endpoint")
+            }
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), track_fetches))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }
 
@@ -153,38 +190,123 @@ async fn boot_ipxe(State(st): State<HttpState>) -> Result<Response, HttpError> {
 
 async fn generic_named(
     State(st): State<HttpState>,
+    peer: PeerIp,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, HttpError> {
-    machine_doc(State(st), RawQuery(q), What::Generic(Some(name))).await
+    machine_doc(State(st), peer, RawQuery(q), What::Generic(Some(name))).await
+}
+
+/// The client's address, when the server was started with connect info (not in `oneshot`
+/// tests unless they add it).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerIp(pub Option<std::net::Ipv4Addr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(PeerIp(peer_ipv4(&parts.extensions)))
+    }
+}
+
+fn peer_ipv4(ext: &axum::http::Extensions) -> Option<std::net::Ipv4Addr> {
+    let ConnectInfo(addr) = ext.get::<ConnectInfo<SocketAddr>>()?;
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    }
 }
 
 /// `/ipxe`, `/ignition`, `/metadata`, `/generic`: choose the machine's profile and render.
+///
+/// `/ipxe` follows the machine's plan: the operator's one-shot next boot, else its profile's
+/// `after_provision` once it is provisioned, else the selected profile. The configs come from
+/// the profile its last `/ipxe` came from.
 async fn machine_doc(
     State(st): State<HttpState>,
+    PeerIp(peer): PeerIp,
     RawQuery(q): RawQuery,
     what: What,
 ) -> Result<Response, HttpError> {
     let facts = query::facts(q.as_deref().unwrap_or(""))
         .map_err(|msg| HttpError::new(StatusCode::BAD_REQUEST, msg))?;
     let mac = facts.mac;
-    let facts = st.inventory.observe(facts, SystemTime::now());
+    let facts = st.inventory.observe(facts);
+    if let Some(ip) = peer {
+        st.inventory.learn_ip(mac, ip);
+    }
     let set = st.profiles.current();
+    st.inventory.sync_profiles(&set);
     let Some(m) = set.select(&facts) else {
+        st.inventory.no_profile(mac, &what.label());
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
             format!(
                 "no profile for machine {mac} and no default profile: add it to a profile's [[machine]] list, \
-                 a selector, or set default = true in one profile"
+                 a selector, or set default = true in one profile (or adopt it: POST /api/v1/machines/{mac}/adopt)"
             ),
         )
         .for_machine(mac, None));
     };
-    let profile = m.profile.name.as_str();
-    match set.render(m.profile, m.machine, &facts, &st.base_url, &what) {
+    let selected = m.profile;
+    let mut local = false;
+    let mut redirected = None;
+    let mut one_shot = false;
+    let profile = if what == What::Ipxe {
+        let (plan, from_next_boot) = st.inventory.plan(mac, selected.after_provision.as_ref());
+        one_shot = from_next_boot;
+        match plan {
+            Plan::Selected => selected,
+            Plan::Local => {
+                local = true;
+                selected
+            }
+            Plan::Profile(name) => match set.profile(&name) {
+                Some(p) => {
+                    redirected = Some(name);
+                    p
+                }
+                None => {
+                    return Err(HttpError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{mac} is to boot profile {name:?}, which no longer exists"),
+                    )
+                    .for_machine(mac, Some(&selected.name)));
+                }
+            },
+        }
+    } else {
+        st.inventory
+            .booting_profile(mac)
+            .and_then(|n| set.profile(&n))
+            .unwrap_or(selected)
+    };
+    let name = profile.name.as_str();
+    let rendered = if local {
+        set.render_local(profile, m.machine, &facts, &st.base_url)
+    } else {
+        set.render(profile, m.machine, &facts, &st.base_url, &what)
+    };
+    match rendered {
         Ok(doc) => {
-            st.inventory.served(mac, profile, &what.label());
-            tracing::debug!(%mac, profile, reason = %m.reason, "profile chosen");
+            let (step, served) = match &what {
+                What::Ipxe if local || profile.boot.local => {
+                    (Some(Step::LocalBoot), "ipxe (local disk)".to_string())
+                }
+                What::Ipxe => (Some(Step::Script), "ipxe".to_string()),
+                What::Ignition | What::Generic(_) => (Some(Step::Config), what.label()),
+                What::Metadata => (None, what.label()),
+            };
+            if one_shot {
+                // The operator's next boot was served: it is used up.
+                st.inventory.consume_next_boot(mac);
+            }
+            st.inventory.served(mac, name, &served, step, redirected);
+            tracing::debug!(%mac, profile = name, reason = %m.reason, "profile chosen");
             let mut resp = doc.body.into_response();
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -194,168 +316,45 @@ async fn machine_doc(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp.extensions_mut().insert(Outcome {
                 mac: Some(mac),
-                profile: Some(profile.to_string()),
-                served: what.label(),
+                profile: Some(name.to_string()),
+                served,
             });
             Ok(resp)
         }
         Err(e @ RenderError::Missing { .. }) => {
-            Err(HttpError::new(StatusCode::NOT_FOUND, e.to_string())
-                .for_machine(mac, Some(profile)))
+            Err(HttpError::new(StatusCode::NOT_FOUND, e.to_string()).for_machine(mac, Some(name)))
         }
         Err(e) => Err(HttpError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
-                "cannot render {} for {mac} (profile {profile:?}): {e}",
+                "cannot render {} for {mac} (profile {name:?}): {e}",
                 what.label()
             ),
         )
-        .for_machine(mac, Some(profile))),
+        .for_machine(mac, Some(name))),
     }
 }
 
-/// The booted OS reports in: `POST /api/v1/report?mac=…` with `state` (default
-/// `provisioned`) and `hostname` as form fields or query parameters; `GET` with the same query
-/// for clients that cannot POST.
-async fn report(
-    State(st): State<HttpState>,
-    RawQuery(q): RawQuery,
-    body: axum::body::Bytes,
-) -> Result<Response, HttpError> {
-    let mut fields: HashMap<String, String> =
-        form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    if body.len() > 4096 {
-        return Err(HttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "a report is a few form fields (mac, state, hostname)",
-        ));
-    }
-    fields.extend(form_urlencoded::parse(&body).into_owned());
-    let mac: MacAddr = fields
-        .get("mac")
-        .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "missing mac"))?
-        .parse()
-        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("mac: {e}")))?;
-    let state = fields
-        .get("state")
-        .map_or("provisioned", String::as_str)
-        .to_string();
-    let token_ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    };
-    if !token_ok(&state) {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "state: letters, digits, '-', '_' or '.', at most 63",
-        )
-        .for_machine(mac, None));
-    }
-    let hostname = fields.get("hostname").filter(|h| !h.is_empty()).cloned();
-    if let Some(h) = &hostname
-        && !token_ok(h)
+/// After a successful `GET` of an iPXE binary (`/boot/`) or a boot asset (`/assets/`), note
+/// it on the machine that fetched it: these requests carry no MAC, so the client's address
+/// is mapped to the machine DHCP (or its own `/ipxe` request) last tied it to.
+async fn track_fetches(State(st): State<HttpState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let tracked = req.method() == axum::http::Method::GET
+        && (path.starts_with("/assets/") || path.starts_with("/boot/"));
+    let peer = tracked.then(|| peer_ipv4(req.extensions())).flatten();
+    let resp = next.run(req).await;
+    if let Some(ip) = peer
+        && resp.status().is_success()
+        && let Some(mac) = st.inventory.mac_by_ip(ip)
     {
-        return Err(
-            HttpError::new(StatusCode::BAD_REQUEST, "hostname: not a host name")
-                .for_machine(mac, None),
-        );
+        if path.starts_with("/boot/") {
+            st.inventory.http_firmware(mac, &path);
+        } else {
+            st.inventory.asset(mac, &path);
+        }
     }
-    st.inventory
-        .report(mac, &state, hostname.clone(), SystemTime::now());
-    tracing::info!(%mac, %state, hostname = %hostname.as_deref().unwrap_or("-"), "machine reported");
-    let mut resp = Json(json!({ "mac": mac.to_string(), "state": state })).into_response();
-    resp.extensions_mut().insert(Outcome {
-        mac: Some(mac),
-        served: format!("report: {state}"),
-        ..Default::default()
-    });
-    Ok(resp)
-}
-
-/// A mutating API call must carry `Authorization: Bearer <api.token>`.
-fn authorize(st: &HttpState, headers: &axum::http::HeaderMap) -> Result<(), HttpError> {
-    let Some(token) = &st.api_token else {
-        return Err(HttpError::new(
-            StatusCode::FORBIDDEN,
-            "mutating API calls are off: set [api] token or token_file",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Compare without an early exit on the first differing byte.
-    let ok = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer <api.token>)",
-        ))
-    }
-}
-
-/// Wake one machine: magic packets through `[wol] interface`; its record says `waking`.
-async fn wake(
-    State(st): State<HttpState>,
-    Path(mac): Path<String>,
-    headers: axum::http::HeaderMap,
-) -> Result<Response, HttpError> {
-    authorize(&st, &headers)?;
-    let mac: MacAddr = mac
-        .parse()
-        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("mac: {e}")))?;
-    let Some(waker) = &st.waker else {
-        return Err(HttpError::new(
-            StatusCode::CONFLICT,
-            "Wake-on-LAN is off: set [wol] interface",
-        )
-        .for_machine(mac, None));
-    };
-    let sent = waker.wake(mac).await.map_err(|e| {
-        HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot send the magic packet: {e}"),
-        )
-        .for_machine(mac, None)
-    })?;
-    st.inventory.woken(mac, SystemTime::now());
-    tracing::info!(%mac, udp = ?sent.udp, raw = sent.raw, repeat = sent.repeat, "Wake-on-LAN sent");
-    let mut resp = Json(json!({ "mac": mac.to_string(), "sent": sent })).into_response();
-    resp.extensions_mut().insert(Outcome {
-        mac: Some(mac),
-        served: "wake".into(),
-        ..Default::default()
-    });
-    Ok(resp)
-}
-
-/// One machine's record.
-async fn machine(
-    State(st): State<HttpState>,
-    Path(mac): Path<String>,
-) -> Result<Response, HttpError> {
-    let mac: MacAddr = mac
-        .parse()
-        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("mac: {e}")))?;
-    match st.inventory.get(mac) {
-        Some(rec) => Ok(Json(rec).into_response()),
-        None => Err(HttpError::new(
-            StatusCode::NOT_FOUND,
-            format!("no record of {mac}: it has not booted or reported since Kindling started"),
-        )),
-    }
+    resp
 }
 
 async fn metrics(State(st): State<HttpState>) -> Response {
@@ -388,13 +387,26 @@ async fn healthz(State(st): State<HttpState>) -> Response {
     resp
 }
 
-/// One log line per request: method, path, status, MAC, profile, what was served, time taken.
-async fn log_request(req: Request, next: Next) -> Response {
+/// One log line per request: method, path, status, MAC, profile, what was served, time taken;
+/// and the request counted by route and status.
+async fn log_request(State(st): State<HttpState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
+    // Routes, not raw paths, so a scan of made-up paths cannot grow the label set.
+    let endpoint = match endpoint {
+        Some(e) => e,
+        None if path.starts_with("/assets/") => "/assets".to_string(),
+        None if path.starts_with("/boot/") => "/boot".to_string(),
+        None => "other".to_string(),
+    };
+    st.metrics.http(&endpoint, status);
     let outcome = resp
         .extensions()
         .get::<Outcome>()

@@ -9,9 +9,10 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::profiles::{ProfileSet, Sources};
+use serde_json::json;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     state: HttpState,
 }
 
@@ -25,7 +26,7 @@ fn fixture() -> Fixture {
     };
     write(
         "profiles/node.toml",
-        "ignition = \"n.ign.j2\"\n[generic]\nuser-data = \"ud.j2\"\n[boot]\nkernel = \"os/vmlinuz\"\n\
+        "ignition = \"n.ign.j2\"\nafter_provision = \"local\"\n[generic]\nuser-data = \"ud.j2\"\n[boot]\nkernel = \"os/vmlinuz\"\n\
          [[machine]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"n1\"\n",
     );
     write(
@@ -67,8 +68,9 @@ fn fixture() -> Fixture {
         metrics: crate::metrics::Metrics::new(),
         waker: None,
         api_token: Some("s3cret".into()),
+        shutdown: tokio_util::sync::CancellationToken::new(),
     };
-    Fixture { _dir: dir, state }
+    Fixture { dir, state }
 }
 
 async fn get(f: &Fixture, uri: &str) -> (StatusCode, axum::http::HeaderMap, String) {
@@ -295,7 +297,9 @@ async fn the_booted_os_reports_in_and_the_record_says_provisioned() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["state"], "provisioned");
-    assert_eq!(v["hostname"], "node-1");
+    // The profile's hostname wins over what the OS says it is.
+    assert_eq!(v["hostname"], "n1");
+    assert_eq!(v["reported"], "provisioned");
     assert!(v["provisioned_at"].as_str().unwrap().ends_with('Z'), "{v}");
     // GET for minimal clients; bad input is a 400, unknown machines a 404.
     let (status, _, _) = get(&f, "/api/v1/report?mac=52:54:00:00:00:02&state=installing").await;
@@ -435,4 +439,393 @@ async fn random_paths_and_queries_never_panic_or_500() {
             "{uri}: {s}"
         );
     }
+}
+
+// ---- the REST API ---------------------------------------------------------------------------
+
+const N1: &str = "52:54:00:00:00:01";
+
+/// A request from a machine at `ip` (what `into_make_service_with_connect_info` adds).
+fn from_ip(mut req: Request<Body>, ip: [u8; 4]) -> Request<Body> {
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from((ip, 40_000))));
+    req
+}
+
+async fn get_from(f: &Fixture, uri: &str, ip: [u8; 4]) -> (StatusCode, String) {
+    let (status, _, body) = request(
+        f,
+        from_ip(Request::get(uri).body(Body::empty()).unwrap(), ip),
+    )
+    .await;
+    (status, body)
+}
+
+async fn api(
+    f: &Fixture,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut r = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(v) => {
+            r = r.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let (status, headers, text) = request(f, r.body(body).unwrap()).await;
+    if !text.is_empty() {
+        assert_eq!(
+            headers[header::CONTENT_TYPE],
+            "application/json",
+            "{uri}: {text}"
+        );
+    }
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+async fn state_of(f: &Fixture, mac: &str) -> String {
+    let (status, v) = api(f, "GET", &format!("/api/v1/machines/{mac}"), None, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["state"].as_str().unwrap().to_string()
+}
+
+/// iPXE script, kernel, Ignition, report: what a machine at 10.0.0.50 does to install.
+async fn walk_boot_path(f: &Fixture, mac: &str) -> Vec<String> {
+    let ip = [10, 0, 0, 50];
+    let mut states = vec![state_of(f, mac).await];
+    let (status, body) = get_from(f, &format!("/ipxe?mac={mac}&arch=x86_64"), ip).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("kernel http://"), "{body}");
+    states.push(state_of(f, mac).await);
+    // The kernel fetch carries no MAC: the client's address says who it is.
+    let (status, _) = get_from(f, "/assets/os/vmlinuz", ip).await;
+    assert_eq!(status, StatusCode::OK);
+    states.push(state_of(f, mac).await);
+    let (status, _) = get_from(f, &format!("/ignition?mac={mac}"), ip).await;
+    assert_eq!(status, StatusCode::OK);
+    states.push(state_of(f, mac).await);
+    let (status, _) = get_from(f, &format!("/api/v1/report?mac={mac}"), ip).await;
+    assert_eq!(status, StatusCode::OK);
+    states.push(state_of(f, mac).await);
+    states
+}
+
+#[tokio::test]
+async fn the_api_follows_a_machine_along_the_http_boot_path() {
+    let f = fixture();
+    let (status, v) = api(&f, "GET", "/api/v1/machines", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v["count"], 1,
+        "the declared machine is listed before it boots: {v}"
+    );
+    assert_eq!(v["machines"][0]["hostname"], "n1");
+    assert_eq!(
+        walk_boot_path(&f, N1).await,
+        ["unknown", "ipxe", "kernel", "config", "provisioned"]
+    );
+    let (_, v) = api(
+        &f,
+        "GET",
+        "/api/v1/machines?state=provisioned&profile=node",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(v["count"], 1);
+    let (_, v) = api(&f, "GET", "/api/v1/machines?state=kernel", None, None).await;
+    assert_eq!(v["count"], 0);
+    let (_, m) = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None).await;
+    assert_eq!(m["ip"], "10.0.0.50");
+    let transitions: Vec<&str> = m["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h.get("from").is_some())
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(transitions, ["ipxe", "kernel", "config", "provisioned"]);
+    for s in ["ipxe", "kernel", "config", "provisioned"] {
+        assert!(m["entered"][s].is_string(), "{m}");
+    }
+    // Errors are JSON with a message.
+    let (status, v) = api(&f, "GET", "/api/v1/machines?state=booting", None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("provisioned"), "{v}");
+    let (status, v) = api(&f, "GET", "/api/v1/machines?colour=red", None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = api(&f, "GET", "/api/v1/nope", None, None).await;
+    assert_eq!(
+        (status, v["status"].as_u64()),
+        (StatusCode::NOT_FOUND, Some(404))
+    );
+    let (status, v) = api(&f, "GET", "/api/v1/machines/zz", None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    // Requests are counted by route.
+    let (_, _, metrics) = get(&f, "/metrics").await;
+    assert!(
+        metrics.contains("kindling_http_requests_total{endpoint=\"/ipxe\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kindling_http_requests_total{endpoint=\"/assets\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn reinstall_serves_the_install_once_then_local_boot() {
+    let f = fixture();
+    walk_boot_path(&f, N1).await;
+    let ipxe = format!("/ipxe?mac={N1}");
+    // Provisioned, with after_provision = "local": no install loop.
+    let (_, body) = get_from(&f, &ipxe, [10, 0, 0, 50]).await;
+    assert!(body.contains("\nexit"), "{body}");
+    assert_eq!(state_of(&f, N1).await, "provisioned");
+    let uri = format!("/api/v1/machines/{N1}/reinstall");
+    let (status, v) = api(&f, "POST", &uri, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("bearer"), "{v}");
+    let (status, _) = api(&f, "POST", &uri, Some("wrong"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, v) = api(&f, "POST", &uri, Some("s3cret"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["next_boot"]["boot"], "install");
+    let (_, body) = get_from(&f, &ipxe, [10, 0, 0, 50]).await;
+    assert!(
+        body.contains("kernel http://10.0.0.2:8080/assets/os/vmlinuz"),
+        "{body}"
+    );
+    assert_eq!(state_of(&f, N1).await, "ipxe");
+    let (_, body) = get_from(&f, &ipxe, [10, 0, 0, 50]).await;
+    assert!(body.contains("\nexit"), "once, then local again: {body}");
+    let (_, m) = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None).await;
+    assert!(m["next_boot"].is_null(), "{m}");
+
+    // A one-shot local boot for a machine that is not provisioned, then set and cleared.
+    let nb = format!("/api/v1/machines/{N1}/next-boot");
+    let bad = [
+        json!({"boot": "profile", "profile": "nope"}),
+        json!({"boot": "floppy"}),
+        json!({"boot": "local", "extra": 1}),
+    ];
+    for b in bad {
+        let (status, v) = api(&f, "PUT", &nb, Some("s3cret"), Some(b.clone())).await;
+        assert!(status.is_client_error(), "{b}: {status} {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let (status, _) = api(&f, "PUT", &nb, None, Some(json!({"boot": "local"}))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, v) = api(
+        &f,
+        "PUT",
+        &nb,
+        Some("s3cret"),
+        Some(json!({"boot": "profile", "profile": "broken"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = api(&f, "DELETE", &nb, Some("s3cret"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["next_boot"].is_null());
+}
+
+#[tokio::test]
+async fn a_discovered_machine_is_adopted_into_a_profile_file() {
+    let f = fixture();
+    let m7 = "52:54:00:00:00:77";
+    let (status, body) = get_from(
+        &f,
+        &format!("/ipxe?mac={m7}&uuid=8a0d4f4e-0000-4000-8000-000000000077"),
+        [10, 0, 0, 77],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("adopt"), "{body}");
+    let (_, v) = api(&f, "GET", "/api/v1/machines?state=discovered", None, None).await;
+    assert_eq!(v["count"], 1, "{v}");
+    let uri = format!("/api/v1/machines/{m7}/adopt");
+    let adoption =
+        json!({"profile": "node", "hostname": "n7", "ip": "10.0.0.7", "labels": {"rack": "r2"}});
+    let (status, _) = api(&f, "POST", &uri, None, Some(adoption.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, v) = api(&f, "POST", &uri, Some("s3cret"), Some(adoption.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let file = f.dir.path().join("profiles/node.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("ignition = "),
+        "the operator's text stays first"
+    );
+    assert!(text.contains("# adopted through the API on "), "{text}");
+    assert!(text.contains("[[machine]]\nmac = \"52:54:00:00:00:77\"\nhostname = \"n7\"\nip = \"10.0.0.7\"\n[machine.labels]\nrack = \"r2\"\n"), "{text}");
+    // Served at once, and the record now belongs to the profile.
+    let (status, body) = get_from(&f, &format!("/ipxe?mac={m7}"), [10, 0, 0, 77]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("(n7)"), "{body}");
+    let (_, m) = api(&f, "GET", &format!("/api/v1/machines/{m7}"), None, None).await;
+    assert_eq!(
+        (m["profile"].as_str(), m["declared"].as_bool()),
+        (Some("node"), Some(true)),
+        "{m}"
+    );
+    assert_eq!(m["labels"]["rack"], "r2");
+    // Twice is a conflict; an entry that breaks the profiles leaves the file as it was.
+    let (status, _) = api(&f, "POST", &uri, Some("s3cret"), Some(adoption)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let clash = json!({"profile": "node", "ip": "10.0.0.7"});
+    let (status, v) = api(
+        &f,
+        "POST",
+        "/api/v1/machines/52:54:00:00:00:78/adopt",
+        Some("s3cret"),
+        Some(clash),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("already assigned"),
+        "{v}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    assert!(
+        f.state.profiles.status().last_error.is_none(),
+        "the good set was reloaded"
+    );
+    let (status, _) = api(
+        &f,
+        "POST",
+        "/api/v1/machines/52:54:00:00:00:78/adopt",
+        Some("s3cret"),
+        Some(json!({"profile": "ghost"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn reads_can_require_the_token() {
+    let mut f = fixture();
+    let mut config = (*f.state.config).clone();
+    config.api.read_requires_token = true;
+    f.state.config = Arc::new(config);
+    for uri in [
+        "/api/v1/machines",
+        "/api/v1/machines/52:54:00:00:00:01",
+        "/api/v1/events",
+    ] {
+        let (status, _) = api(&f, "GET", uri, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    let (status, _) = api(&f, "GET", "/api/v1/machines", Some("s3cret"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    // The machine's own report and the description stay open.
+    assert_eq!(
+        get(&f, "/api/v1/report?mac=52:54:00:00:00:01&state=booting")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(get(&f, "/api/v1/openapi.json").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_openapi_description_matches_the_routes() {
+    let f = fixture();
+    let (status, headers, body) = get(&f, "/api/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let spec: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let documented: std::collections::BTreeSet<&str> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let routed: std::collections::BTreeSet<&str> = api::PATHS.iter().copied().collect();
+    assert_eq!(documented, routed);
+    // Every documented operation answers something other than 404/405 on its route.
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let uri = path.replace("{mac}", N1);
+            if uri.ends_with("/events") {
+                // A stream that does not end; events_stream_transitions_in_order covers it.
+                continue;
+            }
+            let (status, _, body) = request(
+                &f,
+                Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(&uri)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED
+                    && !(status == StatusCode::NOT_FOUND && body.contains("no such endpoint")),
+                "{method} {uri}: {status}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_stream_transitions_in_order() {
+    use futures_util::StreamExt as _;
+    let f = fixture();
+    let resp = router(f.state.clone())
+        .oneshot(Request::get("/api/v1/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = resp.into_body().into_data_stream();
+    let walker = {
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            state: f.state.clone(),
+        };
+        tokio::spawn(async move {
+            walk_boot_path(&f, N1).await;
+        })
+    };
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while text.matches("event: transition").count() < 4 {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("transitions within 10 s")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    walker.await.unwrap();
+    assert!(text.starts_with("event: ready\n"), "{text}");
+    let tos: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v.get("to").and_then(|t| t.as_str()).map(str::to_string))
+        .collect();
+    assert_eq!(tos, ["ipxe", "kernel", "config", "provisioned"], "{text}");
+    // Shutdown ends the stream, so the server can drain.
+    f.state.shutdown.cancel();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the event stream outlived shutdown");
 }

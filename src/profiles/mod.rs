@@ -14,6 +14,7 @@
 //! (by relative name), and nothing touches the filesystem or network while rendering. A fuel
 //! limit bounds every render.
 
+pub mod adopt;
 pub mod select;
 pub mod watch;
 
@@ -58,7 +59,7 @@ pub const RESERVED_VARS: &[&str] = &[
 ];
 
 /// Keys of a profile file outside any table; written after `[boot]` they land inside it.
-const TOP_LEVEL_KEYS: &[&str] = &["description", "default", "ignition"];
+const TOP_LEVEL_KEYS: &[&str] = &["description", "default", "ignition", "after_provision"];
 
 /// Largest template or profile file read, so a stray disk image in the tree cannot eat memory.
 const MAX_FILE_BYTES: u64 = 4 << 20;
@@ -93,6 +94,9 @@ pub struct Profile {
     pub generic: BTreeMap<String, String>,
     /// The profile's variables.
     pub vars: BTreeMap<String, Value>,
+    /// What its machines boot once they reported `provisioned` (`after_provision`): their
+    /// local disk or another profile. `None`: this profile again (live systems).
+    pub after_provision: Option<crate::inventory::AfterProvision>,
 }
 
 /// A profile's boot section; each string is the name of a compiled inline template.
@@ -127,6 +131,8 @@ pub struct Machine {
     pub uuid: Option<String>,
     /// Per-machine variables, overriding the profile's.
     pub vars: BTreeMap<String, Value>,
+    /// Labels for the operator (rack, role, ...): `kindling wake --label rack=a`.
+    pub labels: BTreeMap<String, String>,
     /// Where it is declared.
     pub at: Location,
 }
@@ -210,6 +216,7 @@ struct RawProfile {
     #[serde(default)]
     boot: RawBoot,
     ignition: Option<Spanned<String>>,
+    after_provision: Option<Spanned<String>>,
     #[serde(default)]
     generic: BTreeMap<String, Spanned<String>>,
     vars: Option<Spanned<toml::Table>>,
@@ -257,6 +264,8 @@ struct RawMachine {
     ip: Option<Spanned<String>>,
     uuid: Option<Spanned<String>>,
     vars: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 // ---- loading --------------------------------------------------------------------------------
@@ -521,6 +530,8 @@ impl ProfileSet {
         let mut machines: HashMap<MacAddr, Machine> = HashMap::new();
         let mut selectors = Vec::new();
         let mut default: Option<usize> = None;
+        // after_provision targets, checked once every profile is known.
+        let mut after_refs = Vec::new();
 
         for (name, path) in profile_files {
             let source = match read_limited(&path) {
@@ -547,6 +558,14 @@ impl ProfileSet {
                 }
             };
             let index = profiles.len();
+            if let Some(a) = &raw.after_provision {
+                after_refs.push((
+                    a.get_ref().trim().to_string(),
+                    path.clone(),
+                    diag::line_of(&source, a.span().start),
+                    name.clone(),
+                ));
+            }
             let p = resolve_profile(
                 &mut ld,
                 &name,
@@ -580,6 +599,23 @@ impl ProfileSet {
         }
 
         check_ambiguity(&mut ld, &profiles, &selectors);
+        for (target, path, line, name) in after_refs {
+            let known = profiles.iter().any(|p: &Profile| p.name == target);
+            let msg = if target == name {
+                Some(format!(
+                    "after_provision = {target:?} names this profile itself: that is the default; use \"local\" or another profile"
+                ))
+            } else if target != "local" && !known {
+                Some(format!(
+                    "after_provision = {target:?}: no such profile (use \"local\" or the name of a profile file)"
+                ))
+            } else {
+                None
+            };
+            if let Some(msg) = msg {
+                ld.errors.push(Diagnostic::new(&path, Some(line), msg));
+            }
+        }
 
         // Compile every referenced template and every *.j2 file (includes, syntax check).
         let extra: Vec<String> = ld
@@ -1013,6 +1049,7 @@ fn resolve_profile(
                 ip,
                 uuid,
                 vars,
+                labels: r.labels.clone(),
                 at: here.clone(),
             },
         );
@@ -1037,11 +1074,18 @@ fn resolve_profile(
         ignition,
         generic,
         vars,
+        after_provision: raw
+            .after_provision
+            .as_ref()
+            .map(|a| match a.get_ref().trim() {
+                "local" => crate::inventory::AfterProvision::Local,
+                other => crate::inventory::AfterProvision::Profile(other.to_string()),
+            }),
     }
 }
 
 /// RFC 1123 host name or FQDN: labels of letters, digits and inner hyphens.
-fn valid_hostname(h: &str) -> bool {
+pub(crate) fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {

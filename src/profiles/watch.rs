@@ -39,6 +39,8 @@ pub struct ReloadStatus {
     /// When that reload failed.
     #[serde(with = "crate::time_fmt::option")]
     pub last_error_at: Option<SystemTime>,
+    /// Reloads that failed since start-up.
+    pub failed_reloads: u64,
 }
 
 /// The profile set being served, and how it got there.
@@ -64,6 +66,7 @@ impl Live {
             machines: set.machines.len(),
             last_error: None,
             last_error_at: None,
+            failed_reloads: 0,
         };
         Live {
             sources,
@@ -105,6 +108,7 @@ impl Live {
             Err(errors) => {
                 status.last_error = Some(errors.0.iter().map(|d| d.to_string()).collect());
                 status.last_error_at = Some(SystemTime::now());
+                status.failed_reloads += 1;
                 Err(errors)
             }
         }

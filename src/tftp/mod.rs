@@ -315,8 +315,7 @@ impl Service {
                 self.metrics.tftp("completed");
                 self.metrics.tftp_bytes.inc_by(bytes);
                 if let Some(mac) = mac {
-                    self.inventory
-                        .fetched(mac, &format!("tftp:{file}"), SystemTime::now());
+                    self.inventory.tftp_fetched(mac, &file);
                 }
             }
             Err(Ended::ClientError(code, msg)) => {

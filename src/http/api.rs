@@ -1,0 +1,629 @@
+//! The REST API under `/api/v1`: machines and their boot state, next boot, adoption,
+//! Wake-on-LAN, the event stream and the booted OS's report. JSON in and out; errors are
+//! `{"error": "...", "status": N}`. Mutating calls need `Authorization: Bearer <api.token>`;
+//! reads need it too with `api.read_requires_token`. The OpenAPI description is served at
+//! `/api/v1/openapi.json` (`openapi.json` beside this file; a test keeps it in step with the
+//! routes).
+//!
+//! `POST /api/v1/report` is open on purpose: the booted machine calls it, and it must not hold
+//! the operator's token (Matchbox's model for its machine endpoints).
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{HttpError, HttpState, Outcome};
+use crate::inventory::{Filter, NextBoot};
+use crate::mac::MacAddr;
+
+/// The OpenAPI description served at `/api/v1/openapi.json`.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every API route, as written in the OpenAPI description.
+pub(crate) const PATHS: &[&str] = &[
+    "/api/v1/machines",
+    "/api/v1/machines/{mac}",
+    "/api/v1/machines/{mac}/next-boot",
+    "/api/v1/machines/{mac}/reinstall",
+    "/api/v1/machines/{mac}/adopt",
+    "/api/v1/machines/{mac}/wake",
+    "/api/v1/wake",
+    "/api/v1/events",
+    "/api/v1/report",
+    "/api/v1/openapi.json",
+];
+
+/// Most machines one wake call may name, and the longest pause between two of them.
+const MAX_WAKE: usize = 4096;
+const MAX_STAGGER: Duration = Duration::from_secs(5);
+
+pub(super) fn routes() -> Router<HttpState> {
+    Router::new()
+        .route(PATHS[0], get(machines))
+        .route(PATHS[1], get(machine))
+        .route(
+            PATHS[2],
+            axum::routing::put(set_next_boot).delete(clear_next_boot),
+        )
+        .route(PATHS[3], post(reinstall))
+        .route(PATHS[4], post(adopt))
+        .route(PATHS[5], post(wake_one))
+        .route(PATHS[6], post(wake_many))
+        .route(PATHS[7], get(events))
+        .route(PATHS[8], get(report).post(report))
+        .route(PATHS[9], get(openapi))
+}
+
+fn bad(msg: impl Into<String>) -> HttpError {
+    HttpError::api(StatusCode::BAD_REQUEST, msg)
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, HttpError> {
+    s.parse().map_err(|e| bad(format!("mac: {e}")))
+}
+
+/// A JSON body, with a JSON error when it is not one.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
+    if bytes.len() > 64 * 1024 {
+        return Err(HttpError::api(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than 64 KiB",
+        ));
+    }
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| bad(format!("request body: {e}")))
+}
+
+fn tagged(resp: impl IntoResponse, mac: Option<MacAddr>, served: &str) -> Response {
+    let mut resp = resp.into_response();
+    resp.extensions_mut().insert(Outcome {
+        mac,
+        served: served.to_string(),
+        ..Default::default()
+    });
+    resp
+}
+
+/// Check `Authorization: Bearer <api.token>` for a mutating call.
+fn authorize(st: &HttpState, headers: &HeaderMap) -> Result<(), HttpError> {
+    let Some(token) = &st.api_token else {
+        return Err(HttpError::api(
+            StatusCode::FORBIDDEN,
+            "mutating API calls are off: set [api] token or token_file",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit on the first differing byte.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(HttpError::api(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <api.token>)",
+        ))
+    }
+}
+
+/// Reads are open unless `api.read_requires_token`.
+fn authorize_read(st: &HttpState, headers: &HeaderMap) -> Result<(), HttpError> {
+    if st.config.api.read_requires_token {
+        authorize(st, headers)
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    profile: Option<String>,
+}
+
+/// `GET /api/v1/machines?state=&profile=`: every machine, short form.
+async fn machines(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, HttpError> {
+    authorize_read(&st, &headers)?;
+    let q: ListQuery = serde_urlencoded(q.as_deref().unwrap_or(""))?;
+    let filter = Filter {
+        state: q
+            .state
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| bad(format!("state: {e}")))?,
+        profile: q.profile,
+    };
+    st.inventory.sync_profiles(&st.profiles.current());
+    let list = st.inventory.list(&filter);
+    Ok(tagged(
+        Json(json!({ "count": list.len(), "machines": list })),
+        None,
+        "api: machines",
+    ))
+}
+
+/// Query strings without a new dependency: every key once, unknown keys refused.
+fn serde_urlencoded<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, HttpError> {
+    let map: serde_json::Map<String, serde_json::Value> = form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| bad(format!("query: {e}")))
+}
+
+/// `GET /api/v1/machines/{mac}`: one machine with its history.
+async fn machine(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Response, HttpError> {
+    authorize_read(&st, &headers)?;
+    let mac = parse_mac(&mac)?;
+    st.inventory.sync_profiles(&st.profiles.current());
+    match st.inventory.get(mac) {
+        Some(rec) => Ok(tagged(Json(rec), Some(mac), "api: machine")),
+        None => Err(HttpError::api(
+            StatusCode::NOT_FOUND,
+            format!("no record of {mac}: no profile declares it and it has not booted"),
+        )),
+    }
+}
+
+/// The body of `PUT .../next-boot` (serde's internally tagged enums cannot refuse unknown
+/// fields, so it is read flat).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextBootBody {
+    boot: String,
+    profile: Option<String>,
+}
+
+/// `PUT /api/v1/machines/{mac}/next-boot` with `{"boot": "install" | "local"}` or
+/// `{"boot": "profile", "profile": "name"}`: what its next `/ipxe` serves, once.
+async fn set_next_boot(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    authorize(&st, &headers)?;
+    let mac = parse_mac(&mac)?;
+    let req: NextBootBody = body(&bytes)?;
+    let next = match (req.boot.as_str(), req.profile) {
+        ("install", None) => NextBoot::Install,
+        ("local", None) => NextBoot::Local,
+        ("profile", Some(profile)) => NextBoot::Profile { profile },
+        ("profile", None) => return Err(bad("boot = \"profile\" needs \"profile\": the name")),
+        ("install" | "local", Some(_)) => {
+            return Err(bad("\"profile\" goes with boot = \"profile\" only"));
+        }
+        (other, _) => {
+            return Err(bad(format!(
+                "boot {other:?}: one of \"install\", \"local\", \"profile\""
+            )));
+        }
+    };
+    if let NextBoot::Profile { profile } = &next
+        && st.profiles.current().profile(profile).is_none()
+    {
+        return Err(HttpError::api(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("no profile named {profile:?}"),
+        ));
+    }
+    let rec = st.inventory.set_next_boot(mac, Some(next), "api");
+    st.inventory.flushed().await;
+    tracing::info!(%mac, next_boot = ?rec.next_boot, "next boot set");
+    Ok(tagged(Json(rec.summary()), Some(mac), "api: next-boot"))
+}
+
+/// `DELETE /api/v1/machines/{mac}/next-boot`: back to the profile's rules.
+async fn clear_next_boot(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Response, HttpError> {
+    authorize(&st, &headers)?;
+    let mac = parse_mac(&mac)?;
+    if st.inventory.get(mac).is_none() {
+        return Err(HttpError::api(
+            StatusCode::NOT_FOUND,
+            format!("no record of {mac}"),
+        ));
+    }
+    let rec = st.inventory.set_next_boot(mac, None, "api");
+    st.inventory.flushed().await;
+    Ok(tagged(Json(rec.summary()), Some(mac), "api: next-boot"))
+}
+
+/// `POST /api/v1/machines/{mac}/reinstall`: its next `/ipxe` serves its own profile's
+/// install once, even though it is provisioned; after that, its after-install boot again.
+async fn reinstall(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Response, HttpError> {
+    authorize(&st, &headers)?;
+    let mac = parse_mac(&mac)?;
+    let rec = st
+        .inventory
+        .set_next_boot(mac, Some(NextBoot::Install), "api");
+    st.inventory.flushed().await;
+    tracing::info!(%mac, "reinstall requested");
+    Ok(tagged(Json(rec.summary()), Some(mac), "api: reinstall"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdoptBody {
+    profile: String,
+    hostname: Option<String>,
+    ip: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/machines/{mac}/adopt` with `{"profile", "hostname"?, "ip"?, "labels"?}`:
+/// append a `[[machine]]` entry to the profile's file, reload, and answer with the entry. A
+/// reload that fails puts the file back as it was and answers 422 with the reasons.
+async fn adopt(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    authorize(&st, &headers)?;
+    let mac = parse_mac(&mac)?;
+    let req: AdoptBody = body(&bytes)?;
+    let set = st.profiles.current();
+    let Some(profile) = set.profile(&req.profile) else {
+        return Err(HttpError::api(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("no profile named {:?}", req.profile),
+        ));
+    };
+    if let Some(m) = set.machines.get(&mac) {
+        return Err(HttpError::api(
+            StatusCode::CONFLICT,
+            format!("{mac} is already declared at {}", m.at),
+        ));
+    }
+    let rec = st.inventory.get(mac);
+    let comment = match &rec {
+        Some(r) => format!(
+            "adopted through the API on {}; it was {} (arch {}, uuid {}, first seen {})",
+            crate::time_fmt::rfc3339(st.inventory.now()),
+            r.state,
+            r.arch.as_deref().unwrap_or("?"),
+            r.uuid.as_deref().unwrap_or("?"),
+            crate::time_fmt::rfc3339(r.first_seen.0),
+        ),
+        None => format!(
+            "adopted through the API on {}",
+            crate::time_fmt::rfc3339(st.inventory.now())
+        ),
+    };
+    let entry =
+        crate::profiles::adopt::entry(mac, req.hostname.as_deref(), req.ip, &req.labels, &comment)
+            .map_err(|e| HttpError::api(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let path = profile.path.clone();
+    let live = st.profiles.clone();
+    let text = entry.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::profiles::adopt::append_and_reload(&live, &path, &text)
+    })
+    .await
+    .map_err(|e| HttpError::api(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match result {
+        Ok(()) => {}
+        Err(crate::profiles::adopt::AdoptError::Write(msg)) => {
+            return Err(HttpError::api(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{msg}; add this entry by hand:\n{entry}"),
+            ));
+        }
+        Err(crate::profiles::adopt::AdoptError::Invalid(errors)) => {
+            let mut resp = (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({
+                    "error": "the profiles do not load with this entry; the file is unchanged",
+                    "status": 422,
+                    "errors": errors,
+                })),
+            )
+                .into_response();
+            resp.extensions_mut().insert(Outcome {
+                mac: Some(mac),
+                served: "api: adopt refused".into(),
+                ..Default::default()
+            });
+            return Ok(resp);
+        }
+    }
+    st.inventory.sync_profiles(&st.profiles.current());
+    st.inventory.flushed().await;
+    tracing::info!(%mac, profile = %req.profile, file = %profile.path.display(), "machine adopted");
+    Ok(tagged(
+        (
+            StatusCode::CREATED,
+            Json(json!({
+                "mac": mac,
+                "profile": req.profile,
+                "file": profile.path.display().to_string(),
+                "entry": entry,
+            })),
+        ),
+        Some(mac),
+        "api: adopt",
+    ))
+}
+
+/// `POST /api/v1/machines/{mac}/wake`: magic packets through `[wol] interface`.
+async fn wake_one(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Response, HttpError> {
+    authorize(&st, &headers)?;
+    let mac = parse_mac(&mac)?;
+    let sent = wake(&st, mac).await?;
+    Ok(tagged(
+        Json(json!({ "mac": mac.to_string(), "sent": sent })),
+        Some(mac),
+        "wake",
+    ))
+}
+
+async fn wake(st: &HttpState, mac: MacAddr) -> Result<crate::wol::Sent, HttpError> {
+    let Some(waker) = &st.waker else {
+        return Err(HttpError::api(
+            StatusCode::CONFLICT,
+            "Wake-on-LAN is off: set [wol] interface",
+        ));
+    };
+    let sent = waker.wake(mac).await.map_err(|e| {
+        HttpError::api(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot send the magic packet to {mac}: {e}"),
+        )
+    })?;
+    let detail = format!(
+        "{} UDP, {} raw, x{}",
+        sent.udp.len(),
+        if sent.raw { "1" } else { "0" },
+        sent.repeat
+    );
+    st.inventory.woken(mac, &detail);
+    tracing::info!(%mac, udp = ?sent.udp, raw = sent.raw, repeat = sent.repeat, "Wake-on-LAN sent");
+    Ok(sent)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WakeBody {
+    #[serde(default)]
+    macs: Vec<String>,
+    profile: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Pause between machines, so 300 power supplies do not start in the same second.
+    #[serde(default)]
+    stagger_ms: u64,
+}
+
+/// `POST /api/v1/wake` with `{"macs": [...], "profile": "worker", "labels": {"rack": "a"},
+/// "stagger_ms": 200}`: wake the listed MACs plus every machine of the profile (and labels).
+async fn wake_many(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    authorize(&st, &headers)?;
+    let req: WakeBody = body(&bytes)?;
+    if st.waker.is_none() {
+        return Err(HttpError::api(
+            StatusCode::CONFLICT,
+            "Wake-on-LAN is off: set [wol] interface",
+        ));
+    }
+    let mut targets = Vec::new();
+    for m in &req.macs {
+        targets.push(parse_mac(m)?);
+    }
+    if req.profile.is_some() || !req.labels.is_empty() {
+        let set = st.profiles.current();
+        if let Some(p) = &req.profile
+            && set.profile(p).is_none()
+        {
+            return Err(HttpError::api(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("no profile named {p:?}"),
+            ));
+        }
+        st.inventory.sync_profiles(&set);
+        let filter = Filter {
+            state: None,
+            profile: req.profile.clone(),
+        };
+        for m in st.inventory.list(&filter) {
+            if req.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v)) {
+                targets.push(m.mac);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|m| seen.insert(*m));
+    if targets.is_empty() {
+        return Err(HttpError::api(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no machine to wake: give macs, a profile or labels that match machines",
+        ));
+    }
+    if targets.len() > MAX_WAKE {
+        return Err(bad(format!("at most {MAX_WAKE} machines per call")));
+    }
+    let stagger = Duration::from_millis(req.stagger_ms).min(MAX_STAGGER);
+    let mut woken = Vec::new();
+    let mut failed = Vec::new();
+    for (i, mac) in targets.iter().enumerate() {
+        if i > 0 && !stagger.is_zero() {
+            tokio::time::sleep(stagger).await;
+        }
+        match wake(&st, *mac).await {
+            Ok(sent) => woken.push(json!({ "mac": mac, "sent": sent })),
+            Err(e) => failed.push(json!({ "mac": mac, "error": e.message })),
+        }
+    }
+    let status = if failed.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok(tagged(
+        (status, Json(json!({ "woken": woken, "failed": failed }))),
+        None,
+        &format!("wake x{}", woken.len()),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    mac: Option<String>,
+}
+
+/// `GET /api/v1/events[?mac=]`: Server-Sent Events. `ready` first, then one `transition` per
+/// change of boot state, in order; `resync` (with every machine) if this client fell behind.
+async fn events(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, HttpError> {
+    authorize_read(&st, &headers)?;
+    let only = q.mac.as_deref().map(parse_mac).transpose()?;
+    let rx = st.inventory.subscribe();
+    let ready = Event::default()
+        .event("ready")
+        .json_data(json!({ "machines": st.inventory.len() }))
+        .unwrap_or_default();
+    let shutdown = st.shutdown.clone();
+    let inv = st.inventory.clone();
+    let stream = futures_util::stream::unfold(
+        (Some(ready), rx, inv, shutdown),
+        move |(first, mut rx, inv, shutdown)| async move {
+            if let Some(ev) = first {
+                return Some((Ok::<_, Infallible>(ev), (None, rx, inv, shutdown)));
+            }
+            loop {
+                let got = tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    r = rx.recv() => r,
+                };
+                let ev = match got {
+                    Ok(t) if only.is_some_and(|m| m != t.mac) => continue,
+                    Ok(t) => Event::default().event("transition").json_data(&t),
+                    Err(RecvError::Lagged(missed)) => {
+                        let machines = inv.list(&Filter::default());
+                        Event::default()
+                            .event("resync")
+                            .json_data(json!({ "missed": missed, "machines": machines }))
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                let ev = ev.unwrap_or_default();
+                return Some((Ok(ev), (None, rx, inv, shutdown)));
+            }
+        },
+    );
+    Ok(tagged(
+        Sse::new(stream).keep_alive(KeepAlive::default()),
+        only,
+        "events",
+    ))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The booted OS reports in: `POST /api/v1/report?mac=…` with `state` (default
+/// `provisioned`) and `hostname` as form fields or query parameters; `GET` with the same query
+/// for clients that cannot POST. `provisioned` is on disk before the answer.
+async fn report(
+    State(st): State<HttpState>,
+    RawQuery(q): RawQuery,
+    body: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    let mut fields: HashMap<String, String> =
+        form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    if body.len() > 4096 {
+        return Err(HttpError::api(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "a report is a few form fields (mac, state, hostname)",
+        ));
+    }
+    fields.extend(form_urlencoded::parse(&body).into_owned());
+    let mac: MacAddr = fields
+        .get("mac")
+        .ok_or_else(|| bad("missing mac"))?
+        .parse()
+        .map_err(|e| bad(format!("mac: {e}")))?;
+    let state = fields
+        .get("state")
+        .map_or("provisioned", String::as_str)
+        .to_string();
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    };
+    if !token_ok(&state) {
+        return Err(
+            bad("state: letters, digits, '-', '_' or '.', at most 63").for_machine(mac, None)
+        );
+    }
+    let hostname = fields.get("hostname").filter(|h| !h.is_empty()).cloned();
+    if let Some(h) = &hostname
+        && !token_ok(h)
+    {
+        return Err(bad("hostname: not a host name").for_machine(mac, None));
+    }
+    st.inventory.report(mac, &state, hostname.clone());
+    st.inventory.flushed().await;
+    tracing::info!(%mac, %state, hostname = %hostname.as_deref().unwrap_or("-"), "machine reported");
+    Ok(tagged(
+        Json(json!({ "mac": mac.to_string(), "state": state })),
+        Some(mac),
+        &format!("report: {state}"),
+    ))
+}

@@ -1,0 +1,316 @@
+//! The inventory driven the way the services drive it, with tokio's clock paused for the
+//! timeouts.
+
+use std::time::Duration;
+
+use super::*;
+
+fn mac(n: u8) -> MacAddr {
+    MacAddr([0x52, 0x54, 0, 0, 0, n])
+}
+
+fn seen(event: &'static str, client: DhcpClient, ip: Option<Ipv4Addr>) -> DhcpSeen {
+    DhcpSeen {
+        event,
+        client,
+        profile: Some("worker".into()),
+        ip,
+        vendor_class: None,
+        guid: None,
+        arch_code: None,
+        hostname: None,
+    }
+}
+
+fn states(rec: &Record) -> Vec<BootState> {
+    rec.history
+        .iter()
+        .filter(|h| h.from.is_some())
+        .map(|h| h.state)
+        .collect()
+}
+
+/// One UEFI machine's whole install, as DHCP, TFTP, HTTP and the OS report it.
+fn walk_install(inv: &Inventory, m: MacAddr) {
+    let ip = Ipv4Addr::new(10, 0, 0, 5);
+    inv.dhcp(m, seen("offer", DhcpClient::Firmware, Some(ip)));
+    inv.dhcp(m, seen("ack", DhcpClient::Firmware, Some(ip)));
+    inv.tftp_fetched(m, "ipxe.efi");
+    inv.dhcp(m, seen("ack", DhcpClient::Ipxe, Some(ip)));
+    inv.served(m, "worker", "ipxe", Some(Step::Script), None);
+    inv.asset(m, "/assets/os/vmlinuz");
+    inv.asset(m, "/assets/os/initrd");
+    inv.dhcp(m, seen("ack", DhcpClient::Os, Some(ip)));
+    inv.served(m, "worker", "ignition", Some(Step::Config), None);
+    inv.report(m, "provisioned", None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wake_and_install_records_every_transition_in_order() {
+    let metrics = Metrics::new();
+    let inv = Inventory::new(Settings::default(), Some(metrics.clone()));
+    let mut rx = inv.subscribe();
+    let m = mac(1);
+    inv.woken(m, "test");
+    tokio::time::advance(Duration::from_secs(3)).await;
+    walk_install(&inv, m);
+    let rec = inv.get(m).unwrap();
+    use BootState as B;
+    let want = [
+        B::Waking,
+        B::Dhcp,
+        B::Firmware,
+        B::Ipxe,
+        B::Kernel,
+        B::Config,
+        B::Provisioned,
+    ];
+    assert_eq!(states(&rec), want);
+    assert_eq!(rec.state, B::Provisioned);
+    assert!(rec.provisioned);
+    assert_eq!(rec.ip, Some(Ipv4Addr::new(10, 0, 0, 5)));
+    for s in want {
+        assert!(rec.entered.contains_key(&s), "no time for {s}");
+    }
+    // The same order on the event stream.
+    let mut streamed = Vec::new();
+    while let Ok(t) = rx.try_recv() {
+        assert_eq!(t.mac, m);
+        streamed.push(t.to);
+    }
+    assert_eq!(streamed, want);
+    let wake = rec.wake.unwrap();
+    assert_eq!(wake.outcome, WakeOutcome::Answered);
+    assert_eq!(wake.answered_after_s, Some(3.0));
+    assert_eq!(wake.provisioned_after_s, Some(3.0));
+    assert!(
+        metrics
+            .encode()
+            .contains("kindling_wake_to_provisioned_seconds_count 1"),
+        "{}",
+        metrics.encode()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_marks_stalls_with_their_phase() {
+    let settings = Settings {
+        stall_after: Timeouts {
+            waking: Duration::from_secs(30),
+            kernel: Duration::from_secs(60),
+            ..Timeouts::default()
+        },
+        history: 64,
+    };
+    let inv = Arc::new(Inventory::new(settings, None));
+    let cancel = CancellationToken::new();
+    let sweeper = tokio::spawn(inv.clone().run_sweeper(cancel.clone()));
+    let (a, b) = (mac(1), mac(2));
+    inv.woken(a, "test");
+    inv.served(b, "worker", "ipxe", Some(Step::Script), None);
+    inv.asset(b, "/assets/k");
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(inv.get(a).unwrap().state, BootState::Waking);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ra = inv.get(a).unwrap();
+    assert_eq!(ra.state, BootState::Stalled);
+    assert_eq!(ra.stalled_in, Some(BootState::Waking));
+    assert_eq!(ra.wake.as_ref().unwrap().outcome, WakeOutcome::Unanswered);
+    assert!(
+        ra.history
+            .back()
+            .unwrap()
+            .event
+            .starts_with("no DHCP DISCOVER within 3"),
+        "{:?}",
+        ra.history.back()
+    );
+    assert_eq!(inv.get(b).unwrap().state, BootState::Kernel);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let rb = inv.get(b).unwrap();
+    assert_eq!(
+        (rb.state, rb.stalled_in),
+        (BootState::Stalled, Some(BootState::Kernel))
+    );
+    // The late DISCOVER still counts, as late; the stalled machine moves on when it does.
+    inv.dhcp(a, seen("offer", DhcpClient::Firmware, None));
+    let ra = inv.get(a).unwrap();
+    assert_eq!(ra.state, BootState::Dhcp);
+    assert_eq!(ra.wake.unwrap().outcome, WakeOutcome::Late);
+    inv.served(b, "worker", "ignition", Some(Step::Config), None);
+    assert_eq!(inv.get(b).unwrap().state, BootState::Config);
+    // Stalled once, not once per sweep.
+    let stalls = rb
+        .history
+        .iter()
+        .filter(|h| h.state == BootState::Stalled)
+        .count();
+    assert_eq!(stalls, 1);
+    cancel.cancel();
+    sweeper.await.unwrap();
+}
+
+#[test]
+fn next_boot_semantics() {
+    let after_local = Some(&AfterProvision::Local);
+    let other = AfterProvision::Profile("rescue".into());
+    // Never provisioned: the install; provisioned: the after-install rule.
+    assert_eq!(plan(None, false, after_local), Plan::Selected);
+    assert_eq!(plan(None, true, after_local), Plan::Local);
+    assert_eq!(
+        plan(None, true, Some(&other)),
+        Plan::Profile("rescue".into())
+    );
+    // Without a rule, the profile is served every time (live systems).
+    assert_eq!(plan(None, true, None), Plan::Selected);
+    // The operator's one-shot choice beats everything.
+    assert_eq!(
+        plan(Some(&NextBoot::Install), true, after_local),
+        Plan::Selected
+    );
+    assert_eq!(plan(Some(&NextBoot::Local), false, None), Plan::Local);
+    assert_eq!(
+        plan(
+            Some(&NextBoot::Profile {
+                profile: "memtest".into()
+            }),
+            true,
+            after_local
+        ),
+        Plan::Profile("memtest".into())
+    );
+
+    // Through the inventory: reinstall is served once, then the machine boots local again.
+    let inv = Inventory::default();
+    let m = mac(7);
+    walk_install(&inv, m);
+    assert_eq!(inv.plan(m, after_local), (Plan::Local, false));
+    inv.set_next_boot(m, Some(NextBoot::Install), "test");
+    assert_eq!(inv.plan(m, after_local), (Plan::Selected, true));
+    inv.consume_next_boot(m);
+    assert_eq!(inv.plan(m, after_local), (Plan::Local, false));
+    let rec = inv.get(m).unwrap();
+    assert!(rec.history.iter().any(|h| h.event.contains("reinstall")));
+}
+
+#[test]
+fn discovered_machines_and_lan_noise() {
+    let inv = Inventory::default();
+    let rom = DhcpSeen {
+        profile: None,
+        ..seen("discover", DhcpClient::Firmware, None)
+    };
+    inv.dhcp(mac(1), rom);
+    assert_eq!(inv.get(mac(1)).unwrap().state, BootState::Discovered);
+    // A phone asking the LAN's DHCP (proxy mode sees it) gets no record at all.
+    let phone = DhcpSeen {
+        profile: None,
+        ..seen("discover", DhcpClient::Os, None)
+    };
+    inv.dhcp(mac(2), phone);
+    assert!(inv.get(mac(2)).is_none());
+    inv.no_profile(mac(3), "ipxe");
+    assert_eq!(inv.get(mac(3)).unwrap().state, BootState::Discovered);
+    let filter = Filter {
+        state: Some(BootState::Discovered),
+        profile: None,
+    };
+    assert_eq!(inv.list(&filter).len(), 2);
+}
+
+#[test]
+fn retransmissions_fold_and_history_is_bounded() {
+    let inv = Inventory::new(
+        Settings {
+            history: 8,
+            ..Settings::default()
+        },
+        None,
+    );
+    let m = mac(1);
+    for _ in 0..5 {
+        inv.dhcp(m, seen("offer", DhcpClient::Firmware, None));
+    }
+    let rec = inv.get(m).unwrap();
+    assert_eq!(rec.history.len(), 2, "{:?}", rec.history);
+    assert_eq!(rec.history[0].from, Some(BootState::Unknown));
+    assert_eq!(rec.history[1].count, 4);
+    for i in 0..40 {
+        inv.asset(m, &format!("/assets/{i}"));
+    }
+    let rec = inv.get(m).unwrap();
+    assert_eq!(rec.history.len(), 8);
+    assert_eq!(rec.history.back().unwrap().event, "fetched /assets/39");
+}
+
+#[test]
+fn addresses_map_back_to_machines() {
+    let inv = Inventory::default();
+    let ip = Ipv4Addr::new(10, 0, 0, 9);
+    inv.dhcp(mac(1), seen("ack", DhcpClient::Firmware, Some(ip)));
+    assert_eq!(inv.mac_by_ip(ip), Some(mac(1)));
+    // The address moved to another machine.
+    inv.dhcp(mac(2), seen("ack", DhcpClient::Firmware, Some(ip)));
+    assert_eq!(inv.mac_by_ip(ip), Some(mac(2)));
+    inv.learn_ip(mac(3), Ipv4Addr::LOCALHOST);
+    assert_eq!(inv.mac_by_ip(Ipv4Addr::LOCALHOST), Some(mac(3)));
+}
+
+#[test]
+fn later_requests_inherit_earlier_facts() {
+    let inv = Inventory::default();
+    let m = mac(1);
+    let mut first = Facts::from_mac(m);
+    first.arch = Some("x86_64".into());
+    first.uuid = Some("u1".into());
+    first.labels.insert("serial".into(), "S1".into());
+    inv.observe(first);
+    let later = inv.observe(Facts::from_mac(m));
+    assert_eq!(later.arch.as_deref(), Some("x86_64"));
+    assert_eq!(later.uuid.as_deref(), Some("u1"));
+    assert!(later.labels.is_empty(), "labels are per request");
+    let mut changed = Facts::from_mac(m);
+    changed.arch = Some("arm64".into());
+    assert_eq!(inv.observe(changed).arch.as_deref(), Some("arm64"));
+    assert_eq!(inv.get(m).unwrap().hardware["serial"], "S1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bounded_and_declared_machines_stay() {
+    let inv = Inventory::default();
+    // A declared machine is never evicted, however stale.
+    inv.apply(mac(0), "test", "x".into(), None, |r, _| r.declared = true);
+    for i in 0..(MAX_MACHINES as u32 + 10) {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let b = i.to_be_bytes();
+        inv.observe(Facts::from_mac(MacAddr([2, 0, b[0], b[1], b[2], b[3]])));
+    }
+    assert_eq!(inv.len(), MAX_MACHINES);
+    assert!(inv.get(mac(0)).is_some(), "declared machine kept");
+    assert!(
+        inv.get(MacAddr([2, 0, 0, 0, 0, 0])).is_none(),
+        "oldest undeclared evicted"
+    );
+}
+
+#[tokio::test]
+async fn records_survive_the_store_and_flushed_waits_for_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(InventoryStore::open(dir.path()).unwrap());
+    let inv = Arc::new(Inventory::default());
+    let cancel = CancellationToken::new();
+    let writer = tokio::spawn(inv.clone().run_writer(store.clone(), cancel.clone()));
+    tokio::task::yield_now().await;
+    walk_install(&inv, mac(1));
+    inv.set_next_boot(mac(1), Some(NextBoot::Local), "test");
+    inv.flushed().await;
+    let stored = store.load().unwrap();
+    assert_eq!(stored, vec![inv.get(mac(1)).unwrap()]);
+    // A fresh inventory restored from it answers the same.
+    let again = Inventory::default();
+    again.restore(stored);
+    assert_eq!(again.get(mac(1)), inv.get(mac(1)));
+    assert_eq!(again.mac_by_ip(Ipv4Addr::new(10, 0, 0, 5)), Some(mac(1)));
+    cancel.cancel();
+    writer.await.unwrap();
+}

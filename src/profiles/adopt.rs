@@ -1,0 +1,139 @@
+//! Adopting a discovered machine: a `[[machine]]` entry appended to a profile file.
+//!
+//! The entry is plain TOML with a comment saying when and how it got there, appended after
+//! the operator's own text (comments and layout untouched), so the file stays the single
+//! place an operator reads. The write is atomic (a hidden temporary file renamed over the
+//! original, which the watcher ignores until the rename). The profiles are then reloaded; if
+//! they no longer load, the old text is put back and the reasons are returned.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use super::watch::Live;
+use crate::mac::MacAddr;
+
+/// Why an adoption did not happen.
+#[derive(Debug)]
+pub enum AdoptError {
+    /// The file could not be read or written.
+    Write(String),
+    /// The profiles do not load with the entry (file put back); the diagnostics.
+    Invalid(Vec<String>),
+}
+
+/// The TOML text of a `[[machine]]` entry.
+pub fn entry(
+    mac: MacAddr,
+    hostname: Option<&str>,
+    ip: Option<Ipv4Addr>,
+    labels: &BTreeMap<String, String>,
+    comment: &str,
+) -> Result<String, String> {
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut out = String::new();
+    for line in comment.lines() {
+        out.push_str(&format!("# {line}\n"));
+    }
+    out.push_str("[[machine]]\n");
+    out.push_str(&format!("mac = {}\n", quote(&mac.to_string())));
+    if let Some(h) = hostname {
+        if !super::valid_hostname(h) {
+            return Err(format!("invalid hostname {h:?}"));
+        }
+        out.push_str(&format!("hostname = {}\n", quote(h)));
+    }
+    if let Some(ip) = ip {
+        out.push_str(&format!("ip = {}\n", quote(&ip.to_string())));
+    }
+    if !labels.is_empty() {
+        out.push_str("[machine.labels]\n");
+        for (k, v) in labels {
+            let key_ok = !k.is_empty()
+                && k.len() <= 63
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !key_ok {
+                return Err(format!(
+                    "label name {k:?}: letters, digits, '-' and '_' only"
+                ));
+            }
+            out.push_str(&format!("{k} = {}\n", quote(v)));
+        }
+    }
+    Ok(out)
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.kindling-tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Append `entry` to the profile file at `path` and reload `live` (blocking). On a failed
+/// reload the file is restored and reloaded again.
+pub fn append_and_reload(live: &Live, path: &Path, entry: &str) -> Result<(), AdoptError> {
+    let old = std::fs::read_to_string(path)
+        .map_err(|e| AdoptError::Write(format!("cannot read {}: {e}", path.display())))?;
+    let mut new = old.clone();
+    if !new.is_empty() && !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push('\n');
+    new.push_str(entry);
+    write_atomic(path, &new)
+        .map_err(|e| AdoptError::Write(format!("cannot write {}: {e}", path.display())))?;
+    match live.reload() {
+        Ok(()) => Ok(()),
+        Err(diags) => {
+            let errors = diags.0.iter().map(|d| d.to_string()).collect();
+            if let Err(e) = write_atomic(path, &old) {
+                tracing::error!(path = %path.display(), error = %e, "cannot restore the profile file after a failed adoption");
+            }
+            let _ = live.reload();
+            Err(AdoptError::Invalid(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_is_valid_toml_and_quotes_everything() {
+        let mac: MacAddr = "52:54:00:aa:bb:cc".parse().unwrap();
+        let labels = BTreeMap::from([("rack".to_string(), "a\"1".to_string())]);
+        let text = entry(
+            mac,
+            Some("node-4"),
+            Some(Ipv4Addr::new(10, 0, 0, 4)),
+            &labels,
+            "adopted\nby test",
+        )
+        .unwrap();
+        assert!(
+            text.starts_with("# adopted\n# by test\n[[machine]]\n"),
+            "{text}"
+        );
+        let v: toml::Table = toml::from_str(&text).unwrap();
+        let m = &v["machine"].as_array().unwrap()[0];
+        assert_eq!(m["mac"].as_str(), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(m["ip"].as_str(), Some("10.0.0.4"));
+        assert_eq!(m["labels"]["rack"].as_str(), Some("a\"1"));
+        assert!(entry(mac, Some("bad host"), None, &BTreeMap::new(), "").is_err());
+        let bad_label = BTreeMap::from([("a b".to_string(), "x".to_string())]);
+        assert!(entry(mac, None, None, &bad_label, "").is_err());
+    }
+}
