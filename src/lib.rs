@@ -5,17 +5,20 @@
 //! - [`profiles`]: profile TOML files, selectors and their precedence, validation with
 //!   file:line errors, hot reload ([`profiles::watch`]).
 //! - [`render`]: minijinja templates (strict, sandboxed) and Ignition validation.
-//! - [`http`]: the Matchbox-compatible boot endpoints and static assets.
-//! - [`inventory`]: what each machine has reported and been served.
+//! - [`http`]: the Matchbox-compatible boot endpoints, static assets and the REST API
+//!   (machines, next boot, adoption, wake, Server-Sent Events, OpenAPI).
+//! - [`inventory`]: one durable record per machine, the boot-state machine
+//!   ([`inventory::state`]), history and the transition events every service feeds.
 //! - [`dhcp`]: full and proxy DHCP, relays, the PXE classifier, durable leases.
+//! - [`tftp`]: the TFTP service (RFC 1350 with blksize, tsize, timeout, windowsize).
+//! - [`wol`]: Wake-on-LAN magic packets (UDP broadcast and raw EtherType 0x0842).
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`client`]: the CLI's client of the API (`kindling machines|watch|wake`).
 //! - [`app`]: composition: bind, load, spawn services, graceful shutdown.
-//! - [`mac`], [`diag`]: the `MacAddr` type and `file:line: message` diagnostics.
-//!
-//! TFTP, DNS and Wake-on-LAN have config sections already and plug into [`app`] as services
-//! beside HTTP and DHCP.
+//! - [`mac`], [`diag`], [`net`], [`time_fmt`]: shared types and helpers.
 
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod dhcp;
 pub mod diag;

@@ -84,6 +84,61 @@ enum Command {
         #[arg(long)]
         vendor_class: Option<String>,
     },
+    /// List machines and their boot states (from a running daemon's API).
+    Machines {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only machines in this state (unknown, discovered, waking, dhcp, ..., stalled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only machines of this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow boot-state transitions live, one line each, until interrupted.
+    Watch {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this machine.
+        #[arg(long)]
+        mac: Option<MacAddr>,
+        /// Print each transition as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send Wake-on-LAN to machines: by MAC, or every machine of a profile (and labels).
+    Wake {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// MAC addresses.
+        macs: Vec<MacAddr>,
+        /// Every machine of this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Only machines with this label (key=value; repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Pause between machines, in milliseconds (power-on inrush), at most 5000.
+        #[arg(long, default_value_t = 0)]
+        stagger_ms: u64,
+    },
+}
+
+/// Where the API is and the token for it.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The daemon's HTTP address.
+    #[arg(long, env = "KINDLING_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The API bearer token.
+    #[arg(long, env = "KINDLING_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the token (first line).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -146,6 +201,110 @@ fn main() -> ExitCode {
             user_class,
             vendor_class,
         } => explain(&config, mac, arch, user_class, vendor_class),
+        Command::Machines {
+            api,
+            state,
+            profile,
+            json,
+        } => client_command(&api, |c| async move {
+            let list = c.machines(state.as_deref(), profile.as_deref()).await?;
+            if json {
+                let text = serde_json::to_string_pretty(&list).unwrap_or_default();
+                println!("{text}");
+            } else {
+                print!(
+                    "{}",
+                    kindling::client::table(&list, std::time::SystemTime::now())
+                );
+            }
+            Ok(())
+        }),
+        Command::Watch { api, mac, json } => client_command(&api, |c| async move {
+            let mac = mac.map(|m| m.to_string());
+            c.watch(mac.as_deref(), json, &mut std::io::stdout().lock())
+                .await
+        }),
+        Command::Wake {
+            api,
+            macs,
+            profile,
+            labels,
+            stagger_ms,
+        } => {
+            if macs.is_empty() && profile.is_none() && labels.is_empty() {
+                eprintln!("kindling wake: name MACs, --profile or --label");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            client_command(&api, |c| async move {
+                let macs: Vec<String> = macs.iter().map(ToString::to_string).collect();
+                let labels = labels.into_iter().collect();
+                let v = c
+                    .wake(&macs, profile.as_deref(), &labels, stagger_ms)
+                    .await?;
+                for w in v["woken"].as_array().into_iter().flatten() {
+                    println!("woken  {}", w["mac"].as_str().unwrap_or("?"));
+                }
+                let mut failed = false;
+                for f in v["failed"].as_array().into_iter().flatten() {
+                    failed = true;
+                    println!(
+                        "FAILED {}: {}",
+                        f["mac"].as_str().unwrap_or("?"),
+                        f["error"].as_str().unwrap_or("?")
+                    );
+                }
+                if failed {
+                    return Err(kindling::client::ClientError::Api {
+                        status: 207,
+                        message: "some machines were not woken".into(),
+                    });
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Run one API client command; errors go to stderr with exit code 1.
+fn client_command<F, Fut>(api: &ApiArgs, f: F) -> ExitCode
+where
+    F: FnOnce(kindling::client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kindling::client::ClientError>>,
+{
+    let token = match (&api.token, &api.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.lines().next().unwrap_or("").trim().to_string()),
+            Err(e) => {
+                eprintln!("kindling: cannot read {}: {e}", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None) => None,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kindling: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = kindling::client::Client::new(&api.url, token);
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = f(client) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kindling: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,326 @@
+//! The command-line client of the REST API: `kindling machines`, `kindling watch`,
+//! `kindling wake`. Plain HTTP to the daemon's API (`--url`, `KINDLING_URL`), with the bearer
+//! token from `--token`/`KINDLING_TOKEN` or `--token-file`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use crate::inventory::{Summary, Transition};
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon could not be reached.
+    #[error("cannot reach {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The daemon answered with an error.
+    #[error("{status}: {message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// Its `error` message.
+        message: String,
+    },
+    /// The answer was not what the API describes.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+    /// Writing the output failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A connection to one daemon's API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the daemon at `base` (e.g. `http://10.0.0.2:8080`).
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = r.send().await.map_err(|source| ClientError::Connect {
+            url: self.base.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    async fn json(&self, r: reqwest::RequestBuilder) -> Result<serde_json::Value, ClientError> {
+        let resp = self.send(r).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `GET /api/v1/machines`, filtered.
+    pub async fn machines(
+        &self,
+        state: Option<&str>,
+        profile: Option<&str>,
+    ) -> Result<Vec<Summary>, ClientError> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = state {
+            query.append_pair("state", s);
+        }
+        if let Some(p) = profile {
+            query.append_pair("profile", p);
+        }
+        let q = query.finish();
+        let path = if q.is_empty() {
+            "/api/v1/machines".to_string()
+        } else {
+            format!("/api/v1/machines?{q}")
+        };
+        let v = self.json(self.request(reqwest::Method::GET, &path)).await?;
+        serde_json::from_value(v["machines"].clone())
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /api/v1/wake`: the answer (`woken`, `failed`).
+    pub async fn wake(
+        &self,
+        macs: &[String],
+        profile: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        stagger_ms: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::json!({
+            "macs": macs,
+            "profile": profile,
+            "labels": labels,
+            "stagger_ms": stagger_ms,
+        });
+        let r = self
+            .request(reqwest::Method::POST, "/api/v1/wake")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        self.json(r).await
+    }
+
+    /// Follow `GET /api/v1/events`, writing one line per transition (or the raw JSON with
+    /// `json`), until the daemon ends the stream.
+    pub async fn watch(
+        &self,
+        mac: Option<&str>,
+        json: bool,
+        out: &mut impl Write,
+    ) -> Result<(), ClientError> {
+        let path = match mac {
+            Some(m) => format!("/api/v1/events?mac={m}"),
+            None => "/api/v1/events".to_string(),
+        };
+        let mut resp = self.send(self.request(reqwest::Method::GET, &path)).await?;
+        let mut parser = SseParser::default();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+        {
+            for (event, data) in parser.feed(&chunk) {
+                match event.as_str() {
+                    "transition" if json => writeln!(out, "{data}")?,
+                    "transition" => {
+                        let t: Transition = serde_json::from_str(&data)
+                            .map_err(|e| ClientError::Decode(e.to_string()))?;
+                        writeln!(out, "{}", transition_line(&t))?;
+                    }
+                    "ready" => writeln!(out, "# following {}{path}", self.base)?,
+                    "resync" => writeln!(out, "# fell behind: some transitions were missed")?,
+                    _ => {}
+                }
+                out.flush()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a Server-Sent Events byte stream into `(event, data)` pairs.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: String,
+}
+
+impl SseParser {
+    /// Add bytes; return every complete event.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.buf.push_str(&String::from_utf8_lossy(bytes));
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.find("\n\n") {
+            let block: String = self.buf.drain(..end + 2).collect();
+            let mut event = "message".to_string();
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            if !data.is_empty() {
+                out.push((event, data.join("\n")));
+            }
+        }
+        out
+    }
+}
+
+/// One transition as a line: time, MAC, hostname, from -> to, and why.
+pub fn transition_line(t: &Transition) -> String {
+    let to = match t.stalled_in {
+        Some(p) => format!("stalled (in {p})"),
+        None => t.to.to_string(),
+    };
+    format!(
+        "{}  {}  {:<16} {:>11} -> {:<20} {}: {}",
+        humantime::format_rfc3339_seconds(t.at.0),
+        t.mac,
+        t.hostname.as_deref().unwrap_or("-"),
+        t.from,
+        to,
+        t.source,
+        t.event
+    )
+}
+
+/// The machines as an aligned table.
+pub fn table(machines: &[Summary], now: SystemTime) -> String {
+    let mut rows = vec![[
+        "MAC".to_string(),
+        "HOSTNAME".into(),
+        "PROFILE".into(),
+        "IP".into(),
+        "STATE".into(),
+        "SINCE".into(),
+        "NEXT BOOT".into(),
+    ]];
+    for m in machines {
+        let state = match m.stalled_in {
+            Some(p) => format!("stalled ({p})"),
+            None => m.state.to_string(),
+        };
+        let ago = now.duration_since(m.state_since.0).unwrap_or_default();
+        let next = match &m.next_boot {
+            Some(crate::inventory::NextBoot::Install) => "install".to_string(),
+            Some(crate::inventory::NextBoot::Local) => "local".to_string(),
+            Some(crate::inventory::NextBoot::Profile { profile }) => format!("profile {profile}"),
+            None => "-".to_string(),
+        };
+        rows.push([
+            m.mac.to_string(),
+            m.hostname.clone().unwrap_or_else(|| "-".into()),
+            m.profile.clone().unwrap_or_else(|| "-".into()),
+            m.ip.map_or_else(|| "-".into(), |ip| ip.to_string()),
+            state,
+            format!(
+                "{} ago",
+                humantime::format_duration(Duration::from_secs(ago.as_secs()))
+            ),
+            next,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b"event: ready\ndata: {\"machines\"").is_empty());
+        let got = p.feed(b": 1}\n\n:keep-alive\n\nevent: transition\ndata: {}\n\n");
+        assert_eq!(
+            got,
+            vec![
+                ("ready".to_string(), "{\"machines\": 1}".to_string()),
+                ("transition".to_string(), "{}".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let m = Summary {
+            mac: "52:54:00:00:00:01".parse().unwrap(),
+            hostname: Some("worker-1".into()),
+            profile: Some("worker".into()),
+            ip: Some("10.0.0.21".parse().unwrap()),
+            state: crate::inventory::BootState::Stalled,
+            stalled_in: Some(crate::inventory::BootState::Kernel),
+            state_since: crate::time_fmt::Stamp(t0),
+            provisioned: false,
+            next_boot: Some(crate::inventory::NextBoot::Install),
+            labels: BTreeMap::new(),
+            last_seen: crate::time_fmt::Stamp(t0),
+        };
+        let text = table(&[m], t0 + Duration::from_secs(125));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].starts_with("MAC                HOSTNAME  PROFILE  IP"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("stalled (kernel)  2m 5s ago  install"),
+            "{text}"
+        );
+        assert_eq!(lines[0].find("STATE"), lines[1].find("stalled"));
+    }
+}
