@@ -2,6 +2,9 @@
 //! machine" in the other, joined by a veth pair. The API call sends the magic packet; the peer
 //! side sees the exact 102-byte payload as a UDP broadcast on port 9 and as a raw Ethernet
 //! frame with EtherType 0x0842 (captured with an AF_PACKET socket opened in its namespace).
+//! Then the woken machine's DHCP DISCOVER (udhcpc with its MAC) arrives in time and its
+//! record says so, while a machine that never answers is marked stalled in `waking`; waking a
+//! group goes by profile and label through `kindling wake`.
 
 mod common;
 
@@ -101,12 +104,17 @@ fn wake_sends_the_magic_packet_as_udp_broadcast_and_raw_frame() {
     write(
         dir.path(),
         "kindling.toml",
-        "[http]\nlisten = \"127.0.0.1:8080\"\n[wol]\ninterface = \"vs0\"\nrepeat = 2\n[api]\ntoken = \"t0ken\"\n",
+        "[http]\nlisten = \"127.0.0.1:8080\"\n[wol]\ninterface = \"vs0\"\nrepeat = 2\n[api]\ntoken = \"t0ken\"\n\
+         [inventory.stall_after]\nwaking = \"3s\"\n\
+         [dhcp]\nmode = \"full\"\ninterfaces = [\"vs0\"]\n\
+         [[dhcp.subnet]]\nnetwork = \"10.78.0.0/24\"\nrange = [\"10.78.0.100\", \"10.78.0.110\"]\nserver_ip = \"10.78.0.2\"\n",
     );
     write(
         dir.path(),
         "profiles/p.toml",
-        "default = true\n[boot]\nkernel = \"k\"\n",
+        "default = true\n[boot]\nkernel = \"k\"\n\
+         [[machine]]\nmac = \"52:54:00:78:00:09\"\nlabels = { rack = \"a\" }\n\
+         [[machine]]\nmac = \"52:54:00:78:00:0a\"\nlabels = { rack = \"b\" }\n",
     );
     let d = Daemon::start_in(&s, &dir.path().join("kindling.toml"));
     std::thread::sleep(Duration::from_millis(300)); // the capture thread opens its socket
@@ -139,11 +147,70 @@ fn wake_sends_the_magic_packet_as_udp_broadcast_and_raw_frame() {
     }
     assert_eq!(raw, 2, "two raw 0x0842 frames (repeat = 2)");
 
-    let rec = Command::new("ip")
-        .args(["netns", "exec", &s, "curl", "-s"])
-        .arg(format!("http://127.0.0.1:8080/api/v1/machines/{mac}"))
+    let record = |mac: &str| -> serde_json::Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &s, "curl", "-s"])
+            .arg(format!("http://127.0.0.1:8080/api/v1/machines/{mac}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let rec = record(mac);
+    assert_eq!(rec["state"], "waking", "{rec}");
+    assert_eq!(rec["wake"]["outcome"], "pending", "{rec}");
+
+    // The other machine of the profile, by label, through the CLI.
+    let other = "52:54:00:78:00:0a";
+    let out = Command::new("ip")
+        .args(["netns", "exec", &s, env!("CARGO_BIN_EXE_kindling"), "wake"])
+        .args(["--url", "http://127.0.0.1:8080", "--token", "t0ken"])
+        .args(["--profile", "p", "--label", "rack=b"])
         .output()
         .unwrap();
-    let rec = String::from_utf8_lossy(&rec.stdout);
-    assert!(rec.contains("\"state\":\"waking\""), "{rec}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), format!("woken  {other}"), "only rack b");
+
+    // The woken machine boots: its DHCP DISCOVER (udhcpc with its MAC) arrives in time.
+    ip(&["-n", &c, "link", "set", "vc0", "address", mac]);
+    let dhcp = Command::new("timeout")
+        .args([
+            "20", "ip", "netns", "exec", &c, "busybox", "udhcpc", "-i", "vc0",
+        ])
+        .args(["-n", "-q", "-f", "-s", "/bin/true", "-t", "4", "-T", "2"])
+        .output()
+        .unwrap();
+    assert!(dhcp.status.success(), "udhcpc: {dhcp:?}");
+    let rec = record(mac);
+    assert_eq!(rec["state"], "dhcp", "{rec}");
+    assert_eq!(rec["wake"]["outcome"], "answered", "{rec}");
+    assert!(
+        rec["wake"]["answered_after_s"].as_f64().unwrap() < 3.0,
+        "{rec}"
+    );
+
+    // The other one never answers: stalled in waking after the configured 3 s.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let rec = loop {
+        let rec = record(other);
+        if rec["state"] == "stalled" || std::time::Instant::now() > end {
+            break rec;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(rec["state"], "stalled", "{rec}");
+    assert_eq!(rec["stalled_in"], "waking", "{rec}");
+    assert_eq!(rec["wake"]["outcome"], "unanswered", "{rec}");
+    let last = rec["history"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["event"]
+            .as_str()
+            .unwrap()
+            .starts_with("no DHCP DISCOVER within"),
+        "{last}"
+    );
 }
