@@ -6,7 +6,9 @@
 //! Ignition config named on its kernel command line, checks it is JSON, reports to
 //! `/api/v1/report` with the hostname the config sets, and powers off. A scenario passes when
 //! every VM printed `KINDLING-LAB: DONE` with its own hostname and Kindling's record of it says
-//! `provisioned`. On failure the serial consoles and Kindling's log are printed.
+//! `provisioned` after exactly the boot states that firmware goes through (`dhcp`, `firmware`
+//! for OVMF, `ipxe`, `kernel`, `config`, `provisioned`), read back from the API. On failure the
+//! serial consoles and Kindling's log are printed.
 //!
 //! Scenarios run one at a time (TCG is CPU-bound on 2 cores): BIOS, UEFI, proxy mode beside
 //! dnsmasq (UEFI), and three BIOS VMs at once with a profile each. Needs root and the lab
@@ -314,7 +316,9 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
-    fn check_provisioned(&self, macs: &[String]) {
+    /// Every VM provisioned, with its own config, through exactly `states` (as the API's
+    /// history records the transitions).
+    fn check_provisioned(&self, macs: &[String], states: &[&str]) {
         for (i, mac) in macs.iter().enumerate() {
             let (_, serial) = self.vms.iter().find(|(m, _)| m == mac).unwrap();
             let text = std::fs::read_to_string(serial).unwrap();
@@ -326,6 +330,17 @@ impl Lab {
             assert_eq!(rec["state"], "provisioned", "{rec}");
             assert_eq!(rec["hostname"], format!("node-{i}"), "{rec}");
             assert!(rec["provisioned_at"].is_string(), "{rec}");
+            let seen: Vec<&str> = rec["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h.get("from").is_some())
+                .filter_map(|h| h["state"].as_str())
+                .collect();
+            assert_eq!(seen, states, "VM {mac}'s boot states: {rec:#}");
+            for s in states {
+                assert!(rec["entered"][s].is_string(), "no time for {s}: {rec}");
+            }
         }
     }
 }
@@ -353,7 +368,19 @@ fn scenario(tag: &str, fw: Firmware, mode: &str, vms: u8, limit: Duration) -> La
         macs.len(),
         started.elapsed()
     );
-    lab.check_provisioned(&macs);
+    // iPXE ROMs (QEMU's BIOS) start at iPXE; OVMF's PXE client fetches ipxe.efi first.
+    let states: &[&str] = match fw {
+        Firmware::Bios => &["dhcp", "ipxe", "kernel", "config", "provisioned"],
+        Firmware::Uefi => &[
+            "dhcp",
+            "firmware",
+            "ipxe",
+            "kernel",
+            "config",
+            "provisioned",
+        ],
+    };
+    lab.check_provisioned(&macs, states);
     lab
 }
 

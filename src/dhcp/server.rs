@@ -124,13 +124,8 @@ impl Client {
     fn seen(&self, event: &'static str, ip: Option<Ipv4Addr>) -> DhcpSeen {
         let client = if self.decision.ipxe {
             DhcpClient::Ipxe
-        } else if self.decision.firmware.is_some()
-            || self
-                .info
-                .vendor_class
-                .as_deref()
-                .is_some_and(|v| v.starts_with("PXEClient") || v.starts_with("HTTPClient"))
-        {
+        } else if self.decision.vendor_class.is_some() {
+            // Option 60 PXEClient/HTTPClient: a ROM or UEFI network stack, not an OS.
             DhcpClient::Firmware
         } else {
             DhcpClient::Os

@@ -662,7 +662,7 @@ impl Inventory {
         self.apply(mac, "dhcp", event, step, |rec, now| {
             rec.dhcp_event = Some(seen.event.to_string());
             if let Some(ip) = seen.ip
-                && matches!(seen.event, "ack" | "offer")
+                && !matches!(seen.event, "release" | "decline" | "nak")
             {
                 rec.ip = Some(ip);
             }
