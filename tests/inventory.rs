@@ -217,6 +217,22 @@ fn watch_and_machines_follow_a_boot_and_the_record_survives_kill_9() {
         "{metrics}"
     );
 
+    // A broken edit is a counted reload error; the last good profiles stay.
+    std::fs::write(dir.path().join("profiles/bad.toml"), "[boot\n").unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (_, m) = curl(&[&d.url("/metrics")]);
+        if m.contains("kindling_profile_reload_errors_total 1") || Instant::now() > end {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics.contains("kindling_profile_reload_errors_total 1"),
+        "{metrics}"
+    );
+    std::fs::remove_file(dir.path().join("profiles/bad.toml")).unwrap();
+
     // Mutations need the token; a reinstall is pending when the daemon is killed.
     let reinstall = d.url(&format!("/api/v1/machines/{MAC1}/reinstall"));
     let (code, body) = curl(&["-X", "POST", &reinstall]);

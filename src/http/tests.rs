@@ -633,6 +633,29 @@ async fn reinstall_serves_the_install_once_then_local_boot() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
+    // Another profile once: its script, then its config too (not the selected profile's:
+    // with os=old only `broken` renders an invalid config).
+    let (_, body) = get_from(&f, &ipxe, [10, 0, 0, 50]).await;
+    assert!(body.contains("profile broken"), "{body}");
+    assert!(
+        body.contains("kernel http://10.0.0.2:8080/assets/k"),
+        "{body}"
+    );
+    let (status, _, ign) = get(&f, &format!("/ignition?mac={N1}&os=old")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{ign}");
+    assert!(ign.contains("profile \"broken\""), "{ign}");
+    let (_, m) = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None).await;
+    assert_eq!(m["booting_profile"], "broken", "{m}");
+    assert!(m["next_boot"].is_null(), "used up: {m}");
+    let (status, v) = api(
+        &f,
+        "PUT",
+        &nb,
+        Some("s3cret"),
+        Some(json!({"boot": "local"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
     let (status, v) = api(&f, "DELETE", &nb, Some("s3cret"), None).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert!(v["next_boot"].is_null());

@@ -517,7 +517,7 @@ impl Inventory {
         event: String,
         step: Option<Step>,
         update: impl FnOnce(&mut Record, SystemTime),
-    ) -> Record {
+    ) {
         let now = self.now();
         let mut inner = self.lock();
         let rec = Self::entry(&mut inner, mac, now);
@@ -540,9 +540,8 @@ impl Inventory {
                 count: 1,
             },
         );
-        let rec = rec.clone();
         if let Some(to) = to {
-            self.announce(&rec, from, to, source, &event);
+            self.announce(rec, from, to, source, &event);
         }
         if let Some(ip) = rec.ip {
             inner.by_ip.insert(ip, mac);
@@ -551,7 +550,6 @@ impl Inventory {
         inner.generation += 1;
         drop(inner);
         self.changed.notify_one();
-        rec
     }
 
     /// Move `rec` into `to` (and the bookkeeping that goes with particular states).
@@ -813,7 +811,9 @@ impl Inventory {
             }
             None => format!("next boot cleared (by {by})"),
         };
-        self.apply(mac, "api", event, None, |rec, _| rec.next_boot = next)
+        self.apply(mac, "api", event, None, |rec, _| rec.next_boot = next);
+        self.get(mac)
+            .unwrap_or_else(|| Record::new(mac, self.now()))
     }
 
     /// The one-shot next boot of `mac` was served: it is used up.

@@ -695,3 +695,51 @@ fn an_address_belongs_to_one_machine() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn after_provision_names_local_or_another_profile() {
+    let (_d, set) = ok(&[
+        (
+            "install.toml",
+            &format!(
+                "after_provision = \"local\"\n{BOOT}[[machine]]\nmac = \"52:54:00:00:00:01\"\nlabels = {{ rack = \"a\" }}\n"
+            ),
+        ),
+        (
+            "rescue.toml",
+            &format!("after_provision = \"install\"\n{BOOT}"),
+        ),
+    ]);
+    let install = set.profile("install").unwrap();
+    assert_eq!(
+        install.after_provision,
+        Some(crate::inventory::AfterProvision::Local)
+    );
+    assert_eq!(
+        set.profile("rescue").unwrap().after_provision,
+        Some(crate::inventory::AfterProvision::Profile("install".into()))
+    );
+    let m = &set.machines[&"52:54:00:00:00:01".parse().unwrap()];
+    assert_eq!(m.labels["rack"], "a");
+    // The local-disk script of an install profile.
+    let f = facts("52:54:00:00:00:01");
+    let local = set
+        .render_local(install, Some(m), &f, "http://10.0.0.2:8080")
+        .unwrap();
+    assert!(local.body.contains("\nexit"), "{}", local.body);
+    assert!(!local.body.contains("kernel "), "{}", local.body);
+
+    let errs = errors(&[
+        ("a.toml", &format!("after_provision = \"ghost\"\n{BOOT}")),
+        ("b.toml", &format!("after_provision = \"b\"\n{BOOT}")),
+    ]);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("profiles/a.toml:1: after_provision = \"ghost\": no such profile"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("profiles/b.toml:1: after_provision = \"b\" names this profile itself"),
+        "{errs:#?}"
+    );
+}
