@@ -238,10 +238,15 @@ async fn set_next_boot(
             format!("no profile named {profile:?}"),
         ));
     }
-    let rec = st.inventory.set_next_boot(mac, Some(next), "api");
+    Ok(next_boot(&st, mac, Some(next), "api: next-boot").await)
+}
+
+/// Set (or clear) the next boot, wait until it is on disk, answer with the machine.
+async fn next_boot(st: &HttpState, mac: MacAddr, next: Option<NextBoot>, served: &str) -> Response {
+    let rec = st.inventory.set_next_boot(mac, next, "api");
     st.inventory.flushed().await;
     tracing::info!(%mac, next_boot = ?rec.next_boot, "next boot set");
-    Ok(tagged(Json(rec.summary()), Some(mac), "api: next-boot"))
+    tagged(Json(rec.summary()), Some(mac), served)
 }
 
 /// `DELETE /api/v1/machines/{mac}/next-boot`: back to the profile's rules.
@@ -258,9 +263,7 @@ async fn clear_next_boot(
             format!("no record of {mac}"),
         ));
     }
-    let rec = st.inventory.set_next_boot(mac, None, "api");
-    st.inventory.flushed().await;
-    Ok(tagged(Json(rec.summary()), Some(mac), "api: next-boot"))
+    Ok(next_boot(&st, mac, None, "api: next-boot").await)
 }
 
 /// `POST /api/v1/machines/{mac}/reinstall`: its next `/ipxe` serves its own profile's
@@ -272,12 +275,7 @@ async fn reinstall(
 ) -> Result<Response, HttpError> {
     authorize(&st, &headers)?;
     let mac = parse_mac(&mac)?;
-    let rec = st
-        .inventory
-        .set_next_boot(mac, Some(NextBoot::Install), "api");
-    st.inventory.flushed().await;
-    tracing::info!(%mac, "reinstall requested");
-    Ok(tagged(Json(rec.summary()), Some(mac), "api: reinstall"))
+    Ok(next_boot(&st, mac, Some(NextBoot::Install), "api: reinstall").await)
 }
 
 #[derive(Debug, Deserialize)]

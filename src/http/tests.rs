@@ -420,6 +420,10 @@ async fn random_paths_and_queries_never_panic_or_500() {
         "/assets/",
         "/healthz",
         "/",
+        "/api/v1/machines",
+        "/api/v1/machines/52:54:00:00:00:01",
+        "/api/v1/report",
+        "/api/v1/nope",
     ];
     for _ in 0..3000 {
         let mut q = String::new();
@@ -438,6 +442,38 @@ async fn random_paths_and_queries_never_panic_or_500() {
             s.is_success() || s.is_client_error() || s.is_redirection() || uri.contains("os=old"),
             "{uri}: {s}"
         );
+    }
+    // Odd bodies to every mutating API call, with the token: JSON errors, never a 500.
+    let bodies = [
+        "",
+        "{",
+        "[]",
+        "null",
+        "{\"boot\": 1}",
+        "{\"profile\": \"node\", \"ip\": \"::1\"}",
+        "{\"macs\": [\"zz\"]}",
+        "{\"profile\": \"node\", \"hostname\": \"a b\"}",
+        "\u{0}\u{ff}",
+    ];
+    let calls = [
+        ("PUT", "/api/v1/machines/52:54:00:00:00:01/next-boot"),
+        ("POST", "/api/v1/machines/52:54:00:00:00:09/adopt"),
+        ("POST", "/api/v1/wake"),
+        ("POST", "/api/v1/machines/zz/reinstall"),
+    ];
+    for (method, uri) in calls {
+        for b in bodies {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::AUTHORIZATION, "Bearer s3cret")
+                .body(Body::from(b))
+                .unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let s = resp.status();
+            assert!(s.is_client_error(), "{method} {uri} {b:?}: {s}");
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        }
     }
 }
 
