@@ -22,10 +22,10 @@ want=()
 for purpose in "${@:-test}"; do
   case "$purpose" in
     run) want+=(ipxe ca-certificates) ;;
-    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa)
+    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa bind9-dnsutils)
           want+=("${lab[@]}") ;;
     lab) want+=("${lab[@]}") ;;
-    bench) want+=(ipxe curl wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa) ;;
+    bench) want+=(ipxe curl wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa dnsperf) ;;
     *) echo "setup.sh: unknown purpose '$purpose' (run, test, lab, bench)" >&2; exit 64 ;;
   esac
 done

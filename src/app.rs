@@ -60,6 +60,8 @@ pub struct Bound {
     pub dhcp: Vec<crate::dhcp::server::Listener>,
     /// The TFTP socket, when enabled.
     pub tftp: Option<tokio::net::UdpSocket>,
+    /// DNS: UDP and TCP on one port, when enabled.
+    pub dns: Option<(tokio::net::UdpSocket, TcpListener)>,
 }
 
 impl Bound {
@@ -108,7 +110,25 @@ impl Bound {
         } else {
             None
         };
-        Ok(Bound { http, dhcp, tftp })
+        let dns = if config.dns.enabled {
+            let udp = tokio::net::UdpSocket::bind(config.dns.listen)
+                .await
+                .with_context(|| format!("cannot listen for DNS on {} (UDP)", config.dns.listen))?;
+            // Port 0: TCP on the port UDP got.
+            let addr = udp.local_addr()?;
+            let tcp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for DNS on {addr} (TCP)"))?;
+            Some((udp, tcp))
+        } else {
+            None
+        };
+        Ok(Bound {
+            http,
+            dhcp,
+            tftp,
+            dns,
+        })
     }
 
     /// The bound HTTP address.
@@ -188,6 +208,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     tracker.spawn(inventory.clone().run_sweeper(token.clone()));
 
+    let mut dhcp_service = None;
     if !bound.dhcp.is_empty() {
         let store = if config.dhcp.mode == DhcpMode::Full {
             let state_dir = config.paths.state.clone();
@@ -215,6 +236,7 @@ pub async fn run(
         }
         let service = Arc::new(service);
         crate::dhcp::server::Service::export_pools(&service, &metrics);
+        dhcp_service = Some(service.clone());
         for listener in std::mem::take(&mut bound.dhcp) {
             tracing::info!(iface = %listener.iface, port = listener.port, addrs = ?listener.addrs, mode = ?config.dhcp.mode, "listening for DHCP on {}", listener.iface);
             tracker.spawn(service.clone().run(listener, token.clone()));
@@ -235,6 +257,42 @@ pub async fn run(
         ));
         tracing::info!(ipxe_binaries = %config.paths.ipxe_binaries.display(), assets = %config.paths.assets.display(), "listening for TFTP on {addr}");
         tracker.spawn(service.run(socket, token.clone()));
+    }
+
+    if let Some((udp, tcp)) = bound.dns.take() {
+        let addr = udp.local_addr().context("DNS socket")?;
+        let networks: Vec<ipnet::Ipv4Net> = config.dhcp.subnets.iter().map(|s| s.network).collect();
+        let ns_ip = config.server.advertise_ip.or_else(|| {
+            let ip = addr.ip();
+            (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+        });
+        let dns = Arc::new(
+            crate::dns::Dns::new(&config.dns, &networks, ns_ip).map_err(|e| anyhow::anyhow!(e))?,
+        );
+        let leases: Option<Arc<dyn crate::dns::LeaseSource>> = match &dhcp_service {
+            Some(s) => {
+                // Lease changes wake the DNS refresher.
+                let (from, to) = (s.lease_changed.clone(), dns.changed.clone());
+                let cancel = token.clone();
+                tracker.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = from.notified() => to.notify_one(),
+                        }
+                    }
+                });
+                Some(s.clone() as Arc<dyn crate::dns::LeaseSource>)
+            }
+            None => None,
+        };
+        dns.refresh(&live, leases.as_deref(), crate::dns::unix_now());
+        tracing::info!(domain = %config.dns.domain.as_deref().unwrap_or("-"), upstreams = ?config.dns.upstreams, "listening for DNS on {addr}");
+        tracker.spawn(
+            dns.clone()
+                .run_refresher(live.clone(), leases, token.clone()),
+        );
+        tracker.spawn(dns.serve(udp, tcp, token.clone()));
     }
 
     let waker = crate::wol::Waker::new(&config.wol)

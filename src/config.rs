@@ -246,16 +246,64 @@ impl Default for TftpConfig {
     }
 }
 
-/// `[dns]`: the DNS service (implemented in a later release; the section is reserved).
+/// `[dns]`: the DNS service (see [`crate::dns`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Whether to serve DNS.
     pub enabled: bool,
-    /// Listen address (UDP and TCP).
+    /// Listen address (UDP and TCP on the same port).
     pub listen: SocketAddr,
     /// The zone Kindling is authoritative for, e.g. `lab.example`.
     pub domain: Option<String>,
+    /// TTL of the records built from profiles and leases (and the SOA's negative TTL).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Where names outside Kindling's zones go: `IP` or `IP:port`. Empty: answer REFUSED.
+    pub upstreams: Vec<String>,
+    /// Per-zone forwarders (`corp.example` → `10.0.0.53`), more specific than `upstreams`.
+    pub forward: Vec<ForwardZone>,
+    /// Clients that may use forwarding. Empty: loopback and the `[[dhcp.subnet]]` networks.
+    /// Kindling's own zones answer everyone who can reach the socket.
+    pub allow_recursion: Vec<ipnet::IpNet>,
+    /// Networks to serve reverse (`in-addr.arpa`) zones for, beyond the DHCP subnets.
+    pub reverse_networks: Vec<ipnet::Ipv4Net>,
+    /// Static records.
+    pub record: Vec<StaticRecord>,
+}
+
+/// `[[dns.forward]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardZone {
+    /// The zone, e.g. `corp.example`.
+    pub zone: String,
+    /// Its servers: `IP` or `IP:port`.
+    pub servers: Vec<String>,
+}
+
+/// `[[dns.record]]`: a static record, or a wildcard/name over machines' addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRecord {
+    /// Relative to `dns.domain` (`ingress`, `*.apps`, `@`), or absolute with a final dot.
+    pub name: String,
+    /// `A`, `AAAA`, `CNAME`, `TXT` or `SRV`.
+    #[serde(rename = "type")]
+    pub rtype: String,
+    /// One value: an address, a name, a text, or `priority weight port target` for SRV.
+    pub value: Option<String>,
+    /// Several values.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// A/AAAA only: the addresses of the declared machines with these labels.
+    #[serde(default)]
+    pub machines: std::collections::BTreeMap<String, String>,
+    /// A/AAAA only: the addresses of the declared machines of this profile.
+    pub profile: Option<String>,
+    /// Its TTL; default `dns.ttl`.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
 }
 
 impl Default for DnsConfig {
@@ -264,6 +312,12 @@ impl Default for DnsConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 5353)),
             domain: None,
+            ttl: Duration::from_secs(60),
+            upstreams: Vec::new(),
+            forward: Vec::new(),
+            allow_recursion: Vec::new(),
+            reverse_networks: Vec::new(),
+            record: Vec::new(),
         }
     }
 }
@@ -389,6 +443,9 @@ impl Config {
                 }),
                 "tftp.max_transfers and tftp.timeout must be above zero",
             ));
+        }
+        for msg in crate::dns::check_config(&config.dns) {
+            errors.push(Diagnostic::new(path, line_of_key("[dns"), msg));
         }
         if let Some(pw) = &config.wol.password
             && let Err(msg) = crate::wol::parse_password(pw)

@@ -10,6 +10,8 @@
 //! - [`inventory`]: one durable record per machine, the boot-state machine
 //!   ([`inventory::state`]), history and the transition events every service feeds.
 //! - [`dhcp`]: full and proxy DHCP, relays, the PXE classifier, durable leases.
+//! - [`dns`]: authoritative zones from profiles, leases and static records; forwarding for
+//!   allowed clients (hickory-server).
 //! - [`tftp`]: the TFTP service (RFC 1350 with blksize, tsize, timeout, windowsize).
 //! - [`wol`]: Wake-on-LAN magic packets (UDP broadcast and raw EtherType 0x0842).
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
@@ -22,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod dhcp;
 pub mod diag;
+pub mod dns;
 pub mod http;
 pub mod inventory;
 pub mod mac;

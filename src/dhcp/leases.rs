@@ -165,6 +165,11 @@ impl Pool {
         self.put(lease);
     }
 
+    /// Every lease, by address.
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.by_ip.values()
+    }
+
     /// The lease of `ip`, if any.
     pub fn lease(&self, ip: Ipv4Addr) -> Option<&Lease> {
         self.by_ip.get(&ip)

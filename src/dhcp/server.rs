@@ -162,6 +162,8 @@ pub struct Service {
     writes: Option<mpsc::Sender<Write>>,
     profiles: Arc<Live>,
     inventory: Arc<Inventory>,
+    /// Poked when a lease is granted, released or declined (DNS follows leases).
+    pub lease_changed: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
     boot_files: BootFiles,
     base_url: String,
@@ -272,6 +274,7 @@ impl Service {
             writes,
             profiles,
             inventory,
+            lease_changed: Arc::new(tokio::sync::Notify::new()),
             metrics,
             boot_files: d.boot_files.clone(),
             base_url,
@@ -545,6 +548,7 @@ impl Service {
                 None
             }
             Action::Persist { lease, kind, .. } => {
+                self.lease_changed.notify_one();
                 let event = if kind == MessageType::Decline {
                     "decline"
                 } else {
@@ -581,7 +585,12 @@ impl Service {
                 };
                 let bytes = encode(&msg, mac, xid)?;
                 Some(match lease {
-                    Some(lease) => Out::Write(lease, Some((bytes, to))),
+                    Some(lease) => {
+                        if lease.state == crate::dhcp::leases::State::Bound {
+                            self.lease_changed.notify_one();
+                        }
+                        Out::Write(lease, Some((bytes, to)))
+                    }
                     None => Out::Send(bytes, to),
                 })
             }
@@ -696,5 +705,31 @@ fn encode(msg: &Message, mac: MacAddr, xid: u32) -> Option<Vec<u8>> {
             tracing::error!(%mac, xid, error = %e, "cannot encode DHCP reply");
             None
         }
+    }
+}
+
+impl crate::dns::LeaseSource for Service {
+    fn named_leases(&self) -> Vec<crate::dns::LeaseName> {
+        let subnets = self.subnets.lock().unwrap_or_else(|e| e.into_inner());
+        subnets
+            .iter()
+            .flat_map(|s| s.pool.leases())
+            .filter(|l| l.state == crate::dhcp::leases::State::Bound)
+            .filter_map(|l| {
+                Some(crate::dns::LeaseName {
+                    hostname: l.hostname.clone()?,
+                    ip: l.ip,
+                    expires: l.expires,
+                })
+            })
+            .collect()
+    }
+
+    fn networks(&self) -> Vec<ipnet::Ipv4Net> {
+        let subnets = self.subnets.lock().unwrap_or_else(|e| e.into_inner());
+        subnets
+            .iter()
+            .filter_map(|s| ipnet::Ipv4Net::new(s.network, s.prefix_len).ok())
+            .collect()
     }
 }

