@@ -280,3 +280,119 @@ fn a_bad_dns_config_is_a_check_error() {
     assert!(err.contains("\"not-an-ip\": not IP or IP:port"), "{err}");
     assert!(err.contains("type \"MX\""), "{err}");
 }
+
+/// A DHCP client's name appears in DNS with its lease (A and PTR) and goes away when the
+/// lease expires, without a restart. Network namespaces: Kindling (DHCP on a veth, DNS on the
+/// namespace's loopback) and a busybox udhcpc that sends its hostname and then stays quiet.
+#[test]
+fn a_lease_name_appears_and_expires() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("SKIP a_lease_name_appears_and_expires: needs root for network namespaces");
+        return;
+    }
+    for tool in ["dig", "busybox", "ip"] {
+        if !common::have(tool) {
+            eprintln!(
+                "SKIP a_lease_name_appears_and_expires: {tool} is not installed (scripts/setup.sh test)"
+            );
+            return;
+        }
+    }
+    let net = common::Netns::new(&["ns", "nc"]);
+    let (s, c) = (net.names[0].clone(), net.names[1].clone());
+    net.veth(&s, "vs0", &c, "vc0");
+    common::ip(&["-n", &s, "addr", "add", "10.76.0.2/24", "dev", "vs0"]);
+    common::ip(&["-n", &s, "link", "set", "vs0", "up"]);
+    common::ip(&["-n", &c, "link", "set", "vc0", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "kindling.toml",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[dns]\nenabled = true\nlisten = \"127.0.0.1:0\"\ndomain = \"lab.example\"\n\
+         [dhcp]\nmode = \"full\"\ninterfaces = [\"vs0\"]\nlease_time = \"6s\"\n\
+         [[dhcp.subnet]]\nnetwork = \"10.76.0.0/24\"\nrange = [\"10.76.0.100\", \"10.76.0.110\"]\nserver_ip = \"10.76.0.2\"\n",
+    );
+    write(
+        dir.path(),
+        "profiles/any.toml",
+        "default = true\n[boot]\nkernel = \"k\"\n",
+    );
+    let d = Daemon::start_in(&s, &dir.path().join("kindling.toml"));
+    let port = dns_port(&d).to_string();
+    let dig_in = |args: &[&str]| -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &s,
+                "dig",
+                "@127.0.0.1",
+                "-p",
+                &port,
+                "+time=2",
+                "+tries=1",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status(&dig_in(&["leasebox.lab.example"])), "NXDOMAIN");
+    // A free address of the subnet: answered here (its reverse zone), not forwarded.
+    assert_eq!(status(&dig_in(&["-x", "10.76.0.105"])), "NXDOMAIN");
+
+    let out = Command::new("timeout")
+        .args([
+            "20", "ip", "netns", "exec", &c, "busybox", "udhcpc", "-i", "vc0", "-n", "-q", "-f",
+        ])
+        .args([
+            "-s",
+            "/bin/true",
+            "-t",
+            "4",
+            "-T",
+            "2",
+            "-x",
+            "hostname:leasebox",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let ip = text
+        .lines()
+        .find_map(|l| l.split("lease of ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("udhcpc got no lease: {text}"))
+        .to_string();
+    let granted = Instant::now();
+    let end = granted + Duration::from_secs(3);
+    while dig_in(&["leasebox.lab.example", "+short"]).trim() != ip {
+        assert!(
+            Instant::now() < end,
+            "the lease name did not appear:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        dig_in(&["-x", &ip, "+short"]).trim(),
+        "leasebox.lab.example."
+    );
+    // udhcpc -q does not renew: after 6 s the lease expires and the name goes.
+    let end = granted + Duration::from_secs(15);
+    while status(&dig_in(&["leasebox.lab.example"])) != "NXDOMAIN" {
+        assert!(
+            Instant::now() < end,
+            "the name outlived its lease:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        granted.elapsed() >= Duration::from_secs(5),
+        "gone before the lease ended: {:?}",
+        granted.elapsed()
+    );
+}

@@ -311,3 +311,69 @@ impl RequestHandler for Handler {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct FakeLeases(Mutex<Vec<LeaseName>>);
+
+    impl LeaseSource for FakeLeases {
+        fn named_leases(&self) -> Vec<LeaseName> {
+            self.0.lock().unwrap().clone()
+        }
+        fn networks(&self) -> Vec<ipnet::Ipv4Net> {
+            vec!["10.0.0.0/24".parse().unwrap()]
+        }
+    }
+
+    #[test]
+    fn the_serial_moves_only_when_the_zones_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        std::fs::write(dir.path().join("p/n.toml"), "[boot]\nkernel = \"k\"\n").unwrap();
+        let sources = crate::profiles::Sources {
+            profiles: dir.path().join("p"),
+            scripts: dir.path().join("none"),
+        };
+        let set = crate::profiles::ProfileSet::load(&sources, "http://x").unwrap();
+        let live = Live::new(sources, "http://x".into(), set);
+        let config = DnsConfig {
+            enabled: true,
+            domain: Some("lab.example".into()),
+            ..DnsConfig::default()
+        };
+        let dns = Dns::new(&config, &[], None).unwrap();
+        let leases = FakeLeases(Mutex::new(vec![LeaseName {
+            hostname: "box".into(),
+            ip: "10.0.0.7".parse().unwrap(),
+            expires: 2_000_000_000,
+        }]));
+        let now = 1_900_000_000;
+        let s1 = dns.refresh(&live, Some(&leases), now);
+        assert_eq!(
+            s1, 1_900_000_000,
+            "starts at the Unix time: never behind a restart"
+        );
+        assert_eq!(
+            dns.refresh(&live, Some(&leases), now + 5),
+            s1,
+            "nothing changed"
+        );
+        leases.0.lock().unwrap().push(LeaseName {
+            hostname: "box2".into(),
+            ip: "10.0.0.8".parse().unwrap(),
+            expires: 2_000_000_000,
+        });
+        let s2 = dns.refresh(&live, Some(&leases), now + 6);
+        assert!(s2 > s1);
+        // Expiry is a change too.
+        let s3 = dns.refresh(&live, Some(&leases), 2_000_000_001);
+        assert!(s3 > s2);
+        let served = dns.served.load();
+        // The subnet's reverse zone stays (empty), so PTR queries never leak upstream.
+        assert_eq!(served.authoritative.len(), 2);
+        assert_eq!(dns.state.lock().unwrap().0.len(), 2, "NS records only");
+    }
+}

@@ -397,6 +397,14 @@ pub fn build(
     let mut nets: Vec<Ipv4Net> = subnets.to_vec();
     nets.extend(config.reverse_networks.iter().copied());
     let mut reverse: BTreeMap<Name, Vec<Record>> = BTreeMap::new();
+    // The configured networks' reverse zones exist even when empty: a PTR query for a free
+    // address gets NXDOMAIN here instead of leaking to the upstream servers.
+    for net in &nets {
+        let zone = reverse_origin(*net);
+        reverse
+            .entry(zone.clone())
+            .or_insert_with(|| vec![Record::from_rdata(zone, ttl, RData::NS(NS(ns.clone())))]);
+    }
     for (n, ip) in &names {
         let IpAddr::V4(v4) = ip else { continue };
         let net = nets
@@ -419,4 +427,181 @@ pub fn build(
     zones.insert(origin, forward);
     zones.extend(reverse);
     (Zones { zones }, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profiles::{ProfileSet, Sources};
+
+    fn profiles(text: &str) -> (tempfile::TempDir, ProfileSet) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        std::fs::write(dir.path().join("p/node.toml"), text).unwrap();
+        let set = ProfileSet::load(
+            &Sources {
+                profiles: dir.path().join("p"),
+                scripts: dir.path().join("none"),
+            },
+            "http://10.0.0.2:8080",
+        )
+        .unwrap();
+        (dir, set)
+    }
+
+    fn config(extra: &str) -> DnsConfig {
+        let text = format!("[dns]\nenabled = true\ndomain = \"lab.example\"\n{extra}");
+        crate::config::Config::parse(std::path::Path::new("/k.toml"), &text)
+            .unwrap()
+            .dns
+    }
+
+    fn names(z: &Zones) -> Vec<String> {
+        let mut out: Vec<String> = z
+            .zones
+            .values()
+            .flatten()
+            .filter(|r| !matches!(r.data, RData::NS(_)))
+            .map(|r| format!("{} {}", r.name, r.data))
+            .collect();
+        out.sort();
+        out
+    }
+
+    const NODES: &str = "[boot]\nkernel = \"k\"\n\
+        [[machine]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"node1\"\nip = \"10.0.0.11\"\n\
+        [[machine]]\nmac = \"52:54:00:00:00:02\"\nhostname = \"node2.lab.example\"\nip = \"10.0.1.12\"\n";
+
+    fn lease(h: &str, ip: [u8; 4], expires: u64) -> LeaseName {
+        LeaseName {
+            hostname: h.into(),
+            ip: Ipv4Addr::from(ip),
+            expires,
+        }
+    }
+
+    #[test]
+    fn lease_names_come_and_go_with_their_leases() {
+        let (_d, set) = profiles(NODES);
+        let cfg = config("");
+        let leases = [
+            lease("Box-7", [10, 0, 0, 107], 1_000),
+            lease("node1", [10, 0, 0, 99], 1_000), // the profile's name wins
+            lease("bad_name!", [10, 0, 0, 98], 1_000),
+            lease("dup", [10, 0, 0, 50], 900),
+            lease("dup", [10, 0, 0, 51], 950), // the later expiry wins
+        ];
+        let subnets = ["10.0.0.0/24".parse().unwrap()];
+        let (live, warnings) = build(&cfg, &set, &leases, &subnets, None, 800);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            names(&live),
+            [
+                "107.0.0.10.in-addr.arpa. box-7.lab.example.",
+                "11.0.0.10.in-addr.arpa. node1.lab.example.",
+                "12.1.0.10.in-addr.arpa. node2.lab.example.",
+                "51.0.0.10.in-addr.arpa. dup.lab.example.",
+                "box-7.lab.example. 10.0.0.107",
+                "dup.lab.example. 10.0.0.51",
+                "node1.lab.example. 10.0.0.11",
+                "node2.lab.example. 10.0.1.12",
+            ]
+        );
+        // Reverse zones: the DHCP subnet, and a /24 for an address outside it.
+        let origins: Vec<String> = live.zones.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            origins,
+            [
+                "0.0.10.in-addr.arpa.",
+                "1.0.10.in-addr.arpa.",
+                "lab.example."
+            ]
+        );
+        // Time passes: the leases expire, the profile names stay.
+        let (expired, _) = build(&cfg, &set, &leases, &subnets, None, 1_000);
+        assert_eq!(
+            names(&expired),
+            [
+                "11.0.0.10.in-addr.arpa. node1.lab.example.",
+                "12.1.0.10.in-addr.arpa. node2.lab.example.",
+                "node1.lab.example. 10.0.0.11",
+                "node2.lab.example. 10.0.1.12",
+            ]
+        );
+        assert_ne!(live, expired);
+    }
+
+    #[test]
+    fn reverse_origins_round_to_octets() {
+        let o = |n: &str| reverse_origin(n.parse().unwrap()).to_string();
+        assert_eq!(o("10.1.2.0/24"), "2.1.10.in-addr.arpa.");
+        assert_eq!(o("10.1.0.0/20"), "1.10.in-addr.arpa.");
+        assert_eq!(o("10.0.0.0/8"), "10.in-addr.arpa.");
+        assert_eq!(o("10.1.2.128/25"), "2.1.10.in-addr.arpa.");
+    }
+
+    #[test]
+    fn static_records_and_their_errors() {
+        let (_d, set) = profiles(NODES);
+        let cfg = config(
+            "[[dns.record]]\nname = \"*.apps\"\ntype = \"A\"\nprofile = \"node\"\n\
+             [[dns.record]]\nname = \"ext.\"\ntype = \"AAAA\"\nvalue = \"fd00::1\"\nttl = \"5m\"\n",
+        );
+        let (z, w) = build(&cfg, &set, &[], &[], Some("10.0.0.2".parse().unwrap()), 0);
+        assert!(w.is_empty(), "{w:?}");
+        let all = names(&z);
+        assert!(
+            all.contains(&"*.apps.lab.example. 10.0.0.11".to_string()),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&"*.apps.lab.example. 10.0.1.12".to_string()),
+            "{all:?}"
+        );
+        assert!(all.contains(&"ext. fd00::1".to_string()), "{all:?}");
+        assert!(
+            all.contains(&"ns.lab.example. 10.0.0.2".to_string()),
+            "{all:?}"
+        );
+        for (extra, want) in [
+            (
+                "[[dns.record]]\nname = \"a\"\ntype = \"A\"\nvalue = \"10.0.0.300\"\n",
+                "is not an IPv4",
+            ),
+            (
+                "[[dns.record]]\nname = \"a\"\ntype = \"MX\"\nvalue = \"x\"\n",
+                "one of A, AAAA",
+            ),
+            (
+                "[[dns.record]]\nname = \"a\"\ntype = \"SRV\"\nvalue = \"1 2 x\"\n",
+                "priority weight port target",
+            ),
+            (
+                "[[dns.record]]\nname = \"a\"\ntype = \"CNAME\"\nvalues = [\"b\", \"c\"]\n",
+                "one value",
+            ),
+            (
+                "[[dns.record]]\nname = \"a\"\ntype = \"TXT\"\nmachines = { r = \"x\" }\n",
+                "must be A or AAAA",
+            ),
+            (
+                "[[dns.record]]\nname = \"a\"\ntype = \"A\"\n",
+                "needs value",
+            ),
+            ("upstreams = [\"1.2.3.4:x\"]\n", "not IP or IP:port"),
+        ] {
+            let text = format!("[dns]\nenabled = true\ndomain = \"lab.example\"\n{extra}");
+            let err = crate::config::Config::parse(std::path::Path::new("/k.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        let err = crate::config::Config::parse(
+            std::path::Path::new("/k.toml"),
+            "[dns]\nenabled = true\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dns.domain is required"), "{err}");
+    }
 }
