@@ -270,7 +270,7 @@ pub async fn run(
             crate::dns::Dns::new(&config.dns, &networks, ns_ip).map_err(|e| anyhow::anyhow!(e))?,
         );
         let leases: Option<Arc<dyn crate::dns::LeaseSource>> = match &dhcp_service {
-            Some(s) => {
+            Some(s) if config.dhcp.mode == DhcpMode::Full => {
                 // Lease changes wake the DNS refresher.
                 let (from, to) = (s.lease_changed.clone(), dns.changed.clone());
                 let cancel = token.clone();
@@ -284,7 +284,24 @@ pub async fn run(
                 });
                 Some(s.clone() as Arc<dyn crate::dns::LeaseSource>)
             }
-            None => None,
+            // No lease table here: the inventory's addresses (proxy DHCP, HTTP requests);
+            // its transitions wake the refresher.
+            _ => {
+                let mut events = inventory.subscribe();
+                let (to, cancel) = (dns.changed.clone(), token.clone());
+                tracker.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            r = events.recv() => match r {
+                                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => to.notify_one(),
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                            },
+                        }
+                    }
+                });
+                Some(inventory.clone() as Arc<dyn crate::dns::LeaseSource>)
+            }
         };
         dns.refresh(&live, leases.as_deref(), crate::dns::unix_now());
         tracing::info!(domain = %config.dns.domain.as_deref().unwrap_or("-"), upstreams = ?config.dns.upstreams, "listening for DNS on {addr}");

@@ -113,7 +113,8 @@ fn lab(dns: &str) -> tempfile::TempDir {
         "[boot]\nkernel = \"k\"\n\
          [[machine]]\nmac = \"52:54:00:dd:00:01\"\nhostname = \"node1\"\nip = \"10.10.0.11\"\nlabels = { role = \"ingress\" }\n\
          [[machine]]\nmac = \"52:54:00:dd:00:02\"\nhostname = \"node2\"\nip = \"10.10.0.12\"\nlabels = { role = \"ingress\" }\n\
-         [[machine]]\nmac = \"52:54:00:dd:00:03\"\nhostname = \"db\"\nip = \"10.10.0.13\"\n",
+         [[machine]]\nmac = \"52:54:00:dd:00:03\"\nhostname = \"db\"\nip = \"10.10.0.13\"\n\
+         [[machine]]\nmac = \"52:54:00:dd:00:05\"\nhostname = \"web\"\n",
     );
     dir
 }
@@ -227,6 +228,61 @@ fn zones_forwarding_refusal_truncation_and_serials() {
         dig(p, &["-x", "10.10.0.14", "+short"]).trim(),
         "node4.lab.example."
     );
+
+    // hickory's own resolver gets the same answers.
+    let resolved = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use hickory_server::net::runtime::TokioRuntimeProvider;
+            use hickory_server::resolver::Resolver;
+            use hickory_server::resolver::config::{NameServerConfig, ResolverConfig};
+            let mut ns = NameServerConfig::udp_and_tcp("127.0.0.1".parse().unwrap());
+            for c in &mut ns.connections {
+                c.port = p;
+            }
+            let resolver = Resolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], vec![ns]),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+            .unwrap();
+            let ips = resolver.lookup_ip("node2.lab.example.").await.unwrap();
+            let names = resolver
+                .reverse_lookup("10.10.0.11".parse::<std::net::IpAddr>().unwrap())
+                .await
+                .unwrap();
+            (
+                ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+                names
+                    .answers()
+                    .iter()
+                    .map(|r| r.data.to_string())
+                    .collect::<Vec<_>>(),
+            )
+        });
+    assert_eq!(
+        resolved,
+        (
+            vec!["10.10.0.12".to_string()],
+            vec!["node1.lab.example.".to_string()]
+        )
+    );
+
+    // Without DHCP leases, the inventory names machines: `web` has no address in its profile;
+    // its iPXE request from 127.0.0.1 gives it one.
+    let out = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null"])
+        .arg(d.url("/ipxe?mac=52:54:00:dd:00:05"))
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let end = Instant::now() + Duration::from_secs(5);
+    while dig(p, &["web.lab.example", "+short"]).trim() != "127.0.0.1" {
+        assert!(Instant::now() < end, "web never named:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Malformed packets: a bounded flood, then it still answers at once.
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();

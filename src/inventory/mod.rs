@@ -1090,6 +1090,29 @@ impl Inventory {
     }
 }
 
+/// Without a DHCP lease table of its own (proxy mode, or DHCP off), DNS names the machines
+/// the inventory knows an address for: the profile's hostname, and the address DHCP (proxy)
+/// or the machine's own HTTP requests came from.
+impl crate::dns::LeaseSource for Inventory {
+    fn named_leases(&self) -> Vec<crate::dns::LeaseName> {
+        self.lock()
+            .machines
+            .values()
+            .filter_map(|r| {
+                Some(crate::dns::LeaseName {
+                    hostname: r.hostname.clone()?,
+                    ip: r.ip?,
+                    expires: u64::MAX,
+                })
+            })
+            .collect()
+    }
+
+    fn networks(&self) -> Vec<ipnet::Ipv4Net> {
+        Vec::new()
+    }
+}
+
 /// Append to a bounded history, folding an exact repeat of the last entry into it.
 fn push_history(history: &mut VecDeque<HistoryEntry>, max: usize, entry: HistoryEntry) {
     if let Some(last) = history.back_mut()
