@@ -313,12 +313,30 @@ fn zones_forwarding_refusal_truncation_and_serials() {
     );
     assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
 
+    // TCP: garbage, a length prefix promising more than comes, then a hang-up.
+    for junk in [
+        &b"\x00\x05hello"[..],
+        b"\xff\xff",
+        b"\x00\x0c\x12\x34\x01\x00\x00\x01",
+    ] {
+        use std::io::Write as _;
+        let mut t = std::net::TcpStream::connect(("127.0.0.1", p)).unwrap();
+        let _ = t.write_all(junk);
+    }
+    assert_eq!(
+        dig(p, &["node1.lab.example", "+short", "+tcp"]).trim(),
+        "10.10.0.11"
+    );
+
     // Without upstreams, names outside the zones are REFUSED for everyone.
     let dir2 = lab("");
     let d2 = Daemon::start(&dir2.path().join("kindling.toml"));
     let p2 = dns_port(&d2);
     assert_eq!(status(&dig(p2, &["outside.test"])), "REFUSED");
     assert_eq!(dig(p2, &["db.lab.example", "+short"]).trim(), "10.10.0.13");
+    // DNS stops with the other services.
+    assert!(d2.terminate().success());
+    assert!(d.terminate().success());
 }
 
 #[test]
