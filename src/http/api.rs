@@ -137,6 +137,52 @@ fn authorize_read(st: &HttpState, headers: &HeaderMap) -> Result<(), HttpError> 
     }
 }
 
+/// The caller of a mutating call: extracting it checks the bearer token (401/403 first,
+/// before anything else about the request).
+struct Operator;
+
+impl axum::extract::FromRequestParts<HttpState> for Operator {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &HttpState,
+    ) -> Result<Self, HttpError> {
+        authorize(st, &parts.headers).map(|()| Operator)
+    }
+}
+
+/// The caller of a read: checks the token only with `api.read_requires_token`.
+struct Reader;
+
+impl axum::extract::FromRequestParts<HttpState> for Reader {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &HttpState,
+    ) -> Result<Self, HttpError> {
+        authorize_read(st, &parts.headers).map(|()| Reader)
+    }
+}
+
+/// The `{mac}` of the path, parsed (a JSON 400 when it is not a MAC).
+struct MacPath(MacAddr);
+
+impl axum::extract::FromRequestParts<HttpState> for MacPath {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &HttpState,
+    ) -> Result<Self, HttpError> {
+        let Path(mac) = Path::<String>::from_request_parts(parts, st)
+            .await
+            .map_err(|e| bad(e.body_text()))?;
+        parse_mac(&mac).map(MacPath)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -147,10 +193,9 @@ struct ListQuery {
 /// `GET /api/v1/machines?state=&profile=`: every machine, short form.
 async fn machines(
     State(st): State<HttpState>,
-    headers: HeaderMap,
+    _: Reader,
     RawQuery(q): RawQuery,
 ) -> Result<Response, HttpError> {
-    authorize_read(&st, &headers)?;
     let q: ListQuery = serde_urlencoded(q.as_deref().unwrap_or(""))?;
     let filter = Filter {
         state: q
@@ -181,11 +226,9 @@ fn serde_urlencoded<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, HttpEr
 /// `GET /api/v1/machines/{mac}`: one machine with its history.
 async fn machine(
     State(st): State<HttpState>,
-    headers: HeaderMap,
-    Path(mac): Path<String>,
+    _: Reader,
+    MacPath(mac): MacPath,
 ) -> Result<Response, HttpError> {
-    authorize_read(&st, &headers)?;
-    let mac = parse_mac(&mac)?;
     st.inventory.sync_profiles(&st.profiles.current());
     match st.inventory.get(mac) {
         Some(rec) => Ok(tagged(Json(rec), Some(mac), "api: machine")),
@@ -209,12 +252,10 @@ struct NextBootBody {
 /// `{"boot": "profile", "profile": "name"}`: what its next `/ipxe` serves, once.
 async fn set_next_boot(
     State(st): State<HttpState>,
-    headers: HeaderMap,
-    Path(mac): Path<String>,
+    _: Operator,
+    MacPath(mac): MacPath,
     bytes: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
-    authorize(&st, &headers)?;
-    let mac = parse_mac(&mac)?;
     let req: NextBootBody = body(&bytes)?;
     let next = match (req.boot.as_str(), req.profile) {
         ("install", None) => NextBoot::Install,
@@ -252,11 +293,9 @@ async fn next_boot(st: &HttpState, mac: MacAddr, next: Option<NextBoot>, served:
 /// `DELETE /api/v1/machines/{mac}/next-boot`: back to the profile's rules.
 async fn clear_next_boot(
     State(st): State<HttpState>,
-    headers: HeaderMap,
-    Path(mac): Path<String>,
+    _: Operator,
+    MacPath(mac): MacPath,
 ) -> Result<Response, HttpError> {
-    authorize(&st, &headers)?;
-    let mac = parse_mac(&mac)?;
     if st.inventory.get(mac).is_none() {
         return Err(HttpError::api(
             StatusCode::NOT_FOUND,
@@ -270,11 +309,9 @@ async fn clear_next_boot(
 /// install once, even though it is provisioned; after that, its after-install boot again.
 async fn reinstall(
     State(st): State<HttpState>,
-    headers: HeaderMap,
-    Path(mac): Path<String>,
+    _: Operator,
+    MacPath(mac): MacPath,
 ) -> Result<Response, HttpError> {
-    authorize(&st, &headers)?;
-    let mac = parse_mac(&mac)?;
     Ok(next_boot(&st, mac, Some(NextBoot::Install), "api: reinstall").await)
 }
 
@@ -293,12 +330,10 @@ struct AdoptBody {
 /// reload that fails puts the file back as it was and answers 422 with the reasons.
 async fn adopt(
     State(st): State<HttpState>,
-    headers: HeaderMap,
-    Path(mac): Path<String>,
+    _: Operator,
+    MacPath(mac): MacPath,
     bytes: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
-    authorize(&st, &headers)?;
-    let mac = parse_mac(&mac)?;
     let req: AdoptBody = body(&bytes)?;
     let set = st.profiles.current();
     let Some(profile) = set.profile(&req.profile) else {
@@ -386,11 +421,9 @@ async fn adopt(
 /// `POST /api/v1/machines/{mac}/wake`: magic packets through `[wol] interface`.
 async fn wake_one(
     State(st): State<HttpState>,
-    headers: HeaderMap,
-    Path(mac): Path<String>,
+    _: Operator,
+    MacPath(mac): MacPath,
 ) -> Result<Response, HttpError> {
-    authorize(&st, &headers)?;
-    let mac = parse_mac(&mac)?;
     let sent = wake(&st, mac).await?;
     Ok(tagged(
         Json(json!({ "mac": mac.to_string(), "sent": sent })),
@@ -440,10 +473,9 @@ struct WakeBody {
 /// "stagger_ms": 200}`: wake the listed MACs plus every machine of the profile (and labels).
 async fn wake_many(
     State(st): State<HttpState>,
-    headers: HeaderMap,
+    _: Operator,
     bytes: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
-    authorize(&st, &headers)?;
     let req: WakeBody = body(&bytes)?;
     if st.waker.is_none() {
         return Err(HttpError::api(
@@ -521,10 +553,9 @@ struct EventsQuery {
 /// change of boot state, in order; `resync` (with every machine) if this client fell behind.
 async fn events(
     State(st): State<HttpState>,
-    headers: HeaderMap,
+    _: Reader,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, HttpError> {
-    authorize_read(&st, &headers)?;
     let only = q.mac.as_deref().map(parse_mac).transpose()?;
     let rx = st.inventory.subscribe();
     let ready = Event::default()
