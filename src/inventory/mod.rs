@@ -45,6 +45,11 @@ pub const MAX_MACHINES: usize = 65_536;
 /// Keys of the `/ipxe` request that are hardware facts (kept in the record).
 const HARDWARE_KEYS: &[&str] = &["serial", "manufacturer", "product", "memory"];
 
+/// The writer's pause after a commit, so a burst of changes is written as one batch. Leases
+/// are durable before their ACK on their own; the OS's report and API changes wait for the
+/// commit (`flushed`).
+const WRITE_GATHER: Duration = Duration::from_millis(100);
+
 /// Transitions buffered for slow event subscribers; one that falls further behind resyncs.
 const EVENT_BUFFER: usize = 4096;
 
@@ -1031,8 +1036,9 @@ impl Inventory {
         }
     }
 
-    /// Write changed records to `store` until cancelled, in batches: while one commit runs,
-    /// later changes gather for the next. Ends with a last commit.
+    /// Write changed records to `store` until cancelled, in batches: while one commit runs
+    /// (and for [`WRITE_GATHER`] after it), later changes gather for the next. Ends with a
+    /// last commit.
     pub async fn run_writer(
         self: Arc<Self>,
         store: Arc<InventoryStore>,
@@ -1074,6 +1080,12 @@ impl Inventory {
             self.committed.send_replace(generation);
             if stopping {
                 return;
+            }
+            // Let changes gather: in a boot storm one record changes several times a second
+            // (offer, ack, iPXE's exchange), and is then serialised and written once.
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(WRITE_GATHER) => {}
             }
         }
     }

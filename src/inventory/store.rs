@@ -16,6 +16,9 @@ use crate::mac::MacAddr;
 
 const MACHINES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("machines");
 
+/// redb's page cache for this database.
+const CACHE_BYTES: usize = 8 << 20;
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,7 +64,12 @@ impl InventoryStore {
             path: dir.display().to_string(),
             source,
         })?;
-        let db = Database::create(dir.join("inventory.redb")).map_err(redb::Error::from)?;
+        // A small page cache: the inventory is read once at start and then only written
+        // (redb's default cache would grow with every record written in a boot storm).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("inventory.redb"))
+            .map_err(redb::Error::from)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(MACHINES).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
