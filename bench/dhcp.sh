@@ -22,13 +22,8 @@ rounds=${1:-3}
 secs=${2:-5}
 clients=60000
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "bench/dhcp.sh: needs root (network namespaces)" >&2
-  exit 1
-fi
-scripts/setup.sh bench >/dev/null
-cargo build --locked --release -q
-bin=$PWD/target/release/kindling
+source bench/lib.sh
+bench_prepare bench/dhcp.sh
 dnsmasq=$(command -v dnsmasq || echo /usr/sbin/dnsmasq)
 kea=$(command -v kea-dhcp4 || echo /usr/sbin/kea-dhcp4)
 
@@ -36,14 +31,6 @@ work=$(mktemp -d)
 tag="kdb$$"
 srv="${tag}s"
 cli="${tag}c"
-pid=""
-stop_server() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=""
-  fi
-}
 cleanup() {
   stop_server
   ip netns del "$srv" 2>/dev/null || true
@@ -175,7 +162,6 @@ for r in $(seq "$rounds"); do
   done
 done
 
-median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 k=$(median <<<"${peaks[kindling]}")
 echo
 printf '%-10s %16s %18s %10s %11s\n' "server" "peak DORA/s" "clean rate (>=99%)" "peak RSS" "kindling/x"

@@ -15,26 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 secs=${2:-10}
-if [ "$(id -u)" -ne 0 ]; then
-  echo "bench/dns.sh: needs root (network namespace)" >&2
-  exit 1
-fi
-scripts/setup.sh bench >/dev/null
-cargo build --locked --release -q
-bin=$PWD/target/release/kindling
+source bench/lib.sh
+bench_prepare bench/dns.sh
 dnsmasq=$(command -v dnsmasq || echo /usr/sbin/dnsmasq)
 
 work=$(mktemp -d)
 chmod 755 "$work"
 ns="kdn$$"
-pid=""
-stop_server() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=""
-  fi
-}
 cleanup() {
   stop_server
   ip netns del "$ns" 2>/dev/null || true
@@ -121,7 +108,6 @@ run() {
 
 rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0; }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 declare -A qps lat rss
 for server in kindling dnsmasq; do

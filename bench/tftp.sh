@@ -15,14 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-if [ "$(id -u)" -ne 0 ]; then
-  echo "bench/tftp.sh: needs root (network namespace, port 69)" >&2
-  exit 1
-fi
-scripts/setup.sh bench >/dev/null
-cargo build --locked --release -q
+source bench/lib.sh
+bench_prepare bench/tftp.sh
 cargo build --locked --release -q --example tftp_load
-bin=$PWD/target/release/kindling
 load=$PWD/target/release/examples/tftp_load
 dnsmasq=$(command -v dnsmasq || echo /usr/sbin/dnsmasq)
 tftpd=$(command -v in.tftpd || echo /usr/sbin/in.tftpd)
@@ -30,14 +25,6 @@ tftpd=$(command -v in.tftpd || echo /usr/sbin/in.tftpd)
 work=$(mktemp -d)
 chmod 755 "$work"
 ns="ktb$$"
-pid=""
-stop_server() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=""
-  fi
-}
 cleanup() {
   stop_server
   ip netns del "$ns" 2>/dev/null || true
@@ -126,7 +113,6 @@ for r in $(seq "$rounds"); do
   done
 done
 
-median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 printf '%-9s %4s %5s %3s | %-27s | %-27s | %-27s | %7s %7s\n' file N blk win \
   "kindling MB/s p50/p99 ms" "tftpd-hpa MB/s p50/p99 ms" "dnsmasq MB/s p50/p99 ms" "k/hpa" "k/dnsm"
 for cell in "${cells[@]}"; do

@@ -1,0 +1,29 @@
+# Shared by the benchmarks: sourced, not run. Sets $bin (release Kindling) and provides the
+# server start/stop bookkeeping ($pid) and the median of the rounds.
+
+# Root check, Debian packages, release build. $1: the script's name for messages.
+bench_prepare() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "$1: needs root (network namespaces)" >&2
+    exit 1
+  fi
+  scripts/setup.sh bench >/dev/null
+  cargo build --locked --release -q
+  bin=$PWD/target/release/kindling
+}
+
+# Stop the server started last (its PID in $pid), if any.
+pid=""
+stop_server() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=""
+  fi
+}
+
+# The median of the numbers on stdin (separated by spaces or newlines).
+median() {
+  tr -s ' \n' '\n\n' | awk 'NF' | sort -g |
+    awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'
+}
