@@ -303,7 +303,7 @@ pub async fn run(
                 Some(inventory.clone() as Arc<dyn crate::dns::LeaseSource>)
             }
         };
-        dns.refresh(&live, leases.as_deref(), crate::dns::unix_now());
+        dns.refresh(&live, leases.as_deref(), crate::time_fmt::unix_now());
         tracing::info!(domain = %config.dns.domain.as_deref().unwrap_or("-"), upstreams = ?config.dns.upstreams, "listening for DNS on {addr}");
         tracker.spawn(
             dns.clone()

@@ -149,7 +149,7 @@ pub struct DhcpConfig {
     /// The interfaces DHCP answers on; never all interfaces.
     pub interfaces: Vec<String>,
     /// The iPXE binary each firmware family gets.
-    pub boot_files: crate::dhcp::pxe::BootFiles,
+    pub boot_files: crate::pxe::BootFiles,
     /// Lease time of bound addresses (subnets may override).
     #[serde(with = "humantime_serde")]
     pub lease_time: Duration,
@@ -453,7 +453,7 @@ impl Config {
             errors.push(Diagnostic::new(path, line_of_key("password"), msg));
         }
         for (fw, file) in config.dhcp.boot_files.all() {
-            if let Err(msg) = check_boot_file(file) {
+            if let Err(msg) = crate::pxe::check_boot_file(file) {
                 errors.push(Diagnostic::new(
                     path,
                     line_of_key(fw.name()),
@@ -586,26 +586,6 @@ fn check_dhcp(path: &Path, source: &str, config: &Config) -> Vec<Diagnostic> {
         }
     }
     errors
-}
-
-/// A boot file name must fit the BOOTP `file` field and stay inside the binaries directory.
-pub fn check_boot_file(file: &str) -> Result<(), String> {
-    use crate::dhcp::pxe::MAX_BOOT_FILE_LEN;
-    if file.is_empty() {
-        return Err("boot file name is empty".into());
-    }
-    if file.len() > MAX_BOOT_FILE_LEN {
-        return Err(format!(
-            "boot file name is {} bytes; at most {MAX_BOOT_FILE_LEN} fit the DHCP file field",
-            file.len()
-        ));
-    }
-    if file.starts_with('/') || file.split('/').any(|c| c == "..") || file.contains(['\\', '\0']) {
-        return Err(format!(
-            "boot file {file:?} must be a relative path without '..'"
-        ));
-    }
-    Ok(())
 }
 
 /// iPXE (Debian's 2019 build) speaks plain HTTP only; a base URL must be `http://host[:port]`.

@@ -20,6 +20,7 @@
 //! - [`mac`], [`diag`], [`net`], [`time_fmt`]: shared types and helpers.
 
 pub mod app;
+pub mod boot_state;
 pub mod client;
 pub mod config;
 pub mod dhcp;
@@ -31,7 +32,10 @@ pub mod mac;
 pub mod metrics;
 pub mod net;
 pub mod profiles;
+pub mod pxe;
 pub mod render;
+#[cfg(test)]
+mod testkit;
 pub mod tftp;
 pub mod time_fmt;
 pub mod wol;

@@ -459,7 +459,7 @@ fn explain(
     user_class: Option<String>,
     vendor_class: Option<String>,
 ) -> ExitCode {
-    use kindling::dhcp::pxe::{self, BootFile, ClientInfo};
+    use kindling::pxe::{self, BootFile, ClientInfo};
     let (config, base_url, set) = match load_offline(path) {
         Ok(loaded) => loaded,
         Err(code) => return code,

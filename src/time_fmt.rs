@@ -1,12 +1,19 @@
 //! RFC 3339 timestamps in JSON (`2026-11-21T06:33:15Z`), for `SystemTime` fields.
 
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serializer;
 
 /// Format a time as RFC 3339 in UTC, to the second.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Now in Unix seconds: the clock of DHCP leases and DNS serials.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Serialize a `SystemTime` as RFC 3339.

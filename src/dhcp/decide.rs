@@ -24,9 +24,9 @@ use std::time::Duration;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 
 use super::leases::{Lease, Now, Pool, State};
-use super::pxe::Decision;
 use super::reply::{client_mac, destination, echo_guid, reply_base, set_boot, set_no_proxydhcp};
 use crate::mac::MacAddr;
+use crate::pxe::Decision;
 
 /// A subnet Kindling serves in full mode.
 #[derive(Debug, Clone)]
@@ -329,7 +329,7 @@ mod tests {
     use dhcproto::v4::{Architecture, Flags};
 
     use super::*;
-    use crate::dhcp::pxe::{self, BootFile, BootFiles, MachineBoot};
+    use crate::pxe::{self, BootFile, BootFiles, MachineBoot};
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
@@ -657,7 +657,7 @@ mod tests {
     /// requests and pure noise, never a panic.
     #[test]
     fn random_packets_never_panic() {
-        let mut rng = crate::http::tests::Rng(0x0dcb_0dcb_0dcb_0001);
+        let mut rng = crate::testkit::Rng(0x0dcb_0dcb_0dcb_0001);
         let seeds: Vec<Vec<u8>> = [
             MessageType::Discover,
             MessageType::Request,

@@ -13,7 +13,6 @@
 pub mod decide;
 pub mod leases;
 pub mod proxy;
-pub mod pxe;
 pub mod reply;
 pub mod server;
 pub mod store;

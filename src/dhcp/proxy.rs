@@ -21,8 +21,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 
-use super::pxe::Decision;
 use super::reply::{echo_guid, reply_base, set_boot};
+use crate::pxe::Decision;
 
 /// The PXE boot server port (proxy-DHCP REQUESTs and boot server discovery).
 pub const PXE_PORT: u16 = 4011;
@@ -179,8 +179,8 @@ mod tests {
     use dhcproto::v4::{Architecture, Flags};
 
     use super::*;
-    use crate::dhcp::pxe::{self, BootFiles, MachineBoot};
     use crate::dhcp::reply::{client_info, encode_padded, tests::netboot_decision};
+    use crate::pxe::{self, BootFiles, MachineBoot};
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x01];
@@ -404,7 +404,7 @@ mod tests {
         assert_eq!(with(vec![71]), None);
         assert_eq!(with(vec![255, 71, 4, 0, 1, 0, 2]), None);
         assert_eq!(with(vec![]), None);
-        let mut rng = crate::http::tests::Rng(0x4300_0000_0000_0043);
+        let mut rng = crate::testkit::Rng(0x4300_0000_0000_0043);
         for _ in 0..2000 {
             let len = rng.below(40);
             let bytes = (0..len).map(|_| (rng.next() & 0xff) as u8).collect();

@@ -14,8 +14,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::{Encodable, Encoder};
 
-use super::pxe::{BootFile, ClientInfo, Decision, MAX_BOOT_FILE_LEN};
 use crate::mac::MacAddr;
+use crate::pxe::{BootFile, ClientInfo, Decision, MAX_BOOT_FILE_LEN};
 
 /// The BOOTP minimum message size (RFC 951/1542); shorter replies are dropped by some ROMs.
 pub const BOOTP_MIN_LEN: usize = 300;
@@ -220,7 +220,7 @@ pub(crate) mod tests {
     use dhcproto::{Decodable, Decoder};
 
     use super::*;
-    use crate::dhcp::pxe::{self, BootFiles, MachineBoot};
+    use crate::pxe::{self, BootFiles, MachineBoot};
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 

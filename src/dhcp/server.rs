@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use tokio::net::UdpSocket;
@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{self, Action, Ctx, Subnet};
 use super::leases::{Lease, Pool};
 use super::proxy;
-use super::pxe::{self, BootFiles, ClientInfo, Decision};
 use super::reply;
 use super::store::{LeaseStore, StoreError};
 use crate::config::{Config, DhcpMode, IpAddr};
@@ -36,6 +35,8 @@ use crate::mac::MacAddr;
 use crate::metrics::{Metrics, PoolLabels};
 use crate::profiles::watch::Live;
 use crate::profiles::{Facts, ProfileSet};
+use crate::pxe::{self, BootFiles, ClientInfo, Decision};
+use crate::time_fmt::unix_now;
 
 /// Packets accepted per MAC per [`RATE_WINDOW`]; beyond that they are dropped. A PXE ROM sends
 /// a handful per boot; a flood from one MAC cannot starve the others.
@@ -179,12 +180,6 @@ impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("dhcp::Service").finish_non_exhaustive()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Reservations from the profiles (machines with an IPv4 `ip`) plus the config's.

@@ -15,7 +15,7 @@ pub mod zone;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DnsConfig;
 use crate::profiles::watch::Live;
+use crate::time_fmt::unix_now;
 pub use zone::{LeaseName, Zones};
 
 /// How long a TCP client may stay idle.
@@ -117,13 +118,6 @@ fn forwarder(origin: &Name, servers: &[String]) -> Result<Arc<dyn ZoneHandler>, 
     .build()
     .map_err(|e| format!("forwarder for {origin}: {e}"))?;
     Ok(Arc::new(handler))
-}
-
-/// Now in Unix seconds (lease expiry is in those).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Dns {

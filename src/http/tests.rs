@@ -9,6 +9,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::profiles::{ProfileSet, Sources};
+use crate::testkit::Rng;
 use serde_json::json;
 
 struct Fixture {
@@ -364,20 +365,6 @@ async fn metrics_are_openmetrics_text() {
 }
 
 /// A tiny deterministic PRNG (xorshift64*), so the random tests replay exactly.
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 #[tokio::test]
 async fn random_paths_and_queries_never_panic_or_500() {

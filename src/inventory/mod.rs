@@ -19,7 +19,6 @@
 //! `/ignition?mac=` request carries only the MAC, and the remembered facts make it reach the
 //! same profile. Free-form labels are per request (Matchbox semantics, e.g. `os=installed`).
 
-pub mod state;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -31,11 +30,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::boot_state as state;
+pub use crate::boot_state::{BootState, DhcpClient, Step, Timeouts};
 use crate::mac::MacAddr;
 use crate::metrics::Metrics;
 use crate::profiles::{Facts, ProfileSet};
 use crate::time_fmt::Stamp;
-pub use state::{BootState, DhcpClient, Step, Timeouts};
 use store::InventoryStore;
 
 /// Records kept at most; beyond this the least recently seen machine that no profile declares

@@ -26,6 +26,7 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::diag::Location;
 use crate::diag::{self, Diagnostic, Diagnostics};
 use crate::mac::{MacAddr, MacPrefix};
 use crate::render;
@@ -113,7 +114,7 @@ pub struct Boot {
     /// The iPXE script template: the profile's own or the built-in `ipxe/profile.ipxe.j2`.
     pub script: String,
     /// `[boot.files]`: iPXE binaries for this profile's machines, overriding `[dhcp.boot_files]`.
-    pub files: BTreeMap<crate::dhcp::pxe::Firmware, String>,
+    pub files: BTreeMap<crate::pxe::Firmware, String>,
 }
 
 /// A machine entry from a profile (`[[machine]]`).
@@ -135,21 +136,6 @@ pub struct Machine {
     pub labels: BTreeMap<String, String>,
     /// Where it is declared.
     pub at: Location,
-}
-
-/// A file and line, for messages that point back at the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The file.
-    pub path: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.path.display(), self.line)
-    }
 }
 
 /// A selector, resolved.
@@ -698,11 +684,8 @@ impl ProfileSet {
     }
 
     /// What DHCP should do for a machine: netboot with its profile, boot from disk, or nothing.
-    pub fn machine_boot(
-        &self,
-        facts: &Facts,
-    ) -> (crate::dhcp::pxe::MachineBoot, Option<Match<'_>>) {
-        use crate::dhcp::pxe::MachineBoot;
+    pub fn machine_boot(&self, facts: &Facts) -> (crate::pxe::MachineBoot, Option<Match<'_>>) {
+        use crate::pxe::MachineBoot;
         match self.select(facts) {
             None => (MachineBoot::NoProfile, None),
             Some(m) if m.profile.boot.local => (
@@ -880,7 +863,7 @@ fn resolve_profile(
     }
 
     for (key, file) in &rb.files {
-        let fw = crate::dhcp::pxe::ARCH_TYPES
+        let fw = crate::pxe::ARCH_TYPES
             .iter()
             .filter_map(|a| a.firmware)
             .find(|f| f.name() == key);
@@ -891,7 +874,7 @@ fn resolve_profile(
             ld.err(path, source, file.span().start, msg);
             continue;
         };
-        match crate::config::check_boot_file(file.get_ref()) {
+        match crate::pxe::check_boot_file(file.get_ref()) {
             Ok(()) => {
                 boot.files.insert(fw, file.get_ref().clone());
             }

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::mac::{MacAddr, MacPrefix};
+pub use crate::pxe::{ARCHES, PLATFORMS};
 
 /// What a request (or a DHCP packet) tells about a machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +48,6 @@ impl Facts {
         }
     }
 }
-
-/// Architectures iPXE reports in `${buildarch}` (and DHCP maps option 93 to).
-pub const ARCHES: &[&str] = &[
-    "i386", "x86_64", "arm32", "arm64", "riscv32", "riscv64", "loong64",
-];
-/// Firmware platforms iPXE reports in `${platform}`.
-pub const PLATFORMS: &[&str] = &["pcbios", "efi"];
 
 /// The conditions of one selector; an absent condition matches anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -570,7 +570,7 @@ fn mutated_profiles_never_panic_the_loader() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let worker = std::fs::read_to_string(root.join("profiles/worker.toml")).unwrap();
     let ign = std::fs::read_to_string(root.join("profiles/templates/k8s-node.ign.j2")).unwrap();
-    let mut rng = crate::http::tests::Rng(0xdead_beef_0000_0042);
+    let mut rng = crate::testkit::Rng(0xdead_beef_0000_0042);
     let noise = [
         "[",
         "]",
@@ -631,7 +631,7 @@ fn mutated_profiles_never_panic_the_loader() {
 
 #[test]
 fn boot_file_overrides_per_profile() {
-    use crate::dhcp::pxe::{Firmware, MachineBoot};
+    use crate::pxe::{Firmware, MachineBoot};
     let (_d, set) = ok(&[
         (
             "a.toml",

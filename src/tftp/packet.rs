@@ -282,7 +282,7 @@ mod tests {
             parse(&error(ErrorCode::OptionsRefused, "size only")).unwrap(),
             Packet::Error(8, "size only".into())
         );
-        let mut rng = crate::http::tests::Rng(0x7f7f_0000_0000_0069);
+        let mut rng = crate::testkit::Rng(0x7f7f_0000_0000_0069);
         for _ in 0..20_000 {
             let len = rng.below(40);
             let mut b: Vec<u8> = (0..len).map(|_| (rng.next() & 0xff) as u8).collect();

@@ -246,6 +246,13 @@ pub fn arch_type(code: u16) -> Option<&'static ArchType> {
     ARCH_TYPES.iter().find(|a| a.code == code)
 }
 
+/// Architectures iPXE reports in `${buildarch}` (and DHCP maps option 93 to).
+pub const ARCHES: &[&str] = &[
+    "i386", "x86_64", "arm32", "arm64", "riscv32", "riscv64", "loong64",
+];
+/// Firmware platforms iPXE reports in `${platform}`.
+pub const PLATFORMS: &[&str] = &["pcbios", "efi"];
+
 /// `[dhcp.boot_files]`: the iPXE binary each firmware family gets, relative to
 /// `paths.ipxe_binaries` (TFTP) or `/boot/` on the HTTP service (UEFI HTTP boot).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -313,6 +320,25 @@ impl BootFiles {
 /// The BOOTP `file` field holds 128 bytes including the terminating NUL (and dhcproto panics
 /// on longer names): config loading rejects longer boot file names.
 pub const MAX_BOOT_FILE_LEN: usize = 127;
+
+/// A boot file name must fit the BOOTP `file` field and stay inside the binaries directory.
+pub fn check_boot_file(file: &str) -> Result<(), String> {
+    if file.is_empty() {
+        return Err("boot file name is empty".into());
+    }
+    if file.len() > MAX_BOOT_FILE_LEN {
+        return Err(format!(
+            "boot file name is {} bytes; at most {MAX_BOOT_FILE_LEN} fit the DHCP file field",
+            file.len()
+        ));
+    }
+    if file.starts_with('/') || file.split('/').any(|c| c == "..") || file.contains(['\\', '\0']) {
+        return Err(format!(
+            "boot file {file:?} must be a relative path without '..'"
+        ));
+    }
+    Ok(())
+}
 
 /// What the machine's profile says about booting, as far as DHCP is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -734,10 +760,7 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), ARCH_TYPES.len());
         for a in ARCH_TYPES.iter().filter_map(|a| a.firmware) {
-            assert!(
-                crate::profiles::select::ARCHES.contains(&a.ipxe_arch()),
-                "{a}"
-            );
+            assert!(ARCHES.contains(&a.ipxe_arch()), "{a}");
         }
     }
 }
