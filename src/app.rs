@@ -37,6 +37,26 @@ pub enum AppError {
     Runtime(#[from] anyhow::Error),
 }
 
+/// Each service's check of its own config section, after the config's own range checks:
+/// what `kindling check` reports and what stops `serve` from starting.
+pub fn validate(config: &Config) -> Result<(), Diagnostics> {
+    let mut issues = crate::dhcp::check::check_config(config);
+    issues.extend(crate::dns::check_config(&config.dns));
+    issues.extend(crate::wol::check_config(&config.wol));
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(config.diagnostics(&issues))
+    }
+}
+
+/// Read `path` and validate it: [`Config::load`], then [`validate`].
+pub fn load_config(path: &Path) -> Result<Config, Diagnostics> {
+    let config = Config::load(path)?;
+    validate(&config)?;
+    Ok(config)
+}
+
 /// Where profiles come from, per the config.
 pub fn sources(config: &Config) -> Sources {
     Sources {

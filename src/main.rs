@@ -309,7 +309,7 @@ where
 }
 
 fn load_config(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
+    app::load_config(path).map_err(|errors| {
         eprintln!("{errors}");
         ExitCode::from(EXIT_CONFIG)
     })

@@ -43,6 +43,17 @@ pub fn parse_password(text: &str) -> Result<Vec<u8>, String> {
     ))
 }
 
+/// The `[wol]` problems `kindling check` reports.
+pub fn check_config(config: &WolConfig) -> Vec<crate::config::Issue> {
+    config
+        .password
+        .as_deref()
+        .and_then(|pw| parse_password(pw).err())
+        .map(|msg| crate::config::Issue::new("wol.password", msg))
+        .into_iter()
+        .collect()
+}
+
 /// What one wake sent.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Sent {

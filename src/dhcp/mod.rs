@@ -10,6 +10,7 @@
 //! The DHCP server itself (full, proxy and relay modes; leases) is the next step and plugs in
 //! beside the HTTP service in [`crate::app`].
 
+pub mod check;
 pub mod decide;
 pub mod leases;
 pub mod proxy;

@@ -40,8 +40,8 @@ pub use zone::{LeaseName, Zones};
 /// How long a TCP client may stay idle.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Messages for `[dns]` problems `kindling check` should report.
-pub fn check_config(config: &DnsConfig) -> Vec<String> {
+/// The `[dns]` problems `kindling check` reports.
+pub fn check_config(config: &DnsConfig) -> Vec<crate::config::Issue> {
     zone::check(config)
 }
 

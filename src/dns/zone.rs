@@ -18,7 +18,7 @@ use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_server::proto::rr::{Name, RData, Record};
 use ipnet::Ipv4Net;
 
-use crate::config::{DnsConfig, StaticRecord};
+use crate::config::{DnsConfig, Issue, StaticRecord};
 use crate::profiles::ProfileSet;
 
 /// A bound lease with a name.
@@ -163,39 +163,50 @@ fn reverse_name(ip: Ipv4Addr) -> Name {
     n
 }
 
-/// Check the static configuration (at load, for `kindling check`): every message found.
-pub fn check(config: &DnsConfig) -> Vec<String> {
-    let mut errors = Vec::new();
+/// Check the static configuration (at load, for `kindling check`): every problem found.
+pub fn check(config: &DnsConfig) -> Vec<Issue> {
+    let mut issues = Vec::new();
     if !config.enabled {
-        return errors;
+        return issues;
     }
     let origin = match domain(config) {
         Ok(o) => o,
-        Err(e) => return vec![e],
+        Err(e) => return vec![Issue::new("dns.domain", e)],
     };
-    for s in config
-        .upstreams
-        .iter()
-        .chain(config.forward.iter().flat_map(|f| &f.servers))
-    {
+    for (i, s) in config.upstreams.iter().enumerate() {
         if let Err(e) = crate::dns::server_addr(s) {
-            errors.push(e);
+            issues.push(Issue::new(format!("dns.upstreams[{i}]"), e));
         }
     }
-    for f in &config.forward {
+    for (i, f) in config.forward.iter().enumerate() {
+        let at = format!("dns.forward[{i}]");
+        for s in &f.servers {
+            if let Err(e) = crate::dns::server_addr(s) {
+                issues.push(Issue::new(format!("{at}.servers"), e));
+            }
+        }
         if let Err(e) = Name::from_ascii(f.zone.trim_end_matches('.')) {
-            errors.push(format!("dns.forward zone {:?}: {e}", f.zone));
+            issues.push(Issue::new(
+                format!("{at}.zone"),
+                format!("dns.forward zone {:?}: {e}", f.zone),
+            ));
         }
         if f.servers.is_empty() {
-            errors.push(format!("dns.forward zone {:?}: no servers", f.zone));
+            issues.push(Issue::new(
+                &at,
+                format!("dns.forward zone {:?}: no servers", f.zone),
+            ));
         }
     }
-    for r in &config.record {
+    for (i, r) in config.record.iter().enumerate() {
         if let Err(e) = static_records(r, &origin, config.ttl, &[]) {
-            errors.push(format!("dns.record {:?}: {e}", r.name));
+            issues.push(Issue::new(
+                format!("dns.record[{i}]"),
+                format!("dns.record {:?}: {e}", r.name),
+            ));
         }
     }
-    errors
+    issues
 }
 
 /// The records of one `[[dns.record]]`; `machine_ips` are the addresses its `machines`/`profile`
@@ -456,6 +467,14 @@ mod tests {
             .dns
     }
 
+    /// What `kindling check` says of a config's `[dns]` section.
+    fn check_text(text: &str) -> String {
+        match crate::config::Config::parse(std::path::Path::new("/k.toml"), text) {
+            Ok(config) => config.diagnostics(&check(&config.dns)).to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
     fn names(z: &Zones) -> Vec<String> {
         let mut out: Vec<String> = z
             .zones
@@ -591,17 +610,10 @@ mod tests {
             ("upstreams = [\"1.2.3.4:x\"]\n", "not IP or IP:port"),
         ] {
             let text = format!("[dns]\nenabled = true\ndomain = \"lab.example\"\n{extra}");
-            let err = crate::config::Config::parse(std::path::Path::new("/k.toml"), &text)
-                .unwrap_err()
-                .to_string();
+            let err = check_text(&text);
             assert!(err.contains(want), "{extra}: {err}");
         }
-        let err = crate::config::Config::parse(
-            std::path::Path::new("/k.toml"),
-            "[dns]\nenabled = true\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = check_text("[dns]\nenabled = true\n");
         assert!(err.contains("dns.domain is required"), "{err}");
     }
 }

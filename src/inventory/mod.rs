@@ -370,23 +370,7 @@ pub struct Filter {
 }
 
 /// Inventory settings (`[inventory]` in `kindling.toml`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {
-    /// How long each phase may last before the machine counts as `stalled`.
-    pub stall_after: Timeouts,
-    /// History entries kept per machine.
-    pub history: usize,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            stall_after: Timeouts::default(),
-            history: 64,
-        }
-    }
-}
+pub type Settings = crate::config::InventoryConfig;
 
 /// Wall-clock time that advances with tokio's clock, so paused-time tests drive timeouts.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,235 @@
+//! Reading `kindling.toml`: parse, resolve relative paths, check ranges.
+//!
+//! Only what the config itself can judge is checked here (a value's range, a URL's form, a
+//! mode that needs interfaces). What a section *means* to its service (subnets that fit
+//! together, DNS records, a Wake-on-LAN password) is that service's `check_config`, and
+//! `app::validate` runs them all for `check` and `serve`. Each finding is an [`Issue`] named
+//! by its key, so it can be shown at the key's line.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::{Config, DhcpMode, PathsConfig, Source};
+use crate::diag::{self, Diagnostic, Diagnostics};
+
+/// A problem with one key of the config, e.g. `dhcp.subnet[1].network`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// The dotted key it is about (its line is looked up in [`Source`]).
+    pub key: String,
+    /// What is wrong, in words an operator can act on.
+    pub message: String,
+}
+
+impl Issue {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Issue {
+        Issue {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Read `path` and check its ranges. Relative paths inside are resolved against its
+    /// directory. Services' own checks are `app::validate`.
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(
+                path,
+                None,
+                format!("cannot read config: {e}"),
+            )])
+        })?;
+        Config::parse(path, &source)
+    }
+
+    /// Parse `text` (the contents of `path`) and check its ranges.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Diagnostics> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| Diagnostics(vec![diag::from_toml(path, text, &e)]))?;
+        config.source = Source::new(path, text);
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.paths.resolve(base);
+        if let Some(file) = &mut config.api.token_file
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
+        }
+        let issues = config.range_issues();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(config.diagnostics(&issues))
+        }
+    }
+
+    /// `issues` as diagnostics at their keys' lines.
+    pub fn diagnostics(&self, issues: &[Issue]) -> Diagnostics {
+        Diagnostics(
+            issues
+                .iter()
+                .map(|i| self.source.diagnostic(&i.key, i.message.clone()))
+                .collect(),
+        )
+    }
+
+    /// Values out of range and settings that contradict each other.
+    fn range_issues(&self) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        if let Some(url) = &self.server.base_url {
+            if let Err(msg) = check_base_url(url) {
+                issues.push(Issue::new("server.base_url", msg));
+            }
+        } else if self.http.listen.ip().is_unspecified() {
+            issues.push(Issue::new(
+                "http.listen",
+                "http.listen is a wildcard address: set server.base_url to the URL machines use",
+            ));
+        }
+        if self.dhcp.mode != DhcpMode::Off && self.dhcp.interfaces.is_empty() {
+            issues.push(Issue::new(
+                "dhcp.mode",
+                "dhcp.mode is not \"off\" but dhcp.interfaces is empty: name the interfaces to serve",
+            ));
+        }
+        let t = &self.tftp;
+        if !(8..=65464).contains(&t.max_block_size) {
+            issues.push(Issue::new(
+                "tftp.max_block_size",
+                format!(
+                    "tftp.max_block_size = {}: must be 8 to 65464 (RFC 2348)",
+                    t.max_block_size
+                ),
+            ));
+        }
+        if t.max_window_size == 0 {
+            issues.push(Issue::new(
+                "tftp.max_window_size",
+                "tftp.max_window_size must be at least 1 (RFC 7440)",
+            ));
+        }
+        if t.max_transfers == 0 || t.timeout.is_zero() {
+            let key = if t.max_transfers == 0 {
+                "tftp.max_transfers"
+            } else {
+                "tftp.timeout"
+            };
+            issues.push(Issue::new(
+                key,
+                "tftp.max_transfers and tftp.timeout must be above zero",
+            ));
+        }
+        issues
+    }
+
+    /// The base URL machines use, given the address the HTTP service actually bound.
+    pub fn base_url(&self, bound: SocketAddr) -> String {
+        match &self.server.base_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+impl PathsConfig {
+    fn resolve(&mut self, base: &Path) {
+        for p in [
+            &mut self.profiles,
+            &mut self.assets,
+            &mut self.state,
+            &mut self.ipxe_binaries,
+            &mut self.ipxe_scripts,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
+/// iPXE (Debian's 2019 build) speaks plain HTTP only; a base URL must be `http://host[:port]`.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("server.base_url {url:?} must start with http:// (iPXE has no HTTPS)")
+    })?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "server.base_url {url:?} is not a plain http://host[:port][/path] URL"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DhcpMode;
+    use crate::diag::Diagnostics;
+
+    fn parse(s: &str) -> Result<Config, Diagnostics> {
+        Config::parse(Path::new("/etc/kindling/kindling.toml"), s)
+    }
+
+    #[test]
+    fn empty_config_is_valid_and_safe() {
+        let c = parse("").unwrap();
+        assert_eq!(c.dhcp.mode, DhcpMode::Off);
+        assert!(!c.tftp.enabled && !c.dns.enabled);
+        assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.paths.profiles, Path::new("/etc/kindling/profiles"));
+        assert_eq!(c.paths.ipxe_binaries, Path::new("/usr/lib/ipxe"));
+        assert_eq!(
+            c.base_url("127.0.0.1:8080".parse().unwrap()),
+            "http://127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line() {
+        let err = parse("[http]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/etc/kindling/kindling.toml:3: unknown field `listen_port`"),
+            "{text}"
+        );
+        let err = parse("[htp]\n").unwrap_err().to_string();
+        assert!(err.contains(":1: unknown field `htp`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let err = parse("[http]\nlisten = \"nonsense\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2:"), "{err}");
+        let err = parse("[server]\nbase_url = \"https://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":2: server.base_url") && err.contains("no HTTPS"),
+            "{err}"
+        );
+        let err = parse("[http]\nlisten = \"0.0.0.0:80\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2: http.listen is a wildcard"), "{err}");
+        let err = parse("[dhcp]\nmode = \"full\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2: dhcp.mode"), "{err}");
+        let err = parse("[dhcp]\nmode = \"on\"\n").unwrap_err().to_string();
+        assert!(err.contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn absolute_paths_stay() {
+        let c = parse("[paths]\nassets = \"/srv/assets\"\n").unwrap();
+        assert_eq!(c.paths.assets, Path::new("/srv/assets"));
+        let c = parse("[server]\nbase_url = \"http://10.0.0.2:8080/\"\n").unwrap();
+        assert_eq!(
+            c.base_url("0.0.0.0:1".parse().unwrap()),
+            "http://10.0.0.2:8080"
+        );
+    }
+}
