@@ -8,8 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kindling::app::{self, AppError, Bound};
 use kindling::config::{Config, LogFormat};
 use kindling::mac::MacAddr;
-use kindling::profiles::{Facts, ProfileSet};
-use kindling::render::What;
+use kindling::profiles::{Facts, ProfileSet, What};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 64;

@@ -1,58 +1,27 @@
-//! Rendering what a machine is served: its iPXE script, Ignition config, metadata and generic
-//! templates, with minijinja in strict mode.
+//! The template engine: minijinja in strict mode, sandboxed and bounded, with errors that
+//! point at the template's file and line, and Ignition validation.
 //!
-//! Variables every template sees: `mac`, `hostname`, `profile`, `base_url`, `query` (every
-//! request parameter), the profile's `[vars]` overridden by the machine's, and — only when
-//! known — `ip`, `uuid`, `arch`, `platform`. Strict mode makes a missing variable an error, so
-//! templates guard optional ones with `{% if ip is defined %}`. The iPXE script template also
-//! sees the rendered boot section: `kernel`, `initrds`, `initrd_names`, `args`, `local`.
+//! It knows nothing of profiles: it compiles named templates, renders one with a context, and
+//! checks an Ignition config. What a machine is served (its context, its iPXE script, its
+//! configs) is `profiles::documents`.
 //!
-//! Ignition output is validated before anyone gets it: JSON, `ignition.version` a 3.x spec
-//! version the `ignition-config` crate knows (3.0–3.6), every key part of that spec. A broken
-//! config is a load error when `check` or a reload can see it, and a 500 at request time
-//! otherwise; it is never handed to a machine.
+//! - **Strict**: an undefined variable is an error, also inside `tojson`, `urlencode` and
+//!   `join`, which minijinja would otherwise turn into `null` or "".
+//! - **Sandboxed**: no loader, so `{% include %}` reaches only templates added here; nothing
+//!   touches the filesystem or network while rendering. A fuel limit bounds every render.
+//! - **Ignition** output is validated before anyone gets it: JSON, `ignition.version` a 3.x
+//!   spec version the `ignition-config` crate knows (3.0–3.6), every key part of that spec.
+//!   Texts that passed are remembered by hash, so 300 machines with the same config cost one
+//!   parse.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
-use minijinja::Value;
+use minijinja::{Environment, UndefinedBehavior, Value};
 
-use crate::diag::Diagnostic;
-use crate::profiles::{Facts, Location, Machine, Profile, ProfileSet};
+use crate::diag::{Diagnostic, Location};
 
-/// What to render for a machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum What {
-    /// The iPXE script (`/ipxe`).
-    Ipxe,
-    /// The Ignition config (`/ignition`).
-    Ignition,
-    /// `KEY=value` lines (`/metadata`).
-    Metadata,
-    /// A generic template (`/generic`), by name; `None` picks the profile's only one.
-    Generic(Option<String>),
-}
-
-impl What {
-    /// The name used in logs and on the command line.
-    pub fn label(&self) -> String {
-        match self {
-            What::Ipxe => "ipxe".into(),
-            What::Ignition => "ignition".into(),
-            What::Metadata => "metadata".into(),
-            What::Generic(None) => "generic".into(),
-            What::Generic(Some(n)) => format!("generic:{n}"),
-        }
-    }
-}
-
-/// A rendered document.
-#[derive(Debug, Clone)]
-pub struct Rendered {
-    /// The text served.
-    pub body: String,
-    /// Its media type.
-    pub content_type: &'static str,
-}
+/// Template instructions per render; bounds runaway loops in operator templates.
+const TEMPLATE_FUEL: u64 = 5_000_000;
 
 /// Why a render failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -68,26 +37,91 @@ pub enum RenderError {
         /// What is wrong.
         message: String,
     },
-    /// The profile has no template of that kind.
-    #[error("profile {profile:?} has no {what} template")]
-    Missing {
-        /// The profile.
-        profile: String,
-        /// `ignition`, `generic`, or `generic "name"`.
-        what: String,
-    },
+}
+
+/// Compiled templates, where each came from, and the Ignition texts known to be valid.
+pub struct Engine {
+    env: Environment<'static>,
+    /// Template name → the file (and first line) it came from, for error messages.
+    origins: HashMap<String, Location>,
+    /// Hashes of Ignition texts already validated, so identical renders skip re-parsing.
+    validated: ValidatedCache,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("templates", &self.origins.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+impl Engine {
+    /// An engine with no templates.
+    pub fn new() -> Engine {
+        Engine {
+            env: new_environment(),
+            origins: HashMap::new(),
+            validated: ValidatedCache::default(),
+        }
+    }
+
+    /// Compile `text` as template `name`, which came from `origin` (its first line there).
+    pub fn add(&mut self, name: String, text: String, origin: Location) -> Result<(), Diagnostic> {
+        self.origins.insert(name.clone(), origin);
+        self.env
+            .add_template_owned(name, text)
+            .map_err(|e| diagnostic(&self.origins, &e))
+    }
+
+    /// Where template `name` came from.
+    pub fn origin(&self, name: &str) -> Option<&Location> {
+        self.origins.get(name)
+    }
+
+    /// Render template `name` with `ctx`.
+    pub fn render(&self, name: &str, ctx: &BTreeMap<String, Value>) -> Result<String, RenderError> {
+        let tmpl = self
+            .env
+            .get_template(name)
+            .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))?;
+        tmpl.render(ctx)
+            .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))
+    }
+
+    /// Render template `name` as an Ignition config and validate the result.
+    pub fn render_ignition(
+        &self,
+        name: &str,
+        ctx: &BTreeMap<String, Value>,
+    ) -> Result<String, RenderError> {
+        let body = self.render(name, ctx)?;
+        self.validated
+            .check(&body)
+            .map_err(|message| RenderError::InvalidIgnition {
+                template: self
+                    .origins
+                    .get(name)
+                    .map_or(name.to_string(), |l| l.path.display().to_string()),
+                message,
+            })?;
+        Ok(body)
+    }
 }
 
 /// Any serializable value as a template value.
-pub(crate) fn to_value<T: serde::Serialize>(v: T) -> Value {
+pub fn to_value<T: serde::Serialize>(v: T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
 
 /// Turn a minijinja error into a diagnostic at the template's file and line.
-pub(crate) fn diagnostic(
-    origins: &HashMap<String, Location>,
-    err: &minijinja::Error,
-) -> Diagnostic {
+fn diagnostic(origins: &HashMap<String, Location>, err: &minijinja::Error) -> Diagnostic {
     let name = err.name().unwrap_or("<template>");
     let (path, line) = match origins.get(name) {
         Some(loc) => (loc.path.clone(), loc.line + err.line().unwrap_or(1) - 1),
@@ -112,210 +146,70 @@ pub(crate) fn diagnostic(
     Diagnostic::new(path, Some(line), msg)
 }
 
-/// The hostname a machine gets: assigned, else reported, else derived from its MAC.
-pub fn hostname(facts: &Facts, machine: Option<&Machine>) -> String {
-    machine
-        .and_then(|m| m.hostname.clone())
-        .or_else(|| facts.hostname.clone())
-        .unwrap_or_else(|| format!("node-{}", facts.mac.to_string().replace(':', "")))
+fn new_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    // Output is iPXE script, JSON or plain text: never HTML-escape.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    // Strict mode still lets these built-ins turn an undefined value into `null` or "" (a
+    // typo'd variable in an Ignition template would become `"sshAuthorizedKeys": null`).
+    // Wrap them so an undefined input is the error strict mode promises.
+    env.add_filter("tojson", strict_tojson);
+    env.add_filter("urlencode", strict_urlencode);
+    env.add_filter("join", strict_join);
+    env
 }
 
-/// The variables a template sees for this machine.
-pub fn context(
-    profile: &Profile,
-    machine: Option<&Machine>,
-    facts: &Facts,
-    base_url: &str,
-) -> BTreeMap<String, Value> {
-    let mut ctx: BTreeMap<String, Value> = profile.vars.clone();
-    if let Some(m) = machine {
-        ctx.extend(m.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+/// An error if `v` is undefined or holds an undefined value anywhere inside.
+fn require_defined(v: &Value, depth: usize) -> Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    if v.is_undefined() {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::UndefinedError,
+            "a filter was given an undefined value",
+        ));
     }
-    ctx.insert("mac".into(), facts.mac.to_string().into());
-    ctx.insert("hostname".into(), hostname(facts, machine).into());
-    ctx.insert("profile".into(), profile.name.clone().into());
-    ctx.insert("base_url".into(), base_url.into());
-    ctx.insert("query".into(), crate::render::to_value(&facts.labels));
-    if let Some(ip) = machine.and_then(|m| m.ip) {
-        ctx.insert("ip".into(), ip.to_string().into());
+    if depth < 32 && matches!(v.kind(), ValueKind::Seq | ValueKind::Map) {
+        for item in v.try_iter()? {
+            let inner = if v.kind() == ValueKind::Map {
+                v.get_item(&item)?
+            } else {
+                item
+            };
+            require_defined(&inner, depth + 1)?;
+        }
     }
-    if let Some(uuid) = facts
-        .uuid
-        .clone()
-        .or_else(|| machine.and_then(|m| m.uuid.clone()))
-    {
-        ctx.insert("uuid".into(), uuid.into());
-    }
-    if let Some(arch) = &facts.arch {
-        ctx.insert("arch".into(), arch.clone().into());
-    }
-    if let Some(platform) = &facts.platform {
-        ctx.insert("platform".into(), platform.clone().into());
-    }
-    ctx
+    Ok(())
 }
 
-/// An asset reference as a URL: absolute URLs stay, `/path` is on this server, anything else
-/// is under `/assets/`.
-fn asset_url(base_url: &str, s: &str) -> String {
-    if s.contains("://") {
-        s.to_string()
-    } else if s.starts_with('/') {
-        format!("{base_url}{s}")
-    } else {
-        format!("{base_url}/assets/{s}")
-    }
+fn strict_tojson(
+    v: &Value,
+    indent: Option<Value>,
+    args: minijinja::value::Kwargs,
+) -> Result<Value, minijinja::Error> {
+    require_defined(v, 0)?;
+    minijinja::filters::tojson(v, indent, args)
 }
 
-impl ProfileSet {
-    fn render_named(
-        &self,
-        name: &str,
-        ctx: &BTreeMap<String, Value>,
-    ) -> Result<String, RenderError> {
-        let tmpl = self
-            .env
-            .get_template(name)
-            .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))?;
-        tmpl.render(ctx)
-            .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))
-    }
+fn strict_urlencode(v: &Value) -> Result<String, minijinja::Error> {
+    require_defined(v, 0)?;
+    minijinja::filters::urlencode(v)
+}
 
-    /// The iPXE script of `profile` telling the machine to boot from its local disk (its
-    /// `after_provision = "local"`, or the operator's next boot).
-    pub fn render_local(
-        &self,
-        profile: &Profile,
-        machine: Option<&Machine>,
-        facts: &Facts,
-        base_url: &str,
-    ) -> Result<Rendered, RenderError> {
-        let ctx = context(profile, machine, facts, base_url);
-        self.render_ipxe(profile, ctx, base_url, true)
-    }
-
-    fn render_ipxe(
-        &self,
-        profile: &Profile,
-        mut ctx: BTreeMap<String, Value>,
-        base_url: &str,
-        local: bool,
-    ) -> Result<Rendered, RenderError> {
-        let boot = &profile.boot;
-        let kernel = match &boot.kernel {
-            Some(k) => Some(asset_url(base_url, self.render_named(k, &ctx)?.trim())),
-            None => None,
-        };
-        let mut initrds = Vec::new();
-        for t in &boot.initrds {
-            initrds.push(asset_url(base_url, self.render_named(t, &ctx)?.trim()));
-        }
-        let names: Vec<String> = initrds
-            .iter()
-            .map(|u| {
-                let path = u.split(['?', '#']).next().unwrap_or(u);
-                path.rsplit('/').next().unwrap_or(path).to_string()
-            })
-            .collect();
-        let mut args = Vec::new();
-        for t in &boot.args {
-            let a = self.render_named(t, &ctx)?;
-            if !a.trim().is_empty() {
-                args.push(a.trim().to_string());
-            }
-        }
-        ctx.insert("local".into(), local.into());
-        ctx.insert("kernel".into(), crate::render::to_value(&kernel));
-        ctx.insert("initrds".into(), crate::render::to_value(&initrds));
-        ctx.insert("initrd_names".into(), crate::render::to_value(&names));
-        ctx.insert("args".into(), crate::render::to_value(&args));
-        let body = self.render_named(&boot.script, &ctx)?;
-        Ok(Rendered {
-            body,
-            content_type: "text/plain; charset=utf-8",
-        })
-    }
-
-    /// The chain script every iPXE client fetches first (`/boot.ipxe`).
-    pub fn render_boot_script(&self, base_url: &str) -> Result<String, RenderError> {
-        let mut ctx = BTreeMap::new();
-        ctx.insert("base_url".to_string(), Value::from(base_url));
-        self.render_named("ipxe/boot.ipxe.j2", &ctx)
-    }
-
-    /// Render `what` for a machine that got `profile`.
-    pub fn render(
-        &self,
-        profile: &Profile,
-        machine: Option<&Machine>,
-        facts: &Facts,
-        base_url: &str,
-        what: &What,
-    ) -> Result<Rendered, RenderError> {
-        let ctx = context(profile, machine, facts, base_url);
-        match what {
-            What::Ipxe => self.render_ipxe(profile, ctx, base_url, profile.boot.local),
-            What::Ignition => {
-                let name = profile
-                    .ignition
-                    .as_ref()
-                    .ok_or_else(|| RenderError::Missing {
-                        profile: profile.name.clone(),
-                        what: "ignition".into(),
-                    })?;
-                let body = self.render_named(name, &ctx)?;
-                self.validated
-                    .check(&body)
-                    .map_err(|message| RenderError::InvalidIgnition {
-                        template: self
-                            .origins
-                            .get(name)
-                            .map_or(name.clone(), |l| l.path.display().to_string()),
-                        message,
-                    })?;
-                Ok(Rendered {
-                    body,
-                    content_type: "application/vnd.coreos.ignition+json",
-                })
-            }
-            What::Metadata => Ok(Rendered {
-                body: metadata(&ctx),
-                content_type: "text/plain; charset=utf-8",
-            }),
-            What::Generic(wanted) => {
-                let name = match wanted {
-                    Some(n) => profile.generic.get(n),
-                    None if profile.generic.len() == 1 => profile.generic.values().next(),
-                    None => profile.generic.get("default"),
-                };
-                let name = name.ok_or_else(|| RenderError::Missing {
-                    profile: profile.name.clone(),
-                    what: match wanted {
-                        Some(n) => format!("generic {n:?}"),
-                        None if profile.generic.is_empty() => "generic".into(),
-                        None => format!(
-                            "default generic (it has {}: pass name=...)",
-                            profile
-                                .generic
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    },
-                })?;
-                let body = self.render_named(name, &ctx)?;
-                Ok(Rendered {
-                    body,
-                    content_type: "text/plain; charset=utf-8",
-                })
-            }
-        }
-    }
+fn strict_join(
+    state: &mut minijinja::State<'_, '_>,
+    v: &Value,
+    joiner: Option<minijinja::value::StringInput<'_>>,
+    attribute: Option<&str>,
+    args: minijinja::value::Kwargs,
+) -> Result<Value, minijinja::Error> {
+    require_defined(v, 0)?;
+    minijinja::filters::join(state, v, joiner, attribute, args)
 }
 
 /// Matchbox-style metadata: `KEY=value` lines, keys upper-cased, nested keys joined by `_`.
-fn metadata(ctx: &BTreeMap<String, Value>) -> String {
+pub fn metadata(ctx: &BTreeMap<String, Value>) -> String {
     fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
         if let Ok(json) = serde_json::to_value(v) {
             flatten(prefix, &json, out);
@@ -418,101 +312,6 @@ pub fn validate_ignition(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Render everything each profile serves, for every machine it can be served to, and collect
-/// the failures. Used at load time so that `check` and reloads catch template errors.
-pub(crate) fn check_all(set: &ProfileSet, base_url: &str) -> Vec<Diagnostic> {
-    let mut errors = Vec::new();
-    let mut seen = BTreeSet::new();
-    if let Err(RenderError::Template(d)) = set.render_boot_script(base_url) {
-        errors.push(d);
-    }
-    for (index, profile) in set.profiles.iter().enumerate() {
-        let mut cases: Vec<(Facts, Option<&Machine>)> = Vec::new();
-        let mut synthetic = profile.default;
-        for s in set.selectors.iter().filter(|s| s.profile == index) {
-            if s.conditions.macs.is_empty() {
-                cases.push((synthetic_facts(s), None));
-            } else {
-                for mac in &s.conditions.macs {
-                    let mut f = synthetic_facts(s);
-                    f.mac = *mac;
-                    cases.push((f, set.machines.get(mac)));
-                }
-            }
-        }
-        if cases.is_empty() {
-            synthetic = true;
-        }
-        if synthetic {
-            cases.push((Facts::from_mac(crate::mac::MacAddr([0; 6])), None));
-        }
-        let mut whats = vec![What::Ipxe];
-        if profile.ignition.is_some() {
-            whats.push(What::Ignition);
-        }
-        whats.extend(
-            profile
-                .generic
-                .keys()
-                .map(|k| What::Generic(Some(k.clone()))),
-        );
-        for (facts, machine) in &cases {
-            for what in &whats {
-                let err = match set.render(profile, *machine, facts, base_url, what) {
-                    Ok(_) => continue,
-                    Err(RenderError::Template(d)) => d,
-                    Err(e @ RenderError::InvalidIgnition { .. }) => {
-                        let path = profile.ignition.as_ref().and_then(|n| set.origins.get(n));
-                        let path = path.map_or(profile.path.clone(), |l| l.path.clone());
-                        Diagnostic::new(
-                            path,
-                            None,
-                            e.to_string()
-                                .split_once(": ")
-                                .map_or(e.to_string(), |x| x.1.to_string()),
-                        )
-                    }
-                    Err(e) => Diagnostic::new(&profile.path, None, e.to_string()),
-                };
-                // One report per distinct problem, naming the first machine that hit it.
-                if seen.insert(err.to_string()) {
-                    let who = match machine {
-                        Some(m) => format!("machine {} ({})", m.mac, m.at),
-                        None if facts.mac.0 == [0; 6] => "any machine".to_string(),
-                        None => format!("machine {}", facts.mac),
-                    };
-                    errors.push(Diagnostic::new(
-                        err.path,
-                        err.line,
-                        format!(
-                            "{} [rendering {} of profile {:?} for {who}]",
-                            err.message,
-                            what.label(),
-                            profile.name
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    errors
-}
-
-/// Facts of a machine that a selector would match, for test renders.
-fn synthetic_facts(s: &crate::profiles::Selector) -> Facts {
-    let c = &s.conditions;
-    let mut mac = [0u8; 6];
-    if let Some(p) = &c.mac_prefix {
-        mac[..p.bytes().len()].copy_from_slice(p.bytes());
-    }
-    let mut f = Facts::from_mac(crate::mac::MacAddr(mac));
-    f.uuid = c.uuids.iter().next().cloned();
-    f.arch = c.arches.iter().next().cloned();
-    f.platform = c.platform.clone();
-    f.labels = c.labels.clone();
-    f
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,16 +370,5 @@ mod tests {
             metadata(&ctx),
             "K8S_HA=true\nK8S_VERSION=1.31\nMAC=52:54:00:00:00:01\n"
         );
-    }
-
-    #[test]
-    fn asset_urls() {
-        let b = "http://10.0.0.2:8080";
-        assert_eq!(
-            asset_url(b, "fcos/kernel"),
-            "http://10.0.0.2:8080/assets/fcos/kernel"
-        );
-        assert_eq!(asset_url(b, "/assets/k"), "http://10.0.0.2:8080/assets/k");
-        assert_eq!(asset_url(b, "http://mirror/k"), "http://mirror/k");
     }
 }

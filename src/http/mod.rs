@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::inventory::{Inventory, Plan, Step};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
-use crate::render::{RenderError, What};
+use crate::profiles::{DocumentError, What};
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -321,7 +321,7 @@ async fn machine_doc(
             });
             Ok(resp)
         }
-        Err(e @ RenderError::Missing { .. }) => {
+        Err(e @ DocumentError::Missing { .. }) => {
             Err(HttpError::new(StatusCode::NOT_FOUND, e.to_string()).for_machine(mac, Some(name)))
         }
         Err(e) => Err(HttpError::new(

@@ -34,6 +34,7 @@ use crate::boot_state as state;
 pub use crate::boot_state::{BootState, DhcpClient, Step, Timeouts};
 use crate::mac::MacAddr;
 use crate::metrics::Metrics;
+pub use crate::profiles::AfterProvision;
 use crate::profiles::{Facts, ProfileSet};
 use crate::time_fmt::Stamp;
 use store::InventoryStore;
@@ -76,15 +77,6 @@ pub enum Plan {
     /// Boot from its local disk.
     Local,
     /// This profile instead.
-    Profile(String),
-}
-
-/// What a profile says a machine boots once it is provisioned (`after_provision`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AfterProvision {
-    /// Its local disk (iPXE `exit`), so an installer never runs twice by accident.
-    Local,
-    /// Another profile.
     Profile(String),
 }
 

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::diag::Diagnostics;
 
 const BOOT: &str = "[boot]\nkernel = \"k\"\n";
 
@@ -442,7 +443,7 @@ fn renders_ipxe_ignition_metadata_generic() {
     let m = set.select(&f).unwrap();
     let base = "http://10.0.0.2:8080";
     let ipxe = set
-        .render(m.profile, m.machine, &f, base, &render::What::Ipxe)
+        .render(m.profile, m.machine, &f, base, &What::Ipxe)
         .unwrap()
         .body;
     assert_eq!(
@@ -452,12 +453,12 @@ fn renders_ipxe_ignition_metadata_generic() {
          initrd http://10.0.0.2:8080/assets/os/initrd.img\nboot\n"
     );
     let ign = set
-        .render(m.profile, m.machine, &f, base, &render::What::Ignition)
+        .render(m.profile, m.machine, &f, base, &What::Ignition)
         .unwrap()
         .body;
     assert!(ign.contains("\"data:,w1\""), "{ign}");
     let md = set
-        .render(m.profile, m.machine, &f, base, &render::What::Metadata)
+        .render(m.profile, m.machine, &f, base, &What::Metadata)
         .unwrap()
         .body;
     assert!(
@@ -468,7 +469,7 @@ fn renders_ipxe_ignition_metadata_generic() {
     );
     f.labels.insert("os".into(), "flatcar".into());
     let ud = set
-        .render(m.profile, m.machine, &f, base, &render::What::Generic(None))
+        .render(m.profile, m.machine, &f, base, &What::Generic(None))
         .unwrap()
         .body;
     assert_eq!(ud, "#cloud-config\nhostname: w1\nos: flatcar");
@@ -478,10 +479,10 @@ fn renders_ipxe_ignition_metadata_generic() {
             m.machine,
             &f,
             base,
-            &render::What::Generic(Some("nope".into())),
+            &What::Generic(Some("nope".into())),
         )
         .unwrap_err();
-    assert!(matches!(err, render::RenderError::Missing { .. }), "{err}");
+    assert!(matches!(err, DocumentError::Missing { .. }), "{err}");
 }
 
 #[test]
@@ -490,7 +491,7 @@ fn local_boot_and_templates_cannot_reach_files() {
     let f = facts("52:54:00:00:00:09");
     let m = set.select(&f).unwrap();
     let ipxe = set
-        .render(m.profile, m.machine, &f, "http://x", &render::What::Ipxe)
+        .render(m.profile, m.machine, &f, "http://x", &What::Ipxe)
         .unwrap()
         .body;
     assert!(
@@ -557,7 +558,7 @@ fn shipped_example_profiles_load() {
                 m.machine,
                 &f,
                 "http://127.0.0.1:8080",
-                &render::What::Ignition,
+                &What::Ignition,
             )
             .unwrap()
             .body;
@@ -711,13 +712,10 @@ fn after_provision_names_local_or_another_profile() {
         ),
     ]);
     let install = set.profile("install").unwrap();
-    assert_eq!(
-        install.after_provision,
-        Some(crate::inventory::AfterProvision::Local)
-    );
+    assert_eq!(install.after_provision, Some(AfterProvision::Local));
     assert_eq!(
         set.profile("rescue").unwrap().after_provision,
-        Some(crate::inventory::AfterProvision::Profile("install".into()))
+        Some(AfterProvision::Profile("install".into()))
     );
     let m = &set.machines[&"52:54:00:00:00:01".parse().unwrap()];
     assert_eq!(m.labels["rack"], "a");

@@ -1,0 +1,370 @@
+//! What a machine is served: its iPXE script, Ignition config, metadata and generic
+//! templates, rendered from its profile with the template engine ([`crate::render`]).
+//!
+//! Variables every template sees: `mac`, `hostname`, `profile`, `base_url`, `query` (every
+//! request parameter), the profile's `[vars]` overridden by the machine's, and — only when
+//! known — `ip`, `uuid`, `arch`, `platform`. Strict mode makes a missing variable an error, so
+//! templates guard optional ones with `{% if ip is defined %}`. The iPXE script template also
+//! sees the rendered boot section: `kernel`, `initrds`, `initrd_names`, `args`, `local`.
+//!
+//! A broken config is a load error when `check` or a reload can see it ([`check_all`] renders
+//! everything once per known machine), and a 500 at request time otherwise; it is never
+//! handed to a machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use minijinja::Value;
+
+use super::{Facts, Machine, Profile, ProfileSet, Selector};
+use crate::diag::Diagnostic;
+use crate::mac::MacAddr;
+use crate::render::{RenderError, metadata, to_value};
+
+/// What to render for a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// The iPXE script (`/ipxe`).
+    Ipxe,
+    /// The Ignition config (`/ignition`).
+    Ignition,
+    /// `KEY=value` lines (`/metadata`).
+    Metadata,
+    /// A generic template (`/generic`), by name; `None` picks the profile's only one.
+    Generic(Option<String>),
+}
+
+impl What {
+    /// The name used in logs and on the command line.
+    pub fn label(&self) -> String {
+        match self {
+            What::Ipxe => "ipxe".into(),
+            What::Ignition => "ignition".into(),
+            What::Metadata => "metadata".into(),
+            What::Generic(None) => "generic".into(),
+            What::Generic(Some(n)) => format!("generic:{n}"),
+        }
+    }
+}
+
+/// A rendered document.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The text served.
+    pub body: String,
+    /// Its media type.
+    pub content_type: &'static str,
+}
+/// Why a document could not be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DocumentError {
+    /// Its template failed, or the Ignition config it rendered is invalid.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// The profile has no template of that kind.
+    #[error("profile {profile:?} has no {what} template")]
+    Missing {
+        /// The profile.
+        profile: String,
+        /// `ignition`, `generic`, or `generic "name"`.
+        what: String,
+    },
+}
+
+/// The hostname a machine gets: assigned, else reported, else derived from its MAC.
+pub fn hostname(facts: &Facts, machine: Option<&Machine>) -> String {
+    machine
+        .and_then(|m| m.hostname.clone())
+        .or_else(|| facts.hostname.clone())
+        .unwrap_or_else(|| format!("node-{}", facts.mac.to_string().replace(':', "")))
+}
+
+/// The variables a template sees for this machine.
+pub fn context(
+    profile: &Profile,
+    machine: Option<&Machine>,
+    facts: &Facts,
+    base_url: &str,
+) -> BTreeMap<String, Value> {
+    let mut ctx: BTreeMap<String, Value> = profile.vars.clone();
+    if let Some(m) = machine {
+        ctx.extend(m.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    ctx.insert("mac".into(), facts.mac.to_string().into());
+    ctx.insert("hostname".into(), hostname(facts, machine).into());
+    ctx.insert("profile".into(), profile.name.clone().into());
+    ctx.insert("base_url".into(), base_url.into());
+    ctx.insert("query".into(), to_value(&facts.labels));
+    if let Some(ip) = machine.and_then(|m| m.ip) {
+        ctx.insert("ip".into(), ip.to_string().into());
+    }
+    if let Some(uuid) = facts
+        .uuid
+        .clone()
+        .or_else(|| machine.and_then(|m| m.uuid.clone()))
+    {
+        ctx.insert("uuid".into(), uuid.into());
+    }
+    if let Some(arch) = &facts.arch {
+        ctx.insert("arch".into(), arch.clone().into());
+    }
+    if let Some(platform) = &facts.platform {
+        ctx.insert("platform".into(), platform.clone().into());
+    }
+    ctx
+}
+
+/// An asset reference as a URL: absolute URLs stay, `/path` is on this server, anything else
+/// is under `/assets/`.
+fn asset_url(base_url: &str, s: &str) -> String {
+    if s.contains("://") {
+        s.to_string()
+    } else if s.starts_with('/') {
+        format!("{base_url}{s}")
+    } else {
+        format!("{base_url}/assets/{s}")
+    }
+}
+
+impl ProfileSet {
+    fn render_named(
+        &self,
+        name: &str,
+        ctx: &BTreeMap<String, Value>,
+    ) -> Result<String, DocumentError> {
+        Ok(self.engine.render(name, ctx)?)
+    }
+
+    /// The iPXE script of `profile` telling the machine to boot from its local disk (its
+    /// `after_provision = "local"`, or the operator's next boot).
+    pub fn render_local(
+        &self,
+        profile: &Profile,
+        machine: Option<&Machine>,
+        facts: &Facts,
+        base_url: &str,
+    ) -> Result<Rendered, DocumentError> {
+        let ctx = context(profile, machine, facts, base_url);
+        self.render_ipxe(profile, ctx, base_url, true)
+    }
+
+    fn render_ipxe(
+        &self,
+        profile: &Profile,
+        mut ctx: BTreeMap<String, Value>,
+        base_url: &str,
+        local: bool,
+    ) -> Result<Rendered, DocumentError> {
+        let boot = &profile.boot;
+        let kernel = match &boot.kernel {
+            Some(k) => Some(asset_url(base_url, self.render_named(k, &ctx)?.trim())),
+            None => None,
+        };
+        let mut initrds = Vec::new();
+        for t in &boot.initrds {
+            initrds.push(asset_url(base_url, self.render_named(t, &ctx)?.trim()));
+        }
+        let names: Vec<String> = initrds
+            .iter()
+            .map(|u| {
+                let path = u.split(['?', '#']).next().unwrap_or(u);
+                path.rsplit('/').next().unwrap_or(path).to_string()
+            })
+            .collect();
+        let mut args = Vec::new();
+        for t in &boot.args {
+            let a = self.render_named(t, &ctx)?;
+            if !a.trim().is_empty() {
+                args.push(a.trim().to_string());
+            }
+        }
+        ctx.insert("local".into(), local.into());
+        ctx.insert("kernel".into(), to_value(&kernel));
+        ctx.insert("initrds".into(), to_value(&initrds));
+        ctx.insert("initrd_names".into(), to_value(&names));
+        ctx.insert("args".into(), to_value(&args));
+        let body = self.render_named(&boot.script, &ctx)?;
+        Ok(Rendered {
+            body,
+            content_type: "text/plain; charset=utf-8",
+        })
+    }
+
+    /// The chain script every iPXE client fetches first (`/boot.ipxe`).
+    pub fn render_boot_script(&self, base_url: &str) -> Result<String, DocumentError> {
+        let mut ctx = BTreeMap::new();
+        ctx.insert("base_url".to_string(), Value::from(base_url));
+        self.render_named("ipxe/boot.ipxe.j2", &ctx)
+    }
+
+    /// Render `what` for a machine that got `profile`.
+    pub fn render(
+        &self,
+        profile: &Profile,
+        machine: Option<&Machine>,
+        facts: &Facts,
+        base_url: &str,
+        what: &What,
+    ) -> Result<Rendered, DocumentError> {
+        let ctx = context(profile, machine, facts, base_url);
+        match what {
+            What::Ipxe => self.render_ipxe(profile, ctx, base_url, profile.boot.local),
+            What::Ignition => {
+                let name = profile
+                    .ignition
+                    .as_ref()
+                    .ok_or_else(|| DocumentError::Missing {
+                        profile: profile.name.clone(),
+                        what: "ignition".into(),
+                    })?;
+                let body = self.engine.render_ignition(name, &ctx)?;
+                Ok(Rendered {
+                    body,
+                    content_type: "application/vnd.coreos.ignition+json",
+                })
+            }
+            What::Metadata => Ok(Rendered {
+                body: metadata(&ctx),
+                content_type: "text/plain; charset=utf-8",
+            }),
+            What::Generic(wanted) => {
+                let name = match wanted {
+                    Some(n) => profile.generic.get(n),
+                    None if profile.generic.len() == 1 => profile.generic.values().next(),
+                    None => profile.generic.get("default"),
+                };
+                let name = name.ok_or_else(|| DocumentError::Missing {
+                    profile: profile.name.clone(),
+                    what: match wanted {
+                        Some(n) => format!("generic {n:?}"),
+                        None if profile.generic.is_empty() => "generic".into(),
+                        None => format!(
+                            "default generic (it has {}: pass name=...)",
+                            profile
+                                .generic
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    },
+                })?;
+                let body = self.render_named(name, &ctx)?;
+                Ok(Rendered {
+                    body,
+                    content_type: "text/plain; charset=utf-8",
+                })
+            }
+        }
+    }
+}
+
+/// Render everything each profile serves, for every machine it can be served to, and collect
+/// the failures. Used at load time so that `check` and reloads catch template errors.
+pub(crate) fn check_all(set: &ProfileSet, base_url: &str) -> Vec<Diagnostic> {
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    if let Err(DocumentError::Render(RenderError::Template(d))) = set.render_boot_script(base_url) {
+        errors.push(d);
+    }
+    for (index, profile) in set.profiles.iter().enumerate() {
+        let mut cases: Vec<(Facts, Option<&Machine>)> = Vec::new();
+        let mut synthetic = profile.default;
+        for s in set.selectors.iter().filter(|s| s.profile == index) {
+            if s.conditions.macs.is_empty() {
+                cases.push((synthetic_facts(s), None));
+            } else {
+                for mac in &s.conditions.macs {
+                    let mut f = synthetic_facts(s);
+                    f.mac = *mac;
+                    cases.push((f, set.machines.get(mac)));
+                }
+            }
+        }
+        if cases.is_empty() {
+            synthetic = true;
+        }
+        if synthetic {
+            cases.push((Facts::from_mac(MacAddr([0; 6])), None));
+        }
+        let mut whats = vec![What::Ipxe];
+        if profile.ignition.is_some() {
+            whats.push(What::Ignition);
+        }
+        whats.extend(
+            profile
+                .generic
+                .keys()
+                .map(|k| What::Generic(Some(k.clone()))),
+        );
+        for (facts, machine) in &cases {
+            for what in &whats {
+                let err = match set.render(profile, *machine, facts, base_url, what) {
+                    Ok(_) => continue,
+                    Err(DocumentError::Render(RenderError::Template(d))) => d,
+                    Err(DocumentError::Render(e @ RenderError::InvalidIgnition { .. })) => {
+                        let path = profile.ignition.as_ref().and_then(|n| set.engine.origin(n));
+                        let path = path.map_or(profile.path.clone(), |l| l.path.clone());
+                        Diagnostic::new(
+                            path,
+                            None,
+                            e.to_string()
+                                .split_once(": ")
+                                .map_or(e.to_string(), |x| x.1.to_string()),
+                        )
+                    }
+                    Err(e) => Diagnostic::new(&profile.path, None, e.to_string()),
+                };
+                // One report per distinct problem, naming the first machine that hit it.
+                if seen.insert(err.to_string()) {
+                    let who = match machine {
+                        Some(m) => format!("machine {} ({})", m.mac, m.at),
+                        None if facts.mac.0 == [0; 6] => "any machine".to_string(),
+                        None => format!("machine {}", facts.mac),
+                    };
+                    errors.push(Diagnostic::new(
+                        err.path,
+                        err.line,
+                        format!(
+                            "{} [rendering {} of profile {:?} for {who}]",
+                            err.message,
+                            what.label(),
+                            profile.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Facts of a machine that a selector would match, for test renders.
+fn synthetic_facts(s: &Selector) -> Facts {
+    let c = &s.conditions;
+    let mut mac = [0u8; 6];
+    if let Some(p) = &c.mac_prefix {
+        mac[..p.bytes().len()].copy_from_slice(p.bytes());
+    }
+    let mut f = Facts::from_mac(MacAddr(mac));
+    f.uuid = c.uuids.iter().next().cloned();
+    f.arch = c.arches.iter().next().cloned();
+    f.platform = c.platform.clone();
+    f.labels = c.labels.clone();
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_urls() {
+        let b = "http://10.0.0.2:8080";
+        assert_eq!(
+            asset_url(b, "fcos/kernel"),
+            "http://10.0.0.2:8080/assets/fcos/kernel"
+        );
+        assert_eq!(asset_url(b, "/assets/k"), "http://10.0.0.2:8080/assets/k");
+        assert_eq!(asset_url(b, "http://mirror/k"), "http://mirror/k");
+    }
+}
