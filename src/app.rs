@@ -191,29 +191,28 @@ pub async fn run(
         "profiles loaded"
     );
     warn_missing_dir("assets", &config.paths.assets);
-    let live = Arc::new(Live::new(src, base_url.clone(), set));
+    let bus = crate::events::Bus::new();
+    let live = Arc::new(Live::new(src, base_url.clone(), set, bus.clone()));
     let metrics = crate::metrics::Metrics::new();
-    let inventory = Arc::new(Inventory::new(
+    let inventory = Arc::new(Inventory::with_bus(
         config.inventory.clone(),
         Some(metrics.clone()),
+        bus.clone(),
     ));
     let inventory_store = {
         let state_dir = config.paths.state.clone();
         tokio::task::spawn_blocking(move || {
-            crate::inventory::store::InventoryStore::open(&state_dir)
+            crate::inventory::store::RedbMachineStore::open(&state_dir)
         })
         .await
         .context("inventory store task panicked")?
         .context("cannot open the inventory store")?
     };
-    let inventory_store = Arc::new(inventory_store);
-    let records = {
-        let store = inventory_store.clone();
-        tokio::task::spawn_blocking(move || store.load())
-            .await
-            .context("inventory store task panicked")?
-            .context("cannot read the inventory store")?
-    };
+    let inventory_store: Arc<dyn crate::inventory::store::MachineStore> = Arc::new(inventory_store);
+    let records = inventory_store
+        .load()
+        .await
+        .context("cannot read the inventory store")?;
     tracing::info!(machines = records.len(), path = %config.paths.state.join("inventory.redb").display(), "inventory restored");
     inventory.restore(records);
     inventory.sync_profiles(&live.current());
@@ -227,6 +226,11 @@ pub async fn run(
     );
     let tracker = TaskTracker::new();
     tracker.spawn(inventory.clone().run_sweeper(token.clone()));
+    tracker.spawn(
+        inventory
+            .clone()
+            .run_profile_sync(live.clone(), token.clone()),
+    );
 
     let mut dhcp_service = None;
     if !bound.dhcp.is_empty() {
@@ -320,7 +324,7 @@ pub async fn run(
                         }
                     }
                 });
-                Some(inventory.clone() as Arc<dyn crate::dns::LeaseSource>)
+                Some(Arc::new(InventoryNames(inventory.clone())) as Arc<dyn crate::dns::LeaseSource>)
             }
         };
         dns.refresh(&live, leases.as_deref(), crate::time_fmt::unix_now());
@@ -413,7 +417,6 @@ fn export_inventory(
     let (inv, live) = (Arc::downgrade(inventory), Arc::downgrade(live));
     metrics.on_scrape(move |m| {
         if let (Some(inv), Some(live)) = (inv.upgrade(), live.upgrade()) {
-            inv.sync_profiles(&live.current());
             for (state, n) in inv.counts() {
                 m.machines
                     .get_or_create(&crate::metrics::StateLabels {
@@ -428,6 +431,29 @@ fn export_inventory(
             }
         }
     });
+}
+
+/// Without a DHCP lease table of its own (proxy mode, or DHCP off), DNS names the machines
+/// the inventory knows an address for: the profile's hostname, and the address DHCP (proxy)
+/// or the machine's own HTTP requests came from.
+struct InventoryNames(Arc<Inventory>);
+
+impl crate::dns::LeaseSource for InventoryNames {
+    fn named_leases(&self) -> Vec<crate::dns::LeaseName> {
+        self.0
+            .named_addresses()
+            .into_iter()
+            .map(|(hostname, ip)| crate::dns::LeaseName {
+                hostname,
+                ip,
+                expires: u64::MAX,
+            })
+            .collect()
+    }
+
+    fn networks(&self) -> Vec<ipnet::Ipv4Net> {
+        Vec::new()
+    }
 }
 
 fn warn_missing_dir(what: &str, path: &Path) {

@@ -26,6 +26,7 @@ pub mod config;
 pub mod dhcp;
 pub mod diag;
 pub mod dns;
+pub mod events;
 pub mod http;
 pub mod inventory;
 pub mod mac;

@@ -332,7 +332,7 @@ mod tests {
             scripts: dir.path().join("none"),
         };
         let set = crate::profiles::ProfileSet::load(&sources, "http://x").unwrap();
-        let live = Live::new(sources, "http://x".into(), set);
+        let live = Live::new(sources, "http://x".into(), set, crate::events::Bus::new());
         let config = DnsConfig {
             enabled: true,
             domain: Some("lab.example".into()),

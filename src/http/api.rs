@@ -206,7 +206,6 @@ async fn machines(
             .map_err(|e: String| bad(format!("state: {e}")))?,
         profile: q.profile,
     };
-    st.inventory.sync_profiles(&st.profiles.current());
     let list = st.inventory.list(&filter);
     Ok(tagged(
         Json(json!({ "count": list.len(), "machines": list })),
@@ -229,7 +228,6 @@ async fn machine(
     _: Reader,
     MacPath(mac): MacPath,
 ) -> Result<Response, HttpError> {
-    st.inventory.sync_profiles(&st.profiles.current());
     match st.inventory.get(mac) {
         Some(rec) => Ok(tagged(Json(rec), Some(mac), "api: machine")),
         None => Err(HttpError::api(
@@ -374,8 +372,8 @@ async fn adopt(
     })
     .await
     .map_err(|e| HttpError::api(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match result {
-        Ok(()) => {}
+    let generation = match result {
+        Ok(generation) => generation,
         Err(crate::profiles::adopt::AdoptError::Write(msg)) => {
             return Err(HttpError::api(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -399,9 +397,15 @@ async fn adopt(
             });
             return Ok(resp);
         }
-    }
-    st.inventory.sync_profiles(&st.profiles.current());
+    };
+    // The inventory follows reloads on the bus: answer once it lists the machine as declared.
+    st.inventory.synced_to(generation).await;
     st.inventory.flushed().await;
+    st.profiles.bus().publish(crate::events::Adopted {
+        mac,
+        profile: req.profile.clone(),
+        file: profile.path.clone(),
+    });
     tracing::info!(%mac, profile = %req.profile, file = %profile.path.display(), "machine adopted");
     Ok(tagged(
         (
@@ -497,7 +501,6 @@ async fn wake_many(
                 format!("no profile named {p:?}"),
             ));
         }
-        st.inventory.sync_profiles(&set);
         let filter = Filter {
             state: None,
             profile: req.profile.clone(),

@@ -33,7 +33,7 @@ use serde_json::json;
 use tower_http::services::ServeDir;
 
 use crate::config::Config;
-use crate::inventory::{Inventory, Plan, Step};
+use crate::inventory::{Inventory, plan};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
 use crate::profiles::{DocumentError, What};
@@ -223,9 +223,9 @@ fn peer_ipv4(ext: &axum::http::Extensions) -> Option<std::net::Ipv4Addr> {
 
 /// `/ipxe`, `/ignition`, `/metadata`, `/generic`: choose the machine's profile and render.
 ///
-/// `/ipxe` follows the machine's plan: the operator's one-shot next boot, else its profile's
-/// `after_provision` once it is provisioned, else the selected profile. The configs come from
-/// the profile its last `/ipxe` came from.
+/// What is served is [`plan::serve`] (the operator's one-shot next boot, the profile's
+/// `after_provision`, the profile `/ipxe` came from), decided and the one-shot used up in one
+/// inventory step; it is given back if the render then fails.
 async fn machine_doc(
     State(st): State<HttpState>,
     PeerIp(peer): PeerIp,
@@ -235,12 +235,8 @@ async fn machine_doc(
     let facts = query::facts(q.as_deref().unwrap_or(""))
         .map_err(|msg| HttpError::new(StatusCode::BAD_REQUEST, msg))?;
     let mac = facts.mac;
-    let facts = st.inventory.observe(facts);
-    if let Some(ip) = peer {
-        st.inventory.learn_ip(mac, ip);
-    }
+    let facts = st.inventory.observe_from(facts, peer);
     let set = st.profiles.current();
-    st.inventory.sync_profiles(&set);
     let Some(m) = set.select(&facts) else {
         st.inventory.no_profile(mac, &what.label());
         return Err(HttpError::new(
@@ -252,87 +248,69 @@ async fn machine_doc(
         )
         .for_machine(mac, None));
     };
-    let selected = m.profile;
-    let mut local = false;
-    let mut redirected = None;
-    let mut one_shot = false;
-    let profile = if what == What::Ipxe {
-        let (plan, from_next_boot) = st.inventory.plan(mac, selected.after_provision.as_ref());
-        one_shot = from_next_boot;
-        match plan {
-            Plan::Selected => selected,
-            Plan::Local => {
-                local = true;
-                selected
-            }
-            Plan::Profile(name) => match set.profile(&name) {
-                Some(p) => {
-                    redirected = Some(name);
-                    p
-                }
-                None => {
-                    return Err(HttpError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("{mac} is to boot profile {name:?}, which no longer exists"),
-                    )
-                    .for_machine(mac, Some(&selected.name)));
-                }
-            },
-        }
+    let (decision, taken) = st.inventory.plan_boot(
+        mac,
+        |view| {
+            let d = plan::serve(&set, m.profile, view, &what);
+            let taken = view.next_boot.clone();
+            (d, taken)
+        },
+        |(d, _)| d.as_ref().is_ok_and(|s| s.uses_next_boot),
+    );
+    let serve = decision.map_err(|e| {
+        HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{mac} {e}"))
+            .for_machine(mac, Some(&m.profile.name))
+    })?;
+    let name = serve.profile.name.as_str();
+    let rendered = if serve.local {
+        set.render_local(serve.profile, m.machine, &facts, &st.base_url)
     } else {
-        st.inventory
-            .booting_profile(mac)
-            .and_then(|n| set.profile(&n))
-            .unwrap_or(selected)
+        set.render(serve.profile, m.machine, &facts, &st.base_url, &what)
     };
-    let name = profile.name.as_str();
-    let rendered = if local {
-        set.render_local(profile, m.machine, &facts, &st.base_url)
-    } else {
-        set.render(profile, m.machine, &facts, &st.base_url, &what)
-    };
-    match rendered {
-        Ok(doc) => {
-            let (step, served) = match &what {
-                What::Ipxe if local || profile.boot.local => {
-                    (Some(Step::LocalBoot), "ipxe (local disk)".to_string())
-                }
-                What::Ipxe => (Some(Step::Script), "ipxe".to_string()),
-                What::Ignition | What::Generic(_) => (Some(Step::Config), what.label()),
-                What::Metadata => (None, what.label()),
-            };
-            if one_shot {
-                // The operator's next boot was served: it is used up.
-                st.inventory.consume_next_boot(mac);
+    let doc = match rendered {
+        Ok(doc) => doc,
+        Err(e) => {
+            if serve.uses_next_boot
+                && let Some(next) = taken
+            {
+                st.inventory.give_back(mac, next);
             }
-            st.inventory.served(mac, name, &served, step, redirected);
-            tracing::debug!(%mac, profile = name, reason = %m.reason, "profile chosen");
-            let mut resp = doc.body.into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(doc.content_type),
-            );
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp.extensions_mut().insert(Outcome {
-                mac: Some(mac),
-                profile: Some(name.to_string()),
-                served,
-            });
-            Ok(resp)
+            return Err(match e {
+                e @ DocumentError::Missing { .. } => {
+                    HttpError::new(StatusCode::NOT_FOUND, e.to_string())
+                }
+                e => HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "cannot render {} for {mac} (profile {name:?}): {e}",
+                        what.label()
+                    ),
+                ),
+            }
+            .for_machine(mac, Some(name)));
         }
-        Err(e @ DocumentError::Missing { .. }) => {
-            Err(HttpError::new(StatusCode::NOT_FOUND, e.to_string()).for_machine(mac, Some(name)))
-        }
-        Err(e) => Err(HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "cannot render {} for {mac} (profile {name:?}): {e}",
-                what.label()
-            ),
-        )
-        .for_machine(mac, Some(name))),
-    }
+    };
+    st.inventory.served(
+        mac,
+        name,
+        &serve.served,
+        serve.step,
+        serve.redirected.clone(),
+    );
+    tracing::debug!(%mac, profile = name, reason = %m.reason, "profile chosen");
+    let mut resp = doc.body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(doc.content_type),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.extensions_mut().insert(Outcome {
+        mac: Some(mac),
+        profile: Some(name.to_string()),
+        served: serve.served,
+    });
+    Ok(resp)
 }
 
 /// After a successful `GET` of an iPXE binary (`/boot/`) or a boot asset (`/assets/`), note

@@ -61,15 +61,26 @@ fn fixture() -> Fixture {
     };
     let base = "http://10.0.0.2:8080".to_string();
     let set = ProfileSet::load(&sources, &base).unwrap_or_else(|e| panic!("{e}"));
+    let bus = crate::events::Bus::new();
+    let live = Arc::new(Live::new(sources, base.clone(), set, bus.clone()));
+    let inventory = Arc::new(Inventory::with_bus(Default::default(), None, bus));
+    // As in the daemon: the inventory follows the profiles (declared machines, adoptions).
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    inventory.sync_profiles(&live.current());
+    tokio::spawn(
+        inventory
+            .clone()
+            .run_profile_sync(live.clone(), shutdown.clone()),
+    );
     let state = HttpState {
         config: Arc::new(config),
         base_url: base.clone().into(),
-        profiles: Arc::new(Live::new(sources, base, set)),
-        inventory: Arc::new(Inventory::default()),
+        profiles: live,
+        inventory,
         metrics: crate::metrics::Metrics::new(),
         waker: None,
         api_token: Some("s3cret".into()),
-        shutdown: tokio_util::sync::CancellationToken::new(),
+        shutdown,
     };
     Fixture { dir, state }
 }

@@ -8,6 +8,7 @@
 //! is skipped with a warning rather than refusing to start.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -25,6 +26,9 @@ pub enum StoreError {
     /// The database could not be opened, read or written.
     #[error("inventory store: {0}")]
     Db(#[from] redb::Error),
+    /// The blocking task doing the I/O failed.
+    #[error("inventory store: {0}")]
+    Task(String),
     /// The state directory could not be created.
     #[error("inventory store: cannot create {path}: {source}")]
     Dir {
@@ -35,14 +39,35 @@ pub enum StoreError {
     },
 }
 
-/// The inventory database.
-pub struct InventoryStore {
-    db: Database,
+/// One record's change: its JSON, or `None` when it was forgotten.
+pub type Change = (MacAddr, Option<Vec<u8>>);
+
+/// Where machine records live. The inventory keeps every record in memory and writes changes
+/// in batches; a store makes a batch durable as one unit, gives everything back at start-up,
+/// and (when several instances share it) tells about records changed elsewhere.
+#[async_trait::async_trait]
+pub trait MachineStore: Send + Sync + 'static {
+    /// Every stored record.
+    async fn load(&self) -> Result<Vec<Record>, StoreError>;
+
+    /// Write `changes` as one durable unit: on `Ok` they survive a crash.
+    async fn write(&self, changes: Vec<Change>) -> Result<(), StoreError>;
+
+    /// Records written by other instances sharing this store, as they happen; `None` for a
+    /// store only this process writes.
+    fn remote_changes(&self) -> Option<tokio::sync::mpsc::Receiver<Record>> {
+        None
+    }
 }
 
-impl std::fmt::Debug for InventoryStore {
+/// The embedded store: `inventory.redb` under the state directory.
+pub struct RedbMachineStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for RedbMachineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InventoryStore")
+        f.write_str("RedbMachineStore")
     }
 }
 
@@ -57,9 +82,9 @@ fn mac_of(key: u64) -> MacAddr {
     MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
-impl InventoryStore {
-    /// Open (or create) `dir/inventory.redb`.
-    pub fn open(dir: &Path) -> Result<InventoryStore, StoreError> {
+impl RedbMachineStore {
+    /// Open (or create) `dir/inventory.redb` (blocking).
+    pub fn open(dir: &Path) -> Result<RedbMachineStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.display().to_string(),
             source,
@@ -73,11 +98,12 @@ impl InventoryStore {
         let txn = db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(MACHINES).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
-        Ok(InventoryStore { db })
+        Ok(RedbMachineStore { db: Arc::new(db) })
     }
 
-    /// Write (`Some`) or delete (`None`) records in one transaction; on return it is on disk.
-    pub fn write(&self, changes: &[(MacAddr, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+    /// Write (`Some`) or delete (`None`) records in one transaction; on return it is on disk
+    /// (blocking).
+    pub fn write_blocking(&self, changes: &[Change]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         {
             let mut table = txn.open_table(MACHINES).map_err(redb::Error::from)?;
@@ -98,8 +124,8 @@ impl InventoryStore {
         Ok(())
     }
 
-    /// Every stored record.
-    pub fn load(&self) -> Result<Vec<Record>, StoreError> {
+    /// Every stored record (blocking).
+    pub fn load_blocking(&self) -> Result<Vec<Record>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(MACHINES).map_err(redb::Error::from)?;
         let mut out = Vec::new();
@@ -114,6 +140,27 @@ impl InventoryStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl MachineStore for RedbMachineStore {
+    async fn load(&self) -> Result<Vec<Record>, StoreError> {
+        let this = RedbMachineStore {
+            db: self.db.clone(),
+        };
+        tokio::task::spawn_blocking(move || this.load_blocking())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn write(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        let this = RedbMachineStore {
+            db: self.db.clone(),
+        };
+        tokio::task::spawn_blocking(move || this.write_blocking(&changes))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 

@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::store::{MachineStore, RedbMachineStore};
 use super::*;
+use crate::profiles::Facts;
 
 fn mac(n: u8) -> MacAddr {
     MacAddr([0x52, 0x54, 0, 0, 0, n])
@@ -187,7 +193,7 @@ fn next_boot_semantics() {
     assert_eq!(inv.plan(m, after_local), (Plan::Local, false));
     inv.set_next_boot(m, Some(NextBoot::Install), "test");
     assert_eq!(inv.plan(m, after_local), (Plan::Selected, true));
-    inv.consume_next_boot(m);
+    assert_eq!(inv.take_plan(m, after_local), (Plan::Selected, true));
     assert_eq!(inv.plan(m, after_local), (Plan::Local, false));
     let rec = inv.get(m).unwrap();
     assert!(rec.history.iter().any(|h| h.event.contains("reinstall")));
@@ -296,7 +302,7 @@ async fn bounded_and_declared_machines_stay() {
 #[tokio::test]
 async fn records_survive_the_store_and_flushed_waits_for_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(InventoryStore::open(dir.path()).unwrap());
+    let store = Arc::new(RedbMachineStore::open(dir.path()).unwrap());
     let inv = Arc::new(Inventory::default());
     let cancel = CancellationToken::new();
     let writer = tokio::spawn(inv.clone().run_writer(store.clone(), cancel.clone()));
@@ -304,7 +310,7 @@ async fn records_survive_the_store_and_flushed_waits_for_disk() {
     walk_install(&inv, mac(1));
     inv.set_next_boot(mac(1), Some(NextBoot::Local), "test");
     inv.flushed().await;
-    let stored = store.load().unwrap();
+    let stored = store.load().await.unwrap();
     assert_eq!(stored, vec![inv.get(mac(1)).unwrap()]);
     // A fresh inventory restored from it answers the same.
     let again = Inventory::default();

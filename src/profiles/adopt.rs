@@ -81,30 +81,33 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     })
 }
 
-/// Append `entry` to the profile file at `path` and reload `live` (blocking). On a failed
-/// reload the file is restored and reloaded again.
-pub fn append_and_reload(live: &Live, path: &Path, entry: &str) -> Result<(), AdoptError> {
-    let old = std::fs::read_to_string(path)
-        .map_err(|e| AdoptError::Write(format!("cannot read {}: {e}", path.display())))?;
-    let mut new = old.clone();
-    if !new.is_empty() && !new.ends_with('\n') {
-        new.push('\n');
-    }
-    new.push('\n');
-    new.push_str(entry);
-    write_atomic(path, &new)
-        .map_err(|e| AdoptError::Write(format!("cannot write {}: {e}", path.display())))?;
-    match live.reload() {
-        Ok(()) => Ok(()),
-        Err(diags) => {
-            let errors = diags.0.iter().map(|d| d.to_string()).collect();
-            if let Err(e) = write_atomic(path, &old) {
-                tracing::error!(path = %path.display(), error = %e, "cannot restore the profile file after a failed adoption");
-            }
-            let _ = live.reload();
-            Err(AdoptError::Invalid(errors))
+/// Append `entry` to the profile file at `path` and reload `live` (blocking), with other
+/// reloads held off until it is done. On a failed reload the file is restored and reloaded
+/// again. Returns the generation that serves the entry.
+pub fn append_and_reload(live: &Live, path: &Path, entry: &str) -> Result<u64, AdoptError> {
+    live.serialized(|reloader| {
+        let old = std::fs::read_to_string(path)
+            .map_err(|e| AdoptError::Write(format!("cannot read {}: {e}", path.display())))?;
+        let mut new = old.clone();
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
         }
-    }
+        new.push('\n');
+        new.push_str(entry);
+        write_atomic(path, &new)
+            .map_err(|e| AdoptError::Write(format!("cannot write {}: {e}", path.display())))?;
+        match reloader.reload() {
+            Ok(generation) => Ok(generation),
+            Err(diags) => {
+                let errors = diags.0.iter().map(|d| d.to_string()).collect();
+                if let Err(e) = write_atomic(path, &old) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot restore the profile file after a failed adoption");
+                }
+                let _ = reloader.reload();
+                Err(AdoptError::Invalid(errors))
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ProfileSet, Sources};
 use crate::diag::Diagnostics;
+use crate::events::{Bus, ProfilesEvent, Reload};
 
 /// How long a burst of file events must be quiet before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -54,11 +55,17 @@ pub struct Live {
     current: ArcSwap<ProfileSet>,
     /// A std mutex: held for a copy or an update, never across `.await`.
     status: Mutex<ReloadStatus>,
+    /// Held for a whole reload (and an adoption's write + reload + restore), so two reloads
+    /// never interleave and an older set can never replace a newer one. Blocking: reloads run
+    /// on blocking threads.
+    reloading: Mutex<()>,
+    /// Where reloads are announced.
+    bus: Arc<Bus>,
 }
 
 impl Live {
-    /// Serve `set`, loaded from `sources`.
-    pub fn new(sources: Sources, base_url: String, set: ProfileSet) -> Live {
+    /// Serve `set`, loaded from `sources`; reloads are announced on `bus`.
+    pub fn new(sources: Sources, base_url: String, set: ProfileSet, bus: Arc<Bus>) -> Live {
         let status = ReloadStatus {
             generation: 1,
             loaded_at: set.loaded_at,
@@ -73,12 +80,19 @@ impl Live {
             base_url,
             current: ArcSwap::from_pointee(set),
             status: Mutex::new(status),
+            reloading: Mutex::new(()),
+            bus,
         }
     }
 
     /// The set to serve this request from.
     pub fn current(&self) -> Arc<ProfileSet> {
         self.current.load_full()
+    }
+
+    /// The bus reloads are announced on.
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
     }
 
     /// The outcome of the last reload.
@@ -90,10 +104,32 @@ impl Live {
     }
 
     /// Load everything again (blocking: file I/O and test renders). On success the new set is
-    /// served; on failure the old one stays and the errors are recorded and returned.
-    pub fn reload(&self) -> Result<(), Diagnostics> {
-        let result = ProfileSet::load(&self.sources, &self.base_url);
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+    /// served and a [`ProfilesEvent::Reloaded`] says what changed; on failure the old one
+    /// stays, and the errors are recorded, announced and returned. Returns the generation.
+    pub fn reload(&self) -> Result<u64, Diagnostics> {
+        self.serialized(|r| r.reload())
+    }
+
+    /// Run `f` with reloads held off for everyone else: an adoption writes a file, reloads, and
+    /// puts the file back if the reload fails, with no reload in between.
+    pub fn serialized<T>(&self, f: impl FnOnce(&Reloader<'_>) -> T) -> T {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        f(&Reloader { live: self })
+    }
+}
+
+/// Reloads while [`Live::serialized`] holds the reload lock.
+#[derive(Debug)]
+pub struct Reloader<'a> {
+    live: &'a Live,
+}
+
+impl Reloader<'_> {
+    /// See [`Live::reload`].
+    pub fn reload(&self) -> Result<u64, Diagnostics> {
+        let live = self.live;
+        let result = ProfileSet::load(&live.sources, &live.base_url);
+        let mut status = live.status.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(set) => {
                 status.generation += 1;
@@ -102,17 +138,90 @@ impl Live {
                 status.machines = set.machines.len();
                 status.last_error = None;
                 status.last_error_at = None;
-                self.current.store(Arc::new(set));
-                Ok(())
+                let generation = status.generation;
+                let old = live.current.swap(Arc::new(set));
+                drop(status);
+                let mut change = diff(&old, &live.current());
+                change.generation = generation;
+                live.bus.publish(Arc::new(ProfilesEvent::Reloaded(change)));
+                Ok(generation)
             }
             Err(errors) => {
-                status.last_error = Some(errors.0.iter().map(|d| d.to_string()).collect());
+                let texts: Vec<String> = errors.0.iter().map(|d| d.to_string()).collect();
+                status.last_error = Some(texts.clone());
                 status.last_error_at = Some(SystemTime::now());
                 status.failed_reloads += 1;
+                let failed_reloads = status.failed_reloads;
+                drop(status);
+                live.bus.publish(Arc::new(ProfilesEvent::Failed {
+                    failed_reloads,
+                    errors: texts,
+                }));
                 Err(errors)
             }
         }
     }
+}
+
+/// What changed from `old` to `new`: machines by what DHCP, DNS and the inventory see of them,
+/// profiles by their settings.
+pub fn diff(old: &ProfileSet, new: &ProfileSet) -> Reload {
+    let view = |set: &ProfileSet, m: &super::Machine| {
+        (
+            set.profiles[m.profile].name.clone(),
+            m.hostname.clone(),
+            m.ip,
+            m.uuid.clone(),
+            m.labels.clone(),
+            format!("{:?}", m.vars),
+        )
+    };
+    let mut change = Reload::default();
+    for (mac, m) in &new.machines {
+        match old.machines.get(mac) {
+            None => change.added.push(*mac),
+            Some(o) if view(old, o) != view(new, m) => change.changed.push(*mac),
+            Some(_) => {}
+        }
+    }
+    change.removed = old
+        .machines
+        .keys()
+        .filter(|mac| !new.machines.contains_key(mac))
+        .copied()
+        .collect();
+    let settings = |p: &super::Profile| {
+        format!(
+            "{:?}",
+            (
+                &p.description,
+                p.default,
+                &p.boot,
+                &p.ignition,
+                &p.generic,
+                &p.vars,
+                &p.after_provision
+            )
+        )
+    };
+    for p in &new.profiles {
+        if old
+            .profile(&p.name)
+            .is_none_or(|o| settings(o) != settings(p))
+        {
+            change.profiles.push(p.name.clone());
+        }
+    }
+    for p in &old.profiles {
+        if new.profile(&p.name).is_none() {
+            change.profiles.push(p.name.clone());
+        }
+    }
+    for v in [&mut change.added, &mut change.removed, &mut change.changed] {
+        v.sort();
+    }
+    change.profiles.sort();
+    change
 }
 
 /// Why watching could not start.
@@ -197,7 +306,7 @@ pub async fn run(watcher: Watcher, live: Arc<Live>, token: CancellationToken) {
                 while changes.try_recv().is_ok() {}
                 let l = live.clone();
                 match tokio::task::spawn_blocking(move || l.reload()).await {
-                    Ok(Ok(())) => {
+                    Ok(Ok(_)) => {
                         let s = live.status();
                         tracing::info!(generation = s.generation, profiles = s.profiles, machines = s.machines, "profiles reloaded");
                     }

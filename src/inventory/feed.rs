@@ -1,0 +1,553 @@
+//! What the services tell the inventory: each method is one event of one machine, applied
+//! under the inventory's lock (record, state machine, history, transition), plus the sweeper
+//! that marks stalls and the follower that keeps declared machines in step with the profiles.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{BootView, Plan, plan};
+use super::record::merge;
+use super::{
+    AfterProvision, BootState, DhcpClient, DhcpSeen, HistoryEntry, Inventory, NextBoot, Record,
+    Step, Wake, WakeOutcome, is_ipxe_binary, push_history, state,
+};
+use crate::events::ProfilesEvent;
+use crate::mac::MacAddr;
+use crate::profiles::watch::Live;
+use crate::profiles::{Facts, ProfileSet};
+use crate::time_fmt::Stamp;
+
+/// Keys of the `/ipxe` request that are hardware facts (kept in the record).
+const HARDWARE_KEYS: &[&str] = &["serial", "manufacturer", "product", "memory"];
+
+impl Inventory {
+    /// Merge what a request reports into the machine's record, and return the facts with
+    /// gaps filled from what the machine reported before.
+    pub fn observe(&self, facts: Facts) -> Facts {
+        self.observe_from(facts, None)
+    }
+
+    /// [`Inventory::observe`], and remember that `peer` (the request's source address)
+    /// belongs to the machine: one lock for both. The record is marked for the writer only
+    /// when a fact it keeps changed.
+    pub fn observe_from(&self, mut facts: Facts, peer: Option<Ipv4Addr>) -> Facts {
+        let now = self.now();
+        let mac = facts.mac;
+        let mut inner = self.lock();
+        let rec = Self::entry(&mut inner, mac, now);
+        rec.last_seen = Stamp(now);
+        let kept = |r: &Record| {
+            (
+                r.uuid.clone(),
+                r.arch.clone(),
+                r.platform.clone(),
+                r.hostname.clone(),
+                r.ip,
+            )
+        };
+        let before = kept(rec);
+        let hardware_before = rec.hardware.len();
+        let mut changed = false;
+        merge(&mut rec.uuid, &mut facts.uuid);
+        merge(&mut rec.arch, &mut facts.arch);
+        merge(&mut rec.platform, &mut facts.platform);
+        if rec.hostname.is_none() {
+            rec.hostname.clone_from(&facts.hostname);
+        }
+        for key in HARDWARE_KEYS {
+            if let Some(v) = facts.labels.get(*key)
+                && rec.hardware.get(*key) != Some(v)
+            {
+                rec.hardware.insert(key.to_string(), v.clone());
+                changed = true;
+            }
+        }
+        if let Some(ip) = peer
+            && rec.ip.is_none()
+        {
+            rec.ip = Some(ip);
+        }
+        changed |= kept(rec) != before || rec.hardware.len() != hardware_before;
+        if let Some(ip) = peer {
+            inner.by_ip.insert(ip, mac);
+        }
+        if changed {
+            inner.dirty.insert(mac);
+            inner.generation += 1;
+            drop(inner);
+            self.changed.notify_one();
+        }
+        facts
+    }
+
+    /// A DHCP message from `mac` (and what Kindling answered).
+    pub fn dhcp(&self, mac: MacAddr, seen: DhcpSeen) {
+        // A phone or printer on the LAN (proxy mode sees them all) is not a machine to adopt.
+        if seen.profile.is_none() && seen.client == DhcpClient::Os && self.get(mac).is_none() {
+            return;
+        }
+        let step = if seen.profile.is_none() && seen.client != DhcpClient::Os {
+            Step::NoProfile
+        } else if seen.profile.is_none() {
+            return self.note_dhcp(mac, seen, None);
+        } else {
+            Step::Dhcp(seen.client)
+        };
+        self.note_dhcp(mac, seen, Some(step));
+    }
+
+    fn note_dhcp(&self, mac: MacAddr, seen: DhcpSeen, step: Option<Step>) {
+        // A DISCOVER or REQUEST (named by what Kindling answered) moves the state; a RELEASE,
+        // DECLINE or NAK does not.
+        let step = step.filter(|_| {
+            matches!(
+                seen.event,
+                "discover" | "offer" | "ack" | "inform" | "proxy_offer" | "proxy_ack"
+            )
+        });
+        let event = match seen.ip {
+            Some(ip) => format!("{} {ip}", seen.event),
+            None => seen.event.to_string(),
+        };
+        let within = self.settings.stall_after.waking;
+        self.apply(mac, "dhcp", event, step, |rec, now| {
+            rec.dhcp_event = Some(seen.event.to_string());
+            if let Some(ip) = seen.ip
+                && !matches!(seen.event, "release" | "decline" | "nak")
+            {
+                rec.ip = Some(ip);
+            }
+            if seen.vendor_class.is_some() {
+                rec.vendor_class = seen.vendor_class;
+            }
+            if seen.guid.is_some() {
+                rec.guid = seen.guid;
+            }
+            if seen.arch_code.is_some() {
+                rec.arch_code = seen.arch_code;
+            }
+            if seen.hostname.is_some() && !rec.declared {
+                rec.hostname = seen.hostname;
+            }
+            if seen.profile.is_some() && !rec.declared {
+                rec.profile = seen.profile;
+            }
+            if let Some(w) = &mut rec.wake
+                && w.answered_after_s.is_none()
+            {
+                let after = now.duration_since(w.sent_at.0).unwrap_or_default();
+                w.answered_after_s = Some(after.as_secs_f64());
+                w.outcome = if after <= within || within.is_zero() {
+                    WakeOutcome::Answered
+                } else {
+                    WakeOutcome::Late
+                };
+            }
+        });
+    }
+
+    /// `mac` fetched `file` over TFTP: an iPXE binary moves it to `firmware`.
+    pub fn tftp_fetched(&self, mac: MacAddr, file: &str) {
+        let step = is_ipxe_binary(file).then_some(Step::Firmware);
+        self.apply(mac, "tftp", format!("fetched {file}"), step, |rec, _| {
+            rec.last_served = Some(format!("tftp:{file}"));
+        });
+    }
+
+    /// `mac` fetched an iPXE binary over HTTP (`/boot/...`).
+    pub fn http_firmware(&self, mac: MacAddr, path: &str) {
+        self.apply(
+            mac,
+            "http",
+            format!("fetched {path}"),
+            Some(Step::Firmware),
+            |rec, _| {
+                rec.last_served = Some(format!("http:{path}"));
+            },
+        );
+    }
+
+    /// `mac` fetched a boot asset (kernel, initrd, image) from `/assets/`.
+    pub fn asset(&self, mac: MacAddr, path: &str) {
+        self.apply(
+            mac,
+            "http",
+            format!("fetched {path}"),
+            Some(Step::Kernel),
+            |rec, _| {
+                rec.last_served = Some(format!("http:{path}"));
+            },
+        );
+    }
+
+    /// `mac` was served `what` from `profile`; `step` is what that means for its boot.
+    pub fn served(
+        &self,
+        mac: MacAddr,
+        profile: &str,
+        what: &str,
+        step: Option<Step>,
+        booting_profile: Option<String>,
+    ) {
+        let event = format!("served {what} (profile {profile})");
+        self.apply(mac, "http", event, step, |rec, _| {
+            if !rec.declared || rec.profile.is_none() {
+                rec.profile = Some(profile.to_string());
+            }
+            rec.last_served = Some(what.to_string());
+            if step == Some(Step::Script) || step == Some(Step::LocalBoot) {
+                rec.booting_profile = booting_profile;
+            }
+        });
+    }
+
+    /// `mac` asked for a profile and none matches: it is `discovered`.
+    pub fn no_profile(&self, mac: MacAddr, what: &str) {
+        self.apply(
+            mac,
+            "http",
+            format!("asked for {what}: no profile matches"),
+            Some(Step::NoProfile),
+            |_, _| {},
+        );
+    }
+
+    /// The OS reported `state` (and the hostname it runs as).
+    pub fn report(&self, mac: MacAddr, state: &str, hostname: Option<String>) {
+        let step = (state == "provisioned").then_some(Step::Provisioned);
+        self.apply(
+            mac,
+            "report",
+            format!("reported {state}"),
+            step,
+            |rec, now| {
+                rec.reported = Some(state.to_string());
+                rec.reported_at = Some(Stamp(now));
+                if state == "provisioned" {
+                    rec.provisioned = true;
+                    rec.provisioned_at = Some(Stamp(now));
+                }
+                if hostname.is_some() && !rec.declared {
+                    rec.hostname = hostname;
+                }
+            },
+        );
+    }
+
+    /// Kindling sent `mac` a magic packet.
+    pub fn woken(&self, mac: MacAddr, detail: &str) {
+        let within = self.settings.stall_after.waking;
+        self.apply(
+            mac,
+            "wol",
+            format!("magic packet sent ({detail})"),
+            Some(Step::Woken),
+            |rec, now| {
+                rec.wake = Some(Wake {
+                    sent_at: Stamp(now),
+                    within_s: within.as_secs_f64(),
+                    outcome: WakeOutcome::Pending,
+                    answered_after_s: None,
+                    provisioned_after_s: None,
+                });
+            },
+        );
+    }
+
+    /// Set (or clear, with `None`) the one-shot next boot of `mac`.
+    pub fn set_next_boot(&self, mac: MacAddr, next: Option<NextBoot>, by: &str) -> Record {
+        let event = match &next {
+            Some(NextBoot::Install) => format!("next boot: install (reinstall, by {by})"),
+            Some(NextBoot::Local) => format!("next boot: local disk (by {by})"),
+            Some(NextBoot::Profile { profile }) => {
+                format!("next boot: profile {profile} (by {by})")
+            }
+            None => format!("next boot cleared (by {by})"),
+        };
+        self.apply(mac, "api", event, None, |rec, _| rec.next_boot = next);
+        self.get(mac)
+            .unwrap_or_else(|| Record::new(mac, self.now()))
+    }
+
+    /// What `/ipxe` should serve `mac`, given its profile's after-provision rule, and whether
+    /// that is the operator's one-shot choice (a look only: [`Inventory::plan_boot`] uses it).
+    pub fn plan(&self, mac: MacAddr, after: Option<&AfterProvision>) -> (Plan, bool) {
+        let inner = self.lock();
+        match inner.machines.get(&mac) {
+            Some(r) => (
+                plan(r.next_boot.as_ref(), r.provisioned, after),
+                r.next_boot.is_some(),
+            ),
+            None => (plan(None, false, after), false),
+        }
+    }
+
+    /// [`Inventory::plan`], using up the one-shot next boot when the plan is it: one step, so
+    /// two requests racing for it cannot both get it.
+    pub fn take_plan(&self, mac: MacAddr, after: Option<&AfterProvision>) -> (Plan, bool) {
+        self.plan_boot(
+            mac,
+            |view| {
+                let uses = view.next_boot.is_some();
+                (plan(view.next_boot.as_ref(), view.provisioned, after), uses)
+            },
+            |(_, uses)| *uses,
+        )
+    }
+
+    /// Decide what `mac` is served with `decide` (a pure function of its record's boot
+    /// choices, [`super::plan::serve`]) and, when the decision `uses_next_boot`, take the
+    /// operator's one-shot choice off the record, all under one lock. [`Inventory::give_back`]
+    /// returns it when serving then fails.
+    pub fn plan_boot<T>(
+        &self,
+        mac: MacAddr,
+        decide: impl FnOnce(&BootView) -> T,
+        uses_next_boot: impl FnOnce(&T) -> bool,
+    ) -> T {
+        let mut inner = self.lock();
+        let Some(rec) = inner.machines.get_mut(&mac) else {
+            return decide(&BootView::default());
+        };
+        let view = BootView {
+            next_boot: rec.next_boot.clone(),
+            provisioned: rec.provisioned,
+            booting_profile: rec.booting_profile.clone(),
+        };
+        let decision = decide(&view);
+        if uses_next_boot(&decision) && rec.next_boot.take().is_some() {
+            inner.dirty.insert(mac);
+            inner.generation += 1;
+            drop(inner);
+            self.changed.notify_one();
+        }
+        decision
+    }
+
+    /// Serving what [`Inventory::plan_boot`] decided failed: put the one-shot `next` back,
+    /// unless the operator chose something else meanwhile.
+    pub fn give_back(&self, mac: MacAddr, next: NextBoot) {
+        let mut inner = self.lock();
+        if let Some(rec) = inner.machines.get_mut(&mac)
+            && rec.next_boot.is_none()
+        {
+            rec.next_boot = Some(next);
+            inner.dirty.insert(mac);
+            inner.generation += 1;
+            drop(inner);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Remember that `ip` belongs to `mac` (an HTTP request from `ip` named `mac`).
+    pub fn learn_ip(&self, mac: MacAddr, ip: Ipv4Addr) {
+        let mut inner = self.lock();
+        if inner.by_ip.get(&ip) == Some(&mac) {
+            return;
+        }
+        inner.by_ip.insert(ip, mac);
+        if let Some(rec) = inner.machines.get_mut(&mac)
+            && rec.ip.is_none()
+        {
+            rec.ip = Some(ip);
+            inner.dirty.insert(mac);
+            inner.generation += 1;
+        }
+    }
+
+    /// The machine last seen with `ip` (TFTP and `/assets/` know only the client's address).
+    pub fn mac_by_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.lock().by_ip.get(&ip).copied()
+    }
+
+    /// Create or update the records of machines the profiles declare (state `unknown` for new
+    /// ones). Cheap when `set` was synced already.
+    pub fn sync_profiles(&self, set: &ProfileSet) {
+        let id = (std::ptr::from_ref(set) as usize, set.loaded_at);
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.synced == Some(id) {
+            return;
+        }
+        inner.synced = Some(id);
+        let mut changed = Vec::new();
+        for m in set.machines.values() {
+            let profile = &set.profiles[m.profile].name;
+            let rec = Self::entry(&mut inner, m.mac, now);
+            let before = rec.clone();
+            rec.declared = true;
+            rec.profile = Some(profile.clone());
+            if m.hostname.is_some() {
+                rec.hostname.clone_from(&m.hostname);
+            }
+            if let Some(std::net::IpAddr::V4(ip)) = m.ip
+                && rec.ip.is_none()
+            {
+                rec.ip = Some(ip);
+            }
+            rec.labels.clone_from(&m.labels);
+            if *rec != before {
+                changed.push(m.mac);
+            }
+        }
+        // Machines no longer declared keep their record (and history), undeclared.
+        for rec in inner.machines.values_mut() {
+            if rec.declared && !set.machines.contains_key(&rec.mac) {
+                rec.declared = false;
+                changed.push(rec.mac);
+            }
+        }
+        if !changed.is_empty() {
+            inner.dirty.extend(changed);
+            inner.generation += 1;
+            drop(inner);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A copy of one machine's record.
+    /// Keep the declared machines in step with the profiles: sync now, then after every
+    /// reload announced on the bus (a subscriber that lagged syncs from the current set, which
+    /// is all it needs), until cancelled.
+    pub async fn run_profile_sync(self: Arc<Self>, live: Arc<Live>, cancel: CancellationToken) {
+        let mut events = live.bus().subscribe::<Arc<ProfilesEvent>>();
+        loop {
+            let generation = live.status().generation;
+            self.sync_profiles(&live.current());
+            self.synced.send_replace(generation);
+            loop {
+                let got = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    got = events.recv() => got,
+                };
+                match got {
+                    Ok(ev) if matches!(*ev, ProfilesEvent::Failed { .. }) => continue,
+                    Ok(_) | Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+
+    /// Wait (at most 5 s) until the declared machines are synced from profile generation
+    /// `generation` or a later one: an adoption answers only once its machine is listed.
+    pub async fn synced_to(&self, generation: u64) {
+        let mut rx = self.synced.subscribe();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|g| *g >= generation)).await;
+    }
+
+    /// Take records that other instances sharing the store wrote, until the store's stream
+    /// ends or `cancel`: each replaces the local record when it is newer (by `last_seen`), and
+    /// a changed boot state is announced like a local one.
+    pub async fn run_remote_changes(
+        self: Arc<Self>,
+        mut changes: tokio::sync::mpsc::Receiver<Record>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let rec = tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = changes.recv() => match got {
+                    Some(rec) => rec,
+                    None => return,
+                },
+            };
+            self.merge_remote(rec);
+        }
+    }
+
+    /// One record written elsewhere (see [`Inventory::run_remote_changes`]).
+    pub fn merge_remote(&self, rec: Record) {
+        let mut inner = self.lock();
+        let from = match inner.machines.get(&rec.mac) {
+            Some(local) if local.last_seen >= rec.last_seen => return,
+            Some(local) => Some(local.state),
+            None => None,
+        };
+        if let Some(ip) = rec.ip {
+            inner.by_ip.insert(ip, rec.mac);
+        }
+        let changed_state = from.is_some_and(|f| f != rec.state);
+        if changed_state && let Some(last) = rec.history.back() {
+            let (event, source) = (last.event.clone(), last.source.clone());
+            self.announce(
+                &rec,
+                from.unwrap_or(BootState::Unknown),
+                rec.state,
+                &source,
+                &event,
+            );
+        }
+        // Already durable in the shared store: not marked for this instance's writer.
+        inner.machines.insert(rec.mac, rec);
+    }
+
+    /// Mark machines whose phase outlasted its limit as `stalled`.
+    pub fn sweep(&self) {
+        let now = self.now();
+        let limits = &self.settings.stall_after;
+        let mut inner = self.lock();
+        let mut stalled = Vec::new();
+        for rec in inner.machines.values_mut() {
+            let Some(phase) = state::stalled(&rec.status(), rec.state_since.0, now, limits) else {
+                continue;
+            };
+            let from = rec.state;
+            let waited = now.duration_since(rec.state_since.0).unwrap_or_default();
+            let event = if phase == BootState::Waking {
+                format!(
+                    "no DHCP DISCOVER within {} of the magic packet",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs()))
+                )
+            } else {
+                format!(
+                    "no progress in {phase} for {}",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs()))
+                )
+            };
+            if phase == BootState::Waking
+                && let Some(w) = &mut rec.wake
+            {
+                w.outcome = WakeOutcome::Unanswered;
+            }
+            self.enter(rec, BootState::Stalled, Some(phase), now);
+            push_history(
+                &mut rec.history,
+                self.settings.history,
+                HistoryEntry {
+                    at: Stamp(now),
+                    source: "timeout".into(),
+                    event: event.clone(),
+                    from: Some(from),
+                    state: BootState::Stalled,
+                    count: 1,
+                },
+            );
+            self.announce(rec, from, BootState::Stalled, "timeout", &event);
+            stalled.push(rec.mac);
+        }
+        if !stalled.is_empty() {
+            inner.dirty.extend(stalled);
+            inner.generation += 1;
+            drop(inner);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Check for stalled machines every second until cancelled.
+    pub async fn run_sweeper(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => self.sweep(),
+            }
+        }
+    }
+}

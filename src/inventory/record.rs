@@ -1,0 +1,309 @@
+//! What the inventory keeps per machine: the record, its history and wake, the short form the
+//! API lists, and the operator's one-shot next boot.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot_state::{BootState, DhcpClient, Status};
+use crate::mac::MacAddr;
+use crate::time_fmt::Stamp;
+
+/// What an operator chose for a machine's next boot (one shot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "boot", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NextBoot {
+    /// Its own profile's netboot, even if it was provisioned (`reinstall`).
+    Install,
+    /// Its local disk.
+    Local,
+    /// Another profile's netboot.
+    Profile {
+        /// The profile's name.
+        profile: String,
+    },
+}
+
+/// How a wake went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakeOutcome {
+    /// Sent; no DHCP from the machine yet, still within the limit.
+    Pending,
+    /// Its DHCP DISCOVER arrived within the limit.
+    Answered,
+    /// It arrived, but after the limit.
+    Late,
+    /// Nothing arrived within the limit.
+    Unanswered,
+}
+
+/// The last magic packet sent to a machine and what came of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wake {
+    /// When it was sent.
+    pub sent_at: Stamp,
+    /// The limit for its DHCP DISCOVER (`[inventory.stall_after] waking`).
+    pub within_s: f64,
+    /// How it went.
+    pub outcome: WakeOutcome,
+    /// Seconds from the packet to its first DHCP message.
+    pub answered_after_s: Option<f64>,
+    /// Seconds from the packet to `provisioned`.
+    pub provisioned_after_s: Option<f64>,
+}
+
+/// One entry of a machine's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When (the latest occurrence, for repeats).
+    pub at: Stamp,
+    /// Which service saw it: `dhcp`, `tftp`, `http`, `wol`, `report`, `api`, `timeout`.
+    pub source: String,
+    /// What happened, e.g. `ack 10.0.0.5` or `served ipxe (profile worker)`.
+    pub event: String,
+    /// The state before, when this event changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BootState>,
+    /// The state after.
+    pub state: BootState,
+    /// How many times in a row it happened (retransmissions are folded).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// Everything Kindling knows about one machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The machine's MAC.
+    pub mac: MacAddr,
+    /// Its profile: from its `[[machine]]` entry, else the one it was last served.
+    pub profile: Option<String>,
+    /// Whether a profile declares it in a `[[machine]]` entry.
+    #[serde(default)]
+    pub declared: bool,
+    /// Its hostname: the profile's, else what it reported or sent in DHCP option 12.
+    pub hostname: Option<String>,
+    /// The address DHCP gave it (or it fetched from).
+    pub ip: Option<Ipv4Addr>,
+    /// Labels from its `[[machine]]` entry (for waking groups).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// SMBIOS UUID (iPXE).
+    pub uuid: Option<String>,
+    /// iPXE build architecture.
+    pub arch: Option<String>,
+    /// Firmware platform (`efi`, `pcbios`).
+    pub platform: Option<String>,
+    /// Hardware facts iPXE reported: serial, manufacturer, product, memory.
+    #[serde(default)]
+    pub hardware: BTreeMap<String, String>,
+    /// DHCP option 60.
+    pub vendor_class: Option<String>,
+    /// DHCP option 97 (client GUID), hex.
+    pub guid: Option<String>,
+    /// DHCP option 93 architecture code.
+    pub arch_code: Option<u16>,
+    /// Its boot state.
+    pub state: BootState,
+    /// For `stalled`: the phase it stalled in.
+    pub stalled_in: Option<BootState>,
+    /// When it entered its current state.
+    pub state_since: Stamp,
+    /// When it last entered each state.
+    #[serde(default)]
+    pub entered: BTreeMap<BootState, Stamp>,
+    /// Whether it has ever reported `provisioned` (its profile's `after_provision` applies).
+    #[serde(default)]
+    pub provisioned: bool,
+    /// When it last reported `provisioned`.
+    pub provisioned_at: Option<Stamp>,
+    /// The last state its OS reported (free text: `provisioned`, `booting`, ...).
+    pub reported: Option<String>,
+    /// When it last reported.
+    pub reported_at: Option<Stamp>,
+    /// The last magic packet and what came of it.
+    pub wake: Option<Wake>,
+    /// The operator's one-shot choice for its next boot.
+    pub next_boot: Option<NextBoot>,
+    /// The profile its last `/ipxe` came from when that was not its selected one (next boot
+    /// or `after_provision`): its configs come from there too.
+    pub booting_profile: Option<String>,
+    /// What it was last served (`ipxe`, `ignition`, `tftp:ipxe.efi`, ...).
+    pub last_served: Option<String>,
+    /// The last DHCP event (`discover`, `offer`, `ack`, `nak`, `decline`, `release`, ...).
+    pub dhcp_event: Option<String>,
+    /// When Kindling first heard of it.
+    pub first_seen: Stamp,
+    /// When it was last seen.
+    pub last_seen: Stamp,
+    /// The latest events, oldest first.
+    #[serde(default)]
+    pub history: VecDeque<HistoryEntry>,
+}
+
+impl Record {
+    pub(super) fn new(mac: MacAddr, now: SystemTime) -> Record {
+        Record {
+            mac,
+            profile: None,
+            declared: false,
+            hostname: None,
+            ip: None,
+            labels: BTreeMap::new(),
+            uuid: None,
+            arch: None,
+            platform: None,
+            hardware: BTreeMap::new(),
+            vendor_class: None,
+            guid: None,
+            arch_code: None,
+            state: BootState::Unknown,
+            stalled_in: None,
+            state_since: Stamp(now),
+            entered: BTreeMap::new(),
+            provisioned: false,
+            provisioned_at: None,
+            reported: None,
+            reported_at: None,
+            wake: None,
+            next_boot: None,
+            booting_profile: None,
+            last_served: None,
+            dhcp_event: None,
+            first_seen: Stamp(now),
+            last_seen: Stamp(now),
+            history: VecDeque::new(),
+        }
+    }
+
+    pub(super) fn status(&self) -> Status {
+        Status {
+            state: self.state,
+            stalled_in: self.stalled_in,
+            provisioned_before: self.provisioned,
+        }
+    }
+
+    /// The short form listed by `GET /api/v1/machines`.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            mac: self.mac,
+            hostname: self.hostname.clone(),
+            profile: self.profile.clone(),
+            ip: self.ip,
+            state: self.state,
+            stalled_in: self.stalled_in,
+            state_since: self.state_since,
+            provisioned: self.provisioned,
+            next_boot: self.next_boot.clone(),
+            labels: self.labels.clone(),
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+/// A machine in a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its hostname.
+    pub hostname: Option<String>,
+    /// Its profile.
+    pub profile: Option<String>,
+    /// Its address.
+    pub ip: Option<Ipv4Addr>,
+    /// Its boot state.
+    pub state: BootState,
+    /// For `stalled`: the phase.
+    pub stalled_in: Option<BootState>,
+    /// When it entered the state.
+    pub state_since: Stamp,
+    /// Whether it has been provisioned.
+    pub provisioned: bool,
+    /// The one-shot next boot, if set.
+    pub next_boot: Option<NextBoot>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it was last seen.
+    pub last_seen: Stamp,
+}
+
+/// What a DHCP exchange tells the inventory.
+#[derive(Debug, Clone)]
+pub struct DhcpSeen {
+    /// `discover`, `offer`, `ack`, `nak`, `decline`, `release`, `inform`, `proxy_offer`, ...
+    pub event: &'static str,
+    /// Which kind of client sent it.
+    pub client: DhcpClient,
+    /// Its profile; `None` when no profile matches it.
+    pub profile: Option<String>,
+    /// The address given (or declined/released).
+    pub ip: Option<Ipv4Addr>,
+    /// Option 60.
+    pub vendor_class: Option<String>,
+    /// Option 97, hex.
+    pub guid: Option<String>,
+    /// Option 93.
+    pub arch_code: Option<u16>,
+    /// Option 12 or the profile's hostname.
+    pub hostname: Option<String>,
+}
+
+/// Filters of [`Inventory::list`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Only machines in this state.
+    pub state: Option<BootState>,
+    /// Only machines of this profile.
+    pub profile: Option<String>,
+}
+
+/// Append to a bounded history, folding an exact repeat of the last entry into it.
+pub(super) fn push_history(history: &mut VecDeque<HistoryEntry>, max: usize, entry: HistoryEntry) {
+    if let Some(last) = history.back_mut()
+        && entry.from.is_none()
+        && last.from.is_none()
+        && last.source == entry.source
+        && last.event == entry.event
+        && last.state == entry.state
+    {
+        last.at = entry.at;
+        last.count = last.count.saturating_add(1);
+        return;
+    }
+    history.push_back(entry);
+    while history.len() > max.max(1) {
+        history.pop_front();
+    }
+}
+
+/// Whether a file name is an iPXE (or other network boot program) binary.
+pub fn is_ipxe_binary(file: &str) -> bool {
+    let name = file.rsplit('/').next().unwrap_or(file).to_ascii_lowercase();
+    name.ends_with(".efi")
+        || name.ends_with(".kpxe")
+        || name.ends_with(".pxe")
+        || name.ends_with(".lkrn")
+        || name.ends_with(".0")
+}
+
+/// A newly reported value replaces the stored one; a missing one is filled from it.
+pub(super) fn merge(stored: &mut Option<String>, reported: &mut Option<String>) {
+    match reported {
+        Some(v) => *stored = Some(v.clone()),
+        None => reported.clone_from(stored),
+    }
+}
