@@ -23,6 +23,7 @@ pub mod app;
 pub mod boot_state;
 pub mod client;
 pub mod config;
+pub mod ctx;
 pub mod dhcp;
 pub mod diag;
 pub mod dns;

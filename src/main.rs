@@ -488,7 +488,7 @@ fn explain(
         facts.platform = Some(fw.platform().to_string());
     }
     let (machine, chosen) = set.machine_boot(&facts);
-    let decision = pxe::decide(&client, &machine, &config.dhcp.boot_files, &base_url);
+    let (decision, why) = pxe::explain(&client, &machine, &config.dhcp.boot_files, &base_url);
     println!("machine:    {mac}");
     match &chosen {
         Some(m) => println!("profile:    {} ({})", m.profile.name, m.reason),
@@ -508,7 +508,7 @@ fn explain(
         None => {}
     }
     println!("why:");
-    for step in &decision.why {
+    for step in &why {
         println!("  - {step}");
     }
     ExitCode::SUCCESS

@@ -58,6 +58,13 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// Labels of `kindling_service_failures_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service (`dhcp vs0:67`, `tftp`, `dns`, `http`, ...).
+    pub service: String,
+}
+
 type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 /// Every metric Kindling exports.
@@ -84,6 +91,8 @@ pub struct Metrics {
     pub wake_to_provisioned: Histogram,
     /// Profile reloads that failed (the last good set stayed in service).
     pub reload_errors: Counter,
+    /// Failures of supervised services (each one restarted).
+    pub service_failures: Family<ServiceLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,8 +162,15 @@ impl Default for Metrics {
             "Profile reloads that failed; the last good set stays in service",
             reload_errors.clone(),
         );
+        let service_failures = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "service_failures",
+            "Failures of supervised services; each failed service is restarted with backoff",
+            service_failures.clone(),
+        );
         Metrics {
             registry,
+            service_failures,
             http_requests,
             machines,
             wake_to_provisioned,
@@ -197,6 +213,15 @@ impl Metrics {
     pub fn tftp(&self, outcome: &'static str) {
         self.tftp_transfers
             .get_or_create(&TftpLabels { outcome })
+            .inc();
+    }
+
+    /// Count one failure of a supervised service.
+    pub fn service_failed(&self, service: &str) {
+        self.service_failures
+            .get_or_create(&ServiceLabels {
+                service: service.to_string(),
+            })
             .inc();
     }
 

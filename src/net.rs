@@ -54,9 +54,66 @@ pub fn ipv4_broadcasts(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
         .collect())
 }
 
+/// A retry pause that doubles from `first` up to `max`, and how long the failures have lasted:
+/// a socket that keeps failing is retried without spinning, and given up on after a while.
+/// On tokio's clock, so paused-time tests drive it.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: std::time::Duration,
+    max: std::time::Duration,
+    current: std::time::Duration,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Backoff {
+    /// Pauses from `first`, doubling to `max`.
+    pub fn new(first: std::time::Duration, max: std::time::Duration) -> Backoff {
+        Backoff {
+            first,
+            max,
+            current: first,
+            since: None,
+        }
+    }
+
+    /// One more failure: the pause before the next try.
+    pub fn failed(&mut self) -> std::time::Duration {
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        let pause = self.current;
+        self.current = (self.current * 2).min(self.max);
+        pause
+    }
+
+    /// A success: the next failure starts over.
+    pub fn reset(&mut self) {
+        self.current = self.first;
+        self.since = None;
+    }
+
+    /// How long the failures have lasted (zero without one).
+    pub fn failing_for(&self) -> std::time::Duration {
+        self.since
+            .map_or(std::time::Duration::ZERO, |t| t.elapsed())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_to_its_cap_and_starts_over_after_a_success() {
+        use std::time::Duration;
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
+        assert_eq!(b.failing_for(), Duration::ZERO);
+        let pauses: Vec<u128> = (0..5).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 50, 50]);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(b.failing_for(), Duration::from_secs(3));
+        b.reset();
+        assert_eq!(b.failing_for(), Duration::ZERO);
+        assert_eq!(b.failed(), Duration::from_millis(10));
+    }
 
     #[test]
     fn loopback_has_an_address_and_unknown_interfaces_are_errors() {

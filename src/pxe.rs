@@ -380,8 +380,25 @@ pub struct Decision {
     /// Option 60 to put in the reply: `PXEClient` or `HTTPClient` (UEFI HTTP boot requires the
     /// echo to accept the offer); `None` for non-PXE clients.
     pub vendor_class: Option<&'static str>,
-    /// Each step of the decision, for `kindling explain` and debug logs.
-    pub why: Vec<String>,
+}
+
+/// Where the steps of a decision go: nowhere on the DHCP hot path, into a list for
+/// `kindling explain` and debug logs. The text of a step is only built when it is kept.
+pub trait Trace {
+    /// Note one step.
+    fn note(&mut self, step: impl FnOnce() -> String);
+}
+
+/// No trace: what each packet uses.
+impl Trace for () {
+    fn note(&mut self, _: impl FnOnce() -> String) {}
+}
+
+/// Every step, in order.
+impl Trace for Vec<String> {
+    fn note(&mut self, step: impl FnOnce() -> String) {
+        self.push(step());
+    }
 }
 
 /// Whether option 77 says iPXE: raw `iPXE` (what iPXE sends) or an RFC 3004 list holding it.
@@ -410,22 +427,44 @@ pub fn decide(
     files: &BootFiles,
     base_url: &str,
 ) -> Decision {
+    classify(client, machine, files, base_url, &mut ())
+}
+
+/// [`decide`], with each step of why (`kindling explain`).
+pub fn explain(
+    client: &ClientInfo,
+    machine: &MachineBoot,
+    files: &BootFiles,
+    base_url: &str,
+) -> (Decision, Vec<String>) {
     let mut why = Vec::new();
+    let d = classify(client, machine, files, base_url, &mut why);
+    (d, why)
+}
+
+fn classify(
+    client: &ClientInfo,
+    machine: &MachineBoot,
+    files: &BootFiles,
+    base_url: &str,
+    why: &mut impl Trace,
+) -> Decision {
     let vc = client.vendor_class.as_deref().unwrap_or("");
     let is_pxe = vc.starts_with("PXEClient");
     let is_http = vc.starts_with("HTTPClient");
     let ipxe = client.user_class.as_deref().is_some_and(user_class_is_ipxe) || client.ipxe_options;
     let arch = client.arch.map(|code| (code, arch_type(code)));
     match arch {
-        Some((code, Some(a))) => why.push(format!("option 93 = {code} ({})", a.name)),
-        Some((code, None)) => why.push(format!(
-            "option 93 = {code} (not in the IANA table Kindling knows)"
-        )),
-        None => why
-            .push("no option 93 (architecture): assuming x86 BIOS if this is a PXE client".into()),
+        Some((code, Some(a))) => why.note(|| format!("option 93 = {code} ({})", a.name)),
+        Some((code, None)) => {
+            why.note(|| format!("option 93 = {code} (not in the IANA table Kindling knows)"))
+        }
+        None => why.note(|| {
+            "no option 93 (architecture): assuming x86 BIOS if this is a PXE client".into()
+        }),
     }
     if !vc.is_empty() {
-        why.push(format!("option 60 = {vc:?}"));
+        why.note(|| format!("option 60 = {vc:?}"));
     }
     let firmware = match arch {
         Some((_, Some(a))) => a.firmware,
@@ -445,46 +484,41 @@ pub fn decide(
         firmware,
         ipxe,
         vendor_class,
-        why,
     };
 
     if !is_pxe && !is_http && !ipxe {
-        decision.why.push(
+        why.note(|| {
             "not a network-boot client (no PXEClient/HTTPClient class, not iPXE): address only"
-                .into(),
-        );
+                .into()
+        });
         decision.vendor_class = None;
         return decision;
     }
     let profile = match machine {
         MachineBoot::NoProfile => {
-            decision.why.push(
+            why.note(|| {
                 "no profile matches this machine and there is no default profile: no boot file"
-                    .into(),
-            );
+                    .into()
+            });
             return decision;
         }
         MachineBoot::LocalDisk { profile } => {
-            decision.why.push(format!(
-                "profile {profile:?} boots from local disk: no boot file"
-            ));
+            why.note(|| format!("profile {profile:?} boots from local disk: no boot file"));
             return decision;
         }
         MachineBoot::Netboot { profile, files } => (profile, files),
     };
-    decision.why.push(format!("profile {:?}", profile.0));
+    why.note(|| format!("profile {:?}", profile.0));
     if ipxe {
         let url = format!("{base_url}/boot.ipxe");
-        decision.why.push(format!(
+        why.note(|| format!(
             "user class iPXE: iPXE is already running, so it gets the boot script {url} (sending the iPXE binary again would loop)"
         ));
         decision.boot_file = Some(BootFile::Http(url));
         return decision;
     }
     let Some(fw) = firmware else {
-        decision
-            .why
-            .push("no iPXE binary for this architecture: no boot file".into());
+        why.note(|| "no iPXE binary for this architecture: no boot file".into());
         return decision;
     };
     let (file, source) = match profile.1.get(&fw) {
@@ -499,16 +533,20 @@ pub fn decide(
     };
     if decision.vendor_class == Some("HTTPClient") {
         let url = format!("{base_url}/boot/{file}");
-        decision.why.push(format!(
-            "UEFI HTTP boot client ({}): iPXE binary over HTTP from {source}: {url}",
-            fw.name()
-        ));
+        why.note(|| {
+            format!(
+                "UEFI HTTP boot client ({}): iPXE binary over HTTP from {source}: {url}",
+                fw.name()
+            )
+        });
         decision.boot_file = Some(BootFile::Http(url));
     } else {
-        decision.why.push(format!(
-            "{} PXE ROM: iPXE binary over TFTP from {source}: {file}",
-            fw.name()
-        ));
+        why.note(|| {
+            format!(
+                "{} PXE ROM: iPXE binary over TFTP from {source}: {file}",
+                fw.name()
+            )
+        });
         decision.boot_file = Some(BootFile::Tftp(file));
     }
     decision
@@ -663,13 +701,13 @@ mod tests {
             (Some(999), "PXEClient", None, None, None, Some("PXEClient")),
         ];
         for (arch, vc, uc, file, fw, echo) in cases {
-            let d = decide(
+            let (d, why) = explain(
                 &client(*arch, vc, *uc),
                 &netboot(),
                 &BootFiles::default(),
                 BASE,
             );
-            let ctx = format!("arch {arch:?} vc {vc:?} uc {uc:?}: {:#?}", d.why);
+            let ctx = format!("arch {arch:?} vc {vc:?} uc {uc:?}: {why:#?}");
             assert_eq!(&d.boot_file, file, "{ctx}");
             assert_eq!(&d.firmware, fw, "{ctx}");
             assert_eq!(d.vendor_class, *echo, "{ctx}");
@@ -697,18 +735,14 @@ mod tests {
             MachineBoot::NoProfile,
         ] {
             for uc in [None, Some(&b"iPXE"[..])] {
-                let d = decide(
+                let (d, why) = explain(
                     &client(Some(7), "PXEClient", uc),
                     &m,
                     &BootFiles::default(),
                     BASE,
                 );
-                assert_eq!(d.boot_file, None, "{m:?} {:?}", d.why);
-                assert!(
-                    d.why.last().unwrap().contains("no boot file"),
-                    "{:?}",
-                    d.why
-                );
+                assert_eq!(d.boot_file, None, "{m:?} {why:?}");
+                assert!(why.last().unwrap().contains("no boot file"), "{why:?}");
             }
         }
     }
@@ -730,14 +764,12 @@ mod tests {
             profile: "special".into(),
             files: [(Firmware::UefiX64, "custom/ipxe.efi".to_string())].into(),
         };
-        let d = decide(&client(Some(9), "PXEClient", None), &m, &files, BASE);
+        let (d, why) = explain(&client(Some(9), "PXEClient", None), &m, &files, BASE);
         assert_eq!(d.boot_file, Some(BootFile::Tftp("custom/ipxe.efi".into())));
         assert!(
-            d.why
-                .iter()
+            why.iter()
                 .any(|w| w.contains("profile \"special\" [boot.files] uefi_x64")),
-            "{:?}",
-            d.why
+            "{why:?}"
         );
         // BIOS is not overridden by the profile's x64 entry.
         let d = decide(&client(Some(0), "PXEClient", None), &m, &files, BASE);

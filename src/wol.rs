@@ -30,17 +30,22 @@ pub fn magic_packet(mac: MacAddr, password: Option<&[u8]>) -> Vec<u8> {
     p
 }
 
+/// A SecureOn password that is neither 6 bytes like a MAC nor 4 like an IPv4 address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "wol.password {0:?}: 6 bytes written like a MAC (aa:bb:cc:dd:ee:ff) or 4 like an IPv4 address"
+)]
+pub struct BadPassword(String);
+
 /// Parse a SecureOn password: 6 bytes as a MAC (`aa:bb:cc:dd:ee:ff`) or 4 as an IPv4 address.
-pub fn parse_password(text: &str) -> Result<Vec<u8>, String> {
+pub fn parse_password(text: &str) -> Result<Vec<u8>, BadPassword> {
     if let Ok(mac) = text.parse::<MacAddr>() {
         return Ok(mac.0.to_vec());
     }
     if let Ok(ip) = text.parse::<Ipv4Addr>() {
         return Ok(ip.octets().to_vec());
     }
-    Err(format!(
-        "wol.password {text:?}: 6 bytes written like a MAC (aa:bb:cc:dd:ee:ff) or 4 like an IPv4 address"
-    ))
+    Err(BadPassword(text.to_string()))
 }
 
 /// The `[wol]` problems `kindling check` reports.
@@ -49,7 +54,7 @@ pub fn check_config(config: &WolConfig) -> Vec<crate::config::Issue> {
         .password
         .as_deref()
         .and_then(|pw| parse_password(pw).err())
-        .map(|msg| crate::config::Issue::new("wol.password", msg))
+        .map(|e| crate::config::Issue::new("wol.password", e.to_string()))
         .into_iter()
         .collect()
 }
@@ -75,7 +80,7 @@ pub struct Waker {
 
 impl Waker {
     /// A waker for the configured interface, or `None` when `[wol] interface` is unset.
-    pub fn new(config: &WolConfig) -> Result<Option<Waker>, String> {
+    pub fn new(config: &WolConfig) -> Result<Option<Waker>, BadPassword> {
         let Some(iface) = config.interface.clone() else {
             return Ok(None);
         };

@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
 
-use super::leases::{Lease, Now, Pool, State};
-use super::reply::{client_mac, destination, echo_guid, reply_base, set_boot, set_no_proxydhcp};
+use super::leases::{AllocError, Lease, Now, Pool, State};
+use super::reply::{destination, echo_guid, reply_base, set_boot, set_no_proxydhcp};
+use crate::events::LeaseChange;
 use crate::mac::MacAddr;
 use crate::pxe::Decision;
 
@@ -66,6 +67,53 @@ impl Subnet {
     }
 }
 
+/// The subnet a request belongs to: the one holding the relay's address (giaddr) when it was
+/// relayed, else the one holding an address of the interface it arrived on.
+pub fn choose_subnet(
+    subnets: &[Subnet],
+    giaddr: Ipv4Addr,
+    iface_addrs: &[Ipv4Addr],
+) -> Option<usize> {
+    if giaddr.is_unspecified() {
+        subnets
+            .iter()
+            .position(|s| iface_addrs.iter().any(|a| s.contains(*a)))
+    } else {
+        subnets.iter().position(|s| s.contains(giaddr))
+    }
+}
+
+/// Why a request gets no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ignore {
+    /// A BOOTREPLY: another server's packet.
+    #[error("a BOOTREPLY (another server's packet)")]
+    ForeignReply,
+    /// No option 53.
+    #[error("no DHCP message type (plain BOOTP is not served)")]
+    NoMessageType,
+    /// No address is left for a new client.
+    #[error("DISCOVER not answered: {0}")]
+    PoolExhausted(AllocError),
+    /// A REQUEST that chose another server's offer.
+    #[error("REQUEST for server {0}: the client chose another server")]
+    OtherServer(Ipv4Addr),
+    /// A DECLINE that names no address.
+    #[error("DECLINE without option 50")]
+    DeclineWithoutAddress,
+    /// A DECLINE or RELEASE of an address the client does not hold.
+    #[error("{kind} of {ip}, which it does not hold")]
+    NotHeld {
+        /// `DECLINE` or `RELEASE`.
+        kind: &'static str,
+        /// The address.
+        ip: Ipv4Addr,
+    },
+    /// An OFFER, ACK or NAK sent to the server port.
+    #[error("{0:?} is a server message")]
+    ServerMessage(MessageType),
+}
+
 /// What the server should do with one request.
 #[derive(Debug)]
 pub enum Action {
@@ -77,6 +125,8 @@ pub enum Action {
         to: SocketAddrV4,
         /// The lease to make durable before the reply leaves (ACKs).
         lease: Option<Lease>,
+        /// What the ACK does to the lease: granted (new to this client) or renewed.
+        change: Option<LeaseChange>,
         /// The request's client.
         mac: MacAddr,
         /// Offer, Ack or Nak.
@@ -92,11 +142,13 @@ pub enum Action {
         kind: MessageType,
     },
     /// Drop the request, logged with the reason.
-    Ignore(String),
+    Ignore(Ignore),
 }
 
 /// Everything [`handle`] needs besides the request and subnet.
 pub struct Ctx<'a> {
+    /// The request's client (read once, when the packet was admitted).
+    pub mac: MacAddr,
     /// Kindling's address on this subnet: server identifier and next-server.
     pub server_ip: Ipv4Addr,
     /// The current time (Unix seconds).
@@ -110,19 +162,11 @@ pub struct Ctx<'a> {
 /// Decide what to do with `req` on `subnet`.
 pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
     if req.opcode() != Opcode::BootRequest {
-        return Action::Ignore("a BOOTREPLY (another server's packet)".into());
+        return Action::Ignore(Ignore::ForeignReply);
     }
-    let Some(mac) = client_mac(req) else {
-        return Action::Ignore(format!(
-            "not an Ethernet client (htype {:?}, hlen {})",
-            req.htype(),
-            req.hlen()
-        ));
-    };
+    let mac = ctx.mac;
     let Some(kind) = req.opts().msg_type() else {
-        return Action::Ignore(format!(
-            "{mac}: no DHCP message type (plain BOOTP is not served)"
-        ));
+        return Action::Ignore(Ignore::NoMessageType);
     };
     let requested = match req.opts().get(OptionCode::RequestedIpAddress) {
         Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
@@ -148,19 +192,18 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
                     to: destination(req, MessageType::Offer),
                     msg: Box::new(msg),
                     lease: None,
+                    change: None,
                     mac,
                     kind: MessageType::Offer,
                 }
             }
-            Err(e) => Action::Ignore(format!("{mac}: DISCOVER not answered: {e}")),
+            Err(e) => Action::Ignore(Ignore::PoolExhausted(e)),
         },
         MessageType::Request => {
             if let Some(sid) = server_id
                 && sid != ctx.server_ip
             {
-                return Action::Ignore(format!(
-                    "{mac}: REQUEST for server {sid}: the client chose another server"
-                ));
+                return Action::Ignore(Ignore::OtherServer(sid));
             }
             let ciaddr = req.ciaddr();
             let wanted = if ciaddr.is_unspecified() {
@@ -210,19 +253,28 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
                 );
             }
             let until = now + subnet.lease_time.as_secs();
+            let held = subnet
+                .pool
+                .lease(ip)
+                .is_some_and(|l| l.state == State::Bound && l.mac == Some(mac) && l.expires > now);
             let lease = subnet.pool.assign(ip, mac, State::Bound, until, hostname);
             let msg = build(req, subnet, ctx, MessageType::Ack, ip, true);
             Action::Reply {
                 to: destination(req, MessageType::Ack),
                 msg: Box::new(msg),
                 lease: Some(lease),
+                change: Some(if held {
+                    LeaseChange::Renewed
+                } else {
+                    LeaseChange::Granted
+                }),
                 mac,
                 kind: MessageType::Ack,
             }
         }
         MessageType::Decline => {
             let Some(ip) = requested else {
-                return Action::Ignore(format!("{mac}: DECLINE without option 50"));
+                return Action::Ignore(Ignore::DeclineWithoutAddress);
             };
             match subnet.pool.decline(ip, mac, now) {
                 Some(lease) => Action::Persist {
@@ -230,7 +282,10 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
                     mac,
                     kind: MessageType::Decline,
                 },
-                None => Action::Ignore(format!("{mac}: DECLINE of {ip}, which it does not hold")),
+                None => Action::Ignore(Ignore::NotHeld {
+                    kind: "DECLINE",
+                    ip,
+                }),
             }
         }
         MessageType::Release => {
@@ -241,7 +296,10 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
                     mac,
                     kind: MessageType::Release,
                 },
-                None => Action::Ignore(format!("{mac}: RELEASE of {ip}, which it does not hold")),
+                None => Action::Ignore(Ignore::NotHeld {
+                    kind: "RELEASE",
+                    ip,
+                }),
             }
         }
         MessageType::Inform => {
@@ -257,11 +315,12 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
                 to: destination(req, MessageType::Ack),
                 msg: Box::new(msg),
                 lease: None,
+                change: None,
                 mac,
                 kind: MessageType::Ack,
             }
         }
-        other => Action::Ignore(format!("{mac}: {other:?} is a server message")),
+        other => Action::Ignore(Ignore::ServerMessage(other)),
     }
 }
 
@@ -275,6 +334,7 @@ fn nak(req: &Message, subnet: &Subnet, ctx: &Ctx<'_>, mac: MacAddr, why: &str) -
         to: destination(req, MessageType::Nak),
         msg: Box::new(msg),
         lease: None,
+        change: None,
         mac,
         kind: MessageType::Nak,
     }
@@ -329,6 +389,8 @@ mod tests {
     use dhcproto::v4::{Architecture, Flags};
 
     use super::*;
+    use crate::dhcp::reply::client_mac;
+    use crate::dhcp::testkit::request;
     use crate::pxe::{self, BootFile, BootFiles, MachineBoot};
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -355,20 +417,6 @@ mod tests {
         MacAddr([0x52, 0x54, 0, 0, 0, n])
     }
 
-    fn request(kind: MessageType, m: MacAddr) -> Message {
-        let mut msg = Message::new_with_id(
-            7,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            &m.0,
-        );
-        msg.set_flags(Flags::default().set_broadcast());
-        msg.opts_mut().insert(DhcpOption::MessageType(kind));
-        msg
-    }
-
     fn no_boot() -> Decision {
         pxe::decide(
             &Default::default(),
@@ -384,6 +432,7 @@ mod tests {
             req,
             s,
             &Ctx {
+                mac: client_mac(req).unwrap_or(MacAddr([0; 6])),
                 server_ip: SERVER,
                 now,
                 boot: &d,
@@ -571,15 +620,19 @@ mod tests {
         dora(&mut s, mac(1), 0);
         dora(&mut s, mac(2), 0);
         assert!(
-            matches!(run(&request(MessageType::Discover, mac(3)), &mut s, 1), Action::Ignore(w) if w.contains("exhausted"))
+            matches!(run(&request(MessageType::Discover, mac(3)), &mut s, 1), Action::Ignore(w) if w.to_string().contains("exhausted"))
         );
         let mut foreign = request(MessageType::Offer, mac(3));
         assert!(matches!(run(&foreign, &mut s, 1), Action::Ignore(_)));
         foreign.set_opcode(Opcode::BootReply);
-        assert!(matches!(run(&foreign, &mut s, 1), Action::Ignore(w) if w.contains("BOOTREPLY")));
+        assert!(
+            matches!(run(&foreign, &mut s, 1), Action::Ignore(w) if w.to_string().contains("BOOTREPLY"))
+        );
         let mut bootp = request(MessageType::Discover, mac(3));
         bootp.opts_mut().remove(OptionCode::MessageType);
-        assert!(matches!(run(&bootp, &mut s, 1), Action::Ignore(w) if w.contains("BOOTP")));
+        assert!(
+            matches!(run(&bootp, &mut s, 1), Action::Ignore(w) if w.to_string().contains("BOOTP"))
+        );
     }
 
     #[test]
@@ -593,7 +646,7 @@ mod tests {
         ));
         req.opts_mut()
             .insert(DhcpOption::ClientMachineIdentifier(vec![0, 1, 2, 3]));
-        let d = crate::dhcp::reply::tests::netboot_decision(
+        let d = crate::dhcp::testkit::netboot_decision(
             &crate::dhcp::reply::client_info(&req),
             "http://10.0.0.2:8080",
         );
@@ -602,6 +655,7 @@ mod tests {
             &req,
             &mut s,
             &Ctx {
+                mac: client_mac(&req).unwrap(),
                 server_ip: SERVER,
                 now: 0,
                 boot: &d,
@@ -651,6 +705,28 @@ mod tests {
             nak.opts().get(OptionCode::RelayAgentInformation),
             Some(&opt)
         );
+    }
+
+    #[test]
+    fn the_subnet_is_the_relays_or_the_interfaces() {
+        let mut other = subnet();
+        other.network = Ipv4Addr::new(10, 1, 0, 0);
+        let subnets = [subnet(), other];
+        let local = [Ipv4Addr::new(10, 1, 0, 2)];
+        assert_eq!(
+            choose_subnet(&subnets, Ipv4Addr::UNSPECIFIED, &local),
+            Some(1)
+        );
+        assert_eq!(
+            choose_subnet(&subnets, Ipv4Addr::new(10, 0, 0, 1), &local),
+            Some(0),
+            "a relay's giaddr wins over the receiving interface"
+        );
+        assert_eq!(
+            choose_subnet(&subnets, Ipv4Addr::new(10, 9, 0, 1), &local),
+            None
+        );
+        assert_eq!(choose_subnet(&subnets, Ipv4Addr::UNSPECIFIED, &[]), None);
     }
 
     /// Bounded random-packet test of decode → decide (full and proxy) → encode: mutated real
@@ -704,7 +780,7 @@ mod tests {
             };
             decoded += 1;
             let info = crate::dhcp::reply::client_info(&msg);
-            let d = crate::dhcp::reply::tests::netboot_decision(&info, "http://10.0.0.2:8080");
+            let d = crate::dhcp::testkit::netboot_decision(&info, "http://10.0.0.2:8080");
             // Proxy mode's path over the same packet.
             for r in [
                 crate::dhcp::proxy::offer(&msg, &d, SERVER),
@@ -715,10 +791,14 @@ mod tests {
             {
                 crate::dhcp::reply::encode_padded(&r).unwrap();
             }
+            let Some(mac) = client_mac(&msg) else {
+                continue;
+            };
             if let Action::Reply { msg, .. } = handle(
                 &msg,
                 &mut s,
                 &Ctx {
+                    mac,
                     server_ip: SERVER,
                     now: i,
                     boot: &d,

@@ -57,7 +57,7 @@ pub struct Lease {
 
 impl Lease {
     /// Whether the address may go to `mac` now.
-    fn available_to(&self, mac: MacAddr, now: Now) -> bool {
+    pub fn available_to(&self, mac: MacAddr, now: Now) -> bool {
         match self.state {
             State::Declined => now >= self.expires,
             State::Released => true,

@@ -1,14 +1,16 @@
 //! DHCP: how machines find Kindling.
 //!
-//! - [`decide`]: full-mode message handling (DORA, renew, rebind, decline, release, inform).
+//! - [`check`]: the `[dhcp]` section's meaning, checked before anything is served.
+//! - [`decide`]: full-mode message handling (DORA, renew, rebind, decline, release, inform) and
+//!   the subnet a request belongs to; pure, time passed in.
+//! - [`proxy`]: proxy-DHCP answers (PXE 2.1); pure.
 //! - [`leases`]: address allocation (reservations, reuse oldest-expired first, quarantine).
 //! - [`reply`]: reply addressing (RFC 2131 §4.1), boot fields, padding; defensive reads.
-//! - [`store`]: durable leases in redb, committed before the ACK.
-//! - [`pxe`]: the PXE client classifier, a pure function from what a DHCP request says
-//!   (options 60, 77, 93, 175) and the machine's profile to the boot file it gets, and why.
-//!
-//! The DHCP server itself (full, proxy and relay modes; leases) is the next step and plugs in
-//! beside the HTTP service in [`crate::app`].
+//! - [`service`]: the per-packet path over the service's state: decode, rate-limit, classify
+//!   (the PXE classifier is [`crate::pxe`]), decide; no sockets.
+//! - [`server`]: the receive loops, the lease writer (group commit before the ACK), lease
+//!   expiry and the profile follower.
+//! - [`store`]: durable leases behind the `LeaseStore` trait (redb), claimed before the ACK.
 
 pub mod check;
 pub mod decide;
@@ -16,4 +18,7 @@ pub mod leases;
 pub mod proxy;
 pub mod reply;
 pub mod server;
+pub mod service;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testkit;

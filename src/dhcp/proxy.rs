@@ -176,10 +176,12 @@ pub fn boot_item(req: &Message) -> Option<(u16, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use dhcproto::v4::{Architecture, Flags};
+    use dhcproto::v4::Architecture;
 
     use super::*;
-    use crate::dhcp::reply::{client_info, encode_padded, tests::netboot_decision};
+    use crate::dhcp::reply::{client_info, encode_padded};
+    use crate::dhcp::testkit::{netboot_decision, pxe_request};
+    use crate::mac::MacAddr;
     use crate::pxe::{self, BootFiles, MachineBoot};
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -187,21 +189,7 @@ mod tests {
     const BASE: &str = "http://10.0.0.2:8080";
 
     fn request(kind: MessageType, class: &str, arch: Architecture) -> Message {
-        let mut m = Message::new_with_id(
-            7,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            &MAC,
-        );
-        m.set_flags(Flags::default().set_broadcast());
-        let o = m.opts_mut();
-        o.insert(DhcpOption::MessageType(kind));
-        o.insert(DhcpOption::ClassIdentifier(class.as_bytes().to_vec()));
-        o.insert(DhcpOption::ClientSystemArchitecture(arch));
-        o.insert(DhcpOption::ClientMachineIdentifier(vec![0, 1, 2, 3]));
-        m
+        pxe_request(kind, MacAddr(MAC), class, arch, vec![0, 1, 2, 3])
     }
 
     fn decision(req: &Message) -> Decision {

@@ -216,42 +216,26 @@ pub fn encode_padded(msg: &Message) -> Result<Vec<u8>, dhcproto::error::EncodeEr
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use dhcproto::v4::{Architecture, Flags};
+    use dhcproto::v4::Architecture;
     use dhcproto::{Decodable, Decoder};
 
     use super::*;
+    use crate::dhcp::testkit::{netboot_decision, pxe_request};
     use crate::pxe::{self, BootFiles, MachineBoot};
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
     /// A DHCPDISCOVER as OVMF's PXE client sends it.
     fn uefi_discover() -> Message {
-        let mut m = Message::new_with_id(
-            0x1234_5678,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            &MAC,
+        let mut m = pxe_request(
+            MessageType::Discover,
+            MacAddr(MAC),
+            "PXEClient:Arch:00007:UNDI:003016",
+            Architecture::X64,
+            vec![0; 17],
         );
-        m.set_flags(Flags::default().set_broadcast());
-        let o = m.opts_mut();
-        o.insert(DhcpOption::MessageType(MessageType::Discover));
-        o.insert(DhcpOption::ClientSystemArchitecture(Architecture::X64));
-        o.insert(DhcpOption::ClassIdentifier(
-            b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
-        ));
-        o.insert(DhcpOption::ClientMachineIdentifier(vec![0; 17]));
+        m.set_xid(0x1234_5678);
         m
-    }
-
-    /// The classifier's decision for a client whose profile netboots.
-    pub(crate) fn netboot_decision(info: &ClientInfo, base_url: &str) -> Decision {
-        let machine = MachineBoot::Netboot {
-            profile: "w".into(),
-            files: Default::default(),
-        };
-        pxe::decide(info, &machine, &BootFiles::default(), base_url)
     }
 
     fn reply_to(req: &Message) -> Message {

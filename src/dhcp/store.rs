@@ -1,17 +1,22 @@
-//! Durable leases: a redb database under the state directory.
+//! Durable leases behind the [`LeaseStore`] trait; the embedded implementation is a redb
+//! database under the state directory.
 //!
-//! The server writes a lease with [`LeaseStore::put`] and sends the DHCPACK only after it
+//! The server claims a lease with [`LeaseStore::claim`] and sends the DHCPACK only after it
 //! returns: redb commits with `Durability::Immediate` (fsync), so a crash or `kill -9` after
-//! the ACK left keeps the lease. One table, address → JSON lease (readable with any redb
-//! tool; a few hundred bytes per machine). A record that no longer decodes is skipped with a
-//! warning at start-up rather than refusing to start.
+//! the ACK left keeps the lease. A claim is a conditional write: it succeeds only where the
+//! address is free or already the same client's, so a store shared by several instances can
+//! never bind one address to two clients. One table, address → JSON lease (readable with any
+//! redb tool; a few hundred bytes per machine). A record that no longer decodes is skipped
+//! with a warning at start-up rather than refusing to start.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::leases::Lease;
+use super::leases::{Lease, Now};
+use crate::mac::MacAddr;
 
 const LEASES: TableDefinition<'_, u32, &[u8]> = TableDefinition::new("leases");
 
@@ -21,6 +26,9 @@ pub enum StoreError {
     /// The database could not be opened, read or written.
     #[error("lease store: {0}")]
     Db(#[from] redb::Error),
+    /// The blocking task doing the I/O failed.
+    #[error("lease store: {0}")]
+    Task(String),
     /// The state directory could not be created.
     #[error("lease store: cannot create {path}: {source}")]
     Dir {
@@ -31,20 +39,63 @@ pub enum StoreError {
     },
 }
 
-/// The lease database.
-pub struct LeaseStore {
-    db: Database,
+/// The outcome of claiming one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Committed: durable, and the address is this client's.
+    Committed,
+    /// Not written: the address is held by another client (another instance sharing the
+    /// store gave it out first).
+    Taken {
+        /// The holder.
+        holder: Option<MacAddr>,
+    },
 }
 
-impl std::fmt::Debug for LeaseStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LeaseStore")
+/// Where leases live.
+#[async_trait::async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Every stored lease.
+    async fn load(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Write `leases` as one durable unit, each only if its address is free at `now` (no
+    /// lease, or one that lapsed) or already its client's; the others are not written and come
+    /// back as [`Claim::Taken`]. One result per lease, in order.
+    async fn claim(&self, leases: Vec<Lease>, now: Now) -> Result<Vec<Claim>, StoreError>;
+
+    /// Leases written by other instances sharing this store, as they happen; `None` for a
+    /// store only this process writes.
+    fn remote_changes(&self) -> Option<tokio::sync::mpsc::Receiver<Lease>> {
+        None
     }
 }
 
-impl LeaseStore {
-    /// Open (or create) `dir/leases.redb`.
-    pub fn open(dir: &Path) -> Result<LeaseStore, StoreError> {
+/// The embedded lease database: `leases.redb` under the state directory.
+#[derive(Clone)]
+pub struct RedbLeaseStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for RedbLeaseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedbLeaseStore")
+    }
+}
+
+/// Whether `new` may be written over `stored`: the address is free at `now` or already the
+/// same client's (a decline's quarantine, with no client, is the server's own).
+fn may_write(stored: Option<&Lease>, new: &Lease, now: Now) -> Result<(), Option<MacAddr>> {
+    let Some(stored) = stored else { return Ok(()) };
+    match new.mac {
+        None => Ok(()),
+        Some(mac) if stored.mac == Some(mac) || stored.available_to(mac, now) => Ok(()),
+        Some(_) => Err(stored.mac),
+    }
+}
+
+impl RedbLeaseStore {
+    /// Open (or create) `dir/leases.redb` (blocking).
+    pub fn open(dir: &Path) -> Result<RedbLeaseStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.display().to_string(),
             source,
@@ -53,11 +104,40 @@ impl LeaseStore {
         let txn = db.begin_write().map_err(redb::Error::from)?;
         txn.open_table(LEASES).map_err(redb::Error::from)?;
         txn.commit().map_err(redb::Error::from)?;
-        Ok(LeaseStore { db })
+        Ok(RedbLeaseStore { db: Arc::new(db) })
     }
 
-    /// Write leases in one transaction; on return they are on disk.
-    pub fn put(&self, leases: &[Lease]) -> Result<(), StoreError> {
+    /// Claim `leases` in one transaction (see [`LeaseStore::claim`]); on return the committed
+    /// ones are on disk (blocking).
+    pub fn claim_blocking(&self, leases: &[Lease], now: Now) -> Result<Vec<Claim>, StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let mut out = Vec::with_capacity(leases.len());
+        {
+            let mut table = txn.open_table(LEASES).map_err(redb::Error::from)?;
+            for lease in leases {
+                let key = u32::from(lease.ip);
+                let stored = table
+                    .get(key)
+                    .map_err(redb::Error::from)?
+                    .and_then(|v| serde_json::from_slice::<Lease>(v.value()).ok());
+                if let Err(holder) = may_write(stored.as_ref(), lease, now) {
+                    out.push(Claim::Taken { holder });
+                    continue;
+                }
+                let bytes = serde_json::to_vec(lease).unwrap_or_default();
+                table
+                    .insert(key, bytes.as_slice())
+                    .map_err(redb::Error::from)?;
+                out.push(Claim::Committed);
+            }
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(out)
+    }
+
+    /// Write leases in one transaction, unconditionally; on return they are on disk
+    /// (blocking).
+    pub fn put_blocking(&self, leases: &[Lease]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         {
             let mut table = txn.open_table(LEASES).map_err(redb::Error::from)?;
@@ -72,8 +152,8 @@ impl LeaseStore {
         Ok(())
     }
 
-    /// Every stored lease.
-    pub fn load(&self) -> Result<Vec<Lease>, StoreError> {
+    /// Every stored lease (blocking).
+    pub fn load_blocking(&self) -> Result<Vec<Lease>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(LEASES).map_err(redb::Error::from)?;
         let mut out = Vec::new();
@@ -88,6 +168,23 @@ impl LeaseStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for RedbLeaseStore {
+    async fn load(&self) -> Result<Vec<Lease>, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.load_blocking())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    async fn claim(&self, leases: Vec<Lease>, now: Now) -> Result<Vec<Claim>, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.claim_blocking(&leases, now))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 
@@ -112,20 +209,68 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_succeeds_only_where_the_address_is_free_or_already_the_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbLeaseStore::open(dir.path()).unwrap();
+        let now = 1_800_000_000;
+        let mine = lease(1);
+        let other_mac = Lease {
+            mac: Some(MacAddr([2, 0, 0, 0, 0, 9])),
+            ..lease(1)
+        };
+        assert_eq!(
+            store
+                .claim_blocking(std::slice::from_ref(&mine), now)
+                .unwrap(),
+            [Claim::Committed]
+        );
+        // Its own renewal is fine; another client's claim of the bound address is not.
+        assert_eq!(
+            store
+                .claim_blocking(&[mine.clone(), other_mac.clone(), lease(2)], now)
+                .unwrap(),
+            [
+                Claim::Committed,
+                Claim::Taken { holder: mine.mac },
+                Claim::Committed
+            ]
+        );
+        let stored = store.load_blocking().unwrap();
+        assert!(stored.contains(&mine) && !stored.contains(&other_mac));
+        // Once the lease has lapsed, the address is free for anyone.
+        assert_eq!(
+            store
+                .claim_blocking(std::slice::from_ref(&other_mac), mine.expires + 1)
+                .unwrap(),
+            [Claim::Committed]
+        );
+        // A decline's quarantine (no client) is the server's own.
+        let quarantine = Lease {
+            mac: None,
+            state: State::Declined,
+            ..lease(2)
+        };
+        assert_eq!(
+            store.claim_blocking(&[quarantine], now).unwrap(),
+            [Claim::Committed]
+        );
+    }
+
+    #[test]
     fn leases_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = LeaseStore::open(dir.path()).unwrap();
-            store.put(&[lease(1), lease(2)]).unwrap();
+            let store = RedbLeaseStore::open(dir.path()).unwrap();
+            store.put_blocking(&[lease(1), lease(2)]).unwrap();
             store
-                .put(&[Lease {
+                .put_blocking(&[Lease {
                     state: State::Released,
                     ..lease(1)
                 }])
                 .unwrap();
         }
-        let store = LeaseStore::open(dir.path()).unwrap();
-        let mut got = store.load().unwrap();
+        let store = RedbLeaseStore::open(dir.path()).unwrap();
+        let mut got = store.load_blocking().unwrap();
         got.sort_by_key(|l| l.ip);
         assert_eq!(
             got,
@@ -147,9 +292,9 @@ mod tests {
         let Ok(dir) = std::env::var("KINDLING_STORE_CHILD_DIR") else {
             return;
         };
-        let store = LeaseStore::open(Path::new(&dir)).unwrap();
+        let store = RedbLeaseStore::open(Path::new(&dir)).unwrap();
         for n in 1..=100_000 {
-            store.put(&[lease(n)]).unwrap();
+            store.put_blocking(&[lease(n)]).unwrap();
             println!("committed {n}");
         }
     }
@@ -183,8 +328,8 @@ mod tests {
         child.kill().unwrap(); // SIGKILL, mid-write
         child.wait().unwrap();
         assert!(last >= 200, "child committed only {last}");
-        let store = LeaseStore::open(dir.path()).unwrap();
-        let got = store.load().unwrap();
+        let store = RedbLeaseStore::open(dir.path()).unwrap();
+        let got = store.load_blocking().unwrap();
         assert!(
             got.len() >= last as usize,
             "acknowledged {last}, found {}",

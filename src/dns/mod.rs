@@ -29,13 +29,29 @@ use hickory_server::zone_handler::{
     AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType,
 };
 use ipnet::IpNet;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
 use crate::config::DnsConfig;
+use crate::events::{LeaseEvent, ProfilesEvent, Transition};
 use crate::profiles::watch::Live;
 use crate::time_fmt::unix_now;
 pub use zone::{LeaseName, Zones};
+
+/// Why the DNS service failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// A forwarder could not be set up.
+    #[error("{0}")]
+    Forwarder(String),
+    /// The server stopped with an error.
+    #[error("DNS server: {0}")]
+    Server(String),
+}
+
+/// How long a burst of changes settles before the zones are rebuilt once.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// How long a TCP client may stay idle.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,8 +97,6 @@ pub struct Dns {
     forwarders: Vec<(LowerName, Arc<dyn ZoneHandler>)>,
     /// The last zones built and their serial.
     state: std::sync::Mutex<(Zones, u32)>,
-    /// Poked by the DHCP service when a lease changes.
-    pub changed: Arc<Notify>,
     ns_ip: Option<IpAddr>,
 }
 
@@ -100,10 +114,10 @@ fn resolver_opts() -> ResolverOpts {
     o
 }
 
-fn forwarder(origin: &Name, servers: &[String]) -> Result<Arc<dyn ZoneHandler>, String> {
+fn forwarder(origin: &Name, servers: &[String]) -> Result<Arc<dyn ZoneHandler>, DnsError> {
     let mut name_servers = Vec::new();
     for s in servers {
-        let addr = server_addr(s)?;
+        let addr = server_addr(s).map_err(DnsError::Forwarder)?;
         let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
         for c in &mut ns.connections {
             c.port = addr.port();
@@ -116,7 +130,7 @@ fn forwarder(origin: &Name, servers: &[String]) -> Result<Arc<dyn ZoneHandler>, 
     })
     .with_origin(origin.clone())
     .build()
-    .map_err(|e| format!("forwarder for {origin}: {e}"))?;
+    .map_err(|e| DnsError::Forwarder(format!("forwarder for {origin}: {e}")))?;
     Ok(Arc::new(handler))
 }
 
@@ -126,11 +140,11 @@ impl Dns {
         config: &DnsConfig,
         subnets: &[ipnet::Ipv4Net],
         ns_ip: Option<IpAddr>,
-    ) -> Result<Dns, String> {
+    ) -> Result<Dns, DnsError> {
         let mut forwarders = Vec::new();
         for f in &config.forward {
             let mut origin = Name::from_ascii(f.zone.trim_end_matches('.'))
-                .map_err(|e| format!("dns.forward {:?}: {e}", f.zone))?;
+                .map_err(|e| DnsError::Forwarder(format!("dns.forward {:?}: {e}", f.zone)))?;
             origin.set_fqdn(true);
             forwarders.push((LowerName::new(&origin), forwarder(&origin, &f.servers)?));
         }
@@ -159,7 +173,6 @@ impl Dns {
             recursion,
             forwarders,
             state: std::sync::Mutex::new((Zones::default(), 0)),
-            changed: Arc::new(Notify::new()),
             ns_ip,
         };
         Ok(dns)
@@ -228,22 +241,50 @@ impl Dns {
         serial
     }
 
-    /// Keep the zones current until cancelled: on every lease change (at most every 100 ms)
-    /// and every second (profile reloads, lease expiry).
+    /// Keep the zones current until cancelled: rebuilt after a profile reload, a lease
+    /// change (granted, renewed, released, declined, expired: DHCP announces each) and, when
+    /// the names come from the inventory (`inventory_names`), a boot-state transition. A burst
+    /// of events is settled for [`SETTLE`] and costs one rebuild; a rebuild that changes
+    /// nothing keeps the serial.
     pub async fn run_refresher(
         self: Arc<Self>,
         live: Arc<Live>,
         leases: Option<Arc<dyn LeaseSource>>,
+        inventory_names: bool,
         cancel: CancellationToken,
     ) {
+        let bus = live.bus().clone();
+        let mut profiles = bus.subscribe::<Arc<ProfilesEvent>>();
+        let mut lease_events = bus.subscribe::<LeaseEvent>();
+        let mut transitions = bus.subscribe::<Transition>();
         loop {
             self.refresh(&live, leases.as_deref(), unix_now());
+            let open = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = profiles.recv() => !matches!(r, Err(RecvError::Closed)),
+                r = lease_events.recv() => !matches!(r, Err(RecvError::Closed)),
+                r = transitions.recv(), if inventory_names => !matches!(r, Err(RecvError::Closed)),
+            };
+            if !open {
+                return;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(SETTLE) => {}
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Everything that arrived meanwhile is covered by the one rebuild.
+            while !matches!(
+                profiles.try_recv(),
+                Err(TryRecvError::Empty | TryRecvError::Closed)
+            ) {}
+            while !matches!(
+                lease_events.try_recv(),
+                Err(TryRecvError::Empty | TryRecvError::Closed)
+            ) {}
+            while !matches!(
+                transitions.try_recv(),
+                Err(TryRecvError::Empty | TryRecvError::Closed)
+            ) {}
         }
     }
 
@@ -258,14 +299,15 @@ impl Dns {
         udp: tokio::net::UdpSocket,
         tcp: tokio::net::TcpListener,
         cancel: CancellationToken,
-    ) {
+    ) -> Result<(), DnsError> {
         let mut server = hickory_server::Server::new(Handler(self));
         server.register_socket(udp);
         server.register_listener(tcp, TCP_TIMEOUT, 64 * 1024);
         cancel.cancelled().await;
-        if let Err(e) = server.shutdown_gracefully().await {
-            tracing::warn!(error = %e, "DNS server stopped with an error");
-        }
+        server
+            .shutdown_gracefully()
+            .await
+            .map_err(|e| DnsError::Server(e.to_string()))
     }
 }
 

@@ -436,7 +436,7 @@ async fn wake_one(
     ))
 }
 
-async fn wake(st: &HttpState, mac: MacAddr) -> Result<crate::wol::Sent, HttpError> {
+async fn wake(st: &HttpState, mac: MacAddr) -> Result<super::Woken, HttpError> {
     let Some(waker) = &st.waker else {
         return Err(HttpError::api(
             StatusCode::CONFLICT,

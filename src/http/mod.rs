@@ -52,11 +52,31 @@ pub struct HttpState {
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Sends magic packets (`[wol] interface` set).
-    pub waker: Option<Arc<crate::wol::Waker>>,
+    pub waker: Option<Arc<dyn Waker>>,
+    /// Which services are failing (`/healthz`).
+    pub health: Arc<crate::ctx::Health>,
     /// The bearer token mutating API calls need; without one they are refused.
     pub api_token: Option<Arc<str>>,
     /// Cancelled at shutdown: ends event streams so the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Sends Wake-on-LAN magic packets for the API (`app` plugs the Wake-on-LAN service in).
+#[async_trait::async_trait]
+pub trait Waker: Send + Sync {
+    /// Send `mac` its magic packets.
+    async fn wake(&self, mac: MacAddr) -> std::io::Result<Woken>;
+}
+
+/// What one wake sent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Woken {
+    /// UDP destinations.
+    pub udp: Vec<String>,
+    /// Whether raw frames went out.
+    pub raw: bool,
+    /// How many times each was sent.
+    pub repeat: u32,
 }
 
 /// What a request was answered with, attached to the response for the request log line.
@@ -345,7 +365,8 @@ async fn metrics(State(st): State<HttpState>) -> Response {
 
 async fn healthz(State(st): State<HttpState>) -> Response {
     let status = st.profiles.status();
-    let state = if status.last_error.is_some() {
+    let failing = st.health.failing();
+    let state = if status.last_error.is_some() || !failing.is_empty() {
         "degraded"
     } else {
         "ok"
@@ -356,6 +377,7 @@ async fn healthz(State(st): State<HttpState>) -> Response {
         "base_url": &*st.base_url,
         "machines_seen": st.inventory.len(),
         "profiles": status,
+        "failing_services": failing,
     }))
     .into_response();
     resp.extensions_mut().insert(Outcome {

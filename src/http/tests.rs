@@ -79,6 +79,7 @@ fn fixture() -> Fixture {
         inventory,
         metrics: crate::metrics::Metrics::new(),
         waker: None,
+        health: Default::default(),
         api_token: Some("s3cret".into()),
         shutdown,
     };

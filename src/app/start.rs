@@ -1,0 +1,308 @@
+//! Starting each service on its bound sockets under the supervisor, and the adapters between
+//! services (DNS names from DHCP leases or the inventory, the API's Wake-on-LAN).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::bind::{dup_tcp, dup_udp};
+use super::supervisor::Supervisor;
+use crate::config::DhcpMode;
+use crate::ctx::Ctx;
+use crate::dhcp::server::{self as dhcp_server, Expiry, LeaseWriter, Listener};
+use crate::dhcp::service::Service as Dhcp;
+use crate::dhcp::store::{LeaseStore, RedbLeaseStore};
+use crate::events::ProfilesEvent;
+use crate::inventory::Inventory;
+use crate::mac::MacAddr;
+
+/// DHCP: the service, its lease store and writer (full mode), one receive loop per socket,
+/// lease expiry and the profile follower. `stop_writers` ends the writer after the services.
+pub(super) async fn start_dhcp(
+    ctx: &Ctx,
+    sup: &Supervisor,
+    listeners: Vec<Listener>,
+    stop_writers: &CancellationToken,
+) -> anyhow::Result<(Option<Arc<Dhcp>>, Option<tokio::task::JoinHandle<()>>)> {
+    if listeners.is_empty() {
+        return Ok((None, None));
+    }
+    let config = &ctx.config;
+    let service = Arc::new(Dhcp::new(
+        config,
+        ctx.profiles.current(),
+        ctx.inventory.clone(),
+        ctx.metrics.clone(),
+        ctx.bus.clone(),
+        ctx.base_url.to_string(),
+    ));
+    let mut writes = None;
+    let mut writer_task = None;
+    if config.dhcp.mode == DhcpMode::Full {
+        let state_dir = config.paths.state.clone();
+        let store = tokio::task::spawn_blocking(move || RedbLeaseStore::open(&state_dir))
+            .await
+            .context("lease store task panicked")?
+            .context("cannot open the lease store")?;
+        let store: Arc<dyn LeaseStore> = Arc::new(store);
+        let leases = store.load().await.context("cannot restore DHCP leases")?;
+        let count = leases.len();
+        let restored = service.restore(leases);
+        tracing::info!(
+            subnets = config.dhcp.subnets.len(),
+            leases = count,
+            restored,
+            "DHCP leases restored"
+        );
+        let expiry = Arc::new(Expiry::default());
+        let (writer, tx) = LeaseWriter::new(store, service.clone(), expiry.clone());
+        writes = Some(tx);
+        let stop = stop_writers.clone();
+        writer_task = Some(sup.critical("the DHCP lease writer", stop.clone(), writer.run(stop)));
+        let (s, token) = (service.clone(), ctx_token(sup));
+        sup.background("dhcp expiry", move || {
+            dhcp_server::run_expiry(s.clone(), expiry.clone(), token.clone())
+        });
+    }
+    Dhcp::export_pools(&service, &ctx.metrics);
+    let (s, live, token) = (service.clone(), ctx.profiles.clone(), ctx_token(sup));
+    sup.background("dhcp profiles", move || {
+        dhcp_server::run_profile_follower(s.clone(), live.clone(), token.clone())
+    });
+    for listener in listeners {
+        let i = &listener.ingress;
+        tracing::info!(iface = %i.iface, port = i.port, addrs = ?i.addrs, mode = ?config.dhcp.mode, "listening for DHCP on {}", i.iface);
+        let name = format!("dhcp {}:{}", i.iface, i.port);
+        let (s, w, token) = (service.clone(), writes.clone(), ctx_token(sup));
+        sup.service(name, move || {
+            dhcp_server::run(s.clone(), listener.clone(), w.clone(), token.clone())
+        });
+    }
+    Ok((Some(service), writer_task))
+}
+
+/// The shutdown token the services run under.
+fn ctx_token(sup: &Supervisor) -> CancellationToken {
+    sup.token().clone()
+}
+
+/// TFTP: iPXE binaries first, then assets.
+pub(super) fn start_tftp(ctx: &Ctx, sup: &Supervisor, socket: UdpSocket) -> anyhow::Result<()> {
+    let config = &ctx.config;
+    let roots = vec![
+        config.paths.ipxe_binaries.clone(),
+        config.paths.assets.clone(),
+    ];
+    let addr = socket.local_addr().context("TFTP socket")?;
+    let service = Arc::new(crate::tftp::Service::new(
+        roots,
+        config.tftp.clone(),
+        ctx.inventory.clone(),
+        ctx.metrics.clone(),
+    ));
+    tracing::info!(ipxe_binaries = %config.paths.ipxe_binaries.display(), assets = %config.paths.assets.display(), "listening for TFTP on {addr}");
+    let (socket, token) = (Arc::new(socket), ctx_token(sup));
+    sup.service("tftp", move || {
+        service.clone().run(socket.clone(), token.clone())
+    });
+    Ok(())
+}
+
+/// DNS: zones from the profiles and the DHCP leases (full mode) or the inventory's addresses
+/// (otherwise), rebuilt on events; UDP and TCP served by hickory.
+pub(super) fn start_dns(
+    ctx: &Ctx,
+    sup: &Supervisor,
+    (udp, tcp): (UdpSocket, TcpListener),
+    dhcp: Option<&Arc<Dhcp>>,
+) -> anyhow::Result<()> {
+    let config = &ctx.config;
+    let addr = udp.local_addr().context("DNS socket")?;
+    let networks: Vec<ipnet::Ipv4Net> = config.dhcp.subnets.iter().map(|s| s.network).collect();
+    let ns_ip = config.server.advertise_ip.or_else(|| {
+        let ip = addr.ip();
+        (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+    });
+    let dns = Arc::new(crate::dns::Dns::new(&config.dns, &networks, ns_ip)?);
+    let (leases, inventory_names): (Arc<dyn crate::dns::LeaseSource>, bool) = match dhcp {
+        Some(d) if d.keeps_leases() => (Arc::new(DhcpLeases(d.clone())), false),
+        // No lease table here: the inventory's addresses (proxy DHCP, HTTP requests).
+        _ => (Arc::new(InventoryNames(ctx.inventory.clone())), true),
+    };
+    dns.refresh(
+        &ctx.profiles,
+        Some(leases.as_ref()),
+        crate::time_fmt::unix_now(),
+    );
+    tracing::info!(domain = %config.dns.domain.as_deref().unwrap_or("-"), upstreams = ?config.dns.upstreams, "listening for DNS on {addr}");
+    let (d, live, token) = (dns.clone(), ctx.profiles.clone(), ctx_token(sup));
+    sup.background("dns zones", move || {
+        d.clone().run_refresher(
+            live.clone(),
+            Some(leases.clone()),
+            inventory_names,
+            token.clone(),
+        )
+    });
+    let token = ctx_token(sup);
+    sup.service("dns", move || {
+        let (dns, token) = (dns.clone(), token.clone());
+        let sockets = dup_udp(&udp).and_then(|u| Ok((u, dup_tcp(&tcp)?)));
+        async move {
+            let (u, t) = sockets.map_err(|e| format!("cannot reuse the DNS sockets: {e}"))?;
+            dns.serve(u, t, token).await.map_err(|e| e.to_string())
+        }
+    });
+    Ok(())
+}
+
+/// HTTP: the boot endpoints, assets and the API, with graceful shutdown.
+pub(super) fn start_http(ctx: &Ctx, sup: &Supervisor, listener: TcpListener) -> anyhow::Result<()> {
+    let config = &ctx.config;
+    let waker = crate::wol::Waker::new(&config.wol)?
+        .map(|w| Arc::new(WolWaker(w)) as Arc<dyn crate::http::Waker>);
+    let api_token = api_token(config)?;
+    let state = crate::http::HttpState {
+        config: ctx.config.clone(),
+        base_url: ctx.base_url.clone(),
+        profiles: ctx.profiles.clone(),
+        inventory: ctx.inventory.clone(),
+        metrics: ctx.metrics.clone(),
+        waker,
+        health: ctx.health.clone(),
+        api_token,
+        shutdown: ctx_token(sup),
+    };
+    let app = crate::http::router(state);
+    let addr = listener.local_addr().context("HTTP socket")?;
+    tracing::info!(base_url = %ctx.base_url, "listening for HTTP on {addr}");
+    let token = ctx_token(sup);
+    sup.service("http", move || {
+        let (app, token) = (app.clone(), token.clone());
+        let listener = dup_tcp(&listener);
+        async move {
+            let listener = listener.map_err(|e| format!("cannot reuse the HTTP socket: {e}"))?;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+            .map_err(|e| format!("HTTP server: {e}"))
+        }
+    });
+    Ok(())
+}
+
+/// Profile reloads that failed, counted as they are announced.
+pub(super) fn follow_reload_errors(ctx: &Ctx, sup: &Supervisor) {
+    let (live, metrics, token) = (ctx.profiles.clone(), ctx.metrics.clone(), ctx_token(sup));
+    sup.background("metrics", move || {
+        let mut events = live.bus().subscribe::<Arc<ProfilesEvent>>();
+        let (metrics, token) = (metrics.clone(), token.clone());
+        async move {
+            loop {
+                let got = tokio::select! {
+                    _ = token.cancelled() => return,
+                    got = events.recv() => got,
+                };
+                match got {
+                    Ok(ev) => {
+                        if let ProfilesEvent::Failed { failed_reloads, .. } = *ev {
+                            let counted = metrics.reload_errors.get();
+                            if failed_reloads > counted {
+                                metrics.reload_errors.inc_by(failed_reloads - counted);
+                            }
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+}
+
+/// The API token: `api.token`, or the first line of `api.token_file`.
+fn api_token(config: &crate::config::Config) -> anyhow::Result<Option<Arc<str>>> {
+    if let Some(t) = &config.api.token {
+        return Ok(Some(t.trim().into()));
+    }
+    let Some(path) = &config.api.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read api.token_file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "api.token_file {} is empty",
+        path.display()
+    );
+    Ok(Some(token.into()))
+}
+
+/// In full mode DNS names the DHCP leases.
+struct DhcpLeases(Arc<Dhcp>);
+
+impl crate::dns::LeaseSource for DhcpLeases {
+    fn named_leases(&self) -> Vec<crate::dns::LeaseName> {
+        self.0
+            .bound_leases()
+            .into_iter()
+            .filter_map(|l| {
+                Some(crate::dns::LeaseName {
+                    hostname: l.hostname?,
+                    ip: l.ip,
+                    expires: l.expires,
+                })
+            })
+            .collect()
+    }
+
+    fn networks(&self) -> Vec<ipnet::Ipv4Net> {
+        self.0.networks()
+    }
+}
+
+/// Without a DHCP lease table of its own (proxy mode, or DHCP off), DNS names the machines
+/// the inventory knows an address for: the profile's hostname, and the address DHCP (proxy)
+/// or the machine's own HTTP requests came from.
+struct InventoryNames(Arc<Inventory>);
+
+impl crate::dns::LeaseSource for InventoryNames {
+    fn named_leases(&self) -> Vec<crate::dns::LeaseName> {
+        self.0
+            .named_addresses()
+            .into_iter()
+            .map(|(hostname, ip)| crate::dns::LeaseName {
+                hostname,
+                ip,
+                expires: u64::MAX,
+            })
+            .collect()
+    }
+
+    fn networks(&self) -> Vec<ipnet::Ipv4Net> {
+        Vec::new()
+    }
+}
+
+/// The API's Wake-on-LAN.
+struct WolWaker(crate::wol::Waker);
+
+#[async_trait::async_trait]
+impl crate::http::Waker for WolWaker {
+    async fn wake(&self, mac: MacAddr) -> std::io::Result<crate::http::Woken> {
+        let sent = self.0.wake(mac).await?;
+        Ok(crate::http::Woken {
+            udp: sent.udp,
+            raw: sent.raw,
+            repeat: sent.repeat,
+        })
+    }
+}

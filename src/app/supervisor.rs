@@ -1,0 +1,189 @@
+//! Running the services and noticing when one fails.
+//!
+//! **Policy.** A service that fails (returns an error, panics, or stops on its own before
+//! shutdown) is logged at `error` with its cause, counted in
+//! `kindling_service_failures_total{service}`, listed as failing in `/healthz` (which then
+//! says `degraded`), announced on the event bus, and started again after a pause that doubles
+//! from 1 s to 30 s while it keeps failing. Once it has run for a minute it counts as
+//! recovered. A boot server that restarts a broken part and keeps the rest serving is what a
+//! rack in the middle of a bring-up needs; the operator sees the failure in the log, the
+//! metrics and the health check. Sockets are bound once and handed to each run again.
+//!
+//! The exception is a task that keeps state durable (the inventory and lease writers): one
+//! that ends before shutdown stops the daemon with exit code 1, because nothing acknowledged
+//! may be lost. See [`Supervisor::critical`].
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ctx::Ctx;
+use crate::events::ServiceFailed;
+
+/// The first pause before a failed service starts again; doubled per failure in a row.
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A service that has run this long counts as recovered.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// Starts services, restarts failed ones, and tracks them for shutdown.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    ctx: Ctx,
+    tracker: TaskTracker,
+    token: CancellationToken,
+    /// Why a critical task ended, when one did: the daemon then exits 1.
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+impl Supervisor {
+    /// A supervisor for services sharing `ctx`, stopped by `token`.
+    pub fn new(ctx: Ctx, token: CancellationToken) -> Supervisor {
+        Supervisor {
+            ctx,
+            tracker: TaskTracker::new(),
+            token,
+            fatal: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The token that stops every service.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// The tasks to wait for at shutdown.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// Why a critical task ended, if one did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Run service `name`: `start()` makes one run of it; a run that fails is started again
+    /// after a pause (see the module's policy). A run that ends at shutdown is simply over.
+    pub fn service<F, Fut, E>(&self, name: impl Into<String>, mut start: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display + Send + 'static,
+    {
+        let name = name.into();
+        let (ctx, token) = (self.ctx.clone(), self.token.clone());
+        self.tracker.spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let mut run = tokio::spawn(start());
+                let outcome = tokio::select! {
+                    r = &mut run => r,
+                    _ = tokio::time::sleep(HEALTHY_AFTER) => {
+                        if failures > 0 {
+                            tracing::info!(service = %name, "service recovered");
+                            ctx.health.recovered(&name);
+                            failures = 0;
+                        }
+                        run.await
+                    }
+                };
+                if token.is_cancelled() {
+                    if let Ok(Err(e)) = &outcome {
+                        tracing::debug!(service = %name, error = %e, "service ended with an error at shutdown");
+                    }
+                    return;
+                }
+                let error = match outcome {
+                    Ok(Ok(())) => "it stopped on its own".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) if e.is_panic() => format!("it panicked: {}", panic_text(e)),
+                    Err(e) => e.to_string(),
+                };
+                failures += 1;
+                let pause = restart_pause(failures);
+                tracing::error!(service = %name, failures, restart_in = ?pause, "service failed: {error}");
+                ctx.metrics.service_failed(&name);
+                ctx.health.failed(&name, failures, &error);
+                ctx.bus.publish(ServiceFailed {
+                    service: name.clone(),
+                    error,
+                    failures,
+                });
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                tracing::info!(service = %name, "starting the service again");
+            }
+        });
+    }
+
+    /// A background loop with no result of its own (a follower, a sweeper): supervised like
+    /// a service; it is meant to run until shutdown.
+    pub fn background<F, Fut>(&self, name: impl Into<String>, mut start: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.service(name, move || {
+            let run = start();
+            async move {
+                run.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
+    }
+
+    /// Run `task`, which keeps state durable and stops when `stop` is cancelled (after every
+    /// service has stopped). If it ends before that, the daemon shuts down and exits 1.
+    pub fn critical<Fut>(
+        &self,
+        name: &'static str,
+        stop: CancellationToken,
+        task: Fut,
+    ) -> JoinHandle<()>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (token, fatal) = (self.token.clone(), self.fatal.clone());
+        tokio::spawn(async move {
+            let outcome = tokio::spawn(task).await;
+            if stop.is_cancelled() {
+                return;
+            }
+            let why = match outcome {
+                Ok(()) => format!("{name} stopped on its own"),
+                Err(e) if e.is_panic() => format!("{name} panicked: {}", panic_text(e)),
+                Err(e) => format!("{name}: {e}"),
+            };
+            tracing::error!("{why}: stopping, so that nothing acknowledged is lost");
+            *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            token.cancel();
+        })
+    }
+}
+
+/// The pause before the `failures`-th restart in a row.
+fn restart_pause(failures: u32) -> Duration {
+    RESTART_FIRST
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(RESTART_MAX)
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+#[cfg(test)]
+mod tests;
