@@ -1,27 +1,29 @@
 //! Kindling: bare-metal boot provisioning in one daemon.
 //!
 //! # Layout
-//! - [`config`]: `kindling.toml`, every key with its default; unknown keys are errors.
-//! - [`profiles`]: profile TOML files, selectors and their precedence, validation with
-//!   file:line errors, hot reload ([`profiles::watch`]).
-//! - [`render`]: minijinja templates (strict, sandboxed) and Ignition validation.
-//! - [`http`]: the Matchbox-compatible boot endpoints, static assets and the REST API
-//!   (machines, next boot, adoption, wake, Server-Sent Events, OpenAPI).
-//! - [`inventory`]: one durable record per machine, the boot-state machine
-//!   ([`inventory::state`]), history and the transition events every service feeds.
-//! - [`dhcp`]: full and proxy DHCP, relays, the PXE classifier, durable leases.
-//! - [`dns`]: authoritative zones from profiles, leases and static records; forwarding for
-//!   allowed clients (hickory-server).
-//! - [`tftp`]: the TFTP service (RFC 1350 with blksize, tsize, timeout, windowsize).
-//! - [`wol`]: Wake-on-LAN magic packets (UDP broadcast and raw EtherType 0x0842).
-//! - [`metrics`]: Prometheus metrics at `/metrics`.
-//! - [`client`]: the CLI's client of the API (`kindling machines|watch|wake`).
-//! - [`app`]: composition: bind, load, spawn services, graceful shutdown.
-//! - [`mac`], [`diag`], [`net`], [`time_fmt`]: shared types and helpers.
+//! Layers, bottom to top; a module uses only modules of lower layers (`tests/layering.rs`
+//! enforces it and holds the table):
+//!
+//! 1. leaves: [`mac`], [`time_fmt`], [`diag`] (file:line diagnostics), [`net`] (sockets,
+//!    interfaces, backoff), [`metrics`] (Prometheus).
+//! 2. pure decisions: [`pxe`] (the PXE client classifier), [`boot_state`] (the boot-state
+//!    machine).
+//! 3. [`events`]: typed events and the bus that carries them.
+//! 4. [`config`]: `kindling.toml`, plain types, defaults and range checks.
+//! 5. [`render`]: the template engine (minijinja, strict, sandboxed) and Ignition validation.
+//! 6. [`profiles`]: the model, loading, selectors, the documents a machine is served, hot
+//!    reload ([`profiles::watch`]) and adoption.
+//! 7. [`inventory`]: one durable record per machine, its boot state and history, what it is
+//!    served next ([`inventory::plan`]), the store behind it.
+//! 8. [`ctx`]: what every service is given.
+//! 9. services: [`dhcp`], [`dns`], [`tftp`], [`http`] (boot endpoints, assets, the REST API),
+//!    [`wol`].
+//! 10. [`app`]: validate, bind, start, supervise; adapters between services.
+//! 11. [`cli`]: the command line and the API client.
 
 pub mod app;
 pub mod boot_state;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod ctx;
 pub mod dhcp;

@@ -1,0 +1,121 @@
+//! The commands that talk to a running daemon's API: `machines`, `watch`, `wake`.
+
+use std::process::ExitCode;
+
+use super::client::{Client, ClientError};
+use super::{ApiArgs, EXIT_CONFIG};
+use crate::mac::MacAddr;
+
+/// `kindling machines`: the table (or JSON) of machines.
+pub(super) fn machines(
+    api: &ApiArgs,
+    state: Option<String>,
+    profile: Option<String>,
+    json: bool,
+) -> ExitCode {
+    client_command(api, |c| async move {
+        let list = c.machines(state.as_deref(), profile.as_deref()).await?;
+        if json {
+            let text = serde_json::to_string_pretty(&list).unwrap_or_default();
+            println!("{text}");
+        } else {
+            print!(
+                "{}",
+                super::client::table(&list, std::time::SystemTime::now())
+            );
+        }
+        Ok(())
+    })
+}
+
+/// `kindling watch`: one line per boot-state transition until the daemon stops.
+pub(super) fn watch(api: &ApiArgs, mac: Option<MacAddr>, json: bool) -> ExitCode {
+    client_command(api, |c| async move {
+        let mac = mac.map(|m| m.to_string());
+        c.watch(mac.as_deref(), json, &mut std::io::stdout().lock())
+            .await
+    })
+}
+
+/// `kindling wake`: magic packets to a list, a profile or labels.
+pub(super) fn wake(
+    api: &ApiArgs,
+    macs: Vec<MacAddr>,
+    profile: Option<String>,
+    labels: Vec<(String, String)>,
+    stagger_ms: u64,
+) -> ExitCode {
+    if macs.is_empty() && profile.is_none() && labels.is_empty() {
+        eprintln!("kindling wake: name MACs, --profile or --label");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    client_command(api, |c| async move {
+        let macs: Vec<String> = macs.iter().map(ToString::to_string).collect();
+        let labels = labels.into_iter().collect();
+        let v = c
+            .wake(&macs, profile.as_deref(), &labels, stagger_ms)
+            .await?;
+        for w in v["woken"].as_array().into_iter().flatten() {
+            println!("woken  {}", w["mac"].as_str().unwrap_or("?"));
+        }
+        let mut failed = false;
+        for f in v["failed"].as_array().into_iter().flatten() {
+            failed = true;
+            println!(
+                "FAILED {}: {}",
+                f["mac"].as_str().unwrap_or("?"),
+                f["error"].as_str().unwrap_or("?")
+            );
+        }
+        if failed {
+            return Err(ClientError::Api {
+                status: 207,
+                message: "some machines were not woken".into(),
+            });
+        }
+        Ok(())
+    })
+}
+
+/// Run one API client command; errors go to stderr with exit code 1.
+fn client_command<F, Fut>(api: &ApiArgs, f: F) -> ExitCode
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let token = match (&api.token, &api.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.lines().next().unwrap_or("").trim().to_string()),
+            Err(e) => {
+                eprintln!("kindling: cannot read {}: {e}", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None) => None,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kindling: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = Client::new(&api.url, token);
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = f(client) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kindling: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `kindling serve`: logging from the config, the runtime, the daemon, the signals.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use super::EXIT_CONFIG;
+use crate::app::{self, AppError, Bound};
+use crate::config::{Config, LogFormat};
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colours only for a terminal: log files and shippers get plain `key=value` fields.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub(super) fn serve(path: &Path) -> ExitCode {
+    let config = match super::offline::load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let token = CancellationToken::new();
+        tokio::spawn(shutdown_on_signal(token.clone()));
+        let bound = Bound::bind(&config).await?;
+        app::run(config, bound, token).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(AppError::Config(errors)) => {
+            for d in &errors.0 {
+                tracing::error!("{d}");
+            }
+            eprintln!(
+                "kindling: not starting: {} error(s) in the profiles",
+                errors.0.len()
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(AppError::Runtime(e)) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            token.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    token.cancel();
+}
