@@ -317,6 +317,27 @@ fn full_mode_with_dhclient_and_udhcpc_and_a_kill_9_restart() {
     );
 }
 
+/// SIGTERM stops an idle full-mode daemon at once: the lease writer ends with the services
+/// (after a last commit) instead of holding shutdown for the whole grace period.
+#[test]
+fn sigterm_stops_an_idle_full_mode_daemon_in_under_a_second() {
+    let Some(Setup { lab, d, .. }) = start(
+        "sigterm_stops_an_idle_full_mode_daemon_in_under_a_second",
+        "q",
+        |t| t,
+    ) else {
+        return;
+    };
+    // One exchange first, so the lease writer has work behind it.
+    assert!(udhcpc(&lab).is_some(), "{}", d.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = d.terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+}
+
 #[test]
 fn a_missing_interface_is_a_start_up_error() {
     if skip("a_missing_interface_is_a_start_up_error", &[]) {

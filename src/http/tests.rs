@@ -696,6 +696,54 @@ async fn reinstall_serves_the_install_once_then_local_boot() {
     assert!(v["next_boot"].is_null());
 }
 
+/// Many `/ipxe` requests of one machine at once, right after a reinstall: exactly one gets the
+/// install, the others its disk; the reinstall is used up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_one_shot_next_boot_is_served_exactly_once_when_requests_race() {
+    let f = fixture();
+    walk_boot_path(&f, N1).await;
+    let ipxe = format!("/ipxe?mac={N1}");
+    for round in 0..20 {
+        let uri = format!("/api/v1/machines/{N1}/reinstall");
+        let (status, v) = api(&f, "POST", &uri, Some("s3cret"), None).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let racing: Vec<_> = (0..8)
+            .map(|_| {
+                let (app, uri) = (router(f.state.clone()), ipxe.clone());
+                tokio::spawn(async move {
+                    let req = from_ip(
+                        Request::get(uri.as_str()).body(Body::empty()).unwrap(),
+                        [10, 0, 0, 50],
+                    );
+                    let resp = app.oneshot(req).await.unwrap();
+                    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+            })
+            .collect();
+        let mut installs = 0;
+        for r in racing {
+            let body = r.await.unwrap();
+            if body.contains("kernel http://10.0.0.2:8080/assets/os/vmlinuz") {
+                installs += 1;
+            } else {
+                assert!(body.contains("\nexit"), "{body}");
+            }
+        }
+        assert_eq!(
+            installs, 1,
+            "round {round}: the install was served {installs} times"
+        );
+        let (_, m) = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None).await;
+        assert!(m["next_boot"].is_null(), "{m}");
+        // The OS of the one that installed reports in again.
+        let (status, _, _) = get(&f, &format!("/api/v1/report?mac={N1}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
 #[tokio::test]
 async fn a_discovered_machine_is_adopted_into_a_profile_file() {
     let f = fixture();

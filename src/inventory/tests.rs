@@ -199,6 +199,72 @@ fn next_boot_semantics() {
     assert!(rec.history.iter().any(|h| h.event.contains("reinstall")));
 }
 
+/// Threads taking the plan of one machine at the same moment: the one-shot next boot goes to
+/// exactly one of them (reading and using it up is one locked step).
+#[test]
+fn the_one_shot_next_boot_goes_to_exactly_one_of_racing_requests() {
+    let inv = Arc::new(Inventory::default());
+    let m = mac(9);
+    walk_install(&inv, m);
+    for round in 0..300 {
+        inv.set_next_boot(m, Some(NextBoot::Install), "test");
+        let start = Arc::new(std::sync::Barrier::new(4));
+        let racing: Vec<_> = (0..4)
+            .map(|_| {
+                let (inv, start) = (inv.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    inv.take_plan(m, Some(&AfterProvision::Local))
+                })
+            })
+            .collect();
+        let plans: Vec<(Plan, bool)> = racing.into_iter().map(|t| t.join().unwrap()).collect();
+        let installs = plans
+            .iter()
+            .filter(|p| **p == (Plan::Selected, true))
+            .count();
+        assert_eq!(installs, 1, "round {round}: {plans:?}");
+        assert!(plans.contains(&(Plan::Local, false)), "{plans:?}");
+    }
+}
+
+/// The seam a shared store uses: a record written by another instance replaces an older
+/// local one, and its change of state is announced like a local one.
+#[tokio::test]
+async fn records_changed_elsewhere_are_taken_and_announced() {
+    let inv = Arc::new(Inventory::default());
+    let mut events = inv.subscribe();
+    let m = mac(4);
+    inv.woken(m, "test");
+    let _ = events.recv().await;
+    let mut elsewhere = inv.get(m).unwrap();
+    elsewhere.state = BootState::Dhcp;
+    elsewhere.last_seen = Stamp(elsewhere.last_seen.0 + Duration::from_secs(1));
+    elsewhere.history.push_back(HistoryEntry {
+        at: elsewhere.last_seen,
+        source: "dhcp".into(),
+        event: "offer 10.0.0.9 (instance b)".into(),
+        from: Some(BootState::Waking),
+        state: BootState::Dhcp,
+        count: 1,
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    let follower = tokio::spawn(inv.clone().run_remote_changes(rx, cancel.clone()));
+    // An older copy changes nothing; the newer one is taken.
+    let mut older = elsewhere.clone();
+    older.last_seen = Stamp(std::time::SystemTime::UNIX_EPOCH);
+    older.state = BootState::Kernel;
+    tx.send(older).await.unwrap();
+    tx.send(elsewhere.clone()).await.unwrap();
+    let t = events.recv().await.unwrap();
+    assert_eq!((t.from, t.to), (BootState::Waking, BootState::Dhcp));
+    assert_eq!(t.event, "offer 10.0.0.9 (instance b)");
+    assert_eq!(inv.get(m).unwrap(), elsewhere);
+    cancel.cancel();
+    follower.await.unwrap();
+}
+
 #[test]
 fn discovered_machines_and_lan_noise() {
     let inv = Inventory::default();
