@@ -321,21 +321,30 @@ impl BootFiles {
 /// on longer names): config loading rejects longer boot file names.
 pub const MAX_BOOT_FILE_LEN: usize = 127;
 
+/// Why a boot file name cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootFileError {
+    /// No name.
+    #[error("boot file name is empty")]
+    Empty,
+    /// Longer than the BOOTP `file` field.
+    #[error("boot file name is {0} bytes; at most {MAX_BOOT_FILE_LEN} fit the DHCP file field")]
+    TooLong(usize),
+    /// Absolute, or reaching out of the binaries directory.
+    #[error("boot file {0:?} must be a relative path without '..'")]
+    Escapes(String),
+}
+
 /// A boot file name must fit the BOOTP `file` field and stay inside the binaries directory.
-pub fn check_boot_file(file: &str) -> Result<(), String> {
+pub fn check_boot_file(file: &str) -> Result<(), BootFileError> {
     if file.is_empty() {
-        return Err("boot file name is empty".into());
+        return Err(BootFileError::Empty);
     }
     if file.len() > MAX_BOOT_FILE_LEN {
-        return Err(format!(
-            "boot file name is {} bytes; at most {MAX_BOOT_FILE_LEN} fit the DHCP file field",
-            file.len()
-        ));
+        return Err(BootFileError::TooLong(file.len()));
     }
     if file.starts_with('/') || file.split('/').any(|c| c == "..") || file.contains(['\\', '\0']) {
-        return Err(format!(
-            "boot file {file:?} must be a relative path without '..'"
-        ));
+        return Err(BootFileError::Escapes(file.to_string()));
     }
     Ok(())
 }

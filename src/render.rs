@@ -35,7 +35,7 @@ pub enum RenderError {
         /// The template's file.
         template: String,
         /// What is wrong.
-        message: String,
+        message: IgnitionError,
     },
 }
 
@@ -265,7 +265,7 @@ const VALIDATED_MAX: usize = 16_384;
 
 impl ValidatedCache {
     /// Validate `text`, or recall that it was valid.
-    pub(crate) fn check(&self, text: &str) -> Result<(), String> {
+    pub(crate) fn check(&self, text: &str) -> Result<(), IgnitionError> {
         use std::hash::BuildHasher;
         let key = self.state.hash_one(text);
         if self
@@ -286,28 +286,65 @@ impl ValidatedCache {
     }
 }
 
+/// Why a text is not an Ignition config Kindling hands out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IgnitionError {
+    /// Not JSON at all.
+    #[error("not JSON: {message} (line {line} column {column})")]
+    NotJson {
+        /// The parser's message.
+        message: String,
+        /// Where.
+        line: usize,
+        /// Where.
+        column: usize,
+    },
+    /// No `ignition.version`.
+    #[error("missing ignition.version")]
+    NoVersion,
+    /// `ignition.version` is not a string.
+    #[error("ignition.version is not a string")]
+    VersionNotString,
+    /// A spec version other than 3.x.
+    #[error("ignition.version {0:?} is not a 3.x spec version")]
+    NotV3(String),
+    /// The `ignition-config` crate refuses it (a type, an unsupported version).
+    #[error("{0}")]
+    Invalid(String),
+    /// Keys that are not part of the spec (typos that Ignition would ignore).
+    #[error("not part of Ignition spec {version}: {}", keys.join(", "))]
+    UnknownKeys {
+        /// The spec version.
+        version: String,
+        /// The keys.
+        keys: Vec<String>,
+    },
+}
+
 /// Check that `text` is an Ignition config of a 3.x spec version, with only keys of that spec.
-pub fn validate_ignition(text: &str) -> Result<(), String> {
-    let json: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("not JSON: {e} (line {} column {})", e.line(), e.column()))?;
+pub fn validate_ignition(text: &str) -> Result<(), IgnitionError> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| IgnitionError::NotJson {
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
     let version = json
         .get("ignition")
         .and_then(|i| i.get("version"))
-        .ok_or("missing ignition.version")?
+        .ok_or(IgnitionError::NoVersion)?
         .as_str()
-        .ok_or("ignition.version is not a string")?;
+        .ok_or(IgnitionError::VersionNotString)?;
     if !version.starts_with("3.") {
-        return Err(format!(
-            "ignition.version {version:?} is not a 3.x spec version"
-        ));
+        return Err(IgnitionError::NotV3(version.to_string()));
     }
-    let (_, warnings) = ignition_config::Config::parse_str(text).map_err(|e| e.to_string())?;
+    let (_, warnings) = ignition_config::Config::parse_str(text)
+        .map_err(|e| IgnitionError::Invalid(e.to_string()))?;
     if !warnings.is_empty() {
-        let keys: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-        return Err(format!(
-            "not part of Ignition spec {version}: {}",
-            keys.join(", ")
-        ));
+        return Err(IgnitionError::UnknownKeys {
+            version: version.to_string(),
+            keys: warnings.iter().map(|w| w.to_string()).collect(),
+        });
     }
     Ok(())
 }
@@ -322,20 +359,31 @@ mod tests {
         assert!(
             validate_ignition(r#"{"ignition":{"version":"3.0.0"},"systemd":{"units":[]}}"#).is_ok()
         );
-        let e = validate_ignition(r#"{"ignition":{"version":"3.4.0"},"sytemd":{}}"#).unwrap_err();
+        let e = validate_ignition(r#"{"ignition":{"version":"3.4.0"},"sytemd":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sytemd"), "{e}");
-        let e = validate_ignition(r#"{"ignition":{"version":"2.2.0"}}"#).unwrap_err();
+        let e = validate_ignition(r#"{"ignition":{"version":"2.2.0"}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a 3.x"), "{e}");
-        let e = validate_ignition(r#"{"ignition":{}}"#).unwrap_err();
+        let e = validate_ignition(r#"{"ignition":{}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing ignition.version"), "{e}");
-        let e = validate_ignition("{\n\"ignition\": {\"version\": \"3.4.0\"},\n}").unwrap_err();
+        let e = validate_ignition("{\n\"ignition\": {\"version\": \"3.4.0\"},\n}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not JSON") && e.contains("line 3"), "{e}");
-        let e = validate_ignition(r#"{"ignition":{"version":"3.99.0"}}"#).unwrap_err();
+        let e = validate_ignition(r#"{"ignition":{"version":"3.99.0"}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unsupported"), "{e}");
         let e = validate_ignition(
             r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":1}]}}"#,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("invalid type"), "{e}");
     }
 

@@ -156,10 +156,15 @@ enum WhatArg {
     Generic,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+/// A `--label` that is not `key=value`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not key=value")]
+struct NotKeyValue(String);
+
+fn parse_label(s: &str) -> Result<(String, String), NotKeyValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
+        .ok_or_else(|| NotKeyValue(s.to_string()))
 }
 
 /// Run the command line of this process.

@@ -79,8 +79,8 @@ impl Config {
     fn range_issues(&self) -> Vec<Issue> {
         let mut issues = Vec::new();
         if let Some(url) = &self.server.base_url {
-            if let Err(msg) = check_base_url(url) {
-                issues.push(Issue::new("server.base_url", msg));
+            if let Err(e) = check_base_url(url) {
+                issues.push(Issue::new("server.base_url", e.to_string()));
             }
         } else if self.http.listen.ip().is_unspecified() {
             issues.push(Issue::new(
@@ -149,16 +149,23 @@ impl PathsConfig {
     }
 }
 
+/// Why a base URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BaseUrlError {
+    #[error("server.base_url {0:?} must start with http:// (iPXE has no HTTPS)")]
+    NotHttp(String),
+    #[error("server.base_url {0:?} is not a plain http://host[:port][/path] URL")]
+    NotPlain(String),
+}
+
 /// iPXE (Debian's 2019 build) speaks plain HTTP only; a base URL must be `http://host[:port]`.
-fn check_base_url(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("server.base_url {url:?} must start with http:// (iPXE has no HTTPS)")
-    })?;
+fn check_base_url(url: &str) -> Result<(), BaseUrlError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| BaseUrlError::NotHttp(url.to_string()))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || rest.contains(['?', '#', ' ']) {
-        return Err(format!(
-            "server.base_url {url:?} is not a plain http://host[:port][/path] URL"
-        ));
+        return Err(BaseUrlError::NotPlain(url.to_string()));
     }
     Ok(())
 }

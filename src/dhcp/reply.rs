@@ -30,13 +30,24 @@ pub const CLIENT_PORT: u16 = 68;
 /// that underflows on a zero-length option), so a single crafted packet panics it in debug
 /// builds; release builds skip the asserts but the server must not depend on the build mode.
 /// The decoder is pure, so catching its unwind loses nothing.
-pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     use dhcproto::{Decodable, Decoder};
     match std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(bytes))) {
         Ok(Ok(msg)) => Ok(msg),
-        Ok(Err(e)) => Err(format!("malformed DHCP packet: {e}")),
-        Err(_) => Err("malformed DHCP packet (rejected by the decoder's length checks)".into()),
+        Ok(Err(e)) => Err(DecodeError::Malformed(e)),
+        Err(_) => Err(DecodeError::LengthChecks),
     }
+}
+
+/// Why a datagram is not a DHCP message.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The decoder refused it.
+    #[error("malformed DHCP packet: {0}")]
+    Malformed(dhcproto::error::DecodeError),
+    /// The decoder's length assertions fired.
+    #[error("malformed DHCP packet (rejected by the decoder's length checks)")]
+    LengthChecks,
 }
 
 /// The client's Ethernet MAC, or `None` when the packet is not Ethernet or `hlen` is not 6.

@@ -61,15 +61,20 @@ pub fn check_config(config: &DnsConfig) -> Vec<crate::config::Issue> {
     zone::check(config)
 }
 
+/// A DNS server address that is neither `IP` nor `IP:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("DNS server {0:?}: not IP or IP:port")]
+pub struct BadServer(String);
+
 /// `IP` or `IP:port` (port 53 by default).
-pub fn server_addr(s: &str) -> Result<SocketAddr, String> {
+pub fn server_addr(s: &str) -> Result<SocketAddr, BadServer> {
     let s = s.trim();
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Ok(sa);
     }
     s.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("DNS server {s:?}: not IP or IP:port"))
+        .map_err(|_| BadServer(s.to_string()))
 }
 
 /// Where live leases come from (the DHCP service in full mode).
@@ -117,7 +122,7 @@ fn resolver_opts() -> ResolverOpts {
 fn forwarder(origin: &Name, servers: &[String]) -> Result<Arc<dyn ZoneHandler>, DnsError> {
     let mut name_servers = Vec::new();
     for s in servers {
-        let addr = server_addr(s).map_err(DnsError::Forwarder)?;
+        let addr = server_addr(s).map_err(|e| DnsError::Forwarder(e.to_string()))?;
         let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
         for c in &mut ns.connections {
             c.port = addr.port();

@@ -87,36 +87,79 @@ fn soa(origin: &Name, ns: Name, serial: u32, ttl: u32) -> Record {
     )
 }
 
+/// Why a name or a record of the DNS configuration cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZoneError {
+    /// DNS is on without a zone.
+    #[error("dns.domain is required when DNS is enabled")]
+    NoDomain,
+    /// The zone is not a name.
+    #[error("dns.domain {0:?}: {1}")]
+    BadDomain(String, String),
+    /// The zone is the root.
+    #[error("dns.domain is the root: name a zone such as lab.example")]
+    RootDomain,
+    /// A name that is not one.
+    #[error("invalid name {0:?}")]
+    BadName(String),
+    /// A name that is not one, and why.
+    #[error("invalid name {0:?}: {1}")]
+    BadNameBecause(String, String),
+    /// A machine selector on a record type that holds no address.
+    #[error("machines/profile select addresses: type must be A or AAAA")]
+    NotAddressType,
+    /// A record with nothing in it.
+    #[error("needs value, values, machines or profile")]
+    NoValue,
+    /// An A value that is no IPv4 address.
+    #[error("{0:?} is not an IPv4 address")]
+    NotIpv4(String),
+    /// An AAAA value that is no IPv6 address.
+    #[error("{0:?} is not an IPv6 address")]
+    NotIpv6(String),
+    /// An SRV value of the wrong shape.
+    #[error("SRV {0:?}: \"priority weight port target\"")]
+    SrvShape(String),
+    /// An SRV field that is no number.
+    #[error("SRV {0:?}: {1:?} is not a number")]
+    SrvNumber(String, String),
+    /// A record type Kindling does not serve.
+    #[error("type {0:?}: one of A, AAAA, CNAME, TXT, SRV")]
+    UnknownType(String),
+    /// A CNAME with several targets.
+    #[error("a CNAME has one value")]
+    CnameValues,
+}
+
 /// The configured domain as a name.
-pub fn domain(config: &DnsConfig) -> Result<Name, String> {
-    let d = config
-        .domain
-        .as_deref()
-        .ok_or("dns.domain is required when DNS is enabled")?;
-    let mut name =
-        Name::from_ascii(d.trim_end_matches('.')).map_err(|e| format!("dns.domain {d:?}: {e}"))?;
+pub fn domain(config: &DnsConfig) -> Result<Name, ZoneError> {
+    let d = config.domain.as_deref().ok_or(ZoneError::NoDomain)?;
+    let mut name = Name::from_ascii(d.trim_end_matches('.'))
+        .map_err(|e| ZoneError::BadDomain(d.to_string(), e.to_string()))?;
     name.set_fqdn(true);
     if name.num_labels() == 0 {
-        return Err("dns.domain is the root: name a zone such as lab.example".into());
+        return Err(ZoneError::RootDomain);
     }
     Ok(name)
 }
 
 /// `name` relative to `origin` (`@` is the origin, a final dot makes it absolute).
-pub fn qualify(name: &str, origin: &Name) -> Result<Name, String> {
+pub fn qualify(name: &str, origin: &Name) -> Result<Name, ZoneError> {
     let name = name.trim();
     if name == "@" {
         return Ok(origin.clone());
     }
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("invalid name {name:?}"));
+        return Err(ZoneError::BadName(name.to_string()));
     }
-    let n = Name::from_ascii(name).map_err(|e| format!("invalid name {name:?}: {e}"))?;
+    let because = |e: hickory_server::proto::ProtoError| {
+        ZoneError::BadNameBecause(name.to_string(), e.to_string())
+    };
+    let n = Name::from_ascii(name).map_err(because)?;
     if name.ends_with('.') {
         return Ok(n);
     }
-    n.append_domain(origin)
-        .map_err(|e| format!("invalid name {name:?}: {e}"))
+    n.append_domain(origin).map_err(because)
 }
 
 /// A hostname as one label of the zone: lower case, letters, digits and inner hyphens. An
@@ -171,18 +214,18 @@ pub fn check(config: &DnsConfig) -> Vec<Issue> {
     }
     let origin = match domain(config) {
         Ok(o) => o,
-        Err(e) => return vec![Issue::new("dns.domain", e)],
+        Err(e) => return vec![Issue::new("dns.domain", e.to_string())],
     };
     for (i, s) in config.upstreams.iter().enumerate() {
         if let Err(e) = crate::dns::server_addr(s) {
-            issues.push(Issue::new(format!("dns.upstreams[{i}]"), e));
+            issues.push(Issue::new(format!("dns.upstreams[{i}]"), e.to_string()));
         }
     }
     for (i, f) in config.forward.iter().enumerate() {
         let at = format!("dns.forward[{i}]");
         for s in &f.servers {
             if let Err(e) = crate::dns::server_addr(s) {
-                issues.push(Issue::new(format!("{at}.servers"), e));
+                issues.push(Issue::new(format!("{at}.servers"), e.to_string()));
             }
         }
         if let Err(e) = Name::from_ascii(f.zone.trim_end_matches('.')) {
@@ -216,7 +259,7 @@ fn static_records(
     origin: &Name,
     default_ttl: Duration,
     machine_ips: &[IpAddr],
-) -> Result<Vec<Record>, String> {
+) -> Result<Vec<Record>, ZoneError> {
     let name = qualify(&r.name, origin)?;
     let ttl = u32::try_from(r.ttl.unwrap_or(default_ttl).as_secs()).unwrap_or(u32::MAX);
     let mut values: Vec<String> = r.values.clone();
@@ -224,24 +267,24 @@ fn static_records(
     let by_machines = !r.machines.is_empty() || r.profile.is_some();
     let rtype = r.rtype.to_ascii_uppercase();
     if by_machines && !matches!(rtype.as_str(), "A" | "AAAA") {
-        return Err("machines/profile select addresses: type must be A or AAAA".into());
+        return Err(ZoneError::NotAddressType);
     }
     if values.is_empty() && !by_machines {
-        return Err("needs value, values, machines or profile".into());
+        return Err(ZoneError::NoValue);
     }
     let mut out = Vec::new();
-    let rdata = |v: &str| -> Result<RData, String> {
+    let rdata = |v: &str| -> Result<RData, ZoneError> {
         match rtype.as_str() {
             "A" => v
                 .trim()
                 .parse::<Ipv4Addr>()
                 .map(|ip| RData::A(A(ip)))
-                .map_err(|_| format!("{v:?} is not an IPv4 address")),
+                .map_err(|_| ZoneError::NotIpv4(v.to_string())),
             "AAAA" => v
                 .trim()
                 .parse::<std::net::Ipv6Addr>()
                 .map(|ip| RData::AAAA(AAAA(ip)))
-                .map_err(|_| format!("{v:?} is not an IPv6 address")),
+                .map_err(|_| ZoneError::NotIpv6(v.to_string())),
             "CNAME" => qualify(v, origin).map(|n| RData::CNAME(CNAME(n))),
             "TXT" => Ok(RData::TXT(TXT::new(
                 v.as_bytes()
@@ -252,11 +295,11 @@ fn static_records(
             "SRV" => {
                 let parts: Vec<&str> = v.split_whitespace().collect();
                 let [p, w, port, target] = parts[..] else {
-                    return Err(format!("SRV {v:?}: \"priority weight port target\""));
+                    return Err(ZoneError::SrvShape(v.to_string()));
                 };
                 let num = |s: &str| {
                     s.parse::<u16>()
-                        .map_err(|_| format!("SRV {v:?}: {s:?} is not a number"))
+                        .map_err(|_| ZoneError::SrvNumber(v.to_string(), s.to_string()))
                 };
                 Ok(RData::SRV(SRV::new(
                     num(p)?,
@@ -265,7 +308,7 @@ fn static_records(
                     qualify(target, origin)?,
                 )))
             }
-            other => Err(format!("type {other:?}: one of A, AAAA, CNAME, TXT, SRV")),
+            other => Err(ZoneError::UnknownType(other.to_string())),
         }
     };
     for v in &values {
@@ -287,7 +330,7 @@ fn static_records(
         }
     }
     if rtype == "CNAME" && out.len() > 1 {
-        return Err("a CNAME has one value".into());
+        return Err(ZoneError::CnameValues);
     }
     Ok(out)
 }

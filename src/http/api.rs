@@ -363,7 +363,7 @@ async fn adopt(
     };
     let entry =
         crate::profiles::adopt::entry(mac, req.hostname.as_deref(), req.ip, &req.labels, &comment)
-            .map_err(|e| HttpError::api(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            .map_err(|e| HttpError::api(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let path = profile.path.clone();
     let live = st.profiles.clone();
     let text = entry.clone();

@@ -253,7 +253,7 @@ async fn machine_doc(
     what: What,
 ) -> Result<Response, HttpError> {
     let facts = query::facts(q.as_deref().unwrap_or(""))
-        .map_err(|msg| HttpError::new(StatusCode::BAD_REQUEST, msg))?;
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let mac = facts.mac;
     let facts = st.inventory.observe_from(facts, peer);
     let set = st.profiles.current();

@@ -1,11 +1,22 @@
 //! Parsing a boot request's query string into [`Facts`].
 
-use crate::mac::MacAddr;
+use crate::mac::{MacAddr, MacParseError};
 use crate::profiles::Facts;
+
+/// Why a boot request's query names no machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum QueryError {
+    /// No `mac`.
+    #[error("missing mac query parameter (e.g. ?mac=52:54:00:12:34:56)")]
+    MissingMac,
+    /// A `mac` that is not one.
+    #[error(transparent)]
+    BadMac(#[from] MacParseError),
+}
 
 /// Parse `mac=..&uuid=..&arch=..&...`. `mac` is required; empty values count as absent (iPXE
 /// sends `uuid=` when the machine has none); every parameter is also kept as a label.
-pub(crate) fn facts(query: &str) -> Result<Facts, String> {
+pub(crate) fn facts(query: &str) -> Result<Facts, QueryError> {
     let mut mac = None;
     let mut facts = Facts::from_mac(MacAddr([0; 6]));
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -15,7 +26,7 @@ pub(crate) fn facts(query: &str) -> Result<Facts, String> {
         }
         match &*key {
             "mac" => {
-                mac = Some(value.parse::<MacAddr>().map_err(|e| e.to_string())?);
+                mac = Some(value.parse::<MacAddr>()?);
             }
             "uuid" => facts.uuid = Some(value.to_ascii_lowercase()),
             "arch" => facts.arch = Some(value.to_ascii_lowercase()),
@@ -25,7 +36,7 @@ pub(crate) fn facts(query: &str) -> Result<Facts, String> {
         }
         facts.labels.insert(key.into_owned(), value.to_string());
     }
-    facts.mac = mac.ok_or("missing mac query parameter (e.g. ?mac=52:54:00:12:34:56)")?;
+    facts.mac = mac.ok_or(QueryError::MissingMac)?;
     if let Some(m) = facts.labels.get_mut("mac") {
         *m = facts.mac.to_string();
     }
@@ -51,9 +62,19 @@ mod tests {
 
     #[test]
     fn rejects_missing_or_bad_mac() {
-        assert!(facts("").unwrap_err().contains("missing mac"));
-        assert!(facts("uuid=x").unwrap_err().contains("missing mac"));
-        assert!(facts("mac=nonsense").unwrap_err().contains("invalid MAC"));
+        assert!(facts("").unwrap_err().to_string().contains("missing mac"));
+        assert!(
+            facts("uuid=x")
+                .unwrap_err()
+                .to_string()
+                .contains("missing mac")
+        );
+        assert!(
+            facts("mac=nonsense")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid MAC")
+        );
         assert!(facts("mac=52:54:00:00:00:01&mac=zz").is_err());
         assert!(facts("mac=%ZZ").is_err());
     }

@@ -23,6 +23,17 @@ pub enum AdoptError {
     Invalid(Vec<String>),
 }
 
+/// Why an entry cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// Not an RFC 1123 host name.
+    #[error("invalid hostname {0:?}")]
+    Hostname(String),
+    /// A label name TOML and selectors cannot carry as a bare key.
+    #[error("label name {0:?}: letters, digits, '-' and '_' only")]
+    LabelName(String),
+}
+
 /// The TOML text of a `[[machine]]` entry.
 pub fn entry(
     mac: MacAddr,
@@ -30,7 +41,7 @@ pub fn entry(
     ip: Option<Ipv4Addr>,
     labels: &BTreeMap<String, String>,
     comment: &str,
-) -> Result<String, String> {
+) -> Result<String, EntryError> {
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     let mut out = String::new();
     for line in comment.lines() {
@@ -40,7 +51,7 @@ pub fn entry(
     out.push_str(&format!("mac = {}\n", quote(&mac.to_string())));
     if let Some(h) = hostname {
         if !super::valid_hostname(h) {
-            return Err(format!("invalid hostname {h:?}"));
+            return Err(EntryError::Hostname(h.to_string()));
         }
         out.push_str(&format!("hostname = {}\n", quote(h)));
     }
@@ -55,9 +66,7 @@ pub fn entry(
                 && k.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !key_ok {
-                return Err(format!(
-                    "label name {k:?}: letters, digits, '-' and '_' only"
-                ));
+                return Err(EntryError::LabelName(k.clone()));
             }
             out.push_str(&format!("{k} = {}\n", quote(v)));
         }

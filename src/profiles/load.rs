@@ -75,7 +75,7 @@ impl Loader {
     ) -> Option<String> {
         let name = rel.get_ref().trim().to_string();
         if let Err(msg) = check_relative(&name) {
-            self.err(path, source, rel.span().start, msg);
+            self.err(path, source, rel.span().start, msg.to_string());
             return None;
         }
         let name = normalize(&name);
@@ -136,19 +136,37 @@ impl Loader {
     }
 }
 
+/// Why a file of the profiles tree cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FileError {
+    /// A template path with no name.
+    #[error("template path is empty")]
+    EmptyPath,
+    /// A template path reaching out of the tree.
+    #[error("template path {0:?} must be relative to the profiles directory, without '..'")]
+    Escapes(String),
+    /// Larger than [`MAX_FILE_BYTES`].
+    #[error("file is larger than {} MiB", MAX_FILE_BYTES >> 20)]
+    TooLarge,
+    /// Not text.
+    #[error("file is not UTF-8 text")]
+    NotUtf8,
+    /// Not readable.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// Template names are relative paths inside the profiles tree; nothing may escape it.
-fn check_relative(name: &str) -> Result<(), String> {
+fn check_relative(name: &str) -> Result<(), FileError> {
     let p = Path::new(name);
     if name.is_empty() {
-        return Err("template path is empty".into());
+        return Err(FileError::EmptyPath);
     }
     if p.is_absolute()
         || p.components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!(
-            "template path {name:?} must be relative to the profiles directory, without '..'"
-        ));
+        return Err(FileError::Escapes(name.to_string()));
     }
     Ok(())
 }
@@ -164,13 +182,15 @@ fn normalize(name: &str) -> String {
         .join("/")
 }
 
-pub(super) fn read_limited(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+/// A file's text, refused when larger than [`MAX_FILE_BYTES`] (a stray disk image in the tree
+/// cannot eat memory).
+pub(super) fn read_limited(path: &Path) -> Result<String, FileError> {
+    let meta = std::fs::metadata(path)?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(format!("file is larger than {} MiB", MAX_FILE_BYTES >> 20));
+        return Err(FileError::TooLarge);
     }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    String::from_utf8(bytes).map_err(|_| "file is not UTF-8 text".to_string())
+    let bytes = std::fs::read(path)?;
+    String::from_utf8(bytes).map_err(|_| FileError::NotUtf8)
 }
 
 /// Every regular file under `dir`, by relative path; hidden entries (editor swap files,
@@ -246,7 +266,7 @@ impl ProfileSet {
             let source = match read_limited(&path) {
                 Ok(s) => s,
                 Err(e) => {
-                    ld.errors.push(Diagnostic::new(&path, None, e));
+                    ld.errors.push(Diagnostic::new(&path, None, e.to_string()));
                     continue;
                 }
             };
@@ -345,7 +365,7 @@ impl ProfileSet {
                         },
                     );
                 }
-                Err(e) => ld.errors.push(Diagnostic::new(&file, None, e)),
+                Err(e) => ld.errors.push(Diagnostic::new(&file, None, e.to_string())),
             }
         }
         let mut engine = Engine::new();
@@ -401,7 +421,7 @@ fn load_scripts(dir: &Path, ld: &mut Loader) {
                 continue;
             }
             Err(e) => {
-                ld.errors.push(Diagnostic::new(&path, None, e));
+                ld.errors.push(Diagnostic::new(&path, None, e.to_string()));
                 continue;
             }
         };
