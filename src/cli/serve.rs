@@ -9,11 +9,23 @@ use super::EXIT_CONFIG;
 use crate::app::{self, AppError, Bound};
 use crate::config::{Config, LogFormat};
 
+/// hickory-server logs every DNS query at `info`: quiet unless the level names hickory.
+const QUIET: &str = "hickory_server=warn,hickory_proto=warn,hickory_resolver=warn";
+
+/// `[log] level`, with hickory's per-query lines off unless the level asks for them.
+fn filter_directives(level: &str) -> String {
+    if level.contains("hickory") {
+        level.to_string()
+    } else {
+        format!("{level},{QUIET}")
+    }
+}
+
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(filter_directives(&config.log.level)))
+        .unwrap_or_else(|_| EnvFilter::new(filter_directives("info")));
     use std::io::IsTerminal;
     // Colours only for a terminal: log files and shippers get plain `key=value` fields.
     let builder = tracing_subscriber::fmt()
@@ -80,4 +92,27 @@ async fn shutdown_on_signal(token: CancellationToken) {
         _ = term.recv() => {}
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hickory_is_quiet_unless_asked_for() {
+        assert_eq!(
+            filter_directives("info"),
+            "info,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn"
+        );
+        assert_eq!(
+            filter_directives("debug,hickory_server=info"),
+            "debug,hickory_server=info"
+        );
+        for level in ["info", "kindling=debug,warn"] {
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(filter_directives(level)).is_ok(),
+                "{level}"
+            );
+        }
+    }
 }

@@ -112,7 +112,7 @@ pub async fn run(
             },
         };
         backoff.reset();
-        let span = tracing::debug_span!("dhcp", iface = %ingress.iface, %peer);
+        let span = tracing::info_span!("dhcp", iface = %ingress.iface, %peer);
         let out = span.in_scope(|| service.process(&buf[..len], peer, &ingress));
         match out {
             None => {}

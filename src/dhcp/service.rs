@@ -559,7 +559,13 @@ impl Service {
                 };
                 let ip = (!msg.yiaddr().is_unspecified()).then(|| msg.yiaddr());
                 let ip_text = ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
-                tracing::info!(%mac, xid, ip = %ip_text, profile = %client.profile_text(), boot = %client.boot_text(), %event, "DHCP {event}");
+                // One info line per completed exchange (the ACK, a NAK, an INFORM); the
+                // OFFER on the way is detail.
+                if kind == MessageType::Offer {
+                    tracing::debug!(%mac, xid, ip = %ip_text, profile = %client.profile_text(), boot = %client.boot_text(), %event, "DHCP {event}");
+                } else {
+                    tracing::info!(%mac, xid, ip = %ip_text, profile = %client.profile_text(), boot = %client.boot_text(), %event, "DHCP {event}");
+                }
                 self.metrics.dhcp(name, event);
                 self.inventory.dhcp(mac, client.seen(event, ip));
                 self.warn_if_pool_low(ip, now);

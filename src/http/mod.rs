@@ -390,6 +390,7 @@ async fn healthz(State(st): State<HttpState>) -> Response {
 /// One log line per request: method, path, status, MAC, profile, what was served, time taken;
 /// and the request counted by route and status.
 async fn log_request(State(st): State<HttpState>, req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -397,7 +398,11 @@ async fn log_request(State(st): State<HttpState>, req: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
-    let resp = next.run(req).await;
+    let peer = peer_ipv4(req.extensions());
+    // One span per request: what the handlers log carries the path and the client.
+    let span = tracing::info_span!("http", %method, %path, peer = ?peer);
+    let resp = next.run(req).instrument(span.clone()).await;
+    let _in_request = span.enter();
     let status = resp.status().as_u16();
     // Routes, not raw paths, so a scan of made-up paths cannot grow the label set.
     let endpoint = match endpoint {

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::TftpConfig;
 use crate::inventory::Inventory;
@@ -285,11 +286,16 @@ impl Service {
             return;
         };
         let this = self.clone();
-        tokio::spawn(async move {
-            this.transfer(peer, req, local, cancel).await;
-            drop(permit);
-            this.forget(peer, id);
-        });
+        // One span per transfer: everything logged about it carries the client and the file.
+        let span = tracing::info_span!("tftp", %peer, file = %req.filename);
+        tokio::spawn(
+            async move {
+                this.transfer(peer, req, local, cancel).await;
+                drop(permit);
+                this.forget(peer, id);
+            }
+            .instrument(span),
+        );
     }
 
     fn forget(&self, peer: SocketAddr, id: u64) {
