@@ -16,8 +16,12 @@ rounds=${1:-5}
 secs=${2:-5}
 
 scripts/setup.sh bench >/dev/null
-cargo build --locked --release -q
-bin=$PWD/target/release/kindling
+if [ -n "${KINDLING_BIN:-}" ]; then
+  bin=$KINDLING_BIN # another build, for a before/after comparison
+else
+  cargo build --locked --release -q
+  bin=$PWD/target/release/kindling
+fi
 
 work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers run as nobody

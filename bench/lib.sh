@@ -1,15 +1,20 @@
 # Shared by the benchmarks: sourced, not run. Sets $bin (release Kindling) and provides the
 # server start/stop bookkeeping ($pid) and the median of the rounds.
 
-# Root check, Debian packages, release build. $1: the script's name for messages.
+# Root check, Debian packages, release build (or $KINDLING_BIN). $1: the script's name for
+# messages.
 bench_prepare() {
   if [ "$(id -u)" -ne 0 ]; then
     echo "$1: needs root (network namespaces)" >&2
     exit 1
   fi
   scripts/setup.sh bench >/dev/null
-  cargo build --locked --release -q
-  bin=$PWD/target/release/kindling
+  if [ -n "${KINDLING_BIN:-}" ]; then
+    bin=$KINDLING_BIN # another build, e.g. the previous commit's, for a before/after comparison
+  else
+    cargo build --locked --release -q
+    bin=$PWD/target/release/kindling
+  fi
 }
 
 # Stop the server started last (its PID in $pid), if any.
