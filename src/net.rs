@@ -97,6 +97,92 @@ impl Backoff {
     }
 }
 
+/// Receives datagrams for a service's socket loop: a receive error is retried after a pause
+/// that doubles from 10 ms to 1 s (a broken socket does not spin a core), and one that lasts
+/// [`Receiver::GIVE_UP`] with no good datagram in between is handed back as the service's end.
+#[derive(Debug)]
+pub struct Receiver {
+    socket: std::sync::Arc<tokio::net::UdpSocket>,
+    backoff: Backoff,
+    /// What the socket serves, for the log (`DHCP on vs0:67`, `TFTP`).
+    what: String,
+    /// Receive errors so far.
+    errors: u64,
+}
+
+/// A socket that kept failing.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: receiving fails for {} s: {source}", .failing_for.as_secs())]
+pub struct ReceiveError {
+    /// What the socket serves.
+    pub what: String,
+    /// How long it failed.
+    pub failing_for: std::time::Duration,
+    /// The last error.
+    pub source: io::Error,
+}
+
+impl Receiver {
+    /// How long a receive error may last before the loop ends.
+    pub const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// A receiver on `socket`, serving `what`.
+    pub fn new(socket: std::sync::Arc<tokio::net::UdpSocket>, what: impl Into<String>) -> Receiver {
+        Receiver {
+            socket,
+            backoff: Backoff::new(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(1),
+            ),
+            what: what.into(),
+            errors: 0,
+        }
+    }
+
+    /// Receive errors so far.
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    /// The next datagram into `buf`: its length and sender; `Ok(None)` once `token` is
+    /// cancelled.
+    pub async fn recv(
+        &mut self,
+        buf: &mut [u8],
+        token: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<(usize, SocketAddr)>, ReceiveError> {
+        loop {
+            let got = tokio::select! {
+                _ = token.cancelled() => return Ok(None),
+                got = self.socket.recv_from(buf) => got,
+            };
+            match got {
+                Ok(x) => {
+                    self.backoff.reset();
+                    return Ok(Some(x));
+                }
+                Err(source) => {
+                    self.errors += 1;
+                    let failing_for = self.backoff.failing_for();
+                    if failing_for > Self::GIVE_UP {
+                        return Err(ReceiveError {
+                            what: self.what.clone(),
+                            failing_for,
+                            source,
+                        });
+                    }
+                    let pause = self.backoff.failed();
+                    tracing::warn!(error = %source, retry_in = ?pause, "{}: receive failed", self.what);
+                    tokio::select! {
+                        _ = token.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +199,42 @@ mod tests {
         b.reset();
         assert_eq!(b.failing_for(), Duration::ZERO);
         assert_eq!(b.failed(), Duration::from_millis(10));
+    }
+
+    /// A receive error (here: ICMP port unreachable on a connected socket) is retried after a
+    /// pause, the next datagram is delivered, and cancelling ends the loop.
+    #[tokio::test]
+    async fn a_receive_error_is_retried_and_cancelling_ends_the_loop() {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = gone.local_addr().unwrap();
+        drop(gone);
+        sock.connect(peer).await.unwrap();
+        sock.send(b"hello?").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let sock = std::sync::Arc::new(sock);
+        let mut receiver = Receiver::new(sock.clone(), "test");
+        let token = tokio_util::sync::CancellationToken::new();
+        let me = sock.local_addr().unwrap();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let back = std::net::UdpSocket::bind(peer).unwrap();
+            back.send_to(b"answer", me).unwrap();
+        });
+        let mut buf = [0u8; 64];
+        let got = receiver.recv(&mut buf, &token).await.unwrap();
+        assert_eq!(
+            got.map(|(n, from)| (&buf[..n], from)),
+            Some((&b"answer"[..], peer))
+        );
+        assert_eq!(
+            receiver.errors(),
+            1,
+            "the refused send came back as one receive error"
+        );
+        sender.await.unwrap();
+        token.cancel();
+        assert!(receiver.recv(&mut buf, &token).await.unwrap().is_none());
     }
 
     #[test]

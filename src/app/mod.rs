@@ -89,17 +89,52 @@ pub async fn run(
     mut bound: Bound,
     token: CancellationToken,
 ) -> Result<(), AppError> {
-    let http_addr = bound.http_addr();
-    let base_url = config.base_url(http_addr);
-    let src = sources(&config);
+    let base_url = config.base_url(bound.http_addr());
     // Watch before loading: an edit made while loading then causes a reload, not a miss.
-    let watcher = match watch::watch(&src) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(error = %e, "hot reload disabled: profile changes need a restart");
-            None
+    let watcher = watch::watch(&sources(&config));
+    let (ctx, machines) = load(config, base_url).await?;
+    let sup = Supervisor::new(ctx.clone(), token.clone());
+    // The writers outlive the services: they stop after them, with a last commit.
+    let stop_writers = CancellationToken::new();
+    let mut writers = vec![start_inventory(&ctx, &sup, machines, &stop_writers)];
+    start::follow_reload_errors(&ctx, &sup);
+    let (dhcp, lease_writer) =
+        start::start_dhcp(&ctx, &sup, std::mem::take(&mut bound.dhcp), &stop_writers).await?;
+    writers.extend(lease_writer);
+    if let Some(socket) = bound.tftp.take() {
+        start::start_tftp(&ctx, &sup, socket)?;
+    }
+    if let Some(sockets) = bound.dns.take() {
+        start::start_dns(&ctx, &sup, sockets, dhcp.as_ref())?;
+    }
+    start_watcher(&ctx, &sup, watcher);
+    start::start_http(&ctx, &sup, bound.http)?;
+    sup.tracker().close();
+
+    token.cancelled().await;
+    tracing::info!("shutting down");
+    if tokio::time::timeout(GRACE, sup.tracker().wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {GRACE:?}; stopping anyway");
+    }
+    stop_writers.cancel();
+    for writer in writers {
+        if tokio::time::timeout(GRACE, writer).await.is_err() {
+            tracing::warn!("a writer did not finish its last commit in time");
         }
-    };
+    }
+    match sup.fatal() {
+        Some(why) => Err(AppError::Runtime(anyhow::anyhow!(why))),
+        None => Ok(()),
+    }
+}
+
+/// Load the profiles and the inventory: the shared state every service is given, and the
+/// inventory's store.
+async fn load(config: Config, base_url: String) -> Result<(Ctx, Arc<dyn MachineStore>), AppError> {
+    let src = sources(&config);
     let set = {
         let (src, url) = (src.clone(), base_url.clone());
         tokio::task::spawn_blocking(move || ProfileSet::load(&src, &url))
@@ -134,94 +169,73 @@ pub async fn run(
     export_inventory(&metrics, &inventory);
     let ctx = Ctx {
         config: Arc::new(config),
-        base_url: base_url.clone().into(),
-        profiles: live.clone(),
-        inventory: inventory.clone(),
-        metrics: metrics.clone(),
+        base_url: base_url.into(),
+        profiles: live,
+        inventory,
+        metrics,
         bus,
         health: Default::default(),
     };
-    let sup = Supervisor::new(ctx.clone(), token.clone());
+    Ok((ctx, machines))
+}
 
-    // The writers outlive the services: they stop after them, with a last commit.
-    let stop_writers = CancellationToken::new();
-    let inventory_writer = sup.critical(
+/// The inventory's tasks: its writer (stopped by `stop_writers`, after the services), the
+/// records other instances write (a shared store), the stall sweeper and the profile follower.
+fn start_inventory(
+    ctx: &Ctx,
+    sup: &Supervisor,
+    machines: Arc<dyn MachineStore>,
+    stop_writers: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let inventory = &ctx.inventory;
+    let token = sup.token();
+    let writer = sup.critical(
         "the inventory writer",
         stop_writers.clone(),
         inventory
             .clone()
             .run_writer(machines.clone(), stop_writers.clone()),
     );
-    if let Some(changes) = machines.remote_changes() {
-        let (inv, token) = (inventory.clone(), token.clone());
-        let mut changes = Some(changes);
-        sup.background("inventory remote changes", move || {
-            let (inv, token, changes) = (inv.clone(), token.clone(), changes.take());
-            async move {
-                if let Some(changes) = changes {
-                    inv.run_remote_changes(changes, token).await;
-                } else {
-                    token.cancelled().await;
-                }
+    let (inv, t) = (inventory.clone(), token.clone());
+    sup.background("inventory remote changes", move || {
+        // A store shared with other instances gives a fresh stream on every start.
+        let (inv, t, changes) = (inv.clone(), t.clone(), machines.remote_changes());
+        async move {
+            match changes {
+                Some(changes) => inv.run_remote_changes(changes, t).await,
+                None => t.cancelled().await,
             }
-        });
-    }
+        }
+    });
     let (inv, t) = (inventory.clone(), token.clone());
     sup.background("inventory sweeper", move || {
         inv.clone().run_sweeper(t.clone())
     });
-    let (inv, l, t) = (inventory.clone(), live.clone(), token.clone());
+    let (inv, l, t) = (inventory.clone(), ctx.profiles.clone(), token.clone());
     sup.background("inventory profiles", move || {
         inv.clone().run_profile_sync(l.clone(), t.clone())
     });
-    start::follow_reload_errors(&ctx, &sup);
+    writer
+}
 
-    let (dhcp, lease_writer) =
-        start::start_dhcp(&ctx, &sup, std::mem::take(&mut bound.dhcp), &stop_writers).await?;
-    if let Some(socket) = bound.tftp.take() {
-        start::start_tftp(&ctx, &sup, socket)?;
-    }
-    if let Some(sockets) = bound.dns.take() {
-        start::start_dns(&ctx, &sup, sockets, dhcp.as_ref())?;
-    }
-    if let Some(watcher) = watcher {
-        let (l, t) = (live.clone(), token.clone());
-        let mut first = Some(watcher);
-        sup.background("profile watcher", move || {
-            let watcher = first.take().map_or_else(|| watch::watch(&l.sources), Ok);
-            let (l, t) = (l.clone(), t.clone());
-            async move {
-                match watcher {
-                    Ok(w) => watch::run(w, l, t).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, "hot reload disabled: profile changes need a restart");
-                        t.cancelled().await;
-                    }
+/// Hot reload: the watch made before the profiles were loaded, then a new one on each
+/// restart. Without one, profile changes need a restart (logged).
+fn start_watcher(ctx: &Ctx, sup: &Supervisor, first: Result<watch::Watcher, watch::WatchError>) {
+    let (live, token) = (ctx.profiles.clone(), sup.token().clone());
+    let mut first = Some(first);
+    sup.background("profile watcher", move || {
+        let watcher = first.take().unwrap_or_else(|| watch::watch(&live.sources));
+        let (live, token) = (live.clone(), token.clone());
+        async move {
+            match watcher {
+                Ok(w) => watch::run(w, live, token).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "hot reload disabled: profile changes need a restart");
+                    token.cancelled().await;
                 }
             }
-        });
-    }
-    start::start_http(&ctx, &sup, bound.http)?;
-    sup.tracker().close();
-
-    token.cancelled().await;
-    tracing::info!("shutting down");
-    let drained = tokio::time::timeout(GRACE, sup.tracker().wait())
-        .await
-        .is_ok();
-    if !drained {
-        tracing::warn!("requests still in flight after {GRACE:?}; stopping anyway");
-    }
-    stop_writers.cancel();
-    for writer in [Some(inventory_writer), lease_writer].into_iter().flatten() {
-        if tokio::time::timeout(GRACE, writer).await.is_err() {
-            tracing::warn!("a writer did not finish its last commit in time");
         }
-    }
-    match sup.fatal() {
-        Some(why) => Err(AppError::Runtime(anyhow::anyhow!(why))),
-        None => Ok(()),
-    }
+    });
 }
 
 /// The inventory's store: `inventory.redb` under the state directory.

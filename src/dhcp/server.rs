@@ -1,9 +1,9 @@
 //! The DHCP service's tasks: one receive loop per socket, the lease writer, the expiry timer
 //! and the profile follower. Every decision is in [`super::service`].
 //!
-//! - **Receive loop** ([`run`]): a datagram at a time through [`Service::process`]. A receive
-//!   error backs off (10 ms doubling to 1 s) instead of spinning; one that lasts a minute
-//!   without a single good datagram ends the loop with an error for the supervisor.
+//! - **Receive loop** ([`run`]): a datagram at a time through [`Service::process`]. Receive
+//!   errors back off ([`Receiver`]); one that lasts a minute ends the loop with an error for
+//!   the supervisor.
 //! - **Lease writer** ([`LeaseWriter`]): an ACK is not sent by the receive loop. It goes to the
 //!   writer with its lease, which claims every lease waiting in one durable transaction and
 //!   only then sends their ACKs (group commit: durable before the ACK leaves, without one
@@ -27,7 +27,7 @@ use super::leases::State as LeaseState;
 use super::service::{Ingress, Out, Service, Write};
 use super::store::{Claim, LeaseStore};
 use crate::events::{LeaseChange, ProfilesEvent};
-use crate::net::Backoff;
+use crate::net::{ReceiveError, Receiver};
 use crate::profiles::watch::Live;
 use crate::time_fmt::unix_now;
 
@@ -35,24 +35,13 @@ use crate::time_fmt::unix_now;
 const WRITE_QUEUE: usize = 4096;
 /// Most leases committed in one transaction.
 const WRITE_BATCH: usize = 1024;
-/// A receive error that lasts this long with no good datagram ends the loop.
-const RECEIVE_GIVE_UP: Duration = Duration::from_secs(60);
 
 /// Why a DHCP task stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
     /// The socket keeps failing.
-    #[error("DHCP on {iface} port {port}: receiving fails for {secs} s: {source}")]
-    Receive {
-        /// The interface.
-        iface: String,
-        /// The port.
-        port: u16,
-        /// How long it has failed.
-        secs: u64,
-        /// The last error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
     /// The lease writer is gone: ACKs cannot be made durable.
     #[error("the lease writer stopped: ACKs can no longer be made durable")]
     WriterGone,
@@ -87,31 +76,12 @@ pub async fn run(
 ) -> Result<(), DhcpError> {
     let Listener { socket, ingress } = listener;
     let mut buf = vec![0u8; 1500];
-    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let what = format!("DHCP on {}:{}", ingress.iface, ingress.port);
+    let mut receiver = Receiver::new(socket.clone(), what);
     loop {
-        let (len, peer) = tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    if backoff.failing_for() > RECEIVE_GIVE_UP {
-                        return Err(DhcpError::Receive {
-                            iface: ingress.iface.clone(),
-                            port: ingress.port,
-                            secs: backoff.failing_for().as_secs(),
-                            source: e,
-                        });
-                    }
-                    let pause = backoff.failed();
-                    tracing::warn!(iface = %ingress.iface, port = ingress.port, error = %e, retry_in = ?pause, "DHCP receive failed");
-                    tokio::select! {
-                        _ = token.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(pause) => continue,
-                    }
-                }
-            },
+        let Some((len, peer)) = receiver.recv(&mut buf, &token).await? else {
+            return Ok(());
         };
-        backoff.reset();
         let span = tracing::info_span!("dhcp", iface = %ingress.iface, %peer);
         let out = span.in_scope(|| service.process(&buf[..len], peer, &ingress));
         match out {

@@ -324,6 +324,21 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        use tracing::Instrument as _;
+        // One span per query, at debug: what is logged about it carries the client.
+        let span = tracing::debug_span!("dns", peer = %request.src());
+        self.answer::<R, T>(request, response_handle)
+            .instrument(span)
+            .await
+    }
+}
+
+impl Handler {
+    async fn answer<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
         let served = self.0.served.load_full();

@@ -37,7 +37,7 @@ use tracing::Instrument as _;
 use crate::config::TftpConfig;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
-use crate::net::Backoff;
+use crate::net::{ReceiveError, Receiver};
 use packet::{ErrorCode, Options, Packet, Request};
 
 /// Files up to this size are kept in memory once read.
@@ -47,20 +47,12 @@ const CACHE_TOTAL_MAX: u64 = 64 << 20;
 /// IPv4 + UDP + TFTP DATA headers: a block must fit the MTU with them.
 const HEADERS: u32 = 20 + 8 + 4;
 
-/// A receive error that lasts this long with no good datagram ends the service.
-const RECEIVE_GIVE_UP: Duration = Duration::from_secs(60);
-
 /// Why the TFTP service stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
     /// The listening socket keeps failing.
-    #[error("TFTP: receiving fails for {secs} s: {source}")]
-    Receive {
-        /// How long it has failed.
-        secs: u64,
-        /// The last error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
 }
 
 /// A file's bytes, shared by the transfers that send it.
@@ -211,29 +203,11 @@ impl Service {
     ) -> Result<(), TftpError> {
         let local = socket.local_addr().ok();
         let mut buf = vec![0u8; 2048];
-        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+        let mut receiver = Receiver::new(socket.clone(), "TFTP");
         loop {
-            let (len, peer) = tokio::select! {
-                _ = token.cancelled() => return Ok(()),
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        if backoff.failing_for() > RECEIVE_GIVE_UP {
-                            return Err(TftpError::Receive {
-                                secs: backoff.failing_for().as_secs(),
-                                source: e,
-                            });
-                        }
-                        let pause = backoff.failed();
-                        tracing::warn!(error = %e, retry_in = ?pause, "TFTP receive failed");
-                        tokio::select! {
-                            _ = token.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(pause) => continue,
-                        }
-                    }
-                },
+            let Some((len, peer)) = receiver.recv(&mut buf, &token).await? else {
+                return Ok(());
             };
-            backoff.reset();
             match packet::parse(&buf[..len]) {
                 Ok(Packet::Request(req)) if req.opcode == packet::RRQ => {
                     self.start(peer, req, local, &socket, &token).await;

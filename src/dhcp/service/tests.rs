@@ -95,6 +95,17 @@ fn hostname(m: &Message) -> Option<String> {
     }
 }
 
+/// A request of `kind` as OVMF's PXE client sends it.
+fn uefi(kind: MessageType) -> Message {
+    pxe_request(
+        kind,
+        MAC,
+        "PXEClient:Arch:00007:UNDI:003016",
+        Architecture::X64,
+        vec![0; 17],
+    )
+}
+
 fn request_for(ip: Ipv4Addr, m: MacAddr) -> Message {
     let mut req = request(MessageType::Request, m);
     req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
@@ -106,13 +117,7 @@ fn request_for(ip: Ipv4Addr, m: MacAddr) -> Message {
 fn full_mode_dora_grants_then_renews_the_reservation() {
     let (_dir, set) = profiles("worker-1", "10.0.0.50");
     let svc = service("full", set);
-    let discover = pxe_request(
-        MessageType::Discover,
-        MAC,
-        "PXEClient:Arch:00007:UNDI:003016",
-        Architecture::X64,
-        vec![0; 17],
-    );
+    let discover = uefi(MessageType::Discover);
     let (offer, to, lease) = decoded(svc.process(&bytes(&discover), peer(), &ingress(67)));
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
     assert_eq!(
@@ -148,13 +153,7 @@ fn full_mode_dora_grants_then_renews_the_reservation() {
 fn proxy_mode_offers_on_67_and_answers_the_boot_request_on_4011() {
     let (_dir, set) = profiles("worker-1", "10.0.0.50");
     let svc = service("proxy", set);
-    let discover = pxe_request(
-        MessageType::Discover,
-        MAC,
-        "PXEClient:Arch:00007:UNDI:003016",
-        Architecture::X64,
-        vec![0; 17],
-    );
+    let discover = uefi(MessageType::Discover);
     let (offer, _, _) = decoded(svc.process(&bytes(&discover), peer(), &ingress(67)));
     assert_eq!(
         offer.yiaddr(),
@@ -162,13 +161,7 @@ fn proxy_mode_offers_on_67_and_answers_the_boot_request_on_4011() {
         "no address in proxy mode"
     );
     // The REQUEST to 4011 from OVMF comes from port 4011 and goes back there.
-    let mut req = pxe_request(
-        MessageType::Request,
-        MAC,
-        "PXEClient:Arch:00007:UNDI:003016",
-        Architecture::X64,
-        vec![0; 17],
-    );
+    let mut req = uefi(MessageType::Request);
     req.set_ciaddr(Ipv4Addr::new(10, 0, 0, 77));
     let from = SocketAddr::from(([10, 0, 0, 77], 4011));
     let (ack, to, lease) = decoded(svc.process(&bytes(&req), from, &ingress(4011)));
