@@ -346,3 +346,139 @@ fn reqwest_get(url: &str) -> String {
     let out = Command::new("curl").args(["-sf", url]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A client asking for `timeout 255` (a slot held ~25 minutes for two packets) gets no timeout
+/// acknowledged: Kindling's own short timeout applies, and the silent transfer ends in seconds.
+#[test]
+fn a_huge_client_timeout_is_not_granted() {
+    let lab = lab("timeout = \"1s\"\nretries = 2\n");
+    let s = client();
+    s.send_to(
+        &packet::rrq("ipxe.efi", &[("timeout", "255"), ("blksize", "1024")]),
+        lab.tftp,
+    )
+    .unwrap();
+    let (_, raw, _) = recv(&s);
+    assert_eq!(u16::from_be_bytes([raw[0], raw[1]]), packet::OACK);
+    let fields = oack_fields(&raw);
+    assert!(
+        fields.iter().all(|(k, _)| k != "timeout"),
+        "timeout 255 acknowledged: {fields:?}"
+    );
+    assert!(
+        fields.contains(&("blksize".into(), "1024".into())),
+        "{fields:?}"
+    );
+    // A timeout within bounds is acknowledged as asked (RFC 2349).
+    let s2 = client();
+    s2.send_to(&packet::rrq("ipxe.efi", &[("timeout", "3")]), lab.tftp)
+        .unwrap();
+    let (_, raw, _) = recv(&s2);
+    assert!(oack_fields(&raw).contains(&("timeout".into(), "3".into())));
+    // The first client never answers: its transfer is given up after 1 s x 2 retries.
+    let gone = Instant::now();
+    lab.daemon
+        .wait_log(Duration::from_secs(8), |l| {
+            l.contains("TFTP transfer abandoned")
+                && l.contains(&s.local_addr().unwrap().to_string())
+        })
+        .expect("the silent transfer ends");
+    assert!(
+        gone.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        gone.elapsed()
+    );
+}
+
+/// One client address may run `max_transfers_per_client` transfers at once; the next request
+/// from it gets an error while other addresses are still served.
+#[test]
+fn one_address_cannot_take_every_slot() {
+    let lab = lab("max_transfers_per_client = 3\nretries = 3\n");
+    let held: Vec<UdpSocket> = (0..3)
+        .map(|_| {
+            let s = client();
+            s.send_to(&packet::rrq("ipxe.efi", &[("blksize", "1024")]), lab.tftp)
+                .unwrap();
+            let (_, raw, _) = recv(&s);
+            assert_eq!(u16::from_be_bytes([raw[0], raw[1]]), packet::OACK);
+            s
+        })
+        .collect();
+    let fourth = client();
+    fourth
+        .send_to(&packet::rrq("ipxe.efi", &[]), lab.tftp)
+        .unwrap();
+    let (p, _, _) = recv(&fourth);
+    assert!(
+        matches!(&p, Packet::Error(_, msg) if msg.contains("too many transfers")),
+        "{p:?}"
+    );
+    // Another address is served meanwhile.
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    other
+        .send_to(&packet::rrq("ipxe.efi", &[]), lab.tftp)
+        .unwrap();
+    let (_, raw, _) = recv(&other);
+    assert_eq!(u16::from_be_bytes([raw[0], raw[1]]), packet::DATA);
+    drop(held);
+}
+
+/// 1,000 transfers of a big file that stall after their first window, from 200 addresses:
+/// read-ahead memory is bounded (128 x 512 KiB), the rest read one small window each.
+#[test]
+fn a_thousand_stalled_big_transfers_leave_memory_bounded() {
+    let lab = lab("max_transfers = 1100\nretries = 10\n");
+    let rss_kib = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let pid = lab.daemon.pid();
+    let before = rss_kib(pid);
+    let rrq = packet::rrq("os/big.img", &[("blksize", "8192"), ("windowsize", "64")]);
+    let mut buf = vec![0u8; 70_000];
+    let mut clients = Vec::new();
+    for n in 0..1000u32 {
+        let a = n / 5;
+        let ip = std::net::Ipv4Addr::new(127, 1, (a / 250) as u8, (a % 250 + 2) as u8);
+        let s = UdpSocket::bind((ip, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        // Like a client: ask (again, if the request was lost), ACK the OACK so the server
+        // reads and sends a first window, then stay silent.
+        let started = (0..4).any(|_| {
+            s.send_to(&rrq, lab.tftp).unwrap();
+            match s.recv_from(&mut buf) {
+                Ok((len, tid))
+                    if len >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == packet::OACK =>
+                {
+                    s.send_to(&packet::ack(0), tid).unwrap();
+                    true
+                }
+                _ => false,
+            }
+        });
+        assert!(
+            started,
+            "transfer {n} did not start: {}",
+            lab.daemon.log_text()
+        );
+        clients.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let peak = rss_kib(pid);
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 200,
+        "RSS grew by {grown_mib} MiB for 1,000 stalled transfers (before {before} KiB, now {peak} KiB)"
+    );
+    eprintln!("RSS {before} KiB before, {peak} KiB with 1,000 stalled 9 MiB transfers");
+    assert!(lab.big.len() > 8 << 20);
+}

@@ -121,6 +121,17 @@ impl Config {
                 "tftp.max_transfers and tftp.timeout must be above zero",
             ));
         }
+        if t.max_transfers_per_client == 0 || t.max_transfer_time.is_zero() {
+            let key = if t.max_transfers_per_client == 0 {
+                "tftp.max_transfers_per_client"
+            } else {
+                "tftp.max_transfer_time"
+            };
+            issues.push(Issue::new(
+                key,
+                "tftp.max_transfers_per_client and tftp.max_transfer_time must be above zero",
+            ));
+        }
         issues
     }
 

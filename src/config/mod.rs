@@ -228,6 +228,11 @@ pub struct TftpConfig {
     pub listen: SocketAddr,
     /// Transfers served at once; requests beyond get a TFTP error and retry.
     pub max_transfers: usize,
+    /// Transfers served at once to one client address (a PXE ROM needs one or two).
+    pub max_transfers_per_client: usize,
+    /// The longest one transfer may take; a client that trickles is cut off after it.
+    #[serde(with = "humantime_serde")]
+    pub max_transfer_time: Duration,
     /// Retransmission timeout when the client asks for none.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -245,6 +250,8 @@ impl Default for TftpConfig {
             enabled: false,
             listen: SocketAddr::from(([0, 0, 0, 0], 69)),
             max_transfers: 1024,
+            max_transfers_per_client: 8,
+            max_transfer_time: Duration::from_secs(600),
             timeout: Duration::from_secs(1),
             retries: 5,
             max_block_size: 8192,

@@ -13,7 +13,7 @@
 //! - **Profiles** ([`run_profile_follower`]): after a reload, the new set and its reservations
 //!   replace the old ones in one step.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -196,21 +196,33 @@ impl LeaseWriter {
     }
 }
 
-/// Bound leases by the time they end, so expiry is a timer and not a poll.
+/// Bound leases by the time they end, so expiry is a timer and not a poll. One entry per
+/// address (a renewal moves it), so the index is never larger than the pools.
 #[derive(Debug, Default)]
 pub struct Expiry {
-    /// (expires, address); a renewed lease leaves a stale entry, checked when it comes due.
-    due: Mutex<BTreeSet<(u64, Ipv4Addr)>>,
+    /// A std mutex, held for one index update.
+    due: Mutex<Due>,
     /// Woken when an entry earlier than the one slept for arrives.
     sooner: Notify,
 }
 
+#[derive(Debug, Default)]
+struct Due {
+    /// (expires, address), soonest first.
+    by_time: BTreeSet<(u64, Ipv4Addr)>,
+    /// The entry of each address.
+    by_ip: HashMap<Ipv4Addr, u64>,
+}
+
 impl Expiry {
-    /// Announce `ip` when it ends at `expires` (Unix seconds), unless renewed.
+    /// Announce `ip` when it ends at `expires` (Unix seconds), unless renewed meanwhile.
     pub fn watch(&self, expires: u64, ip: Ipv4Addr) {
         let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
-        let first = due.first().map(|(t, _)| *t);
-        due.insert((expires, ip));
+        if let Some(old) = due.by_ip.insert(ip, expires) {
+            due.by_time.remove(&(old, ip));
+        }
+        let first = due.by_time.first().map(|(t, _)| *t);
+        due.by_time.insert((expires, ip));
         if first.is_none_or(|t| expires < t) {
             self.sooner.notify_one();
         }
@@ -220,10 +232,11 @@ impl Expiry {
     fn take_due(&self, now: u64) -> Vec<Ipv4Addr> {
         let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        while let Some(&(t, ip)) = due.first()
+        while let Some(&(t, ip)) = due.by_time.first()
             && t <= now
         {
-            due.pop_first();
+            due.by_time.pop_first();
+            due.by_ip.remove(&ip);
             out.push(ip);
         }
         out
@@ -233,8 +246,23 @@ impl Expiry {
         self.due
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .by_time
             .first()
             .map(|(t, _)| *t)
+    }
+
+    /// How many addresses are watched.
+    pub fn len(&self) -> usize {
+        self.due
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_ip
+            .len()
+    }
+
+    /// Whether no address is watched.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -283,5 +311,28 @@ pub async fn run_profile_follower(
             Ok(_) | Err(RecvError::Lagged(_)) => service.use_profiles(live.current()),
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_keeps_one_entry_per_address_and_gives_the_due_ones() {
+        let e = Expiry::default();
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        e.watch(100, a);
+        e.watch(50, b);
+        // Renewals move an address's entry; they do not add one.
+        for t in 101..200 {
+            e.watch(t, a);
+        }
+        assert_eq!(e.len(), 2);
+        assert_eq!(e.next(), Some(50));
+        assert_eq!(e.take_due(60), [b]);
+        assert!(e.take_due(150).is_empty(), "a was renewed to 199");
+        assert_eq!(e.take_due(199), [a]);
+        assert!(e.is_empty());
     }
 }

@@ -280,7 +280,7 @@ impl Service {
         self.lock().set.clone()
     }
 
-    /// Every bound lease, for DNS and start-up: `(ip, mac, hostname, expires)`.
+    /// Every bound lease (DNS names them; expiry watches them from start-up).
     pub fn bound_leases(&self) -> Vec<Lease> {
         self.lock()
             .subnets

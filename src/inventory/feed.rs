@@ -40,23 +40,12 @@ impl Inventory {
         let mut inner = self.lock();
         let rec = Self::entry(&mut inner, mac, now);
         rec.last_seen = Stamp(now);
-        let kept = |r: &Record| {
-            (
-                r.uuid.clone(),
-                r.arch.clone(),
-                r.platform.clone(),
-                r.hostname.clone(),
-                r.ip,
-            )
-        };
-        let before = kept(rec);
-        let hardware_before = rec.hardware.len();
-        let mut changed = false;
-        merge(&mut rec.uuid, &mut facts.uuid);
-        merge(&mut rec.arch, &mut facts.arch);
-        merge(&mut rec.platform, &mut facts.platform);
-        if rec.hostname.is_none() {
+        let mut changed = merge(&mut rec.uuid, &mut facts.uuid);
+        changed |= merge(&mut rec.arch, &mut facts.arch);
+        changed |= merge(&mut rec.platform, &mut facts.platform);
+        if rec.hostname.is_none() && facts.hostname.is_some() {
             rec.hostname.clone_from(&facts.hostname);
+            changed = true;
         }
         for key in HARDWARE_KEYS {
             if let Some(v) = facts.labels.get(*key)
@@ -70,8 +59,8 @@ impl Inventory {
             && rec.ip.is_none()
         {
             rec.ip = Some(ip);
+            changed = true;
         }
-        changed |= kept(rec) != before || rec.hardware.len() != hardware_before;
         if let Some(ip) = peer {
             inner.by_ip.insert(ip, mac);
         }

@@ -301,9 +301,17 @@ pub fn is_ipxe_binary(file: &str) -> bool {
 }
 
 /// A newly reported value replaces the stored one; a missing one is filled from it.
-pub(super) fn merge(stored: &mut Option<String>, reported: &mut Option<String>) {
+/// Returns whether the stored value changed.
+pub(super) fn merge(stored: &mut Option<String>, reported: &mut Option<String>) -> bool {
     match reported {
-        Some(v) => *stored = Some(v.clone()),
-        None => reported.clone_from(stored),
+        Some(v) if stored.as_ref() != Some(v) => {
+            *stored = Some(v.clone());
+            true
+        }
+        Some(_) => false,
+        None => {
+            reported.clone_from(stored);
+            false
+        }
     }
 }

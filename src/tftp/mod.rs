@@ -65,8 +65,12 @@ pub struct Service {
     inventory: Arc<Inventory>,
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
-    /// Running transfers by client address, to replace one when its client asks again.
-    active: Mutex<HashMap<SocketAddr, (u64, CancellationToken)>>,
+    /// Running transfers by client address and port (to replace one when its client asks
+    /// again) and how many each client address has.
+    active: Mutex<Active>,
+    /// Big files are read ahead [`READ_AHEAD`] at a time by at most this many transfers at
+    /// once (the memory they hold is bounded); the others read one window at a time.
+    read_ahead: Arc<Semaphore>,
     next_id: std::sync::atomic::AtomicU64,
     cache: Mutex<Cache>,
 }
@@ -102,6 +106,22 @@ impl Source {
 
 /// Bytes read ahead from a file per blocking read (a few hundred blocks).
 const READ_AHEAD: usize = 512 << 10;
+/// All read-ahead buffers together stay below this.
+const READ_AHEAD_BUDGET: usize = 64 << 20;
+/// A transfer without a read-ahead buffer keeps at most this much of its file in memory: its
+/// window is negotiated down to fit.
+const WINDOW_BYTES_WITHOUT_READ_AHEAD: usize = 64 << 10;
+/// The longest retransmission timeout a client may ask for (RFC 2349 allows 255 s; a slot
+/// held that long for two packets is a denial of service). A longer one is not acknowledged,
+/// and the server's own timeout applies.
+const MAX_CLIENT_TIMEOUT_S: u8 = 5;
+
+/// Running transfers.
+#[derive(Default)]
+struct Active {
+    by_peer: HashMap<SocketAddr, (u64, CancellationToken)>,
+    per_ip: HashMap<IpAddr, usize>,
+}
 
 /// The bytes of a transfer: the whole cached file, or a read-ahead window of a big one.
 struct Reader<'a> {
@@ -109,10 +129,13 @@ struct Reader<'a> {
     /// The bytes held and the file offset of their first byte.
     held: Bytes,
     at: u64,
+    /// Whether big reads are allowed (this transfer holds a read-ahead permit); else one
+    /// window at a time.
+    read_ahead: bool,
 }
 
 impl<'a> Reader<'a> {
-    fn new(source: &'a Source) -> Reader<'a> {
+    fn new(source: &'a Source, read_ahead: bool) -> Reader<'a> {
         let held = match source {
             Source::Memory(b) => b.clone(),
             Source::File(..) => Bytes::from(Vec::new()),
@@ -121,6 +144,7 @@ impl<'a> Reader<'a> {
             source,
             held,
             at: 0,
+            read_ahead,
         }
     }
 
@@ -140,7 +164,11 @@ impl<'a> Reader<'a> {
             return Ok(self.held.len());
         };
         let f = f.clone();
-        let size = len.max(READ_AHEAD);
+        let size = if self.read_ahead {
+            len.max(READ_AHEAD)
+        } else {
+            len
+        };
         let bytes = tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             let mut buf = vec![0u8; size];
@@ -169,6 +197,7 @@ struct Refusal(ErrorCode, String);
 enum Ended {
     ClientError(u16, String),
     TimedOut(u64),
+    TooLong,
     Replaced,
     Io(std::io::Error),
 }
@@ -187,7 +216,8 @@ impl Service {
             config,
             inventory,
             metrics,
-            active: Mutex::new(HashMap::new()),
+            active: Mutex::new(Active::default()),
+            read_ahead: Arc::new(Semaphore::new(READ_AHEAD_BUDGET / READ_AHEAD)),
             next_id: std::sync::atomic::AtomicU64::new(1),
             cache: Mutex::new(Cache::default()),
         }
@@ -242,14 +272,31 @@ impl Service {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cancel = token.child_token();
-        if let Some((_, old)) = self
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, (id, cancel.clone()))
-        {
-            // The client started over (a ROM after its tsize probe): serve the new request now.
-            old.cancel();
+        let admitted = {
+            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            let replaced = active.by_peer.remove(&peer);
+            if let Some((_, old)) = &replaced {
+                // The client started over (a ROM after its tsize probe): serve the new request
+                // now; the old transfer's count is handed on to this one.
+                old.cancel();
+            }
+            let count = active.per_ip.entry(peer.ip()).or_default();
+            if replaced.is_none() && *count >= self.config.max_transfers_per_client {
+                false
+            } else {
+                if replaced.is_none() {
+                    *count += 1;
+                }
+                active.by_peer.insert(peer, (id, cancel.clone()));
+                true
+            }
+        };
+        if !admitted {
+            tracing::warn!(%peer, file = %req.filename, max = self.config.max_transfers_per_client, "TFTP: this client has too many transfers running; request refused");
+            self.metrics.tftp("busy");
+            let msg = packet::error(ErrorCode::Undefined, "too many transfers from this address");
+            let _ = socket.send_to(&msg, peer).await;
+            return;
         }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, file = %req.filename, max = self.config.max_transfers, "TFTP busy: request refused");
@@ -272,10 +319,18 @@ impl Service {
         );
     }
 
+    /// Transfer `id` of `peer` is over: free its place (unless a newer request of the same
+    /// client took it over).
     fn forget(&self, peer: SocketAddr, id: u64) {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        if active.get(&peer).is_some_and(|(i, _)| *i == id) {
-            active.remove(&peer);
+        if active.by_peer.get(&peer).is_some_and(|(i, _)| *i == id) {
+            active.by_peer.remove(&peer);
+            if let Some(n) = active.per_ip.get_mut(&peer.ip()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    active.per_ip.remove(&peer.ip());
+                }
+            }
         }
     }
 
@@ -313,11 +368,24 @@ impl Service {
             }
         };
         let mtu = path_mtu(&sock).unwrap_or(1500);
-        let (granted, block_size, window, timeout) = self.negotiate(&req.options, &source, mtu);
+        // A big file is read ahead when the budget allows; else its window shrinks to fit.
+        let read_ahead = match &source {
+            Source::File(..) => self.read_ahead.clone().try_acquire_owned().ok(),
+            Source::Memory(_) => None,
+        };
+        let window_cap = match (&source, &read_ahead) {
+            (Source::File(..), None) => Some(WINDOW_BYTES_WITHOUT_READ_AHEAD),
+            _ => None,
+        };
+        let (granted, block_size, window, timeout) =
+            self.negotiate(&req.options, &source, mtu, window_cap);
+        let reader = Reader::new(&source, read_ahead.is_some());
         let result = tokio::select! {
             _ = cancel.cancelled() => Err(Ended::Replaced),
-            r = send_file(&sock, &source, &granted, block_size, window, timeout, self.config.retries) => r,
+            _ = tokio::time::sleep(self.config.max_transfer_time) => Err(Ended::TooLong),
+            r = send_file(&sock, reader, &granted, block_size, window, timeout, self.config.retries) => r,
         };
+        drop(read_ahead);
         let ms = started.elapsed().as_millis();
         let mac = match peer.ip() {
             IpAddr::V4(ip) => self.inventory.mac_by_ip(ip),
@@ -338,6 +406,10 @@ impl Service {
                 tracing::debug!(%peer, mac = %mac_text, %file, code, %msg, "TFTP transfer ended by the client");
                 self.metrics.tftp("aborted");
             }
+            Err(Ended::TooLong) => {
+                tracing::warn!(%peer, mac = %mac_text, %file, ms, "TFTP transfer cut off: it took longer than tftp.max_transfer_time");
+                self.metrics.tftp("timeout");
+            }
             Err(Ended::Replaced) => {
                 tracing::debug!(%peer, %file, "TFTP transfer replaced by a new request from the same client");
                 self.metrics.tftp("aborted");
@@ -356,29 +428,37 @@ impl Service {
         }
     }
 
-    /// The options granted, the block size, window size and retransmission timeout.
+    /// The options granted, the block size, window size and retransmission timeout. A window
+    /// holds at most `window_bytes` when given; a client timeout above
+    /// [`MAX_CLIENT_TIMEOUT_S`] is not acknowledged (RFC 2349: the acknowledged value must be
+    /// the requested one) and the server's timeout applies.
     fn negotiate(
         &self,
         asked: &Options,
         source: &Source,
         mtu: u32,
+        window_bytes: Option<usize>,
     ) -> (Options, usize, usize, Duration) {
         let mtu_block = u16::try_from(mtu.saturating_sub(HEADERS).max(8)).unwrap_or(u16::MAX);
         let block_size = asked
             .block_size
             .map(|b| b.min(self.config.max_block_size).min(mtu_block));
+        let block = usize::from(block_size.unwrap_or(512));
+        let fits = window_bytes.map_or(u16::MAX, |bytes| {
+            u16::try_from((bytes / block).max(1)).unwrap_or(u16::MAX)
+        });
         let window_size = asked
             .window_size
-            .map(|w| w.min(self.config.max_window_size));
+            .map(|w| w.min(self.config.max_window_size).min(fits));
+        let client_timeout = asked.timeout.filter(|t| *t <= MAX_CLIENT_TIMEOUT_S);
         let granted = Options {
             block_size,
-            timeout: asked.timeout,
+            timeout: client_timeout,
             transfer_size: asked.transfer_size.map(|_| source.len()),
             window_size,
         };
-        let timeout = asked
-            .timeout
-            .map_or(self.config.timeout, |t| Duration::from_secs(u64::from(t)));
+        let timeout =
+            client_timeout.map_or(self.config.timeout, |t| Duration::from_secs(u64::from(t)));
         (
             granted,
             usize::from(block_size.unwrap_or(512)),
@@ -487,7 +567,7 @@ fn path_mtu(sock: &UdpSocket) -> Option<u32> {
 /// Send the OACK (if any option was granted) and every block, windowed; the bytes sent.
 async fn send_file(
     sock: &UdpSocket,
-    source: &Source,
+    mut reader: Reader<'_>,
     granted: &Options,
     block_size: usize,
     window: usize,
@@ -512,7 +592,6 @@ async fn send_file(
             }
         }
     }
-    let mut reader = Reader::new(source);
     let len = reader.len();
     // Blocks 1..=last; the last one is short (possibly empty).
     let last = len / block_size as u64 + 1;

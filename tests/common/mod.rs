@@ -132,6 +132,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
     /// Send SIGTERM and wait for the exit status (at most 15 s).
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
