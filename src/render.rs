@@ -22,6 +22,9 @@ use crate::diag::{Diagnostic, Location};
 
 /// Template instructions per render; bounds runaway loops in operator templates.
 const TEMPLATE_FUEL: u64 = 5_000_000;
+/// The most a render may write: an Ignition config with embedded files stays well below;
+/// a template that doubles a string in a loop is stopped here.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 
 /// Why a render failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -29,6 +32,12 @@ pub enum RenderError {
     /// The template failed (undefined variable, bad filter, out of fuel, ...).
     #[error("{0}")]
     Template(Diagnostic),
+    /// The output grew beyond [`MAX_OUTPUT_BYTES`].
+    #[error("{template}: the rendered output is larger than {} MiB", MAX_OUTPUT_BYTES >> 20)]
+    TooLarge {
+        /// The template's file.
+        template: String,
+    },
     /// The Ignition template rendered, but the result is not a valid Ignition config.
     #[error("{template}: rendered Ignition config is invalid: {message}")]
     InvalidIgnition {
@@ -37,6 +46,23 @@ pub enum RenderError {
         /// What is wrong.
         message: IgnitionError,
     },
+}
+
+/// A render's output, refused beyond [`MAX_OUTPUT_BYTES`].
+struct Limited(Vec<u8>);
+
+impl std::io::Write for Limited {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
+            return Err(std::io::Error::other("template output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Compiled templates, where each came from, and the Ignition texts known to be valid.
@@ -91,8 +117,21 @@ impl Engine {
             .env
             .get_template(name)
             .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))?;
-        tmpl.render(ctx)
-            .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))
+        let mut out = Limited(Vec::new());
+        match tmpl.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.0).map_err(|_| RenderError::TooLarge {
+                template: name.to_string(),
+            }),
+            Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => {
+                Err(RenderError::TooLarge {
+                    template: self
+                        .origins
+                        .get(name)
+                        .map_or(name.to_string(), |l| l.path.display().to_string()),
+                })
+            }
+            Err(e) => Err(RenderError::Template(diagnostic(&self.origins, &e))),
+        }
     }
 
     /// Render template `name` as an Ignition config and validate the result.
@@ -385,6 +424,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn output_is_bounded_in_size_as_well_as_in_instructions() {
+        let mut e = Engine::new();
+        let origin = |n: &str| Location {
+            path: format!("/p/{n}").into(),
+            line: 1,
+        };
+        e.add(
+            "big".into(),
+            "{% for i in range(40) %}{{ s }}{% endfor %}".into(),
+            origin("big.j2"),
+        )
+        .unwrap();
+        let mut ctx = BTreeMap::new();
+        ctx.insert("s".to_string(), Value::from("x".repeat(1 << 20)));
+        let err = e.render("big", &ctx).unwrap_err().to_string();
+        assert!(
+            err.contains("/p/big.j2") && err.contains("larger than 16 MiB"),
+            "{err}"
+        );
+        ctx.insert("s".to_string(), Value::from("x".repeat(1 << 10)));
+        assert_eq!(e.render("big", &ctx).unwrap().len(), 40 << 10);
     }
 
     #[test]

@@ -286,12 +286,7 @@ fn static_records(
                 .map(|ip| RData::AAAA(AAAA(ip)))
                 .map_err(|_| ZoneError::NotIpv6(v.to_string())),
             "CNAME" => qualify(v, origin).map(|n| RData::CNAME(CNAME(n))),
-            "TXT" => Ok(RData::TXT(TXT::new(
-                v.as_bytes()
-                    .chunks(255)
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect(),
-            ))),
+            "TXT" => Ok(RData::TXT(TXT::new(txt_strings(v)))),
             "SRV" => {
                 let parts: Vec<&str> = v.split_whitespace().collect();
                 let [p, w, port, target] = parts[..] else {
@@ -333,6 +328,23 @@ fn static_records(
         return Err(ZoneError::CnameValues);
     }
     Ok(out)
+}
+
+/// A TXT value as character-strings of at most 255 bytes each (RFC 1035), cut at character
+/// boundaries so that multi-byte UTF-8 survives.
+fn txt_strings(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in v.chars() {
+        if cur.len() + c.len_utf8() > 255 {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(c);
+    }
+    if !cur.is_empty() || out.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// Build every zone. `subnets` are the DHCP networks (for reverse zones); `now` in Unix
@@ -516,6 +528,20 @@ mod tests {
             Ok(config) => config.diagnostics(&check(&config.dns)).to_string(),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn long_utf8_txt_values_are_cut_at_character_boundaries() {
+        let v = "é".repeat(300);
+        let parts = txt_strings(&v);
+        assert!(
+            parts.iter().all(|p| p.len() <= 255),
+            "{:?}",
+            parts.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(parts.concat(), v);
+        assert_eq!(txt_strings(""), [""]);
+        assert_eq!(txt_strings("v=spf1"), ["v=spf1"]);
     }
 
     fn names(z: &Zones) -> Vec<String> {

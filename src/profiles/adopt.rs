@@ -45,6 +45,12 @@ pub fn entry(
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     let mut out = String::new();
     for line in comment.lines() {
+        // TOML comments may hold no control characters (a CR from a reported fact would make
+        // the whole file invalid).
+        let line: String = line
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+            .collect();
         out.push_str(&format!("# {line}\n"));
     }
     out.push_str("[[machine]]\n");
@@ -145,6 +151,9 @@ mod tests {
         assert_eq!(m["ip"].as_str(), Some("10.0.0.4"));
         assert_eq!(m["labels"]["rack"].as_str(), Some("a\"1"));
         assert!(entry(mac, Some("bad host"), None, &BTreeMap::new(), "").is_err());
+        let odd = entry(mac, None, None, &BTreeMap::new(), "arch x86\r_64\u{1b}[31m").unwrap();
+        assert!(toml::from_str::<toml::Table>(&odd).is_ok(), "{odd:?}");
+        assert!(odd.starts_with("# arch x86?_64?[31m\n"), "{odd:?}");
         let bad_label = BTreeMap::from([("a b".to_string(), "x".to_string())]);
         assert!(entry(mac, None, None, &bad_label, "").is_err());
     }

@@ -193,39 +193,72 @@ pub(super) fn read_limited(path: &Path) -> Result<String, FileError> {
     String::from_utf8(bytes).map_err(|_| FileError::NotUtf8)
 }
 
+/// Most files, and most directories, read from a profiles tree (a mount of something else
+/// must not stall a load).
+const MAX_FILES: usize = 20_000;
+const MAX_DIRS: usize = 10_000;
+
 /// Every regular file under `dir`, by relative path; hidden entries (editor swap files,
-/// Kubernetes' `..data` ConfigMap directories) are skipped.
-fn walk(
-    dir: &Path,
-    rel: &str,
-    out: &mut BTreeMap<String, PathBuf>,
-    depth: usize,
-) -> std::io::Result<()> {
-    if depth > 16 {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
+/// Kubernetes' `..data` ConfigMap directories) are skipped. Symlinks are followed (ConfigMap
+/// mounts are symlinks into `..data`), but never into a directory the walk is already inside
+/// (a loop), and the walk is bounded in files, directories and depth.
+fn walk(dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> std::io::Result<()> {
+    let mut walk = Walk {
+        out,
+        inside: Vec::new(),
+        dirs: 0,
+    };
+    walk.dir(dir, "")
+}
+
+struct Walk<'a> {
+    out: &'a mut BTreeMap<String, PathBuf>,
+    /// (device, inode) of the directories from the top down to the current one.
+    inside: Vec<(u64, u64)>,
+    dirs: usize,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, dir: &Path, rel: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(dir)?;
+        let id = (meta.dev(), meta.ino());
+        if self.inside.len() > 16 || self.inside.contains(&id) || self.dirs >= MAX_DIRS {
+            return Ok(());
         }
-        let path = entry.path();
-        let rel_name = if rel.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
-        };
-        // metadata() follows symlinks: ConfigMap mounts are symlinks into `..data`.
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => walk(&path, &rel_name, out, depth + 1)?,
-            Ok(m) if m.is_file() => {
-                out.insert(rel_name, path);
+        self.dirs += 1;
+        self.inside.push(id);
+        let result = self.entries(dir, rel);
+        self.inside.pop();
+        result
+    }
+
+    fn entries(&mut self, dir: &Path, rel: &str) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
             }
-            _ => {}
+            if self.out.len() >= MAX_FILES {
+                break;
+            }
+            let path = entry.path();
+            let rel_name = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => self.dir(&path, &rel_name)?,
+                Ok(m) if m.is_file() => {
+                    self.out.insert(rel_name, path);
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl ProfileSet {
@@ -239,7 +272,7 @@ impl ProfileSet {
             templates: BTreeMap::new(),
             origins: HashMap::new(),
         };
-        if let Err(e) = walk(&sources.profiles, "", &mut ld.files, 0) {
+        if let Err(e) = walk(&sources.profiles, &mut ld.files) {
             return Err(Diagnostics(vec![Diagnostic::new(
                 &sources.profiles,
                 None,

@@ -741,3 +741,38 @@ fn after_provision_names_local_or_another_profile() {
         "{errs:#?}"
     );
 }
+
+/// Symlinks back into the tree (a loop) are walked once, not 3^16 times; a linked directory
+/// elsewhere in the tree still counts.
+#[test]
+fn symlink_loops_in_the_profiles_tree_are_walked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir_all(profiles.join("t")).unwrap();
+    std::fs::write(
+        profiles.join("p.toml"),
+        "ignition = \"t/n.ign.j2\"\n[boot]\nkernel = \"k\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        profiles.join("t/n.ign.j2"),
+        "{\"ignition\": {\"version\": \"3.4.0\"}}",
+    )
+    .unwrap();
+    for n in ["a", "b", "c"] {
+        std::os::unix::fs::symlink(&profiles, profiles.join(format!("t/{n}"))).unwrap();
+        std::os::unix::fs::symlink(profiles.join("t"), profiles.join(format!("t-{n}"))).unwrap();
+    }
+    let sources = Sources {
+        profiles,
+        scripts: dir.path().join("no-such-dir"),
+    };
+    let started = std::time::Instant::now();
+    let set = ProfileSet::load(&sources, "http://10.0.0.2:8080").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(set.profiles.len(), 1);
+}
