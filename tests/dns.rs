@@ -284,6 +284,27 @@ fn zones_forwarding_refusal_truncation_and_serials() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // What a machine reports names nothing: a new MAC claiming `wpad`, `ns` or any name gets no
+    // record (names come from profiles and granted leases only).
+    for (n, name) in ["wpad", "ns", "evil"].iter().enumerate() {
+        let _ = Command::new("curl")
+            .args(["-s", "-o", "/dev/null"])
+            .arg(d.url(&format!("/ipxe?mac=52:54:00:dd:01:0{n}&hostname={name}")))
+            .status()
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    for name in ["wpad", "evil"] {
+        let text = dig(p, &[&format!("{name}.lab.example")]);
+        assert_eq!(status(&text), "NXDOMAIN", "{name}: {text}");
+    }
+    assert_eq!(
+        dig(p, &["ns.lab.example", "+short"]).trim(),
+        "",
+        "ns is the server's own"
+    );
+    assert_eq!(dig(p, &["web.lab.example", "+short"]).trim(), "127.0.0.1");
+
     // Malformed packets: a bounded flood, then it still answers at once.
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

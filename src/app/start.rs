@@ -130,8 +130,14 @@ pub(super) fn start_dns(
     let dns = Arc::new(crate::dns::Dns::new(&config.dns, &networks, ns_ip)?);
     let (leases, inventory_names): (Arc<dyn crate::dns::LeaseSource>, bool) = match dhcp {
         Some(d) if d.keeps_leases() => (Arc::new(DhcpLeases(d.clone())), false),
-        // No lease table here: the inventory's addresses (proxy DHCP, HTTP requests).
-        _ => (Arc::new(InventoryNames(ctx.inventory.clone())), true),
+        // No lease table here: the profiles' names at the addresses the inventory saw.
+        _ => (
+            Arc::new(ProfileNames {
+                live: ctx.profiles.clone(),
+                inventory: ctx.inventory.clone(),
+            }),
+            true,
+        ),
     };
     dns.refresh(
         &ctx.profiles,
@@ -270,19 +276,31 @@ impl crate::dns::LeaseSource for DhcpLeases {
 }
 
 /// Without a DHCP lease table of its own (proxy mode, or DHCP off), DNS names the machines
-/// the inventory knows an address for: the profile's hostname, and the address DHCP (proxy)
-/// or the machine's own HTTP requests came from.
-struct InventoryNames(Arc<Inventory>);
+/// the profiles give a hostname but no address, at the address Kindling saw them use (proxy
+/// DHCP, their own HTTP requests). Names come from the profiles only: what a machine reports
+/// (a `hostname=` query, DHCP option 12) never enters the zone.
+struct ProfileNames {
+    live: Arc<crate::profiles::watch::Live>,
+    inventory: Arc<Inventory>,
+}
 
-impl crate::dns::LeaseSource for InventoryNames {
+impl crate::dns::LeaseSource for ProfileNames {
     fn named_leases(&self) -> Vec<crate::dns::LeaseName> {
-        self.0
-            .named_addresses()
+        let set = self.live.current();
+        let unaddressed = set
+            .machines
+            .values()
+            .filter(|m| m.hostname.is_some() && m.ip.is_none())
+            .map(|m| &m.mac);
+        self.inventory
+            .addresses(unaddressed)
             .into_iter()
-            .map(|(hostname, ip)| crate::dns::LeaseName {
-                hostname,
-                ip,
-                expires: u64::MAX,
+            .filter_map(|(mac, ip)| {
+                Some(crate::dns::LeaseName {
+                    hostname: set.machines.get(&mac)?.hostname.clone()?,
+                    ip,
+                    expires: u64::MAX,
+                })
             })
             .collect()
     }

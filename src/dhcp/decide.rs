@@ -114,6 +114,18 @@ pub enum Ignore {
     ServerMessage(MessageType),
 }
 
+/// A client's option 12 as it may name its lease: one DNS label (letters, digits, inner
+/// hyphens, at most 63), lower case; anything else (dots, spaces, control characters) is not
+/// taken.
+pub fn one_label(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    ok.then(|| name.to_ascii_lowercase())
+}
+
 /// What the server should do with one request.
 #[derive(Debug)]
 pub enum Action {
@@ -177,7 +189,7 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
         _ => None,
     };
     let client_hostname = match req.opts().get(OptionCode::Hostname) {
-        Some(DhcpOption::Hostname(h)) => Some(h.clone()),
+        Some(DhcpOption::Hostname(h)) => one_label(h),
         _ => None,
     };
     let hostname = ctx.hostname.map(str::to_string).or(client_hostname);
@@ -705,6 +717,28 @@ mod tests {
             nak.opts().get(OptionCode::RelayAgentInformation),
             Some(&opt)
         );
+    }
+
+    #[test]
+    fn option_12_names_a_lease_only_as_one_label() {
+        for (sent, kept) in [
+            ("Node-7", Some("node-7")),
+            ("wpad", Some("wpad")),
+            ("evil\nINFO forged", None),
+            ("a.b", None),
+            ("-x", None),
+            ("", None),
+        ] {
+            let mut s = subnet();
+            let mut req = request(MessageType::Request, mac(4));
+            req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+            req.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 100)));
+            req.opts_mut().insert(DhcpOption::Hostname(sent.into()));
+            let (_, _, lease, _) = reply(run(&req, &mut s, 0));
+            assert_eq!(lease.unwrap().hostname.as_deref(), kept, "{sent:?}");
+        }
+        assert_eq!(one_label(&"a".repeat(64)), None);
     }
 
     #[test]

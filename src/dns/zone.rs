@@ -21,6 +21,9 @@ use ipnet::Ipv4Net;
 use crate::config::{DnsConfig, Issue, StaticRecord};
 use crate::profiles::ProfileSet;
 
+/// Labels of the zone no lease may take.
+pub const RESERVED_LABELS: &[&str] = &["ns", "wpad", "isatap", "localhost"];
+
 /// A bound lease with a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseName {
@@ -401,6 +404,19 @@ pub fn build(
             )),
         }
     }
+    // Names a lease can never take: the server's own, the ones clients look up to find a
+    // proxy or a tunnel (WPAD, ISATAP), and every static record's.
+    let mut reserved: BTreeSet<Name> = RESERVED_LABELS
+        .iter()
+        .filter_map(|l| Name::from_ascii(l).ok()?.append_domain(&origin).ok())
+        .collect();
+    reserved.extend(
+        config
+            .record
+            .iter()
+            .filter_map(|r| qualify(&r.name, &origin).ok())
+            .map(|n| n.to_lowercase()),
+    );
     let mut live: Vec<&LeaseName> = leases.iter().filter(|l| l.expires > now).collect();
     // Of two leases with one name, the one expiring last wins.
     live.sort_by_key(|l| std::cmp::Reverse(l.expires));
@@ -408,6 +424,13 @@ pub fn build(
         let Some(n) = host_label(&l.hostname, &origin) else {
             continue;
         };
+        if reserved.contains(&n) {
+            warnings.push(format!(
+                "lease {} asks for the name {n}, which is reserved: not named",
+                l.ip
+            ));
+            continue;
+        }
         names.entry(n).or_insert(IpAddr::V4(l.ip));
     }
     for (n, ip) in &names {
@@ -566,6 +589,53 @@ mod tests {
             ip: Ipv4Addr::from(ip),
             expires,
         }
+    }
+
+    /// `wpad`, `ns` and a static record's name cannot be taken by a lease (DHCP option 12).
+    #[test]
+    fn reserved_and_static_names_cannot_be_taken_by_a_lease() {
+        let (_d, set) = profiles(NODES);
+        let cfg =
+            config("[[dns.record]]\nname = \"grafana\"\ntype = \"A\"\nvalue = \"10.0.0.5\"\n");
+        let leases = [
+            lease("wpad", [10, 0, 0, 66], 1_000),
+            lease("NS", [10, 0, 0, 67], 1_000),
+            lease("isatap", [10, 0, 0, 68], 1_000),
+            lease("grafana", [10, 0, 0, 69], 1_000),
+            lease("fine", [10, 0, 0, 70], 1_000),
+        ];
+        let (zones, warnings) = build(&cfg, &set, &leases, &[], Some([10, 0, 0, 2].into()), 800);
+        let all = names(&zones);
+        for (taken, ip) in [
+            ("wpad", "10.0.0.66"),
+            ("ns", "10.0.0.67"),
+            ("isatap", "10.0.0.68"),
+        ] {
+            assert!(!all.iter().any(|r| r.contains(ip)), "{taken}: {all:?}");
+        }
+        assert!(
+            !all.iter()
+                .any(|r| r.starts_with("wpad.") || r.starts_with("isatap."))
+        );
+        assert!(
+            all.contains(&"grafana.lab.example. 10.0.0.5".to_string()),
+            "{all:?}"
+        );
+        assert!(!all.iter().any(|r| r.contains("10.0.0.69")), "{all:?}");
+        assert!(
+            all.contains(&"fine.lab.example. 10.0.0.70".to_string()),
+            "{all:?}"
+        );
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        // The server's own NS address is the only A record of ns.
+        let ns: Vec<String> = zones
+            .zones
+            .values()
+            .flatten()
+            .filter(|r| r.name.to_string() == "ns.lab.example.")
+            .map(|r| r.data.to_string())
+            .collect();
+        assert_eq!(ns, ["10.0.0.2"]);
     }
 
     #[test]

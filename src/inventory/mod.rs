@@ -304,13 +304,15 @@ impl Inventory {
         out
     }
 
-    /// Every machine with both a hostname and an address: what DNS names when there is no
-    /// lease table (proxy mode, DHCP off).
-    pub fn named_addresses(&self) -> Vec<(String, Ipv4Addr)> {
-        self.lock()
-            .machines
-            .values()
-            .filter_map(|r| Some((r.hostname.clone()?, r.ip?)))
+    /// The address each of `macs` was last seen with (DHCP, or its own HTTP requests), for
+    /// those that have one: one lock for all.
+    pub fn addresses<'a>(
+        &self,
+        macs: impl IntoIterator<Item = &'a MacAddr>,
+    ) -> Vec<(MacAddr, Ipv4Addr)> {
+        let inner = self.lock();
+        macs.into_iter()
+            .filter_map(|m| Some((*m, inner.machines.get(m)?.ip?)))
             .collect()
     }
 
