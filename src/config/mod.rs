@@ -169,6 +169,10 @@ pub struct DhcpConfig {
     /// `[[dhcp.reservation]]`: fixed addresses beyond the profiles' machine `ip`s.
     #[serde(rename = "reservation")]
     pub reservations: Vec<ReservationConfig>,
+    /// Where relay agents send from. Empty: any sender may relay (a relayed request is
+    /// matched to a served subnet by its giaddr); set it so that nobody else on the LAN can
+    /// pose as a relay.
+    pub relays: Vec<ipnet::Ipv4Net>,
 }
 
 impl Default for DhcpConfig {
@@ -181,6 +185,7 @@ impl Default for DhcpConfig {
             offer_time: Duration::from_secs(60),
             subnets: Vec::new(),
             reservations: Vec::new(),
+            relays: Vec::new(),
         }
     }
 }

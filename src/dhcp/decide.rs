@@ -109,6 +109,20 @@ pub enum Ignore {
         /// The address.
         ip: Ipv4Addr,
     },
+    /// A DECLINE or RELEASE whose client identifier is not the one the lease was bound with.
+    #[error("{kind} of {ip} with another client identifier than the lease's")]
+    ClientIdMismatch {
+        /// `DECLINE` or `RELEASE`.
+        kind: &'static str,
+        /// The address.
+        ip: Ipv4Addr,
+    },
+    /// A DECLINE long after the ACK (a client declines right after its ARP check).
+    #[error("DECLINE of {0} long after its ACK")]
+    LateDecline(Ipv4Addr),
+    /// An INFORM from an address on no served subnet.
+    #[error("INFORM from {0}, which is not on this subnet")]
+    InformOffSubnet(Ipv4Addr),
     /// An OFFER, ACK or NAK sent to the server port.
     #[error("{0:?} is a server message")]
     ServerMessage(MessageType),
@@ -124,6 +138,50 @@ pub fn one_label(name: &str) -> Option<String> {
         && !name.ends_with('-')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     ok.then(|| name.to_ascii_lowercase())
+}
+
+/// How long after its ACK a client may DECLINE an address (it declines after the ARP check
+/// it makes right away); later, a DECLINE is someone else's forgery.
+pub const DECLINE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The client identifier of a request (option 61), hex.
+fn client_id(req: &Message) -> Option<String> {
+    match req.opts().get(OptionCode::ClientIdentifier) {
+        Some(DhcpOption::ClientIdentifier(id)) => {
+            Some(id.iter().map(|b| format!("{b:02x}")).collect())
+        }
+        _ => None,
+    }
+}
+
+/// Whether a DECLINE or RELEASE of `ip` comes from the client holding its lease: the same
+/// client identifier as the binding (when it had one) and, for a DECLINE (`window` set), soon
+/// after the ACK. The MAC is checked by the pool.
+fn holder_check(
+    subnet: &Subnet,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    req: &Message,
+    now: Now,
+    window: Option<std::time::Duration>,
+) -> Result<(), Ignore> {
+    let kind = if window.is_some() {
+        "DECLINE"
+    } else {
+        "RELEASE"
+    };
+    let Some(lease) = subnet.pool.lease(ip).filter(|l| l.mac == Some(mac)) else {
+        return Err(Ignore::NotHeld { kind, ip });
+    };
+    if lease.client_id.is_some() && lease.client_id != client_id(req) {
+        return Err(Ignore::ClientIdMismatch { kind, ip });
+    }
+    if let Some(window) = window
+        && (lease.state != State::Bound || now > lease.bound_at + window.as_secs())
+    {
+        return Err(Ignore::LateDecline(ip));
+    }
+    Ok(())
 }
 
 /// What the server should do with one request.
@@ -269,7 +327,9 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
                 .pool
                 .lease(ip)
                 .is_some_and(|l| l.state == State::Bound && l.mac == Some(mac) && l.expires > now);
-            let lease = subnet.pool.assign(ip, mac, State::Bound, until, hostname);
+            let lease = subnet
+                .pool
+                .bind(ip, mac, until, hostname, client_id(req), now);
             let msg = build(req, subnet, ctx, MessageType::Ack, ip, true);
             Action::Reply {
                 to: destination(req, MessageType::Ack),
@@ -288,6 +348,9 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
             let Some(ip) = requested else {
                 return Action::Ignore(Ignore::DeclineWithoutAddress);
             };
+            if let Err(why) = holder_check(subnet, ip, mac, req, now, Some(DECLINE_WINDOW)) {
+                return Action::Ignore(why);
+            }
             match subnet.pool.decline(ip, mac, now) {
                 Some(lease) => Action::Persist {
                     lease,
@@ -302,6 +365,9 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
         }
         MessageType::Release => {
             let ip = req.ciaddr();
+            if let Err(why) = holder_check(subnet, ip, mac, req, now, None) {
+                return Action::Ignore(why);
+            }
             match subnet.pool.release(ip, mac, now) {
                 Some(lease) => Action::Persist {
                     lease,
@@ -315,6 +381,10 @@ pub fn handle(req: &Message, subnet: &mut Subnet, ctx: &Ctx<'_>) -> Action {
             }
         }
         MessageType::Inform => {
+            let ciaddr = req.ciaddr();
+            if ciaddr.is_unspecified() || !subnet.contains(ciaddr) {
+                return Action::Ignore(Ignore::InformOffSubnet(ciaddr));
+            }
             let msg = build(
                 req,
                 subnet,
@@ -611,6 +681,71 @@ mod tests {
             matches!(run(&rel, &mut s, 8), Action::Ignore(_)),
             "only the holder releases"
         );
+    }
+
+    /// Forgeries with the victim's MAC: a DECLINE long after the ACK, a DECLINE or RELEASE with
+    /// another client identifier, and an INFORM from an address off the subnet get nothing.
+    #[test]
+    fn forged_decline_release_and_inform_are_ignored() {
+        let with_id = |mut m: Message, id: &[u8]| {
+            m.opts_mut()
+                .insert(DhcpOption::ClientIdentifier(id.to_vec()));
+            m
+        };
+        let mut s = subnet();
+        // The victim binds with client identifier 01:52:54:..:01 at t = 0.
+        let (offer, _, _, _) = reply(run(
+            &with_id(
+                request(MessageType::Discover, mac(1)),
+                &[1, 0x52, 0x54, 0, 0, 0, 1],
+            ),
+            &mut s,
+            0,
+        ));
+        let ip = offer.yiaddr();
+        let mut req = with_id(
+            request(MessageType::Request, mac(1)),
+            &[1, 0x52, 0x54, 0, 0, 0, 1],
+        );
+        req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        let (_, _, lease, _) = reply(run(&req, &mut s, 0));
+        assert_eq!(lease.unwrap().client_id.as_deref(), Some("01525400000001"));
+
+        let decline = |id: &[u8]| {
+            let mut d = with_id(request(MessageType::Decline, mac(1)), id);
+            d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+            d
+        };
+        let ignored = |a: Action| match a {
+            Action::Ignore(why) => why.to_string(),
+            other => panic!("expected to be ignored: {other:?}"),
+        };
+        let why = ignored(run(&decline(&[1, 9, 9, 9, 9, 9, 9]), &mut s, 5));
+        assert!(why.contains("another client identifier"), "{why}");
+        let why = ignored(run(&decline(&[1, 0x52, 0x54, 0, 0, 0, 1]), &mut s, 600));
+        assert!(why.contains("long after its ACK"), "{why}");
+        let mut release = with_id(request(MessageType::Release, mac(1)), &[1, 7]);
+        release.set_ciaddr(ip);
+        let why = ignored(run(&release, &mut s, 10));
+        assert!(
+            why.contains("RELEASE") && why.contains("client identifier"),
+            "{why}"
+        );
+        assert_eq!(
+            s.pool.lease(ip).unwrap().state,
+            State::Bound,
+            "still the victim's"
+        );
+        // The real client, right after its ACK, may decline.
+        assert!(matches!(
+            run(&decline(&[1, 0x52, 0x54, 0, 0, 0, 1]), &mut s, 30),
+            Action::Persist { .. }
+        ));
+        let mut inform = request(MessageType::Inform, mac(3));
+        inform.set_ciaddr(Ipv4Addr::new(192, 168, 7, 7));
+        let why = ignored(run(&inform, &mut s, 40));
+        assert!(why.contains("not on this subnet"), "{why}");
     }
 
     #[test]

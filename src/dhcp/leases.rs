@@ -53,6 +53,13 @@ pub struct Lease {
     pub expires: Now,
     /// The hostname the client sent (option 12), for DNS.
     pub hostname: Option<String>,
+    /// The client identifier (option 61, hex) it was bound with: a DECLINE or RELEASE must
+    /// carry the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// When it was last bound (ACKed), Unix seconds; 0 when not known.
+    #[serde(default)]
+    pub bound_at: Now,
 }
 
 impl Lease {
@@ -268,7 +275,27 @@ impl Pool {
             state,
             expires,
             hostname,
+            client_id: None,
+            bound_at: 0,
         };
+        self.put(lease.clone());
+        lease
+    }
+
+    /// Bind `ip` to `mac` (an ACK) until `expires`, remembering the client identifier it was
+    /// bound with and when (see [`Pool::assign`]).
+    pub fn bind(
+        &mut self,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+        expires: Now,
+        hostname: Option<String>,
+        client_id: Option<String>,
+        now: Now,
+    ) -> Lease {
+        let mut lease = self.assign(ip, mac, State::Bound, expires, hostname);
+        lease.client_id = client_id;
+        lease.bound_at = now;
         self.put(lease.clone());
         lease
     }
@@ -301,6 +328,8 @@ impl Pool {
             state: State::Declined,
             expires: now + QUARANTINE.as_secs(),
             hostname: None,
+            client_id: None,
+            bound_at: 0,
         };
         self.put(quarantined.clone());
         Some(quarantined)

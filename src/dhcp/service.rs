@@ -148,6 +148,8 @@ pub struct Service {
     base_url: String,
     advertise: Option<Ipv4Addr>,
     config_reservations: HashMap<MacAddr, Ipv4Addr>,
+    /// `[dhcp] relays`: who may send relayed requests (empty: anyone).
+    relays: Vec<ipnet::Ipv4Net>,
     /// Per-MAC packet counts in the current window. A std mutex, held for one map update.
     limiter: Mutex<HashMap<MacAddr, (u64, u32)>>,
     /// When the pools were last counted and warned about.
@@ -237,6 +239,7 @@ impl Service {
             base_url,
             advertise,
             config_reservations,
+            relays: d.relays.clone(),
             limiter: Mutex::new(HashMap::new()),
             pool_warn: Mutex::new(PoolWarn::default()),
         }
@@ -360,12 +363,26 @@ impl Service {
         Some((req, mac))
     }
 
+    /// Whether `peer` may relay requests (`[dhcp] relays`).
+    fn relay_allowed(&self, peer: SocketAddr) -> bool {
+        match peer {
+            SocketAddr::V4(p) => {
+                self.relays.is_empty() || self.relays.iter().any(|n| n.contains(p.ip()))
+            }
+            SocketAddr::V6(_) => false,
+        }
+    }
+
     /// What `set` makes of the request's client.
     fn classify(&self, req: &Message, mac: MacAddr, set: &ProfileSet) -> Client {
         let info = reply::client_info(req);
         let mut facts = Facts::from_mac(mac);
-        // Option 82 circuit-id / remote-id: selectors can match them as labels.
-        facts.labels.extend(reply::relay_labels(req));
+        // Option 82 circuit-id / remote-id: selectors can match them as labels. Only a relay
+        // adds option 82; in a request that did not come through one it is the client's own
+        // claim, and ignored.
+        if !req.giaddr().is_unspecified() {
+            facts.labels.extend(reply::relay_labels(req));
+        }
         if let Some(fw) = info.arch.and_then(pxe::arch_type).and_then(|a| a.firmware) {
             facts.arch = Some(fw.ipxe_arch().to_string());
             facts.platform = Some(fw.platform().to_string());
@@ -397,6 +414,12 @@ impl Service {
     /// Decide on one datagram that arrived on `ingress` from `peer`.
     pub fn process(&self, bytes: &[u8], peer: SocketAddr, ingress: &Ingress) -> Option<Out> {
         let (req, mac) = self.admit(bytes, peer, &ingress.iface)?;
+        if !req.giaddr().is_unspecified() && !self.relay_allowed(peer) {
+            tracing::debug!(%mac, %peer, giaddr = %req.giaddr(), "DHCP: relayed request from a sender not in [dhcp] relays: dropped");
+            self.metrics
+                .dhcp(type_name(req.opts().msg_type()), "ignored");
+            return None;
+        }
         let set = self.snapshot();
         self.decide(&req, mac, peer, ingress, &set)
     }

@@ -205,6 +205,8 @@ mod tests {
             state: State::Bound,
             expires: 1_800_000_000 + u64::from(n),
             hostname: Some(format!("node{n}")),
+            client_id: None,
+            bound_at: 0,
         }
     }
 

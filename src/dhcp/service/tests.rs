@@ -272,3 +272,54 @@ fn a_relayed_request_is_decided_on_the_relays_subnet_only() {
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 100));
     assert_eq!(to, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 67));
 }
+
+/// With `[dhcp] relays` set, a relayed request from anyone else is dropped; option 82 in a
+/// request that came through no relay is the client's own claim and selects nothing.
+#[test]
+fn only_listed_relays_relay_and_option_82_counts_only_when_relayed() {
+    use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
+    let (_dir, set) = profiles("worker-1", "10.0.0.50");
+    let mut cfg = config("full", ("10.0.0.100", "10.0.0.101"));
+    cfg.dhcp.relays = vec!["10.0.0.1/32".parse().unwrap()];
+    let svc = Service::new(
+        &cfg,
+        set,
+        Arc::new(Inventory::default()),
+        Metrics::new(),
+        Bus::new(),
+        "http://10.0.0.2:8080".into(),
+    );
+    let mut req = request(MessageType::Discover, mac(5));
+    req.set_giaddr(Ipv4Addr::new(10, 0, 0, 1));
+    let forger = SocketAddr::from(([10, 0, 0, 66], 67));
+    assert!(svc.process(&bytes(&req), forger, &ingress(67)).is_none());
+    let relay = SocketAddr::from(([10, 0, 0, 1], 67));
+    assert!(svc.process(&bytes(&req), relay, &ingress(67)).is_some());
+
+    // A profile selected by the relay's circuit-id.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("racked.toml"),
+        "[boot]\nkernel = \"k\"\n[[select]]\nlabels = { circuit_id = \"rack-a\" }\n",
+    )
+    .unwrap();
+    let sources = Sources {
+        profiles: dir.path().to_path_buf(),
+        scripts: Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe"),
+    };
+    svc.use_profiles(Arc::new(ProfileSet::load(&sources, "http://x").unwrap()));
+    let mut unrelayed = request(MessageType::Discover, mac(6));
+    let mut info = RelayAgentInformation::default();
+    info.insert(RelayInfo::AgentCircuitId(b"rack-a".to_vec()));
+    unrelayed
+        .opts_mut()
+        .insert(DhcpOption::RelayAgentInformation(info));
+    let set = svc.snapshot();
+    assert_eq!(svc.classify(&unrelayed, mac(6), &set).profile, None);
+    let mut relayed = unrelayed.clone();
+    relayed.set_giaddr(Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(
+        svc.classify(&relayed, mac(6), &set).profile.as_deref(),
+        Some("racked")
+    );
+}
