@@ -392,6 +392,15 @@ pub struct InventoryConfig {
     pub stall_after: crate::boot_state::Timeouts,
     /// History entries kept per machine.
     pub history: usize,
+    /// Records kept at most; beyond, the least recently seen machine no profile declares is
+    /// forgotten (declared machines never are).
+    pub max_machines: usize,
+    /// New records of machines no profile declares, per source (an HTTP client's address;
+    /// all of DHCP counts as one source): at most this many at once...
+    pub discovery_burst: u32,
+    /// ...and this many a second after that. A machine beyond it is still served; it is just
+    /// not recorded (it is, when it asks again later).
+    pub discovery_per_second: u32,
 }
 
 impl Default for InventoryConfig {
@@ -399,6 +408,9 @@ impl Default for InventoryConfig {
         InventoryConfig {
             stall_after: crate::boot_state::Timeouts::default(),
             history: 64,
+            max_machines: 65_536,
+            discovery_burst: 256,
+            discovery_per_second: 32,
         }
     }
 }

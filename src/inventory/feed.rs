@@ -2,7 +2,7 @@
 //! under the inventory's lock (record, state machine, history, transition), plus the sweeper
 //! that marks stalls and the follower that keeps declared machines in step with the profiles.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::plan::{BootView, Plan, plan};
 use super::record::merge;
 use super::{
-    AfterProvision, BootState, DhcpClient, DhcpSeen, HistoryEntry, Inventory, NextBoot, Record,
-    Step, Wake, WakeOutcome, is_ipxe_binary, push_history, state,
+    AfterProvision, BootState, DhcpClient, DhcpSeen, HistoryEntry, Inventory, NextBoot, Origin,
+    Record, Step, Wake, WakeOutcome, is_ipxe_binary, push_history, state,
 };
 use crate::events::ProfilesEvent;
 use crate::mac::MacAddr;
@@ -38,7 +38,11 @@ impl Inventory {
         let now = self.now();
         let mac = facts.mac;
         let mut inner = self.lock();
-        let rec = Self::entry(&mut inner, mac, now);
+        let origin = Origin::Network(peer.map(IpAddr::V4));
+        let Some(rec) = self.entry(&mut inner, mac, now, origin) else {
+            tracing::debug!(%mac, ?peer, "not recorded: too many new machines from this address");
+            return facts;
+        };
         rec.last_seen = Stamp(now);
         let mut changed = merge(&mut rec.uuid, &mut facts.uuid);
         changed |= merge(&mut rec.arch, &mut facts.arch);
@@ -366,7 +370,9 @@ impl Inventory {
         let mut changed = Vec::new();
         for m in set.machines.values() {
             let profile = &set.profiles[m.profile].name;
-            let rec = Self::entry(&mut inner, m.mac, now);
+            let Some(rec) = self.entry(&mut inner, m.mac, now, Origin::Declared) else {
+                continue;
+            };
             let before = rec.clone();
             rec.declared = true;
             rec.profile = Some(profile.clone());
@@ -383,11 +389,16 @@ impl Inventory {
                 changed.push(m.mac);
             }
         }
-        // Machines no longer declared keep their record (and history), undeclared.
-        for rec in inner.machines.values_mut() {
-            if rec.declared && !set.machines.contains_key(&rec.mac) {
-                rec.declared = false;
-                changed.push(rec.mac);
+        // Machines no longer declared keep their record (and history), undeclared (and so
+        // may be evicted again).
+        {
+            let inner = &mut *inner;
+            for rec in inner.machines.values_mut() {
+                if rec.declared && !set.machines.contains_key(&rec.mac) {
+                    rec.declared = false;
+                    inner.undeclared.insert((rec.last_seen, rec.mac));
+                    changed.push(rec.mac);
+                }
             }
         }
         if !changed.is_empty() {

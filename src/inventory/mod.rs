@@ -26,8 +26,8 @@ mod record;
 pub mod store;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -47,9 +47,14 @@ pub use record::{
     DhcpSeen, Filter, HistoryEntry, NextBoot, Record, Summary, Wake, WakeOutcome, is_ipxe_binary,
 };
 
-/// Records kept at most; beyond this the least recently seen machine that no profile declares
-/// is forgotten, so a flood of made-up MACs cannot grow memory without bound.
+/// Records kept at most by default (`[inventory] max_machines`); beyond, the least recently
+/// seen machine that no profile declares is forgotten, so a flood of made-up MACs cannot grow
+/// memory without bound.
 pub const MAX_MACHINES: usize = 65_536;
+
+/// Sources of new undeclared records remembered for their budgets; beyond, the budgets start
+/// over (a flood from spoofed addresses cannot grow this table).
+const BUDGET_SOURCES: usize = 4096;
 
 /// Inventory settings (`[inventory]` in `kindling.toml`).
 pub type Settings = crate::config::InventoryConfig;
@@ -91,6 +96,20 @@ struct Inner {
     generation: u64,
     /// The profile set the declared machines were last synced from (its address and time).
     synced: Option<(usize, SystemTime)>,
+    /// Undeclared records by the `last_seen` they had when indexed (it only grows, so an
+    /// entry is at most stale): eviction takes the first, in O(log n).
+    undeclared: BTreeSet<(Stamp, MacAddr)>,
+    /// Tokens for new undeclared records, per source: (tokens, when last refilled).
+    budgets: HashMap<Option<IpAddr>, (f64, SystemTime)>,
+}
+
+/// Who asks for a record to be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A profile declares the machine: always.
+    Declared,
+    /// A request from the network: within the source's budget (`None`: DHCP).
+    Network(Option<IpAddr>),
 }
 
 /// Every machine, its state and history; shared by all services.
@@ -163,28 +182,86 @@ impl Inventory {
             if let Some(ip) = rec.ip {
                 inner.by_ip.insert(ip, rec.mac);
             }
+            if !rec.declared {
+                inner.undeclared.insert((rec.last_seen, rec.mac));
+            }
             inner.machines.insert(rec.mac, rec);
         }
     }
 
-    /// The record of `mac`, created if new (evicting the stalest undeclared one when full).
-    fn entry(inner: &mut Inner, mac: MacAddr, now: SystemTime) -> &mut Record {
-        if !inner.machines.contains_key(&mac) && inner.machines.len() >= MAX_MACHINES {
-            let victim = inner
-                .machines
-                .values()
-                .filter(|r| !r.declared)
-                .min_by_key(|r| r.last_seen)
-                .map(|r| r.mac);
-            if let Some(victim) = victim {
-                inner.machines.remove(&victim);
-                inner.dirty.insert(victim);
+    /// The record of `mac`, created if new: always for a declared machine, within its
+    /// source's budget for one from the network (`None` beyond it). When full, the least
+    /// recently seen undeclared record makes room.
+    fn entry<'a>(
+        &self,
+        inner: &'a mut Inner,
+        mac: MacAddr,
+        now: SystemTime,
+        origin: Origin,
+    ) -> Option<&'a mut Record> {
+        if !inner.machines.contains_key(&mac) {
+            if let Origin::Network(source) = origin
+                && !self.take_budget(inner, source, now)
+            {
+                return None;
+            }
+            if inner.machines.len() >= self.settings.max_machines && !Self::evict(inner) {
+                if let Origin::Network(_) = origin {
+                    return None;
+                }
+            }
+            if origin != Origin::Declared {
+                inner.undeclared.insert((Stamp(now), mac));
             }
         }
-        inner
-            .machines
-            .entry(mac)
-            .or_insert_with(|| Record::new(mac, now))
+        Some(
+            inner
+                .machines
+                .entry(mac)
+                .or_insert_with(|| Record::new(mac, now)),
+        )
+    }
+
+    /// Forget the least recently seen undeclared record; whether there was one. Index entries
+    /// that went stale (seen since, or declared now) are put right on the way.
+    fn evict(inner: &mut Inner) -> bool {
+        while let Some((indexed, mac)) = inner.undeclared.pop_first() {
+            let Some(rec) = inner.machines.get(&mac) else {
+                continue;
+            };
+            if rec.declared {
+                continue;
+            }
+            if rec.last_seen > indexed {
+                inner.undeclared.insert((rec.last_seen, mac));
+                continue;
+            }
+            inner.machines.remove(&mac);
+            inner.dirty.insert(mac);
+            return true;
+        }
+        false
+    }
+
+    /// One token of `source`'s budget for a new undeclared record, if it has one.
+    fn take_budget(&self, inner: &mut Inner, source: Option<IpAddr>, now: SystemTime) -> bool {
+        let (burst, rate) = (
+            f64::from(self.settings.discovery_burst),
+            f64::from(self.settings.discovery_per_second),
+        );
+        if inner.budgets.len() >= BUDGET_SOURCES && !inner.budgets.contains_key(&source) {
+            inner.budgets.clear();
+        }
+        let (tokens, at) = inner.budgets.entry(source).or_insert((burst, now));
+        let elapsed = now.duration_since(*at).unwrap_or_default().as_secs_f64();
+        *tokens = (*tokens + elapsed * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Apply one event to `mac`: update its record, run the state machine, keep history,
@@ -197,9 +274,25 @@ impl Inventory {
         step: Option<Step>,
         update: impl FnOnce(&mut Record, SystemTime),
     ) {
+        self.apply_from(mac, Origin::Network(None), source, event, step, update);
+    }
+
+    /// [`Inventory::apply`] for a request from `origin` (whose budget a new record takes).
+    fn apply_from(
+        &self,
+        mac: MacAddr,
+        origin: Origin,
+        source: &str,
+        event: String,
+        step: Option<Step>,
+        update: impl FnOnce(&mut Record, SystemTime),
+    ) {
         let now = self.now();
         let mut inner = self.lock();
-        let rec = Self::entry(&mut inner, mac, now);
+        let Some(rec) = self.entry(&mut inner, mac, now, origin) else {
+            tracing::debug!(%mac, %event, "not recorded: too many new machines from this source");
+            return;
+        };
         rec.last_seen = Stamp(now);
         update(rec, now);
         let from = rec.state;

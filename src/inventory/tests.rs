@@ -107,6 +107,7 @@ async fn the_sweeper_marks_stalls_with_their_phase() {
             ..Timeouts::default()
         },
         history: 64,
+        ..Settings::default()
     };
     let inv = Arc::new(Inventory::new(settings, None));
     let cancel = CancellationToken::new();
@@ -349,7 +350,14 @@ fn later_requests_inherit_earlier_facts() {
 
 #[tokio::test(start_paused = true)]
 async fn bounded_and_declared_machines_stay() {
-    let inv = Inventory::default();
+    // No creation budget in the way: this is about the bound.
+    let inv = Inventory::new(
+        Settings {
+            discovery_burst: u32::MAX,
+            ..Settings::default()
+        },
+        None,
+    );
     // A declared machine is never evicted, however stale.
     inv.apply(mac(0), "test", "x".into(), None, |r, _| r.declared = true);
     for i in 0..(MAX_MACHINES as u32 + 10) {
@@ -362,6 +370,82 @@ async fn bounded_and_declared_machines_stay() {
     assert!(
         inv.get(MacAddr([2, 0, 0, 0, 0, 0])).is_none(),
         "oldest undeclared evicted"
+    );
+}
+
+/// A flood of new MACs from one address creates at most its budget of records; another address
+/// and the declared machines are unaffected; at the cap, eviction keeps up (O(log n)).
+#[tokio::test(start_paused = true)]
+async fn new_records_are_created_within_a_budget_per_source_and_evicted_in_log_time() {
+    let inv = Inventory::new(
+        Settings {
+            max_machines: 1_000,
+            discovery_burst: 300,
+            discovery_per_second: 10,
+            ..Settings::default()
+        },
+        None,
+    );
+    inv.apply_from(
+        mac(0),
+        Origin::Declared,
+        "test",
+        "x".into(),
+        None,
+        |r, _| r.declared = true,
+    );
+    let flood = Some(Ipv4Addr::new(10, 0, 0, 66));
+    let new_mac = |i: u32| {
+        let b = i.to_be_bytes();
+        MacAddr([2, 0, b[0], b[1], b[2], b[3]])
+    };
+    for i in 0..2_500 {
+        inv.observe_from(Facts::from_mac(new_mac(i)), flood);
+    }
+    assert_eq!(inv.len(), 1 + 300, "the burst, no more");
+    // Another address has a budget of its own; time refills the flooder's.
+    inv.observe_from(Facts::from_mac(mac(7)), Some(Ipv4Addr::new(10, 0, 0, 7)));
+    assert!(inv.get(mac(7)).is_some());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for i in 10_000..10_100 {
+        inv.observe_from(Facts::from_mac(new_mac(i)), flood);
+    }
+    assert_eq!(inv.len(), 1 + 300 + 1 + 20);
+    // At the cap: every new machine evicts the least recently seen undeclared one, fast.
+    let inv = Inventory::new(
+        Settings {
+            max_machines: 10_000,
+            discovery_burst: u32::MAX,
+            ..Settings::default()
+        },
+        None,
+    );
+    inv.apply_from(
+        mac(0),
+        Origin::Declared,
+        "test",
+        "x".into(),
+        None,
+        |r, _| r.declared = true,
+    );
+    let started = std::time::Instant::now();
+    for i in 0..30_000 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        inv.observe_from(Facts::from_mac(new_mac(i)), flood);
+        if i == 10 {
+            // Seen again: no longer among the stalest.
+            inv.observe_from(Facts::from_mac(new_mac(1)), flood);
+        }
+    }
+    assert_eq!(inv.len(), 10_000);
+    assert!(inv.get(mac(0)).is_some(), "declared machine kept");
+    assert!(inv.get(new_mac(29_999)).is_some());
+    assert!(inv.get(new_mac(2)).is_none());
+    // A scan of every record per eviction (what this replaced) takes many seconds here.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?} for 20,000 evictions",
+        started.elapsed()
     );
 }
 
