@@ -205,10 +205,11 @@ impl Inventory {
             {
                 return None;
             }
-            if inner.machines.len() >= self.settings.max_machines && !Self::evict(inner) {
-                if let Origin::Network(_) = origin {
-                    return None;
-                }
+            if inner.machines.len() >= self.settings.max_machines
+                && !Self::evict(inner)
+                && let Origin::Network(_) = origin
+            {
+                return None;
             }
             if origin != Origin::Declared {
                 inner.undeclared.insert((Stamp(now), mac));
