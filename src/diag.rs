@@ -76,6 +76,14 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// `s` with every control character shown as `?`: for text that came from the network and
+/// goes to a log, a comment or a terminal (a line break or an escape sequence must not).
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// The 1-based line holding byte `offset` of `source`.
 pub fn line_of(source: &str, offset: usize) -> usize {
     let end = offset.min(source.len());

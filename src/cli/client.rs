@@ -163,7 +163,7 @@ impl Client {
                     "transition" => {
                         let t: Transition = serde_json::from_str(&data)
                             .map_err(|e| ClientError::Decode(e.to_string()))?;
-                        writeln!(out, "{}", transition_line(&t))?;
+                        writeln!(out, "{}", crate::diag::printable(&transition_line(&t)))?;
                     }
                     "ready" => writeln!(out, "# following {}{path}", self.base)?,
                     "resync" => writeln!(out, "# fell behind: some transitions were missed")?,
@@ -259,6 +259,12 @@ pub fn table(machines: &[Summary], now: SystemTime) -> String {
             ),
             next,
         ]);
+    }
+    // What machines reported reaches the operator's terminal: no escape sequences.
+    for r in rows.iter_mut().skip(1) {
+        for cell in r.iter_mut() {
+            *cell = crate::diag::printable(cell);
+        }
     }
     let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))

@@ -63,7 +63,10 @@ pub fn client_mac(msg: &Message) -> Option<MacAddr> {
 pub fn client_info(msg: &Message) -> ClientInfo {
     let opts = msg.opts();
     let vendor_class = match opts.get(OptionCode::ClassIdentifier) {
-        Some(DhcpOption::ClassIdentifier(v)) => Some(String::from_utf8_lossy(v).into_owned()),
+        // Kept in the machine's record and shown to operators: printable, at most 128.
+        Some(DhcpOption::ClassIdentifier(v)) => Some(crate::diag::printable(
+            &String::from_utf8_lossy(&v[..v.len().min(128)]),
+        )),
         _ => None,
     };
     let user_class = match opts.get(OptionCode::UserClass) {

@@ -131,6 +131,12 @@ fn parse_request(opcode: u16, rest: &[u8]) -> Result<Request, ParseError> {
     if filename.is_empty() || mode.is_empty() {
         return Err(ParseError::Request("empty file name or mode"));
     }
+    // A file name never holds a control character; one that does would break a log line.
+    if filename.chars().any(char::is_control) || filename.len() > 255 {
+        return Err(ParseError::Request(
+            "file name with control characters or longer than 255 bytes",
+        ));
+    }
     let mut options = Options::default();
     // Options come in name/value pairs; the final split yields an empty piece after the NUL.
     let pairs: Vec<&[u8]> = fields.collect();
