@@ -1,7 +1,6 @@
 //! Starting each service on its bound sockets under the supervisor, and the adapters between
 //! services (DNS names from DHCP leases or the inventory, the API's Wake-on-LAN).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -186,19 +185,20 @@ pub(super) fn start_http(ctx: &Ctx, sup: &Supervisor, listener: TcpListener) -> 
     let app = crate::http::router(state);
     let addr = listener.local_addr().context("HTTP socket")?;
     tracing::info!(base_url = %ctx.base_url, "listening for HTTP on {addr}");
-    let token = ctx_token(sup);
+    let limits = crate::http::server::Limits {
+        header_timeout: config.http.header_timeout,
+        max_connections: config.http.max_connections,
+        max_per_client: config.http.max_connections_per_client,
+    };
+    let (metrics, token) = (ctx.metrics.clone(), ctx_token(sup));
     sup.service("http", move || {
-        let (app, token) = (app.clone(), token.clone());
+        let (app, metrics, token) = (app.clone(), metrics.clone(), token.clone());
         let listener = dup_tcp(&listener);
         async move {
             let listener = listener.map_err(|e| format!("cannot reuse the HTTP socket: {e}"))?;
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-            .map_err(|e| format!("HTTP server: {e}"))
+            crate::http::server::serve(listener, app, limits, metrics, token)
+                .await
+                .map_err(|e| format!("HTTP server: {e}"))
         }
     });
     Ok(())

@@ -38,12 +38,27 @@ fn init_tracing(config: &Config) {
     }
 }
 
+/// Raise the open-file limit to its hard maximum: every HTTP connection, TFTP transfer and
+/// DHCP socket is a file descriptor, and the common default of 1,024 is a boot storm's worth.
+fn raise_open_files() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 pub(super) fn serve(path: &Path) -> ExitCode {
     let config = match super::offline::load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     init_tracing(&config);
+    raise_open_files();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

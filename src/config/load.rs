@@ -94,6 +94,14 @@ impl Config {
                 "dhcp.mode is not \"off\" but dhcp.interfaces is empty: name the interfaces to serve",
             ));
         }
+        let h = &self.http;
+        if h.header_timeout.is_zero() || h.max_connections == 0 || h.max_connections_per_client == 0
+        {
+            issues.push(Issue::new(
+                "http",
+                "http.header_timeout, max_connections and max_connections_per_client must be above zero",
+            ));
+        }
         let t = &self.tftp;
         if !(8..=65464).contains(&t.max_block_size) {
             issues.push(Issue::new(

@@ -94,12 +94,23 @@ impl Default for PathsConfig {
 pub struct HttpConfig {
     /// Listen address. Port 0 picks a free port (tests).
     pub listen: SocketAddr,
+    /// A request's headers must arrive within this; also how long a kept-alive connection
+    /// may idle.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Connections at once; one beyond is closed at once.
+    pub max_connections: usize,
+    /// Connections at once from one client address.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_client: 32,
         }
     }
 }

@@ -16,6 +16,7 @@
 
 mod api;
 mod query;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Instant;

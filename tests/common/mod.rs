@@ -49,6 +49,14 @@ impl Daemon {
         Daemon::spawn(cmd, config)
     }
 
+    /// The same, with at most `files` open files (`prlimit` execs in place).
+    pub fn start_with_open_files(files: u32, config: &Path) -> Daemon {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={files}:{files}"))
+            .arg(env!("CARGO_BIN_EXE_kindling"));
+        Daemon::spawn(cmd, config)
+    }
+
     fn spawn(mut cmd: Command, config: &Path) -> Daemon {
         let mut child = cmd
             .args(["serve", "--config"])
