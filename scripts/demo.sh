@@ -71,8 +71,8 @@ ignition = "templates/node.ign.j2"
 [boot]
 kernel = "vmlinuz"
 initrd = ["initrd.img"]
-args = ["console=ttyS0", "ignition.config.url={{ base_url }}/ignition?mac={{ mac }}",
-        "kindling.report={{ base_url }}/api/v1/report"]
+args = ["console=ttyS0", "ignition.config.url={{ ignition_url }}",
+        "kindling.report={{ report_url }}"]
 [[machine]]
 mac = "52:54:00:de:00:01"
 hostname = "demo-1"

@@ -128,7 +128,12 @@ say "ignition parses as JSON"
 # The hostname the config sets: /etc/hostname's data: URL.
 host=$(sed -n 's/.*"data:,\([A-Za-z0-9.-]*\)".*/\1/p' /tmp/ignition.json | head -1)
 if [ -n "$report" ]; then
-  fetch "$report?mac=$mac" /tmp/report.out "state=provisioned&hostname=$host" ||
+  # Kindling's report_url already names the machine (and carries its boot secret).
+  case "$report" in
+    *\?*) ;;
+    *) report="$report?mac=$mac" ;;
+  esac
+  fetch "$report" /tmp/report.out "state=provisioned&hostname=$host" ||
     fail "cannot report to $report: $(cat /tmp/wget.err)"
   say "reported as ${host:-?}"
 fi

@@ -181,7 +181,9 @@ impl Lab {
             root,
             "kindling.toml",
             &format!(
-                "[server]\nbase_url = \"http://{KINDLING_IP}:8080\"\n[http]\nlisten = \"{KINDLING_IP}:8080\"\n\
+                // config_access = "token": the VMs fetch their config and report with the boot
+                // secret their iPXE script handed them, or not at all.
+                "[server]\nbase_url = \"http://{KINDLING_IP}:8080\"\n[http]\nlisten = \"{KINDLING_IP}:8080\"\nconfig_access = \"token\"\n\
                  [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n[tftp]\nenabled = true\n[dhcp]\n{dhcp}",
                 scripts.display()
             ),
@@ -198,8 +200,8 @@ impl Lab {
                 &format!("profiles/vm-{i}.toml"),
                 &format!(
                     "ignition = \"templates/node.ign.j2\"\n[boot]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
-                     args = [\"console=ttyS0\", \"ignition.config.url={{{{ base_url }}}}/ignition?mac={{{{ mac }}}}\", \
-                     \"kindling.report={{{{ base_url }}}}/api/v1/report\"]\n\
+                     args = [\"console=ttyS0\", \"ignition.config.url={{{{ ignition_url }}}}\", \
+                     \"kindling.report={{{{ report_url }}}}\"]\n\
                      [[machine]]\nmac = \"{mac}\"\nhostname = \"node-{i}\"\n"
                 ),
             );

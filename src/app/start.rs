@@ -171,6 +171,11 @@ pub(super) fn start_http(ctx: &Ctx, sup: &Supervisor, listener: TcpListener) -> 
     let waker = crate::wol::Waker::new(&config.wol)?
         .map(|w| Arc::new(WolWaker(w)) as Arc<dyn crate::http::Waker>);
     let api_token = api_token(config)?;
+    if config.http.config_access == crate::config::ConfigAccess::Open {
+        tracing::warn!(
+            "http.config_access = \"open\": anyone who names a MAC gets its configs and may report it installed"
+        );
+    }
     let state = crate::http::HttpState {
         config: ctx.config.clone(),
         base_url: ctx.base_url.clone(),

@@ -102,6 +102,22 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Connections at once from one client address.
     pub max_connections_per_client: usize,
+    /// Who may read a machine's configs and report for it (see [`ConfigAccess`]).
+    pub config_access: ConfigAccess,
+}
+
+/// Who may fetch a machine's configs (`/ignition`, `/metadata`, `/generic`) and report it
+/// installed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigAccess {
+    /// A request carrying the machine's per-boot secret, or from the machine's own address.
+    #[default]
+    TokenOrSource,
+    /// Only a request carrying the per-boot secret.
+    Token,
+    /// Anyone who names the MAC (Matchbox's behaviour; logged as a warning at start).
+    Open,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +127,7 @@ impl Default for HttpConfig {
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_connections_per_client: 32,
+            config_access: ConfigAccess::TokenOrSource,
         }
     }
 }

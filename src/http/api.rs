@@ -60,7 +60,7 @@ pub(super) fn routes() -> Router<HttpState> {
         .route(PATHS[5], post(wake_one))
         .route(PATHS[6], post(wake_many))
         .route(PATHS[7], get(events))
-        .route(PATHS[8], get(report).post(report))
+        .route(PATHS[8], post(report))
         .route(PATHS[9], get(openapi))
 }
 
@@ -229,7 +229,11 @@ async fn machine(
     MacPath(mac): MacPath,
 ) -> Result<Response, HttpError> {
     match st.inventory.get(mac) {
-        Some(rec) => Ok(tagged(Json(rec), Some(mac), "api: machine")),
+        Some(mut rec) => {
+            // The boot secret is the machine's credential: never shown.
+            rec.secret = None;
+            Ok(tagged(Json(rec), Some(mac), "api: machine"))
+        }
         None => Err(HttpError::api(
             StatusCode::NOT_FOUND,
             format!("no record of {mac}: no profile declares it and it has not booted"),
@@ -605,11 +609,13 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// The booted OS reports in: `POST /api/v1/report?mac=…` with `state` (default
-/// `provisioned`) and `hostname` as form fields or query parameters; `GET` with the same query
-/// for clients that cannot POST. `provisioned` is on disk before the answer.
+/// The booted OS reports in: `POST /api/v1/report?mac=…&token=…` with `state` (default
+/// `provisioned`) and `hostname` as form fields or query parameters. POST only (a page's
+/// `<img>` cannot do it), and only the machine itself: its boot secret, or its own address
+/// (`http.config_access`). `provisioned` is on disk before the answer.
 async fn report(
     State(st): State<HttpState>,
+    super::PeerIp(peer): super::PeerIp,
     RawQuery(q): RawQuery,
     body: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
@@ -649,6 +655,26 @@ async fn report(
         && !token_ok(h)
     {
         return Err(bad("hostname: not a host name").for_machine(mac, None));
+    }
+    let access = st.inventory.access(
+        mac,
+        peer,
+        fields.get("token").map(String::as_str),
+        st.config.dhcp.mode != crate::config::DhcpMode::Off,
+        false,
+    );
+    let allowed = match st.config.http.config_access {
+        crate::config::ConfigAccess::Open => true,
+        crate::config::ConfigAccess::TokenOrSource => access.token_ok || access.from_machine,
+        crate::config::ConfigAccess::Token => access.token_ok,
+    };
+    if !allowed {
+        tracing::warn!(%mac, peer = ?peer, %state, "report refused: not from the machine's address and without its boot secret");
+        return Err(HttpError::api(
+            StatusCode::FORBIDDEN,
+            "only the machine itself may report: from its address, or with its boot secret",
+        )
+        .for_machine(mac, None));
     }
     st.inventory.report(mac, &state, hostname.clone());
     st.inventory.flushed().await;

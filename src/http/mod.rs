@@ -33,7 +33,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::services::ServeDir;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigAccess, DhcpMode};
 use crate::inventory::{Inventory, plan};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
@@ -253,13 +253,50 @@ async fn machine_doc(
     RawQuery(q): RawQuery,
     what: What,
 ) -> Result<Response, HttpError> {
-    let facts = query::facts(q.as_deref().unwrap_or(""))
+    let mut facts = query::facts(q.as_deref().unwrap_or(""))
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let mac = facts.mac;
-    let facts = st.inventory.observe_from(facts, peer);
+    // The secret is a credential, not a label.
+    let token = facts.labels.remove("token");
+    let access = st.inventory.access(
+        mac,
+        peer,
+        token.as_deref(),
+        st.config.dhcp.mode != DhcpMode::Off,
+        what == What::Ipxe,
+    );
+    let allowed = match (st.config.http.config_access, &what) {
+        (ConfigAccess::Open, _) => true,
+        // The boot script (and the secret in it) goes only to the machine itself.
+        (_, What::Ipxe) => access.from_machine,
+        (ConfigAccess::TokenOrSource, _) => access.token_ok || access.from_machine,
+        (ConfigAccess::Token, _) => access.token_ok,
+    };
+    if !allowed {
+        tracing::warn!(%mac, peer = ?peer, served = %what.label(), "refused: not from the machine's address and without its boot secret");
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} of {mac}: only for the machine itself (its address, or its boot secret)",
+                what.label()
+            ),
+        )
+        .for_machine(mac, None));
+    }
+    // Only the machine's own requests change its record (with open access, every request
+    // counts as the machine's, as in Matchbox).
+    let open = st.config.http.config_access == ConfigAccess::Open;
+    let own = open || access.from_machine || access.token_ok;
+    let mut facts = if own {
+        st.inventory.observe_from(facts, peer)
+    } else {
+        st.inventory.recall(facts)
+    };
     let set = st.profiles.current();
     let Some(m) = set.select(&facts) else {
-        st.inventory.no_profile(mac, &what.label());
+        if own {
+            st.inventory.no_profile(mac, &what.label());
+        }
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -269,6 +306,7 @@ async fn machine_doc(
         )
         .for_machine(mac, None));
     };
+    // The one-shot next boot is used up only by the machine's own boot script request.
     let (decision, taken) = st.inventory.plan_boot(
         mac,
         |view| {
@@ -276,12 +314,18 @@ async fn machine_doc(
             let taken = view.next_boot.clone();
             (d, taken)
         },
-        |(d, _)| d.as_ref().is_ok_and(|s| s.uses_next_boot),
+        |(d, _)| (open || access.from_machine) && d.as_ref().is_ok_and(|s| s.uses_next_boot),
     );
     let serve = decision.map_err(|e| {
         HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{mac} {e}"))
             .for_machine(mac, Some(&m.profile.name))
     })?;
+    facts.secret = if what == What::Ipxe && access.from_machine && !serve.local {
+        // A new boot: a new secret, in every URL its script hands on.
+        st.inventory.begin_boot(mac, peer)
+    } else {
+        access.secret.clone()
+    };
     let name = serve.profile.name.as_str();
     let rendered = if serve.local {
         set.render_local(serve.profile, m.machine, &facts, &st.base_url)
@@ -292,6 +336,7 @@ async fn machine_doc(
         Ok(doc) => doc,
         Err(e) => {
             if serve.uses_next_boot
+                && (open || access.from_machine)
                 && let Some(next) = taken
             {
                 st.inventory.give_back(mac, next);

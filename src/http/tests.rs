@@ -18,6 +18,14 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    // Matchbox's open access: these tests are about what each endpoint answers; the secure
+    // defaults have tests of their own (secure_fixture).
+    fixture_with("[http]\nconfig_access = \"open\"\n", "")
+}
+
+/// The fixture with `config` before its `[paths]` and `boot_args` in the node profile's boot
+/// section.
+fn fixture_with(config: &str, boot_args: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let write = |rel: &str, text: &str| {
@@ -27,8 +35,10 @@ fn fixture() -> Fixture {
     };
     write(
         "profiles/node.toml",
-        "ignition = \"n.ign.j2\"\nafter_provision = \"local\"\n[generic]\nuser-data = \"ud.j2\"\n[boot]\nkernel = \"os/vmlinuz\"\n\
-         [[machine]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"n1\"\n",
+        &format!(
+            "ignition = \"n.ign.j2\"\nafter_provision = \"local\"\n[generic]\nuser-data = \"ud.j2\"\n[boot]\nkernel = \"os/vmlinuz\"\n\
+             {boot_args}\n[[machine]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"n1\"\n"
+        ),
     );
     write(
         "profiles/n.ign.j2",
@@ -52,7 +62,7 @@ fn fixture() -> Fixture {
     write("ipxe-bin/ipxe.efi", "MZ fake efi");
     let config = crate::config::Config::parse(
         &root.join("kindling.toml"),
-        "[paths]\nipxe_binaries = \"ipxe-bin\"\n",
+        &format!("{config}[paths]\nipxe_binaries = \"ipxe-bin\"\n"),
     )
     .unwrap();
     let sources = Sources {
@@ -314,16 +324,19 @@ async fn the_booted_os_reports_in_and_the_record_says_provisioned() {
     assert_eq!(v["hostname"], "n1");
     assert_eq!(v["reported"], "provisioned");
     assert!(v["provisioned_at"].as_str().unwrap().ends_with('Z'), "{v}");
-    // GET for minimal clients; bad input is a 400, unknown machines a 404.
-    let (status, _, _) = get(&f, "/api/v1/report?mac=52:54:00:00:00:02&state=installing").await;
+    // Fields as query parameters; POST only (a page's <img> cannot report); bad input is a
+    // 400, unknown machines a 404.
+    let (status, _, _) = post(&f, "/api/v1/report?mac=52:54:00:00:00:02&state=installing").await;
     assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get(&f, "/api/v1/report?mac=52:54:00:00:00:02&state=installing").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     for bad in [
         "/api/v1/report",
         "/api/v1/report?mac=zz",
         "/api/v1/report?mac=52:54:00:00:00:02&state=a%20b",
         "/api/v1/report?mac=52:54:00:00:00:02&hostname=%2Fetc",
     ] {
-        assert_eq!(get(&f, bad).await.0, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(post(&f, bad).await.0, StatusCode::BAD_REQUEST, "{bad}");
     }
     assert_eq!(
         get(&f, "/api/v1/machines/52:54:00:00:00:99").await.0,
@@ -487,6 +500,20 @@ fn from_ip(mut req: Request<Body>, ip: [u8; 4]) -> Request<Body> {
     req
 }
 
+/// A form POST with no body.
+async fn post(f: &Fixture, uri: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    request(f, Request::post(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn post_from(f: &Fixture, uri: &str, ip: [u8; 4]) -> (StatusCode, String) {
+    let (status, _, body) = request(
+        f,
+        from_ip(Request::post(uri).body(Body::empty()).unwrap(), ip),
+    )
+    .await;
+    (status, body)
+}
+
 async fn get_from(f: &Fixture, uri: &str, ip: [u8; 4]) -> (StatusCode, String) {
     let (status, _, body) = request(
         f,
@@ -547,7 +574,7 @@ async fn walk_boot_path(f: &Fixture, mac: &str) -> Vec<String> {
     let (status, _) = get_from(f, &format!("/ignition?mac={mac}"), ip).await;
     assert_eq!(status, StatusCode::OK);
     states.push(state_of(f, mac).await);
-    let (status, _) = get_from(f, &format!("/api/v1/report?mac={mac}"), ip).await;
+    let (status, _) = post_from(f, &format!("/api/v1/report?mac={mac}"), ip).await;
     assert_eq!(status, StatusCode::OK);
     states.push(state_of(f, mac).await);
     states
@@ -739,7 +766,7 @@ async fn the_one_shot_next_boot_is_served_exactly_once_when_requests_race() {
         let (_, m) = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None).await;
         assert!(m["next_boot"].is_null(), "{m}");
         // The OS of the one that installed reports in again.
-        let (status, _, _) = get(&f, &format!("/api/v1/report?mac={N1}")).await;
+        let (status, _, _) = post(&f, &format!("/api/v1/report?mac={N1}")).await;
         assert_eq!(status, StatusCode::OK);
     }
 }
@@ -838,7 +865,7 @@ async fn reads_can_require_the_token() {
     assert_eq!(status, StatusCode::OK);
     // The machine's own report and the description stay open.
     assert_eq!(
-        get(&f, "/api/v1/report?mac=52:54:00:00:00:01&state=booting")
+        post(&f, "/api/v1/report?mac=52:54:00:00:00:01&state=booting")
             .await
             .0,
         StatusCode::OK
@@ -934,4 +961,161 @@ async fn events_stream_transitions_in_order() {
     })
     .await;
     assert!(end.is_ok(), "the event stream outlived shutdown");
+}
+
+// ---- the boot secret and the machine's own address (issue 12) -----------------------------
+
+const MACHINE: [u8; 4] = [10, 0, 0, 50];
+const STRANGER: [u8; 4] = [10, 0, 0, 99];
+
+/// `access` as `http.config_access`, proxy DHCP on, and the node profile handing its machine
+/// `ignition_url` and `report_url`. DHCP saw N1 at 10.0.0.50.
+fn secure_fixture(access: &str) -> Fixture {
+    let f = fixture_with(
+        &format!(
+            "[http]\nconfig_access = \"{access}\"\n[dhcp]\nmode = \"proxy\"\ninterfaces = [\"x0\"]\n"
+        ),
+        "args = [\"ignition.config.url={{ ignition_url }}\", \"kindling.report={{ report_url }}\"]",
+    );
+    let n1: MacAddr = N1.parse().unwrap();
+    f.state.inventory.dhcp(
+        n1,
+        crate::inventory::DhcpSeen {
+            event: "proxy_ack",
+            client: crate::inventory::DhcpClient::Ipxe,
+            profile: Some("node".into()),
+            ip: Some(MACHINE.into()),
+            vendor_class: None,
+            guid: None,
+            arch_code: None,
+            hostname: None,
+        },
+    );
+    f
+}
+
+/// The boot secret in a served script.
+fn secret_in(script: &str) -> String {
+    let at = script.find("token=").expect("a token in the script") + 6;
+    script[at..at + 32].to_string()
+}
+
+#[tokio::test]
+async fn the_boot_script_goes_to_the_machine_and_its_secret_opens_its_configs() {
+    let f = secure_fixture("token-or-source");
+    let ipxe = format!("/ipxe?mac={N1}&arch=x86_64");
+    // A stranger gets no script, and changes nothing of the machine.
+    let (status, body) = get_from(&f, &ipxe, STRANGER).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let n1: MacAddr = N1.parse().unwrap();
+    assert_eq!(f.state.inventory.get(n1).unwrap().arch, None);
+    // The machine gets its script, with its secret in every URL it hands on.
+    let (status, script) = get_from(&f, &ipxe, MACHINE).await;
+    assert_eq!(status, StatusCode::OK, "{script}");
+    let token = secret_in(&script);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+    assert!(
+        script.contains(&format!(
+            "ignition.config.url=http://10.0.0.2:8080/ignition?mac={N1}&token={token}"
+        )),
+        "{script}"
+    );
+    assert!(script.contains(&format!("/api/v1/report?mac={N1}&token={token}")));
+    // Its configs: with the secret from anywhere, from its address without; else 403.
+    let ign = format!("/ignition?mac={N1}");
+    assert_eq!(get_from(&f, &ign, STRANGER).await.0, StatusCode::FORBIDDEN);
+    let with = format!("{ign}&token={token}");
+    assert_eq!(get_from(&f, &with, STRANGER).await.0, StatusCode::OK);
+    assert_eq!(get_from(&f, &ign, MACHINE).await.0, StatusCode::OK);
+    let wrong = format!("/metadata?mac={N1}&token={}", "0".repeat(32));
+    assert_eq!(
+        get_from(&f, &wrong, STRANGER).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, meta) = get_from(&f, &format!("/metadata?mac={N1}&token={token}"), STRANGER).await;
+    assert!(!meta.contains(&token), "metadata lists no secret: {meta}");
+    // Nobody else reports it installed.
+    let report = format!("/api/v1/report?mac={N1}");
+    assert_eq!(
+        post_from(&f, &report, STRANGER).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_ne!(state_of(&f, N1).await, "provisioned");
+    let (status, body) = post_from(&f, &format!("{report}&token={token}"), STRANGER).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(state_of(&f, N1).await, "provisioned");
+    // The API never shows the secret.
+    let (_, m) = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None).await;
+    assert!(!m.to_string().contains(&token), "{m}");
+    // The next boot has a new secret; the old one opens nothing.
+    let (_, again) = get_from(&f, &format!("/ipxe?mac={N1}"), MACHINE).await;
+    assert!(again.contains("\nexit"), "provisioned: local disk: {again}");
+    let (_, m) = api(
+        &f,
+        "PUT",
+        &format!("/api/v1/machines/{N1}/next-boot"),
+        Some("s3cret"),
+        Some(json!({"boot": "install"})),
+    )
+    .await;
+    assert_eq!(m["next_boot"]["boot"], "install");
+    let (_, third) = get_from(&f, &format!("/ipxe?mac={N1}"), MACHINE).await;
+    let newer = secret_in(&third);
+    assert_ne!(newer, token);
+    assert_eq!(get_from(&f, &with, STRANGER).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_strangers_boot_script_request_uses_up_no_reinstall() {
+    let f = secure_fixture("token-or-source");
+    let (_, v) = api(
+        &f,
+        "POST",
+        &format!("/api/v1/machines/{N1}/reinstall"),
+        Some("s3cret"),
+        None,
+    )
+    .await;
+    assert_eq!(v["next_boot"]["boot"], "install");
+    let (status, _) = get_from(
+        &f,
+        &format!("/ipxe?mac={N1}&uuid={}", "1".repeat(32)),
+        STRANGER,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, m) = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None).await;
+    assert_eq!(m["next_boot"]["boot"], "install", "{m}");
+    assert!(m["uuid"].is_null(), "{m}");
+}
+
+#[tokio::test]
+async fn token_access_wants_the_secret_even_from_the_machine() {
+    let f = secure_fixture("token");
+    let (status, script) = get_from(&f, &format!("/ipxe?mac={N1}"), MACHINE).await;
+    assert_eq!(status, StatusCode::OK, "{script}");
+    let token = secret_in(&script);
+    let ign = format!("/ignition?mac={N1}");
+    assert_eq!(get_from(&f, &ign, MACHINE).await.0, StatusCode::FORBIDDEN);
+    let with = format!("{ign}&token={token}");
+    assert_eq!(get_from(&f, &with, MACHINE).await.0, StatusCode::OK);
+}
+
+/// Without Kindling's DHCP, the first address that asks for a boot script binds the boot; other
+/// addresses get nothing until the boot ends.
+#[tokio::test]
+async fn without_dhcp_the_first_address_binds_the_boot() {
+    let f = fixture_with("", "args = [\"ignition.config.url={{ ignition_url }}\"]");
+    let ipxe = format!("/ipxe?mac={N1}");
+    assert_eq!(get_from(&f, &ipxe, [10, 0, 0, 7]).await.0, StatusCode::OK);
+    assert_eq!(
+        get_from(&f, &ipxe, [10, 0, 0, 8]).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let ign = format!("/ignition?mac={N1}");
+    assert_eq!(get_from(&f, &ign, [10, 0, 0, 7]).await.0, StatusCode::OK);
+    assert_eq!(
+        get_from(&f, &ign, [10, 0, 0, 8]).await.0,
+        StatusCode::FORBIDDEN
+    );
 }

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::plan::{BootView, Plan, plan};
 use super::record::merge;
 use super::{
-    AfterProvision, BootState, DhcpClient, DhcpSeen, HistoryEntry, Inventory, NextBoot, Origin,
-    Record, Step, Wake, WakeOutcome, is_ipxe_binary, push_history, state,
+    Access, AfterProvision, BootSecret, BootState, DhcpClient, DhcpSeen, HistoryEntry, Inventory,
+    NextBoot, Origin, Record, Step, Wake, WakeOutcome, is_ipxe_binary, push_history, state,
 };
 use crate::events::ProfilesEvent;
 use crate::mac::MacAddr;
@@ -113,6 +113,10 @@ impl Inventory {
                 && !matches!(seen.event, "release" | "decline" | "nak")
             {
                 rec.ip = Some(ip);
+                rec.dhcp_ip = Some(ip);
+            }
+            if matches!(seen.event, "release" | "decline") {
+                rec.dhcp_ip = None;
             }
             if seen.vendor_class.is_some() {
                 rec.vendor_class = seen.vendor_class;
@@ -336,6 +340,88 @@ impl Inventory {
         }
     }
 
+    /// What a request from `peer`, carrying `token`, may do for `mac`. It is the machine's
+    /// own when it comes from the address Kindling's DHCP gave the machine or saw it use; with
+    /// Kindling's DHCP off (`dhcp_knows` false), from the address its current boot's script
+    /// went to, and, when `may_bind` (a boot script request) and no boot is bound, from
+    /// anywhere: the first such request binds the boot to its address.
+    pub fn access(
+        &self,
+        mac: MacAddr,
+        peer: Option<Ipv4Addr>,
+        token: Option<&str>,
+        dhcp_knows: bool,
+        may_bind: bool,
+    ) -> Access {
+        let now = self.now();
+        let inner = self.lock();
+        let rec = inner.machines.get(&mac);
+        let secret = rec.and_then(|r| r.secret.as_ref()).filter(|s| s.live(now));
+        let token_ok = match (token, secret) {
+            (Some(t), Some(s)) => same_secret(t, &s.token),
+            _ => false,
+        };
+        let from_machine = match (peer, rec) {
+            (None, _) => false,
+            (Some(p), Some(r)) if r.dhcp_ip == Some(p) => true,
+            (Some(p), _) if !dhcp_knows => match secret.and_then(|s| s.source) {
+                Some(bound) => bound == p,
+                None => may_bind,
+            },
+            _ => false,
+        };
+        let secret = (from_machine || token_ok)
+            .then(|| secret.map(|s| s.token.clone()))
+            .flatten();
+        Access {
+            from_machine,
+            token_ok,
+            secret,
+        }
+    }
+
+    /// A new boot of `mac` is being served its script at `peer`: mint its secret (the last
+    /// one stops counting) and return it.
+    pub fn begin_boot(&self, mac: MacAddr, peer: Option<Ipv4Addr>) -> Option<String> {
+        let mut bytes = [0u8; 16];
+        if let Err(e) = getrandom::fill(&mut bytes) {
+            tracing::error!(%mac, error = %e, "cannot draw a boot secret from the OS");
+            return None;
+        }
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = self.now();
+        let mut inner = self.lock();
+        let rec = inner.machines.get_mut(&mac)?;
+        rec.secret = Some(BootSecret {
+            token: token.clone(),
+            minted: Stamp(now),
+            source: peer,
+        });
+        inner.dirty.insert(mac);
+        inner.generation += 1;
+        drop(inner);
+        self.changed.notify_one();
+        Some(token)
+    }
+
+    /// `facts` with gaps filled from what the machine reported before, changing nothing: for
+    /// a request that is not the machine's own.
+    pub fn recall(&self, mut facts: Facts) -> Facts {
+        let inner = self.lock();
+        if let Some(rec) = inner.machines.get(&facts.mac) {
+            for (reported, stored) in [
+                (&mut facts.uuid, &rec.uuid),
+                (&mut facts.arch, &rec.arch),
+                (&mut facts.platform, &rec.platform),
+            ] {
+                if reported.is_none() {
+                    reported.clone_from(stored);
+                }
+            }
+        }
+        facts
+    }
+
     /// Remember that `ip` belongs to `mac` (an HTTP request from `ip` named `mac`).
     pub fn learn_ip(&self, mac: MacAddr, ip: Ipv4Addr) {
         let mut inner = self.lock();
@@ -550,4 +636,14 @@ impl Inventory {
             }
         }
     }
+}
+
+/// Whether `given` is `secret`, compared without an early exit on the first difference.
+fn same_secret(given: &str, secret: &str) -> bool {
+    given.len() == secret.len()
+        && given
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }

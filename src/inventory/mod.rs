@@ -44,7 +44,8 @@ use crate::time_fmt::Stamp;
 pub use plan::{BootView, Plan, Serve, ServeError, plan};
 use record::push_history;
 pub use record::{
-    DhcpSeen, Filter, HistoryEntry, NextBoot, Record, Summary, Wake, WakeOutcome, is_ipxe_binary,
+    BootSecret, DhcpSeen, Filter, HistoryEntry, NextBoot, Record, Summary, Wake, WakeOutcome,
+    is_ipxe_binary,
 };
 
 /// Records kept at most by default (`[inventory] max_machines`); beyond, the least recently
@@ -101,6 +102,18 @@ struct Inner {
     undeclared: BTreeSet<(Stamp, MacAddr)>,
     /// Tokens for new undeclared records, per source: (tokens, when last refilled).
     budgets: HashMap<Option<IpAddr>, (f64, SystemTime)>,
+}
+
+/// What a request may do for a machine ([`Inventory::access`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// It comes from the machine's own address.
+    pub from_machine: bool,
+    /// It carries the machine's current boot secret.
+    pub token_ok: bool,
+    /// The current boot secret, for a request that is the machine's (to render into the URLs
+    /// it is handed).
+    pub secret: Option<String>,
 }
 
 /// Who asks for a record to be made.

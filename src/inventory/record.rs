@@ -150,6 +150,39 @@ pub struct Record {
     /// The latest events, oldest first.
     #[serde(default)]
     pub history: VecDeque<HistoryEntry>,
+    /// The address Kindling's DHCP gave it or saw it use (never one an HTTP request claimed):
+    /// requests from there are the machine's own.
+    #[serde(default)]
+    pub dhcp_ip: Option<Ipv4Addr>,
+    /// The secret of its current boot (stored, so it survives a restart; never shown by the
+    /// API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<BootSecret>,
+}
+
+/// A machine's per-boot secret: minted when its boot script is served to it, rendered into
+/// the URLs it is handed, and required (or the machine's own address) for its configs and
+/// its report until the next boot or [`BootSecret::TTL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootSecret {
+    /// 128 random bits, hex.
+    pub token: String,
+    /// When it was minted.
+    pub minted: Stamp,
+    /// The address the boot script went to (what binds the machine when Kindling's DHCP does
+    /// not know it).
+    pub source: Option<Ipv4Addr>,
+}
+
+impl BootSecret {
+    /// How long a boot's secret lasts at most.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+    /// Whether it still counts at `now`.
+    pub fn live(&self, now: SystemTime) -> bool {
+        now.duration_since(self.minted.0)
+            .is_ok_and(|age| age < Self::TTL)
+    }
 }
 
 impl Record {
@@ -184,6 +217,8 @@ impl Record {
             first_seen: Stamp(now),
             last_seen: Stamp(now),
             history: VecDeque::new(),
+            dhcp_ip: None,
+            secret: None,
         }
     }
 

@@ -110,8 +110,34 @@ pub fn context(
     if let Some(platform) = &facts.platform {
         ctx.insert("platform".into(), platform.clone().into());
     }
+    // The URLs the machine fetches its configs from and reports to, with its per-boot secret
+    // when it is being served itself (Kindling then serves those only with the secret, or to
+    // the machine's own address).
+    let token = facts.secret.as_deref().unwrap_or("");
+    let with_token = |path: &str| {
+        let mut url = format!("{base_url}{path}?mac={}", facts.mac);
+        if !token.is_empty() {
+            url.push_str("&token=");
+            url.push_str(token);
+        }
+        url
+    };
+    ctx.insert("token".into(), token.into());
+    ctx.insert("ignition_url".into(), with_token("/ignition").into());
+    ctx.insert("metadata_url".into(), with_token("/metadata").into());
+    ctx.insert("generic_url".into(), with_token("/generic").into());
+    ctx.insert("report_url".into(), with_token("/api/v1/report").into());
     ctx
 }
+
+/// The template variables that carry the machine's per-boot secret.
+const URL_VARS: &[&str] = &[
+    "token",
+    "ignition_url",
+    "metadata_url",
+    "generic_url",
+    "report_url",
+];
 
 /// An asset reference as a URL: absolute URLs stay, `/path` is on this server, anything else
 /// is under `/assets/`.
@@ -222,10 +248,17 @@ impl ProfileSet {
                     content_type: "application/vnd.coreos.ignition+json",
                 })
             }
-            What::Metadata => Ok(Rendered {
-                body: metadata(&ctx),
-                content_type: "text/plain; charset=utf-8",
-            }),
+            What::Metadata => {
+                // The machine's URLs and secret are not metadata (nor listed to anyone).
+                let mut ctx = ctx;
+                for k in URL_VARS {
+                    ctx.remove(*k);
+                }
+                Ok(Rendered {
+                    body: metadata(&ctx),
+                    content_type: "text/plain; charset=utf-8",
+                })
+            }
             What::Generic(wanted) => {
                 let name = match wanted {
                     Some(n) => profile.generic.get(n),

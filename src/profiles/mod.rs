@@ -50,6 +50,11 @@ pub const RESERVED_VARS: &[&str] = &[
     "initrd_names",
     "args",
     "local",
+    "token",
+    "ignition_url",
+    "metadata_url",
+    "generic_url",
+    "report_url",
 ];
 
 /// Where a [`ProfileSet`] is loaded from.

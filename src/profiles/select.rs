@@ -33,6 +33,9 @@ pub struct Facts {
     /// Every other key=value the request carried: matched by label selectors and available to
     /// templates as `query`.
     pub labels: BTreeMap<String, String>,
+    /// The machine's per-boot secret, when it is being served to the machine itself: put into
+    /// the URLs templates hand it (`ignition_url`, `report_url`, ...). Not a selector fact.
+    pub secret: Option<String>,
 }
 
 impl Facts {
@@ -45,6 +48,7 @@ impl Facts {
             platform: None,
             hostname: None,
             labels: BTreeMap::new(),
+            secret: None,
         }
     }
 }
