@@ -22,7 +22,7 @@ want=()
 for purpose in "${@:-test}"; do
   case "$purpose" in
     run) want+=(ipxe ca-certificates) ;;
-    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa bind9-dnsutils)
+    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa bind9-dnsutils g++ python3)
           want+=("${lab[@]}") ;;
     lab) want+=("${lab[@]}") ;;
     bench) want+=(ipxe curl wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa dnsperf) ;;

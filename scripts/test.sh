@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script):
-# set-up, formatting, lints, unit and integration tests.
+# set-up, formatting, lints, unit and integration tests, a short run of every fuzz target.
 #
 #   scripts/test.sh
 #
@@ -16,3 +16,5 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
+echo "== fuzz (5 s per target; long mode: scripts/fuzz.sh 600)"
+scripts/fuzz.sh 5

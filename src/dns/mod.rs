@@ -293,6 +293,23 @@ impl Dns {
         }
     }
 
+    /// Answer one query datagram from `src` the way the UDP server does (the request path
+    /// without a socket: for tests and fuzzing). `None` when the datagram is not a DNS request.
+    pub async fn answer(self: &Arc<Self>, bytes: Vec<u8>, src: SocketAddr) -> Option<Vec<u8>> {
+        use futures_util::StreamExt as _;
+        use hickory_server::net::BufDnsStreamHandle;
+        use hickory_server::net::runtime::TokioTime;
+        use hickory_server::net::xfer::Protocol;
+        use hickory_server::server::ResponseHandle;
+        let request = Request::from_bytes(bytes, src, Protocol::Udp).ok()?;
+        let (handle, mut sent) = BufDnsStreamHandle::new(src);
+        let response = ResponseHandle::new(src, handle, Protocol::Udp);
+        Handler(self.clone())
+            .handle_request::<_, TokioTime>(&request, response)
+            .await;
+        sent.next().await.map(|m| m.into_parts().0)
+    }
+
     fn may_recurse(&self, src: IpAddr) -> bool {
         let src = src.to_canonical();
         self.recursion.iter().any(|n| n.contains(&src))
@@ -382,6 +399,50 @@ mod tests {
         fn networks(&self) -> Vec<ipnet::Ipv4Net> {
             vec!["10.0.0.0/24".parse().unwrap()]
         }
+    }
+
+    /// The request path answers what the zones hold, refuses recursion to a stranger, and
+    /// drops what is not a request.
+    #[tokio::test]
+    async fn answers_from_the_zones_and_refuses_recursion_to_strangers() {
+        use hickory_server::proto::op::{Message, Query};
+        use hickory_server::proto::rr::RecordType;
+        use hickory_server::proto::serialize::binary::{BinDecodable, BinEncodable};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        std::fs::write(
+            dir.path().join("p/n.toml"),
+            "[boot]\nkernel = \"k\"\n[[machine]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"box\"\nip = \"10.0.0.7\"\n",
+        )
+        .unwrap();
+        let sources = crate::profiles::Sources {
+            profiles: dir.path().join("p"),
+            scripts: dir.path().join("none"),
+        };
+        let set = crate::profiles::ProfileSet::load(&sources, "http://x").unwrap();
+        let live = Live::new(sources, "http://x".into(), set, crate::events::Bus::new());
+        let config = DnsConfig {
+            enabled: true,
+            domain: Some("lab.example".into()),
+            upstreams: vec!["127.0.0.1:9".into()],
+            ..DnsConfig::default()
+        };
+        let dns = Arc::new(Dns::new(&config, &[], None).unwrap());
+        dns.refresh(&live, None, 1_900_000_000);
+        let ask = |name: &str| {
+            let mut m = Message::query();
+            m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            m.to_bytes().unwrap()
+        };
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let a = Message::from_bytes(&dns.answer(ask("box.lab.example."), stranger).await.unwrap())
+            .unwrap();
+        assert_eq!(a.answers.len(), 1, "{a:?}");
+        let r =
+            Message::from_bytes(&dns.answer(ask("example.org."), stranger).await.unwrap()).unwrap();
+        assert_eq!(r.response_code, ResponseCode::Refused);
+        assert!(dns.answer(vec![1, 2, 3], local).await.is_none());
     }
 
     #[test]
