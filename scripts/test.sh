@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh test
 echo "== cargo fmt --check"
 cargo fmt --check
+cargo fmt --check --manifest-path fuzz/Cargo.toml
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
