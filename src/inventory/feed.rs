@@ -150,14 +150,14 @@ impl Inventory {
     /// `mac` fetched `file` over TFTP: an iPXE binary moves it to `firmware`.
     pub fn tftp_fetched(&self, mac: MacAddr, file: &str) {
         let step = is_ipxe_binary(file).then_some(Step::Firmware);
-        self.apply(mac, "tftp", format!("fetched {file}"), step, |rec, _| {
+        self.apply_known(mac, "tftp", format!("fetched {file}"), step, |rec, _| {
             rec.last_served = Some(format!("tftp:{file}"));
         });
     }
 
     /// `mac` fetched an iPXE binary over HTTP (`/boot/...`).
     pub fn http_firmware(&self, mac: MacAddr, path: &str) {
-        self.apply(
+        self.apply_known(
             mac,
             "http",
             format!("fetched {path}"),
@@ -170,7 +170,7 @@ impl Inventory {
 
     /// `mac` fetched a boot asset (kernel, initrd, image) from `/assets/`.
     pub fn asset(&self, mac: MacAddr, path: &str) {
-        self.apply(
+        self.apply_known(
             mac,
             "http",
             format!("fetched {path}"),
@@ -191,7 +191,7 @@ impl Inventory {
         booting_profile: Option<String>,
     ) {
         let event = format!("served {what} (profile {profile})");
-        self.apply(mac, "http", event, step, |rec, _| {
+        self.apply_known(mac, "http", event, step, |rec, _| {
             if !rec.declared || rec.profile.is_none() {
                 rec.profile = Some(profile.to_string());
             }
@@ -204,7 +204,7 @@ impl Inventory {
 
     /// `mac` asked for a profile and none matches: it is `discovered`.
     pub fn no_profile(&self, mac: MacAddr, what: &str) {
-        self.apply(
+        self.apply_known(
             mac,
             "http",
             format!("asked for {what}: no profile matches"),
@@ -216,7 +216,7 @@ impl Inventory {
     /// The OS reported `state` (and the hostname it runs as).
     pub fn report(&self, mac: MacAddr, state: &str, hostname: Option<String>) {
         let step = (state == "provisioned").then_some(Step::Provisioned);
-        self.apply(
+        self.apply_known(
             mac,
             "report",
             format!("reported {state}"),
@@ -238,8 +238,9 @@ impl Inventory {
     /// Kindling sent `mac` a magic packet.
     pub fn woken(&self, mac: MacAddr, detail: &str) {
         let within = self.settings.stall_after.waking;
-        self.apply(
+        self.apply_from(
             mac,
+            Origin::Operator,
             "wol",
             format!("magic packet sent ({detail})"),
             Some(Step::Woken),
@@ -265,7 +266,9 @@ impl Inventory {
             }
             None => format!("next boot cleared (by {by})"),
         };
-        self.apply(mac, "api", event, None, |rec, _| rec.next_boot = next);
+        self.apply_from(mac, Origin::Operator, "api", event, None, |rec, _| {
+            rec.next_boot = next;
+        });
         self.get(mac)
             .unwrap_or_else(|| Record::new(mac, self.now()))
     }

@@ -123,6 +123,11 @@ pub(crate) enum Origin {
     Declared,
     /// A request from the network: within the source's budget (`None`: DHCP).
     Network(Option<IpAddr>),
+    /// What follows a request that already had its chance to make a record (a boot script
+    /// served, a file fetched, a report): never a new record.
+    Known,
+    /// The operator, through the API: always, as an undeclared record.
+    Operator,
 }
 
 /// Every machine, its state and history; shared by all services.
@@ -213,10 +218,10 @@ impl Inventory {
         origin: Origin,
     ) -> Option<&'a mut Record> {
         if !inner.machines.contains_key(&mac) {
-            if let Origin::Network(source) = origin
-                && !self.take_budget(inner, source, now)
-            {
-                return None;
+            match origin {
+                Origin::Known => return None,
+                Origin::Network(source) if !self.take_budget(inner, source, now) => return None,
+                _ => {}
             }
             if inner.machines.len() >= self.settings.max_machines
                 && !Self::evict(inner)
@@ -291,6 +296,18 @@ impl Inventory {
         self.apply_from(mac, Origin::Network(None), source, event, step, update);
     }
 
+    /// [`Inventory::apply`] to a record that exists (nothing new is made).
+    fn apply_known(
+        &self,
+        mac: MacAddr,
+        source: &str,
+        event: String,
+        step: Option<Step>,
+        update: impl FnOnce(&mut Record, SystemTime),
+    ) {
+        self.apply_from(mac, Origin::Known, source, event, step, update);
+    }
+
     /// [`Inventory::apply`] for a request from `origin` (whose budget a new record takes).
     fn apply_from(
         &self,
@@ -304,7 +321,7 @@ impl Inventory {
         let now = self.now();
         let mut inner = self.lock();
         let Some(rec) = self.entry(&mut inner, mac, now, origin) else {
-            tracing::debug!(%mac, %event, "not recorded: too many new machines from this source");
+            tracing::debug!(%mac, %event, "not recorded: no record, and none may be made for it");
             return;
         };
         rec.last_seen = Stamp(now);

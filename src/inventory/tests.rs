@@ -114,6 +114,7 @@ async fn the_sweeper_marks_stalls_with_their_phase() {
     let sweeper = tokio::spawn(inv.clone().run_sweeper(cancel.clone()));
     let (a, b) = (mac(1), mac(2));
     inv.woken(a, "test");
+    inv.observe(Facts::from_mac(b));
     inv.served(b, "worker", "ipxe", Some(Step::Script), None);
     inv.asset(b, "/assets/k");
     tokio::time::sleep(Duration::from_secs(29)).await;
@@ -282,6 +283,13 @@ fn discovered_machines_and_lan_noise() {
     };
     inv.dhcp(mac(2), phone);
     assert!(inv.get(mac(2)).is_none());
+    // A boot request: the request makes the record, what it was served moves it on.
+    inv.no_profile(mac(3), "ipxe");
+    assert!(
+        inv.get(mac(3)).is_none(),
+        "only the request itself makes a record"
+    );
+    inv.observe(Facts::from_mac(mac(3)));
     inv.no_profile(mac(3), "ipxe");
     assert_eq!(inv.get(mac(3)).unwrap().state, BootState::Discovered);
     let filter = Filter {
