@@ -1128,3 +1128,302 @@ fn dhclient_renews_by_unicast() {
     );
     drop(dhclient); // kills it
 }
+
+/// A plain DHCP client's message (as dhclient sends it): `kind` from `chaddr`, with client
+/// identifier `client_id` (type 1 + a MAC), broadcast flag set.
+fn plain(kind: MessageType, chaddr: [u8; 6], xid: u32, client_id: [u8; 6]) -> Message {
+    let mut m = Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &chaddr,
+    );
+    m.set_flags(Flags::default().set_broadcast());
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m.opts_mut().insert(DhcpOption::ClientIdentifier(
+        [&[1u8][..], &client_id[..]].concat(),
+    ));
+    m
+}
+
+/// Wait (at most 5 s) until `/metrics` satisfies `ok`; the last text either way.
+fn metrics_until(ns: &str, d: &Daemon, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics_in(ns, d);
+        if ok(&text) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn dhcp_count(text: &str, kind: &str, outcome: &str) -> u64 {
+    metric(
+        text,
+        &format!("kindling_dhcp_messages_total{{type=\"{kind}\",outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0)
+}
+
+/// DHCP spoofing, replayed on the wire: a machine holds a lease; RELEASEs and DECLINEs forged
+/// by another MAC, with the wrong ciaddr or with another client identifier are ignored
+/// (counted, logged at debug only) and the lease stays; an INFORM from an off-subnet ciaddr
+/// gets no answer while one from an address on the subnet does; the holder's own RELEASE
+/// frees the address.
+#[test]
+fn forged_decline_release_and_inform_are_ignored() {
+    let Some(Setup {
+        lab,
+        dir: _dir,
+        cfg: _,
+        d,
+    }) = start("forged_decline_release_and_inform_are_ignored", "s", |t| t)
+    else {
+        return;
+    };
+    let sock = udp_in_netns(
+        &lab.client,
+        "vc0",
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+    );
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let victim = [2, 0, 0, 0, 0xa, 1];
+    let attacker = [2, 0, 0, 0, 0xa, 2];
+    let one = |r: &[Message]| !r.is_empty();
+
+    // The victim's DORA.
+    let offer = exchange(
+        &sock,
+        &plain(MessageType::Discover, victim, 0x5000_0001, victim),
+        bcast,
+        3,
+        one,
+    );
+    let offer = offer.first().expect("an OFFER");
+    let ip = offer.yiaddr();
+    let mut request = plain(MessageType::Request, victim, 0x5000_0002, victim);
+    request
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip));
+    request
+        .opts_mut()
+        .insert(DhcpOption::ServerIdentifier(KINDLING));
+    let ack = exchange(&sock, &request, bcast, 3, one);
+    assert_eq!(
+        ack.first().and_then(|m| m.opts().msg_type()),
+        Some(MessageType::Ack),
+        "{}",
+        d.log_text()
+    );
+    let pool_used = "kindling_dhcp_pool_used{subnet=\"10.77.0.0/24\"}";
+    assert_eq!(metric(&metrics_in(&lab.server, &d), pool_used), Some(1));
+
+    // Forgeries: three RELEASEs, two DECLINEs, one INFORM from off the subnet.
+    let next_ip = Ipv4Addr::from(u32::from(ip) + 1);
+    let release = |chaddr, ciaddr, cid| {
+        let mut m = plain(MessageType::Release, chaddr, 0x5000_0010, cid);
+        m.set_ciaddr(ciaddr);
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(KINDLING));
+        m
+    };
+    let decline = |chaddr, cid| {
+        let mut m = plain(MessageType::Decline, chaddr, 0x5000_0020, cid);
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(KINDLING));
+        m
+    };
+    let mut inform = plain(MessageType::Inform, attacker, 0x5000_0030, attacker);
+    inform.set_ciaddr(Ipv4Addr::new(192, 0, 2, 5));
+    for m in [
+        release(attacker, ip, attacker),
+        release(victim, next_ip, victim),
+        release(victim, ip, attacker),
+        decline(attacker, attacker),
+        decline(victim, attacker),
+        inform.clone(),
+    ] {
+        sock.send_to(&encode(&m), bcast).unwrap();
+    }
+    let text = metrics_until(&lab.server, &d, |t| {
+        dhcp_count(t, "release", "ignored")
+            + dhcp_count(t, "decline", "ignored")
+            + dhcp_count(t, "inform", "ignored")
+            >= 6
+    });
+    assert_eq!(dhcp_count(&text, "release", "ignored"), 3, "{text}");
+    assert_eq!(dhcp_count(&text, "decline", "ignored"), 2, "{text}");
+    assert_eq!(dhcp_count(&text, "inform", "ignored"), 1, "{text}");
+    assert_eq!(dhcp_count(&text, "release", "release"), 0, "{text}");
+    assert_eq!(dhcp_count(&text, "decline", "decline"), 0, "{text}");
+    assert_eq!(metric(&text, pool_used), Some(1), "the lease stays: {text}");
+    let mut buf = [0u8; 1500];
+    let off_subnet_answered = (0..4).any(|_| {
+        sock.recv_from(&mut buf).is_ok_and(|(n, _)| {
+            Message::decode(&mut Decoder::new(&buf[..n])).is_ok_and(|m| m.xid() == 0x5000_0030)
+        })
+    });
+    assert!(!off_subnet_answered, "an off-subnet INFORM was answered");
+    let log = d.log_text();
+    assert!(
+        !log.contains("DHCP release") && !log.contains("DHCP decline"),
+        "{log}"
+    );
+
+    // The victim still has its address: an INIT-REBOOT REQUEST is ACKed with it.
+    let mut reboot = plain(MessageType::Request, victim, 0x5000_0003, victim);
+    reboot.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    let again = exchange(&sock, &reboot, bcast, 3, one);
+    let again = again.first().expect("an answer to INIT-REBOOT");
+    assert_eq!(again.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(again.yiaddr(), ip);
+
+    // An INFORM from an address on the subnet is answered (unicast to its ciaddr).
+    common::ip(&[
+        "-n",
+        &lab.client,
+        "addr",
+        "add",
+        "10.77.0.9/24",
+        "dev",
+        "vc0",
+    ]);
+    let mut inform = plain(MessageType::Inform, attacker, 0x5000_0031, attacker);
+    inform.set_ciaddr(Ipv4Addr::new(10, 77, 0, 9));
+    let informed = exchange(&sock, &inform, bcast, 3, one);
+    let informed = informed
+        .first()
+        .expect("an INFORM from the subnet is answered");
+    assert_eq!(informed.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(informed.yiaddr(), Ipv4Addr::UNSPECIFIED);
+
+    // The holder's own RELEASE frees the address.
+    sock.send_to(&encode(&release(victim, ip, victim)), bcast)
+        .unwrap();
+    let text = metrics_until(&lab.server, &d, |t| metric(t, pool_used) == Some(0));
+    assert_eq!(metric(&text, pool_used), Some(0), "{text}");
+    assert_eq!(dhcp_count(&text, "release", "release"), 1, "{text}");
+    d.wait_log(Duration::from_secs(5), |l| l.contains("DHCP release"))
+        .unwrap_or_else(|| panic!("no release line:\n{}", d.log_text()));
+}
+
+/// The record cap under a DHCP flood: random-MAC PXE DISCOVERs, 40 every 10 ms (at
+/// most 20,000, at most 10 s) with the inventory capped at 200 records, while a machine with
+/// a reservation runs ten DORA exchanges: each one completes with its reserved address, the
+/// inventory stays at its cap, and the service keeps up with the flood.
+#[test]
+fn a_reserved_machine_completes_every_dora_while_pxe_clients_flood_at_the_record_cap() {
+    let Some(Setup {
+        lab,
+        dir: _dir,
+        cfg: _,
+        d,
+    }) = start(
+        "a_reserved_machine_completes_every_dora_while_pxe_clients_flood_at_the_record_cap",
+        "q",
+        |t| format!("{t}\n[inventory]\nmax_machines = 200\n"),
+    )
+    else {
+        return;
+    };
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    // The flood from its own port (replies come back there, not to the machine's 68).
+    let flood_sock = udp_in_netns(
+        &lab.client,
+        "vc0",
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6800),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut sent = 0u32;
+            while sent < 20_000
+                && started.elapsed() < Duration::from_secs(10)
+                && !stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                for _ in 0..40 {
+                    let n = sent.to_be_bytes();
+                    let req = pxe_request(
+                        MessageType::Discover,
+                        [0x0a, 0xee, n[0], n[1], n[2], n[3]],
+                        0x6000_0000 + sent,
+                        false,
+                    );
+                    let _ = flood_sock.send_to(&encode(&req), bcast);
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (sent, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+
+    let sock = udp_in_netns(
+        &lab.client,
+        "vc0",
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+    );
+    let reserved: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0x00, 0x50];
+    let reserved_ip: Ipv4Addr = RESERVED_IP.parse().unwrap();
+    let kind_of = |r: &[Message], k| r.iter().any(|m| m.opts().msg_type() == Some(k));
+    let mut completed = 0;
+    for i in 0..10u32 {
+        let discover = pxe_request(MessageType::Discover, reserved, 0x7000_0000 + i, false);
+        let offers = exchange(&sock, &discover, bcast, 2, |r| {
+            kind_of(r, MessageType::Offer)
+        });
+        let Some(offer) = offers
+            .iter()
+            .find(|m| m.opts().msg_type() == Some(MessageType::Offer))
+        else {
+            continue;
+        };
+        assert_eq!(offer.yiaddr(), reserved_ip);
+        let mut request = pxe_request(MessageType::Request, reserved, 0x7000_0000 + i, false);
+        request
+            .opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(reserved_ip));
+        request
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(KINDLING));
+        let acks = exchange(&sock, &request, bcast, 2, |r| kind_of(r, MessageType::Ack));
+        if let Some(ack) = acks
+            .iter()
+            .find(|m| m.opts().msg_type() == Some(MessageType::Ack))
+        {
+            assert_eq!(ack.yiaddr(), reserved_ip);
+            completed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, took) = flood.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let text = metrics_in(&lab.server, &d);
+    let handled: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("kindling_dhcp_messages_total{type=\"discover\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let records: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("kindling_machines{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    eprintln!(
+        "flood: {sent} DISCOVERs in {:.1} s; {handled} DISCOVERs handled (with the machine's); \
+         {records} records; {completed} of 10 DORA completed",
+        took.as_secs_f64()
+    );
+    assert_eq!(completed, 10, "{}", d.log_text());
+    assert!(records <= 200, "{records} records at a cap of 200");
+    assert!(
+        handled * 10 >= u64::from(sent) * 9,
+        "only {handled} of {sent} flood DISCOVERs handled"
+    );
+}

@@ -384,7 +384,8 @@ fn a_bad_dns_config_is_a_check_error() {
 }
 
 /// A DHCP client's name appears in DNS with its lease (A and PTR) and goes away when the
-/// lease expires, without a restart. Network namespaces: Kindling (DHCP on a veth, DNS on the
+/// lease expires, without a restart; `wpad`, `ns` and a dotted name sent in option 12 name
+/// nothing. Network namespaces: Kindling (DHCP on a veth, DNS on the
 /// namespace's loopback) and a busybox udhcpc that sends its hostname and then stays quiet.
 #[test]
 fn a_lease_name_appears_and_expires() {
@@ -444,30 +445,54 @@ fn a_lease_name_appears_and_expires() {
     // A free address of the subnet: answered here (its reverse zone), not forwarded.
     assert_eq!(status(&dig_in(&["-x", "10.76.0.105"])), "NXDOMAIN");
 
-    let out = Command::new("timeout")
-        .args([
-            "20", "ip", "netns", "exec", &c, "busybox", "udhcpc", "-i", "vc0", "-n", "-q", "-f",
-        ])
-        .args([
-            "-s",
-            "/bin/true",
-            "-t",
-            "4",
-            "-T",
-            "2",
-            "-x",
-            "hostname:leasebox",
-        ])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let ip = text
-        .lines()
-        .find_map(|l| l.split("lease of ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("udhcpc got no lease: {text}"))
-        .to_string();
+    // udhcpc from `mac` sending option 12 `hostname`: the address it was granted.
+    let lease = |mac: &str, hostname: &str| -> String {
+        for args in [
+            &["link", "set", "vc0", "down"][..],
+            &["link", "set", "vc0", "address", mac],
+            &["link", "set", "vc0", "up"],
+        ] {
+            common::ip(&[&["-n", c.as_str()][..], args].concat());
+        }
+        let out = Command::new("timeout")
+            .args([
+                "20", "ip", "netns", "exec", &c, "busybox", "udhcpc", "-i", "vc0", "-n", "-q", "-f",
+            ])
+            .args(["-s", "/bin/true", "-t", "4", "-T", "2", "-x"])
+            .arg(format!("hostname:{hostname}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.split("lease of ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("udhcpc got no lease: {text}"))
+            .to_string()
+    };
+
+    // Reserved names cannot be taken by a lease: `wpad` and the zone's own `ns` stay the
+    // server's; a name of more than one label is no name at all.
+    let wpad = lease("02:76:00:00:00:01", "wpad");
+    let ns = lease("02:76:00:00:00:02", "ns");
+    let dotted = lease("02:76:00:00:00:03", "evil.example.com");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status(&dig_in(&["wpad.lab.example"])), "NXDOMAIN");
+    let ns_answers = dig_in(&["ns.lab.example", "+short"]);
+    assert!(
+        !ns_answers.contains(&ns),
+        "ns taken by a lease: {ns_answers}"
+    );
+    for ip in [&wpad, &ns, &dotted] {
+        assert_eq!(dig_in(&["-x", ip, "+short"]).trim(), "", "PTR of {ip}");
+    }
+    assert_eq!(
+        status(&dig_in(&["evil.example.com.lab.example"])),
+        "NXDOMAIN"
+    );
+    assert_eq!(status(&dig_in(&["evil.lab.example"])), "NXDOMAIN");
+
+    let ip = lease("02:76:00:00:00:04", "leasebox");
     let granted = Instant::now();
     let end = granted + Duration::from_secs(3);
     while dig_in(&["leasebox.lab.example", "+short"]).trim() != ip {
