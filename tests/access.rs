@@ -161,4 +161,12 @@ fn only_the_machine_gets_its_script_configs_and_report() {
     assert_eq!(code, 200, "{body}");
     assert!(state().contains("\"state\":\"provisioned\""), "{}", state());
     assert!(!state().contains(&token), "the API never shows the secret");
+
+    // The secret is kept with the record: it still works after a restart, and still only it.
+    assert!(d.terminate().success());
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    let with = d.url(&format!("/ignition?mac={MAC}&token={token}"));
+    assert_eq!(curl(STRANGER, "GET", &with, &[]).0, 200);
+    let without = d.url(&format!("/ignition?mac={MAC}"));
+    assert_eq!(curl(STRANGER, "GET", &without, &[]).0, 403);
 }

@@ -478,3 +478,54 @@ async fn records_survive_the_store_and_flushed_waits_for_disk() {
     cancel.cancel();
     writer.await.unwrap();
 }
+
+/// A boot secret opens the machine's configs until the next boot mints another, or for
+/// [`BootSecret::TTL`] at most; it survives a restart (the store keeps it).
+#[tokio::test(start_paused = true)]
+async fn a_boot_secret_lasts_for_its_boot_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbMachineStore::open(dir.path()).unwrap());
+    let inv = Arc::new(Inventory::default());
+    let cancel = CancellationToken::new();
+    let writer = tokio::spawn(inv.clone().run_writer(store.clone(), cancel.clone()));
+    let m = mac(7);
+    let (machine, stranger) = (
+        Some(Ipv4Addr::new(10, 0, 0, 7)),
+        Some(Ipv4Addr::new(10, 0, 0, 66)),
+    );
+    inv.observe_from(Facts::from_mac(m), machine);
+    let token = inv.begin_boot(m, machine).expect("a secret");
+    assert!(inv.access(m, stranger, Some(&token), false, false).token_ok);
+    assert!(
+        !inv.access(m, stranger, Some(&"0".repeat(32)), false, false)
+            .token_ok
+    );
+    // Bound to the address its script went to.
+    assert!(inv.access(m, machine, None, false, false).from_machine);
+    assert!(!inv.access(m, stranger, None, false, true).from_machine);
+
+    // A restart: the record, secret included, comes back from the store.
+    inv.flushed().await;
+    cancel.cancel();
+    writer.await.unwrap();
+    let again = Inventory::default();
+    again.restore(store.load().await.unwrap());
+    assert!(
+        again
+            .access(m, stranger, Some(&token), false, false)
+            .token_ok
+    );
+
+    // The next boot mints a new one: the old opens nothing.
+    let newer = again.begin_boot(m, machine).unwrap();
+    assert_ne!(newer, token);
+    assert!(
+        !again
+            .access(m, stranger, Some(&token), false, false)
+            .token_ok
+    );
+    // And a boot that never ends stops counting after the TTL.
+    tokio::time::advance(BootSecret::TTL + Duration::from_secs(1)).await;
+    let late = again.access(m, stranger, Some(&newer), false, false);
+    assert!(!late.token_ok && late.secret.is_none());
+}
