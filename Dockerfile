@@ -12,6 +12,10 @@
 # fixed ports, Wake-on-LAN sends broadcasts. Set server.base_url to the host's LAN address.
 
 FROM rust:1.95-bookworm AS build
+# protoc and its well-known types: etcd-client's build script compiles etcd's gRPC API.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

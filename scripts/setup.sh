@@ -21,11 +21,13 @@ lab=(ovmf seabios ipxe-qemu cpio gzip libaio1 libcapstone4 libfdt1 libglib2.0-0 
 want=()
 for purpose in "${@:-test}"; do
   case "$purpose" in
-    run) want+=(ipxe ca-certificates) ;;
-    test) want+=(ipxe curl ca-certificates iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa bind9-dnsutils g++ python3)
+    # protoc and its well-known types: the build of etcd-client compiles etcd's gRPC API.
+    run) want+=(ipxe ca-certificates protobuf-compiler libprotobuf-dev) ;;
+    # etcd-server/etcd-client: the tests start their own etcd members (never the service).
+    test) want+=(ipxe curl ca-certificates protobuf-compiler libprotobuf-dev iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa bind9-dnsutils g++ python3 etcd-server etcd-client)
           want+=("${lab[@]}") ;;
     lab) want+=("${lab[@]}") ;;
-    bench) want+=(ipxe curl wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa dnsperf) ;;
+    bench) want+=(ipxe curl protobuf-compiler libprotobuf-dev etcd-server wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa dnsperf) ;;
     *) echo "setup.sh: unknown purpose '$purpose' (run, test, lab, bench)" >&2; exit 64 ;;
   esac
 done

@@ -24,6 +24,7 @@
 pub mod app;
 pub mod boot_state;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod ctx;
 pub mod dhcp;

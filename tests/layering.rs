@@ -21,8 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["events"],
     // kindling.toml: plain types, defaults, range checks
     &["config"],
-    // a template engine that knows nothing of profiles
-    &["render"],
+    // a template engine that knows nothing of profiles; the connection to etcd
+    &["render", "cluster"],
     // profiles: model, load, resolve, select, documents, watch, adopt
     &["profiles"],
     // machines: record, feed, plan, writer, store

@@ -41,6 +41,17 @@ fn dockerfile_copies_only_existing_files_and_is_multi_stage() {
         text.contains("--locked"),
         "reproducible build from Cargo.lock"
     );
+    // etcd-client's build script runs protoc on etcd's protos, which import Google's
+    // well-known types: the build stage needs both packages.
+    if read("Cargo.toml").contains("etcd-client") {
+        let build_stage = &text[..text.find(froms[1]).unwrap()];
+        for pkg in ["protobuf-compiler", "libprotobuf-dev"] {
+            assert!(
+                build_stage.contains(pkg),
+                "the build stage does not install {pkg}"
+            );
+        }
+    }
 }
 
 #[test]

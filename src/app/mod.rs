@@ -26,17 +26,22 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Etcd;
 use crate::config::Config;
+use crate::config::StoreKind;
 use crate::ctx::Ctx;
 use crate::diag::Diagnostics;
 use crate::events::Bus;
 use crate::inventory::Inventory;
 use crate::inventory::store::{MachineStore, RedbMachineStore};
+use crate::inventory::store_etcd::EtcdMachineStore;
 use crate::profiles::watch::{self, Live};
 use crate::profiles::{ProfileSet, Sources};
 
 /// How long requests in flight may take to finish after shutdown begins.
 const GRACE: Duration = Duration::from_secs(10);
+/// How long `serve` waits at start for etcd to answer before giving up with an error.
+const ETCD_START_WAIT: Duration = Duration::from_secs(30);
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -92,14 +97,20 @@ pub async fn run(
     let base_url = config.base_url(bound.http_addr());
     // Watch before loading: an edit made while loading then causes a reload, not a miss.
     let watcher = watch::watch(&sources(&config));
-    let (ctx, machines) = load(config, base_url).await?;
+    let (ctx, machines, etcd) = load(config, base_url).await?;
     let sup = Supervisor::new(ctx.clone(), token.clone());
     // The writers outlive the services: they stop after them, with a last commit.
     let stop_writers = CancellationToken::new();
     let mut writers = vec![start_inventory(&ctx, &sup, machines, &stop_writers)];
     start::follow_reload_errors(&ctx, &sup);
-    let (dhcp, lease_writer) =
-        start::start_dhcp(&ctx, &sup, std::mem::take(&mut bound.dhcp), &stop_writers).await?;
+    let (dhcp, lease_writer) = start::start_dhcp(
+        &ctx,
+        &sup,
+        std::mem::take(&mut bound.dhcp),
+        &stop_writers,
+        etcd.as_ref(),
+    )
+    .await?;
     writers.extend(lease_writer);
     if let Some(socket) = bound.tftp.take() {
         start::start_tftp(&ctx, &sup, socket)?;
@@ -131,9 +142,12 @@ pub async fn run(
     }
 }
 
-/// Load the profiles and the inventory: the shared state every service is given, and the
-/// inventory's store.
-async fn load(config: Config, base_url: String) -> Result<(Ctx, Arc<dyn MachineStore>), AppError> {
+/// Load the profiles and the inventory: the shared state every service is given, the
+/// inventory's store, and the etcd connection with `[cluster] store = "etcd"`.
+async fn load(
+    config: Config,
+    base_url: String,
+) -> Result<(Ctx, Arc<dyn MachineStore>, Option<Etcd>), AppError> {
     let src = sources(&config);
     let set = {
         let (src, url) = (src.clone(), base_url.clone());
@@ -158,12 +172,23 @@ async fn load(config: Config, base_url: String) -> Result<(Ctx, Arc<dyn MachineS
         Some(metrics.clone()),
         bus.clone(),
     ));
-    let machines = open_machine_store(&config).await?;
+    let etcd = match config.cluster.store {
+        StoreKind::Local => None,
+        StoreKind::Etcd => Some(connect_etcd(&config.cluster).await?),
+    };
+    let machines = open_machine_store(&config, etcd.as_ref()).await?;
     let records = machines
         .load()
         .await
         .context("cannot read the inventory store")?;
-    tracing::info!(machines = records.len(), path = %config.paths.state.join("inventory.redb").display(), "inventory restored");
+    match &etcd {
+        Some(e) => {
+            tracing::info!(machines = records.len(), prefix = %e.key(""), "inventory restored from etcd")
+        }
+        None => {
+            tracing::info!(machines = records.len(), path = %config.paths.state.join("inventory.redb").display(), "inventory restored")
+        }
+    }
     inventory.restore(records);
     inventory.sync_profiles(&live.current());
     export_inventory(&metrics, &inventory);
@@ -176,7 +201,44 @@ async fn load(config: Config, base_url: String) -> Result<(Ctx, Arc<dyn MachineS
         bus,
         health: Default::default(),
     };
-    Ok((ctx, machines))
+    Ok((ctx, machines, etcd))
+}
+
+/// Connect to etcd and wait (at most [`ETCD_START_WAIT`]) until a member answers; log which
+/// cluster it is.
+async fn connect_etcd(config: &crate::config::ClusterConfig) -> Result<Etcd, AppError> {
+    let endpoints = config.endpoints.join(",");
+    let etcd = Etcd::connect(config)
+        .await
+        .with_context(|| format!("cannot connect to etcd at {endpoints}"))?;
+    let deadline = tokio::time::Instant::now() + ETCD_START_WAIT;
+    loop {
+        match etcd.status().await {
+            Ok(r) => {
+                tracing::info!(
+                    store = "etcd",
+                    %endpoints,
+                    cluster_id = %format!("{:x}", r.cluster_id),
+                    member = %format!("{:x}", r.member_id),
+                    version = %r.version,
+                    leader = %format!("{:x}", r.leader),
+                    node = %etcd.node(),
+                    prefix = %etcd.key(""),
+                    "cluster store: etcd reached"
+                );
+                return Ok(etcd);
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(AppError::Runtime(anyhow::anyhow!(
+                    "etcd at {endpoints} did not answer within {ETCD_START_WAIT:?}: {e}"
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(%endpoints, error = %e, "etcd does not answer yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// The inventory's tasks: its writer (stopped by `stop_writers`, after the services), the
@@ -238,8 +300,15 @@ fn start_watcher(ctx: &Ctx, sup: &Supervisor, first: Result<watch::Watcher, watc
     });
 }
 
-/// The inventory's store: `inventory.redb` under the state directory.
-async fn open_machine_store(config: &Config) -> anyhow::Result<Arc<dyn MachineStore>> {
+/// The inventory's store: etcd when configured, else `inventory.redb` under the state
+/// directory.
+async fn open_machine_store(
+    config: &Config,
+    etcd: Option<&Etcd>,
+) -> anyhow::Result<Arc<dyn MachineStore>> {
+    if let Some(etcd) = etcd {
+        return Ok(Arc::new(EtcdMachineStore::new(etcd.clone())));
+    }
     let state_dir = config.paths.state.clone();
     let store = tokio::task::spawn_blocking(move || RedbMachineStore::open(&state_dir))
         .await

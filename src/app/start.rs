@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::bind::{dup_tcp, dup_udp};
 use super::supervisor::Supervisor;
+use crate::cluster::Etcd;
 use crate::config::DhcpMode;
 use crate::ctx::Ctx;
 use crate::dhcp::server::{self as dhcp_server, Expiry, LeaseWriter, Listener};
 use crate::dhcp::service::Service as Dhcp;
 use crate::dhcp::store::{LeaseStore, RedbLeaseStore};
+use crate::dhcp::store_etcd::EtcdLeaseStore;
 use crate::events::ProfilesEvent;
 use crate::inventory::Inventory;
 use crate::mac::MacAddr;
@@ -26,6 +28,7 @@ pub(super) async fn start_dhcp(
     sup: &Supervisor,
     listeners: Vec<Listener>,
     stop_writers: &CancellationToken,
+    etcd: Option<&Etcd>,
 ) -> anyhow::Result<(Option<Arc<Dhcp>>, Option<tokio::task::JoinHandle<()>>)> {
     if listeners.is_empty() {
         return Ok((None, None));
@@ -42,12 +45,17 @@ pub(super) async fn start_dhcp(
     let mut writes = None;
     let mut writer_task = None;
     if config.dhcp.mode == DhcpMode::Full {
-        let state_dir = config.paths.state.clone();
-        let store = tokio::task::spawn_blocking(move || RedbLeaseStore::open(&state_dir))
-            .await
-            .context("lease store task panicked")?
-            .context("cannot open the lease store")?;
-        let store: Arc<dyn LeaseStore> = Arc::new(store);
+        let store: Arc<dyn LeaseStore> = match etcd {
+            Some(etcd) => Arc::new(EtcdLeaseStore::new(etcd.clone())),
+            None => {
+                let state_dir = config.paths.state.clone();
+                let store = tokio::task::spawn_blocking(move || RedbLeaseStore::open(&state_dir))
+                    .await
+                    .context("lease store task panicked")?
+                    .context("cannot open the lease store")?;
+                Arc::new(store)
+            }
+        };
         let leases = store.load().await.context("cannot restore DHCP leases")?;
         let count = leases.len();
         let restored = service.restore(leases);

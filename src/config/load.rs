@@ -8,8 +8,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
-use super::{Config, DhcpMode, PathsConfig, Source};
+use super::{Config, DhcpMode, PathsConfig, Source, StoreKind};
 use crate::diag::{self, Diagnostic, Diagnostics};
 
 /// A problem with one key of the config, e.g. `dhcp.subnet[1].network`.
@@ -52,10 +53,20 @@ impl Config {
         config.source = Source::new(path, text);
         let base = path.parent().unwrap_or(Path::new("."));
         config.paths.resolve(base);
-        if let Some(file) = &mut config.api.token_file
-            && file.is_relative()
+        let c = &mut config.cluster;
+        for file in [
+            &mut config.api.token_file,
+            &mut c.ca_file,
+            &mut c.cert_file,
+            &mut c.key_file,
+            &mut c.password_file,
+        ]
+        .into_iter()
+        .flatten()
         {
-            *file = base.join(&*file);
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
         }
         let issues = config.range_issues();
         if issues.is_empty() {
@@ -138,6 +149,101 @@ impl Config {
             issues.push(Issue::new(
                 key,
                 "tftp.max_transfers_per_client and tftp.max_transfer_time must be above zero",
+            ));
+        }
+        issues.extend(self.cluster_issues());
+        issues
+    }
+
+    /// `[cluster]`: an etcd store needs endpoints it can parse, a prefix, a TLS setup that
+    /// is whole, and times that make sense.
+    fn cluster_issues(&self) -> Vec<Issue> {
+        let c = &self.cluster;
+        let mut issues = Vec::new();
+        if c.store != StoreKind::Etcd {
+            return issues;
+        }
+        if c.endpoints.is_empty() {
+            issues.push(Issue::new(
+                "cluster.endpoints",
+                "cluster.store = \"etcd\" needs cluster.endpoints, e.g. [\"http://10.0.0.5:2379\"]",
+            ));
+        }
+        for e in &c.endpoints {
+            let ok = ["http://", "https://"]
+                .iter()
+                .find_map(|s| e.strip_prefix(s))
+                .is_some_and(|rest| {
+                    let hostport = rest.trim_end_matches('/');
+                    hostport.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    })
+                });
+            if !ok {
+                issues.push(Issue::new(
+                    "cluster.endpoints",
+                    format!(
+                        "cluster.endpoints: {e:?} is not http://HOST:PORT or https://HOST:PORT"
+                    ),
+                ));
+            }
+        }
+        let tls = c.endpoints.iter().any(|e| e.starts_with("https://"));
+        if tls && c.endpoints.iter().any(|e| e.starts_with("http://")) {
+            issues.push(Issue::new(
+                "cluster.endpoints",
+                "cluster.endpoints mixes http:// and https://: use one",
+            ));
+        }
+        if (c.ca_file.is_some() || c.cert_file.is_some()) && !tls {
+            issues.push(Issue::new(
+                "cluster.ca_file",
+                "cluster.ca_file / cert_file are set but the endpoints are http://: use https://",
+            ));
+        }
+        if c.cert_file.is_some() != c.key_file.is_some() {
+            issues.push(Issue::new(
+                "cluster.cert_file",
+                "cluster.cert_file and cluster.key_file go together",
+            ));
+        }
+        if c.password.is_some() && c.password_file.is_some() {
+            issues.push(Issue::new(
+                "cluster.password",
+                "cluster.password and cluster.password_file: set one",
+            ));
+        }
+        if (c.password.is_some() || c.password_file.is_some()) != c.user.is_some() {
+            issues.push(Issue::new(
+                "cluster.user",
+                "cluster.user needs a password (password or password_file), and a password a user",
+            ));
+        }
+        if !c.prefix.starts_with('/') || !c.prefix.ends_with('/') || c.prefix.len() < 2 {
+            issues.push(Issue::new(
+                "cluster.prefix",
+                format!(
+                    "cluster.prefix = {:?}: must start and end with '/', e.g. \"/kindling/\"",
+                    c.prefix
+                ),
+            ));
+        }
+        if let Some(name) = &c.node_name
+            && (name.is_empty()
+                || name.len() > 63
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'))
+        {
+            issues.push(Issue::new(
+                "cluster.node_name",
+                format!("cluster.node_name = {name:?}: 1 to 63 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        if c.member_ttl < Duration::from_secs(2) || c.timeout.is_zero() {
+            issues.push(Issue::new(
+                "cluster.member_ttl",
+                "cluster.member_ttl must be at least 2s and cluster.timeout above zero",
             ));
         }
         issues

@@ -42,6 +42,9 @@ pub struct Config {
     pub api: ApiConfig,
     /// Boot-state tracking: stall limits, history length.
     pub inventory: InventoryConfig,
+    /// Where leases and machine records live: this instance's files, or etcd shared with
+    /// other instances.
+    pub cluster: ClusterConfig,
     /// Where the config came from: its file and where each key is in it (for messages).
     #[serde(skip)]
     pub source: Source,
@@ -439,6 +442,72 @@ impl Default for InventoryConfig {
             max_machines: 65_536,
             discovery_burst: 256,
             discovery_per_second: 32,
+        }
+    }
+}
+
+/// `[cluster] store`: where leases and machine records live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// redb files under `paths.state`: one instance.
+    #[default]
+    Local,
+    /// An etcd v3 cluster shared by every instance.
+    Etcd,
+}
+
+/// `[cluster]`: several instances sharing leases and inventory through etcd.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `"local"` (default) or `"etcd"`.
+    pub store: StoreKind,
+    /// etcd client URLs, e.g. `["http://10.0.0.5:2379"]` (`https://` with `ca_file`).
+    pub endpoints: Vec<String>,
+    /// The key prefix every key of this cluster starts with.
+    pub prefix: String,
+    /// This instance's name among the members (default: the host name).
+    pub node_name: Option<String>,
+    /// The CA that signed the etcd servers' certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for etcd's client-cert authentication.
+    pub cert_file: Option<PathBuf>,
+    /// The key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// etcd user name (with `password` or `password_file`).
+    pub user: Option<String>,
+    /// etcd password.
+    pub password: Option<String>,
+    /// A file holding the etcd password (first line), instead of `password`.
+    pub password_file: Option<PathBuf>,
+    /// How long a member that stopped renewing its membership still counts as live.
+    #[serde(with = "humantime_serde")]
+    pub member_ttl: Duration,
+    /// How long after a member is gone the others take over its share of the clients.
+    #[serde(with = "humantime_serde")]
+    pub takeover_delay: Duration,
+    /// How long to wait for etcd on each request before counting it unreachable.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            store: StoreKind::Local,
+            endpoints: Vec::new(),
+            prefix: "/kindling/".to_string(),
+            node_name: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password: None,
+            password_file: None,
+            member_ttl: Duration::from_secs(10),
+            takeover_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(3),
         }
     }
 }

@@ -20,5 +20,6 @@ pub mod reply;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod store_etcd;
 #[cfg(test)]
 pub(crate) mod testkit;

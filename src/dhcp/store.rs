@@ -29,6 +29,14 @@ pub enum StoreError {
     /// The blocking task doing the I/O failed.
     #[error("lease store: {0}")]
     Task(String),
+    /// etcd (`[cluster] store = "etcd"`) failed or did not answer.
+    #[error("lease store: {0}")]
+    Etcd(#[from] crate::cluster::ClusterError),
+    /// Other instances kept changing the same keys: the write was given up after retries.
+    #[error(
+        "lease store: the shared store kept changing under this write; gave up after {0} tries"
+    )]
+    Contended(u32),
     /// The state directory could not be created.
     #[error("lease store: cannot create {path}: {source}")]
     Dir {
@@ -84,7 +92,11 @@ impl std::fmt::Debug for RedbLeaseStore {
 
 /// Whether `new` may be written over `stored`: the address is free at `now` or already the
 /// same client's (a decline's quarantine, with no client, is the server's own).
-fn may_write(stored: Option<&Lease>, new: &Lease, now: Now) -> Result<(), Option<MacAddr>> {
+pub(super) fn may_write(
+    stored: Option<&Lease>,
+    new: &Lease,
+    now: Now,
+) -> Result<(), Option<MacAddr>> {
     let Some(stored) = stored else { return Ok(()) };
     match new.mac {
         None => Ok(()),
@@ -339,6 +351,166 @@ mod tests {
         );
         for n in 1..=last {
             assert!(got.contains(&lease(n)), "lease {n} lost");
+        }
+    }
+}
+
+/// One suite for every [`LeaseStore`]: the embedded store and the etcd store (against a real
+/// etcd, started by the test) must behave the same.
+#[cfg(test)]
+mod contract {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cluster::Etcd;
+    use crate::cluster::testing::EtcdProcess;
+    use crate::dhcp::leases::State;
+    use crate::dhcp::store_etcd::EtcdLeaseStore;
+
+    fn lease(n: u32, mac: u8) -> Lease {
+        Lease {
+            ip: Ipv4Addr::from(0x0a00_0000 + n),
+            mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, mac])),
+            state: State::Bound,
+            expires: 1_800_000_000 + 600,
+            hostname: Some(format!("node{n}")),
+            client_id: None,
+            bound_at: 1_800_000_000,
+        }
+    }
+
+    /// What every lease store does.
+    async fn suite(store: &dyn LeaseStore) {
+        let now = 1_800_000_000;
+        assert!(store.load().await.unwrap().is_empty());
+        let mine = lease(1, 1);
+        let theirs = lease(1, 2);
+        assert_eq!(
+            store.claim(vec![mine.clone()], now).await.unwrap(),
+            [Claim::Committed]
+        );
+        // Its own renewal is fine; another client's claim of the bound address is not; a
+        // batch decides each lease on its own.
+        assert_eq!(
+            store
+                .claim(vec![mine.clone(), theirs.clone(), lease(2, 3)], now)
+                .await
+                .unwrap(),
+            [
+                Claim::Committed,
+                Claim::Taken { holder: mine.mac },
+                Claim::Committed
+            ]
+        );
+        let mut got = store.load().await.unwrap();
+        got.sort_by_key(|l| l.ip);
+        assert_eq!(got, vec![mine.clone(), lease(2, 3)]);
+        // Lapsed: free for anyone. Released: free at once.
+        assert_eq!(
+            store
+                .claim(vec![theirs.clone()], mine.expires + 1)
+                .await
+                .unwrap(),
+            [Claim::Committed]
+        );
+        let released = Lease {
+            state: State::Released,
+            ..lease(2, 3)
+        };
+        assert_eq!(
+            store.claim(vec![released], now).await.unwrap(),
+            [Claim::Committed]
+        );
+        assert_eq!(
+            store.claim(vec![lease(2, 4)], now).await.unwrap(),
+            [Claim::Committed]
+        );
+        // A decline's quarantine (no client) is the server's own.
+        let quarantine = Lease {
+            mac: None,
+            state: State::Declined,
+            ..lease(3, 5)
+        };
+        assert_eq!(
+            store.claim(vec![quarantine], now).await.unwrap(),
+            [Claim::Committed]
+        );
+        // A big batch, the same address twice in it (a retransmitted REQUEST).
+        let many: Vec<Lease> = (10..400)
+            .map(|n| lease(n, (n % 200) as u8))
+            .chain([lease(10, 10)])
+            .collect();
+        let claims = store.claim(many, now).await.unwrap();
+        assert_eq!(claims.len(), 391);
+        assert!(claims.iter().all(|c| *c == Claim::Committed), "{claims:?}");
+        assert_eq!(store.load().await.unwrap().len(), 3 + 390);
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbLeaseStore::open(dir.path()).unwrap();
+        suite(&store).await;
+    }
+
+    #[tokio::test]
+    async fn the_etcd_store() {
+        let Some(etcd) = EtcdProcess::start("dhcp::store::contract::the_etcd_store") else {
+            return;
+        };
+        let store = EtcdLeaseStore::new(Etcd::connect(&etcd.config("/t/")).await.unwrap());
+        suite(&store).await;
+        // Another cluster's prefix sees none of it.
+        let other = EtcdLeaseStore::new(Etcd::connect(&etcd.config("/u/")).await.unwrap());
+        assert!(other.load().await.unwrap().is_empty());
+    }
+
+    /// Two instances claim the same 50 addresses for different clients at once, many times
+    /// over: each address ends up with exactly one client, the one whose claim committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_never_bind_one_address_twice() {
+        let Some(etcd) =
+            EtcdProcess::start("dhcp::store::contract::two_instances_never_bind_one_address_twice")
+        else {
+            return;
+        };
+        let config = etcd.config("/race/");
+        let a = Arc::new(EtcdLeaseStore::new(Etcd::connect(&config).await.unwrap()));
+        let b = Arc::new(EtcdLeaseStore::new(Etcd::connect(&config).await.unwrap()));
+        let now = 1_800_000_000;
+        let run = |store: Arc<EtcdLeaseStore>, mac: u8| {
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for n in 0..50 {
+                    // Claims in small batches, as the writer makes them.
+                    let batch: Vec<Lease> = (n..n + 3).map(|i| lease(i, mac)).collect();
+                    let claims = store.claim(batch.clone(), now).await.unwrap();
+                    for (l, c) in batch.into_iter().zip(claims) {
+                        if c == Claim::Committed {
+                            won.push(l.ip);
+                        }
+                    }
+                }
+                won
+            })
+        };
+        let (wa, wb) = (run(a.clone(), 0xa), run(b.clone(), 0xb));
+        let (wa, wb) = (wa.await.unwrap(), wb.await.unwrap());
+        let stored = a.load().await.unwrap();
+        assert_eq!(stored.len(), 52);
+        for l in &stored {
+            let holder = l.mac.unwrap().0[5];
+            let (mine, other) = if holder == 0xa {
+                (&wa, &wb)
+            } else {
+                (&wb, &wa)
+            };
+            assert!(
+                mine.contains(&l.ip),
+                "{} stored for a claim that lost",
+                l.ip
+            );
+            assert!(!other.contains(&l.ip), "{} committed to both", l.ip);
         }
     }
 }

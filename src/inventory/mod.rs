@@ -24,6 +24,7 @@ mod feed;
 pub mod plan;
 mod record;
 pub mod store;
+pub mod store_etcd;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

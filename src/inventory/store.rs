@@ -29,6 +29,14 @@ pub enum StoreError {
     /// The blocking task doing the I/O failed.
     #[error("inventory store: {0}")]
     Task(String),
+    /// etcd (`[cluster] store = "etcd"`) failed or did not answer.
+    #[error("inventory store: {0}")]
+    Etcd(#[from] crate::cluster::ClusterError),
+    /// Other instances kept changing the same keys: the write was given up after retries.
+    #[error(
+        "inventory store: the shared store kept changing under this write; gave up after {0} tries"
+    )]
+    Contended(u32),
     /// The state directory could not be created.
     #[error("inventory store: cannot create {path}: {source}")]
     Dir {
@@ -172,5 +180,103 @@ mod tests {
     fn keys_round_trip() {
         let mac = MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
         assert_eq!(mac_of(key(mac)), mac);
+    }
+}
+
+/// One suite for every [`MachineStore`]: the embedded store and the etcd store (against a
+/// real etcd, started by the test) must behave the same.
+#[cfg(test)]
+mod contract {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::cluster::Etcd;
+    use crate::cluster::testing::EtcdProcess;
+    use crate::inventory::store_etcd::EtcdMachineStore;
+
+    fn mac(n: u32) -> MacAddr {
+        let b = n.to_be_bytes();
+        MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
+    }
+
+    fn record(n: u32) -> Record {
+        let mut rec = Record::new(
+            mac(n),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        );
+        rec.hostname = Some(format!("node{n}"));
+        rec
+    }
+
+    fn change(rec: &Record) -> Change {
+        (rec.mac, Some(serde_json::to_vec(rec).unwrap()))
+    }
+
+    async fn suite(store: &dyn MachineStore) {
+        assert!(store.load().await.unwrap().is_empty());
+        let (a, b) = (record(1), record(2));
+        store.write(vec![change(&a), change(&b)]).await.unwrap();
+        let mut got = store.load().await.unwrap();
+        got.sort_by_key(|r| r.mac);
+        assert_eq!(got, vec![a.clone(), b.clone()]);
+        // A later change of the same record in one batch wins; a forgotten record goes.
+        let mut a2 = a.clone();
+        a2.hostname = Some("renamed".into());
+        store
+            .write(vec![change(&a), change(&a2), (b.mac, None)])
+            .await
+            .unwrap();
+        assert_eq!(store.load().await.unwrap(), vec![a2]);
+        // A batch bigger than one transaction.
+        let many: Vec<Change> = (100..400).map(|n| change(&record(n))).collect();
+        store.write(many).await.unwrap();
+        assert_eq!(store.load().await.unwrap().len(), 301);
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbMachineStore::open(dir.path()).unwrap();
+        suite(&store).await;
+        assert!(store.remote_changes().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_etcd_store() {
+        let Some(etcd) = EtcdProcess::start("inventory::store::contract::the_etcd_store") else {
+            return;
+        };
+        let store = EtcdMachineStore::new(Etcd::connect(&etcd.config("/t/")).await.unwrap());
+        suite(&store).await;
+    }
+
+    /// What one instance writes, another instance's watch delivers, in order.
+    #[tokio::test]
+    async fn records_written_by_one_instance_reach_the_other() {
+        let Some(etcd) = EtcdProcess::start(
+            "inventory::store::contract::records_written_by_one_instance_reach_the_other",
+        ) else {
+            return;
+        };
+        let config = etcd.config("/k/");
+        let a = EtcdMachineStore::new(Etcd::connect(&config).await.unwrap());
+        let b = EtcdMachineStore::new(Etcd::connect(&config).await.unwrap());
+        a.write(vec![change(&record(1))]).await.unwrap();
+        // b starts: loads what is there, then follows what comes after.
+        assert_eq!(b.load().await.unwrap(), vec![record(1)]);
+        let mut rx = b.remote_changes().unwrap();
+        let mut r2 = record(2);
+        for n in 0..3 {
+            r2.hostname = Some(format!("step{n}"));
+            a.write(vec![change(&r2)]).await.unwrap();
+        }
+        for n in 0..3 {
+            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a change within 5 s")
+                .unwrap();
+            assert_eq!(got.mac, mac(2));
+            assert_eq!(got.hostname.as_deref(), Some(format!("step{n}").as_str()));
+        }
     }
 }

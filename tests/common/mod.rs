@@ -258,3 +258,62 @@ impl Drop for Netns {
         }
     }
 }
+
+/// A real etcd member (Debian's `etcd-server`) on free loopback ports with a temporary data
+/// directory; killed by its PID on drop. `None`, with the reason printed, where it is missing.
+pub struct Etcd {
+    child: Child,
+    /// Its client URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start(test: &str) -> Option<Etcd> {
+        if !Path::new("/usr/bin/etcd").exists() {
+            eprintln!("SKIP {test}: /usr/bin/etcd is not installed (scripts/setup.sh test)");
+            return None;
+        }
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (client, peer) = (port(), port());
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("/usr/bin/etcd")
+            .arg("--name=t")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=t={peer_url}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .expect("start etcd");
+        let etcd = Etcd { child, url, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd did not start: {}",
+                std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,170 @@
+//! Machine records in etcd (`[cluster] store = "etcd"`), shared by every instance: key
+//! `<prefix>machines/<MAC>`, value the record as JSON.
+//!
+//! A batch of changes is one transaction (split at etcd's operation limit); it returns once
+//! etcd committed it. Every instance keeps its whole inventory in memory, loaded at start and
+//! then fed by a watch on the prefix ([`MachineStore::remote_changes`]): a record another
+//! instance wrote replaces the local one when it is newer, and this instance's own writes
+//! come back as no-ops. A watch that breaks is opened again from the last revision seen, with
+//! a growing pause.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use tokio::sync::mpsc;
+
+use super::Record;
+use super::store::{Change, MachineStore, StoreError};
+use crate::cluster::Etcd;
+
+/// Operations per transaction (etcd's `--max-txn-ops` defaults to 128).
+const OPS_PER_TXN: usize = 100;
+/// Records from other instances waiting for the inventory to take them.
+const REMOTE_QUEUE: usize = 1024;
+
+/// The etcd machine store.
+#[derive(Debug, Clone)]
+pub struct EtcdMachineStore {
+    etcd: Etcd,
+    /// The revision the last load saw: the watch starts after it.
+    loaded_at: Arc<AtomicI64>,
+}
+
+impl EtcdMachineStore {
+    /// Records under `etcd`'s prefix.
+    pub fn new(etcd: Etcd) -> EtcdMachineStore {
+        EtcdMachineStore {
+            etcd,
+            loaded_at: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Follow the prefix from `revision` on, sending records to `tx`, until `tx` closes.
+    async fn follow(self, mut revision: i64, tx: mpsc::Sender<Record>) {
+        let prefix = self.etcd.key("machines/");
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let options = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let mut c = self.etcd.client();
+            let mut stream = match self
+                .etcd
+                .limit(c.watch(prefix.as_str(), Some(options)))
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "cannot watch the shared inventory");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = tx.closed() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            loop {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    _ = tx.closed() => return,
+                };
+                let resp = match message {
+                    Ok(Some(resp)) => resp,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the watch on the shared inventory broke: opening it again");
+                        break;
+                    }
+                };
+                pause = Duration::from_millis(250);
+                if resp.canceled() {
+                    tracing::warn!(reason = %resp.cancel_reason(), "etcd cancelled the inventory watch: opening it again");
+                    if resp.compact_revision() > revision {
+                        // What happened before etcd's compaction is gone: start from there.
+                        revision = resp.compact_revision() - 1;
+                    }
+                    break;
+                }
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    revision = revision.max(kv.mod_revision());
+                    if event.event_type() != EventType::Put {
+                        continue;
+                    }
+                    match serde_json::from_slice::<Record>(kv.value()) {
+                        Ok(rec) => {
+                            if tx.send(rec).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let key = String::from_utf8_lossy(kv.key());
+                            tracing::warn!(%key, error = %e, "skipping an unreadable machine record from etcd");
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = tx.closed() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl MachineStore for EtcdMachineStore {
+    async fn load(&self) -> Result<Vec<Record>, StoreError> {
+        let mut c = self.etcd.client();
+        let prefix = self.etcd.key("machines/");
+        let resp = self
+            .etcd
+            .limit(c.get(prefix, Some(GetOptions::new().with_prefix())))
+            .await?;
+        if let Some(h) = resp.header() {
+            self.loaded_at.store(h.revision(), Ordering::Relaxed);
+        }
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            match serde_json::from_slice::<Record>(kv.value()) {
+                Ok(rec) => out.push(rec),
+                Err(e) => {
+                    let key = String::from_utf8_lossy(kv.key());
+                    tracing::warn!(%key, error = %e, "skipping an unreadable machine record in etcd");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        for chunk in changes.chunks(OPS_PER_TXN) {
+            // One transaction may name a key once: the last change of a MAC wins.
+            let mut ops: Vec<(String, TxnOp)> = Vec::with_capacity(chunk.len());
+            for (mac, bytes) in chunk {
+                let key = self.etcd.key(&format!("machines/{mac}"));
+                ops.retain(|(k, _)| *k != key);
+                let op = match bytes {
+                    Some(b) => TxnOp::put(key.as_str(), b.clone(), None),
+                    None => TxnOp::delete(key.as_str(), None),
+                };
+                ops.push((key, op));
+            }
+            let txn = Txn::new().and_then(ops.into_iter().map(|(_, op)| op).collect::<Vec<_>>());
+            let mut c = self.etcd.client();
+            self.etcd.limit(c.txn(txn)).await?;
+        }
+        Ok(())
+    }
+
+    fn remote_changes(&self) -> Option<mpsc::Receiver<Record>> {
+        let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
+        let from = self.loaded_at.load(Ordering::Relaxed);
+        tokio::spawn(self.clone().follow(from, tx));
+        Some(rx)
+    }
+}
