@@ -17,9 +17,59 @@ use crate::dhcp::server::{self as dhcp_server, Expiry, LeaseWriter, Listener};
 use crate::dhcp::service::Service as Dhcp;
 use crate::dhcp::store::{LeaseStore, RedbLeaseStore};
 use crate::dhcp::store_etcd::EtcdLeaseStore;
-use crate::events::ProfilesEvent;
+use crate::events::{LeaseChange, ProfilesEvent};
 use crate::inventory::Inventory;
 use crate::mac::MacAddr;
+
+/// Leases other instances commit to a shared store: this instance's pools take them (so it
+/// offers none of their addresses and answers their clients' renewals), DNS names them and
+/// expiry watches them. Nothing for a store only this instance writes.
+fn follow_remote_leases(
+    sup: &Supervisor,
+    store: &Arc<dyn LeaseStore>,
+    service: &Arc<Dhcp>,
+    expiry: &Arc<Expiry>,
+) {
+    if store.remote_changes().is_none() {
+        return;
+    }
+    let (store, service, expiry, token) = (
+        store.clone(),
+        service.clone(),
+        expiry.clone(),
+        ctx_token(sup),
+    );
+    sup.background("dhcp remote leases", move || {
+        // A fresh stream on every (re)start: it replays from the load, merges are idempotent.
+        let (changes, service, expiry, token) = (
+            store.remote_changes(),
+            service.clone(),
+            expiry.clone(),
+            token.clone(),
+        );
+        async move {
+            let Some(mut changes) = changes else {
+                return token.cancelled().await;
+            };
+            loop {
+                let lease = tokio::select! {
+                    _ = token.cancelled() => return,
+                    got = changes.recv() => match got {
+                        Some(l) => l,
+                        None => return,
+                    },
+                };
+                let (ip, expires) = (lease.ip, lease.expires);
+                if matches!(
+                    service.merge_remote(lease),
+                    Some(LeaseChange::Granted | LeaseChange::Renewed)
+                ) {
+                    expiry.watch(expires, ip);
+                }
+            }
+        }
+    });
+}
 
 /// DHCP: the service, its lease store and writer (full mode), one receive loop per socket,
 /// lease expiry and the profile follower. `stop_writers` ends the writer after the services.
@@ -66,6 +116,7 @@ pub(super) async fn start_dhcp(
             "DHCP leases restored"
         );
         let expiry = Arc::new(Expiry::default());
+        follow_remote_leases(sup, &store, &service, &expiry);
         let (writer, tx) = LeaseWriter::new(store, service.clone(), expiry.clone());
         writes = Some(tx);
         let stop = stop_writers.clone();

@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, Identity, TlsOptions, WatchOptions,
+};
+use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
 
@@ -171,6 +174,85 @@ impl Etcd {
         }
     }
 }
+
+impl Etcd {
+    /// Send what is put under `<prefix><rest>` from after `revision` on (decoded by `decode`;
+    /// what does not decode is logged and skipped) to `tx`, until `tx` closes. A watch that
+    /// breaks is opened again from the last revision seen, with a growing pause; one that etcd
+    /// cancelled after a compaction resumes from the compaction.
+    pub async fn follow<T: Send + 'static>(
+        self,
+        rest: &'static str,
+        mut revision: i64,
+        decode: impl Fn(&[u8]) -> Result<T, serde_json::Error> + Send + 'static,
+        tx: mpsc::Sender<T>,
+    ) {
+        let prefix = self.key(rest);
+        let mut pause = FOLLOW_PAUSE_FIRST;
+        loop {
+            let options = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision + 1);
+            let mut c = self.client.clone();
+            let opened = tokio::select! {
+                s = self.limit(c.watch(prefix.as_str(), Some(options))) => s,
+                _ = tx.closed() => return,
+            };
+            match opened {
+                Err(e) => {
+                    tracing::warn!(%prefix, error = %e, retry_in = ?pause, "cannot watch etcd");
+                }
+                Ok(mut stream) => loop {
+                    let message = tokio::select! {
+                        m = stream.message() => m,
+                        _ = tx.closed() => return,
+                    };
+                    let resp = match message {
+                        Ok(Some(resp)) => resp,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(%prefix, error = %e, "the etcd watch broke: opening it again");
+                            break;
+                        }
+                    };
+                    pause = FOLLOW_PAUSE_FIRST;
+                    if resp.canceled() {
+                        tracing::warn!(%prefix, reason = %resp.cancel_reason(), "etcd cancelled the watch: opening it again");
+                        revision = revision.max(resp.compact_revision() - 1);
+                        break;
+                    }
+                    for event in resp.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        revision = revision.max(kv.mod_revision());
+                        if event.event_type() != EventType::Put {
+                            continue;
+                        }
+                        match decode(kv.value()) {
+                            Ok(v) => {
+                                if tx.send(v).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let key = String::from_utf8_lossy(kv.key());
+                                tracing::warn!(%key, error = %e, "skipping an unreadable value from etcd");
+                            }
+                        }
+                    }
+                },
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = tx.closed() => return,
+            }
+            pause = (pause * 2).min(FOLLOW_PAUSE_MAX);
+        }
+    }
+}
+
+/// The first pause before opening a broken watch again, doubling up to [`FOLLOW_PAUSE_MAX`].
+const FOLLOW_PAUSE_FIRST: Duration = Duration::from_millis(250);
+const FOLLOW_PAUSE_MAX: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 pub(crate) mod testing {

@@ -172,6 +172,23 @@ impl Pool {
         self.put(lease);
     }
 
+    /// Take a lease another instance sharing the store wrote: it replaces this pool's lease of
+    /// the address (whose old holder, if another client, no longer holds it here). Whether
+    /// anything changed (this instance's own writes come back unchanged).
+    pub fn merge_remote(&mut self, lease: Lease) -> bool {
+        if self.by_ip.get(&lease.ip) == Some(&lease) {
+            return false;
+        }
+        if let Some(old) = self.by_ip.get(&lease.ip).and_then(|l| l.mac)
+            && Some(old) != lease.mac
+            && self.by_mac.get(&old) == Some(&lease.ip)
+        {
+            self.by_mac.remove(&old);
+        }
+        self.restore(lease);
+        true
+    }
+
     /// Every lease, by address.
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.by_ip.values()

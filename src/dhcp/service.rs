@@ -267,6 +267,31 @@ impl Service {
         n
     }
 
+    /// A lease another instance sharing the store committed: this instance's pool takes it,
+    /// and what it means for names (DNS) is announced like a local change. `None` when it
+    /// changed nothing here (this instance's own write, an address outside every subnet, an
+    /// offer).
+    pub fn merge_remote(&self, lease: Lease) -> Option<LeaseChange> {
+        let mut st = self.lock();
+        let pool = &mut st.subnets.iter_mut().find(|s| s.contains(lease.ip))?.pool;
+        let held_before = pool
+            .lease(lease.ip)
+            .is_some_and(|l| l.state == LeaseState::Bound && l.mac == lease.mac);
+        if !pool.merge_remote(lease.clone()) {
+            return None;
+        }
+        drop(st);
+        let change = match lease.state {
+            LeaseState::Bound if held_before => LeaseChange::Renewed,
+            LeaseState::Bound => LeaseChange::Granted,
+            LeaseState::Released => LeaseChange::Released,
+            LeaseState::Declined => LeaseChange::Declined,
+            LeaseState::Offered => return None,
+        };
+        self.announce(&lease, change);
+        Some(change)
+    }
+
     /// Serve `set` from now on: its reservations replace the old ones in the same step.
     pub fn use_profiles(&self, set: Arc<ProfileSet>) {
         let mut st = self.lock();

@@ -465,6 +465,31 @@ mod contract {
         assert!(other.load().await.unwrap().is_empty());
     }
 
+    /// What one instance claims, the other's watch delivers (from after its load on).
+    #[tokio::test]
+    async fn leases_claimed_by_one_instance_reach_the_other() {
+        let Some(etcd) = EtcdProcess::start(
+            "dhcp::store::contract::leases_claimed_by_one_instance_reach_the_other",
+        ) else {
+            return;
+        };
+        let config = etcd.config("/l/");
+        let a = EtcdLeaseStore::new(Etcd::connect(&config).await.unwrap());
+        let b = EtcdLeaseStore::new(Etcd::connect(&config).await.unwrap());
+        let now = 1_800_000_000;
+        a.claim(vec![lease(1, 1)], now).await.unwrap();
+        assert_eq!(b.load().await.unwrap(), vec![lease(1, 1)]);
+        let mut rx = b.remote_changes().unwrap();
+        a.claim(vec![lease(2, 2), lease(3, 3)], now).await.unwrap();
+        for n in [2, 3] {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a lease within 5 s")
+                .unwrap();
+            assert_eq!(got, lease(n, n as u8));
+        }
+    }
+
     /// Two instances claim the same 50 addresses for different clients at once, many times
     /// over: each address ends up with exactly one client, the one whose claim committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

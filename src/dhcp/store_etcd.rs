@@ -12,8 +12,11 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::mpsc;
 
 use super::leases::{Lease, Now};
 use super::store::{Claim, LeaseStore, StoreError, may_write};
@@ -24,16 +27,24 @@ const KEYS_PER_TXN: usize = 100;
 /// Reads and decisions again when other instances wrote the same addresses meanwhile.
 const TRIES: u32 = 8;
 
+/// Leases other instances wrote, waiting for this instance's DHCP service to take them.
+const REMOTE_QUEUE: usize = 4096;
+
 /// The etcd lease store.
 #[derive(Debug, Clone)]
 pub struct EtcdLeaseStore {
     etcd: Etcd,
+    /// The revision the last load saw: the watch starts after it.
+    loaded_at: Arc<AtomicI64>,
 }
 
 impl EtcdLeaseStore {
     /// Leases under `etcd`'s prefix.
     pub fn new(etcd: Etcd) -> EtcdLeaseStore {
-        EtcdLeaseStore { etcd }
+        EtcdLeaseStore {
+            etcd,
+            loaded_at: Arc::new(AtomicI64::new(0)),
+        }
     }
 
     fn key(&self, ip: Ipv4Addr) -> String {
@@ -115,6 +126,9 @@ impl LeaseStore for EtcdLeaseStore {
             .etcd
             .limit(c.get(prefix, Some(GetOptions::new().with_prefix())))
             .await?;
+        if let Some(h) = resp.header() {
+            self.loaded_at.store(h.revision(), Ordering::Relaxed);
+        }
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
             match serde_json::from_slice::<Lease>(kv.value()) {
@@ -143,5 +157,13 @@ impl LeaseStore for EtcdLeaseStore {
             start = end;
         }
         Ok(out)
+    }
+
+    fn remote_changes(&self) -> Option<mpsc::Receiver<Lease>> {
+        let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
+        let from = self.loaded_at.load(Ordering::Relaxed);
+        let decode = |b: &[u8]| serde_json::from_slice::<Lease>(b);
+        tokio::spawn(self.etcd.clone().follow("leases/", from, decode, tx));
+        Some(rx)
     }
 }

@@ -10,9 +10,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{GetOptions, Txn, TxnOp};
 use tokio::sync::mpsc;
 
 use super::Record;
@@ -38,80 +37,6 @@ impl EtcdMachineStore {
         EtcdMachineStore {
             etcd,
             loaded_at: Arc::new(AtomicI64::new(0)),
-        }
-    }
-
-    /// Follow the prefix from `revision` on, sending records to `tx`, until `tx` closes.
-    async fn follow(self, mut revision: i64, tx: mpsc::Sender<Record>) {
-        let prefix = self.etcd.key("machines/");
-        let mut pause = Duration::from_millis(250);
-        loop {
-            let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(revision + 1);
-            let mut c = self.etcd.client();
-            let mut stream = match self
-                .etcd
-                .limit(c.watch(prefix.as_str(), Some(options)))
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?pause, "cannot watch the shared inventory");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = tx.closed() => return,
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            };
-            loop {
-                let message = tokio::select! {
-                    m = stream.message() => m,
-                    _ = tx.closed() => return,
-                };
-                let resp = match message {
-                    Ok(Some(resp)) => resp,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the watch on the shared inventory broke: opening it again");
-                        break;
-                    }
-                };
-                pause = Duration::from_millis(250);
-                if resp.canceled() {
-                    tracing::warn!(reason = %resp.cancel_reason(), "etcd cancelled the inventory watch: opening it again");
-                    if resp.compact_revision() > revision {
-                        // What happened before etcd's compaction is gone: start from there.
-                        revision = resp.compact_revision() - 1;
-                    }
-                    break;
-                }
-                for event in resp.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    revision = revision.max(kv.mod_revision());
-                    if event.event_type() != EventType::Put {
-                        continue;
-                    }
-                    match serde_json::from_slice::<Record>(kv.value()) {
-                        Ok(rec) => {
-                            if tx.send(rec).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let key = String::from_utf8_lossy(kv.key());
-                            tracing::warn!(%key, error = %e, "skipping an unreadable machine record from etcd");
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = tx.closed() => return,
-            }
-            pause = (pause * 2).min(Duration::from_secs(10));
         }
     }
 }
@@ -164,7 +89,8 @@ impl MachineStore for EtcdMachineStore {
     fn remote_changes(&self) -> Option<mpsc::Receiver<Record>> {
         let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
         let from = self.loaded_at.load(Ordering::Relaxed);
-        tokio::spawn(self.clone().follow(from, tx));
+        let decode = |b: &[u8]| serde_json::from_slice::<Record>(b);
+        tokio::spawn(self.etcd.clone().follow("machines/", from, decode, tx));
         Some(rx)
     }
 }

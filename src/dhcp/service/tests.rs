@@ -323,3 +323,32 @@ fn only_listed_relays_relay_and_option_82_counts_only_when_relayed() {
         Some("racked")
     );
 }
+
+/// Two instances sharing a store: a lease one of them committed comes to the other through
+/// `merge_remote`. The other then offers that address to nobody else, answers the holder's
+/// renewal, and takes the same lease twice as one change.
+#[test]
+fn a_lease_committed_by_another_instance_is_honoured_here() {
+    let (_dir, set) = profiles("worker-1", "10.0.0.50");
+    let (a, b) = (service("full", set.clone()), service("full", set));
+    let holder = mac(7);
+    let discover = request(MessageType::Discover, holder);
+    let (offer, _, _) = decoded(a.process(&bytes(&discover), peer(), &ingress(67)));
+    let req = request_for(offer.yiaddr(), holder);
+    let (_, _, written) = decoded(a.process(&bytes(&req), peer(), &ingress(67)));
+    let (lease, _) = written.expect("A's lease");
+
+    assert_eq!(b.merge_remote(lease.clone()), Some(LeaseChange::Granted));
+    assert_eq!(b.merge_remote(lease.clone()), None, "the same lease again");
+    // Another client is offered the other address of the two.
+    let other = request(MessageType::Discover, mac(8));
+    let (offer, _, _) = decoded(b.process(&bytes(&other), peer(), &ingress(67)));
+    assert_ne!(offer.yiaddr(), lease.ip);
+    // The holder renews at B (RENEWING: ciaddr, no server id).
+    let mut renew = request(MessageType::Request, holder);
+    renew.set_ciaddr(lease.ip);
+    let (ack, _, renewed) = decoded(b.process(&bytes(&renew), peer(), &ingress(67)));
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), lease.ip);
+    assert_eq!(renewed.map(|(_, c)| c), Some(LeaseChange::Renewed));
+}
