@@ -21,6 +21,43 @@ use crate::events::{LeaseChange, ProfilesEvent};
 use crate::inventory::Inventory;
 use crate::mac::MacAddr;
 
+/// The segment's instances split its clients (see `cluster::buckets`): keep this instance a
+/// member while it runs, and answer only its share.
+fn join_segment(ctx: &Ctx, sup: &Supervisor, etcd: &Etcd, service: &Arc<Dhcp>) {
+    let c = &ctx.config;
+    let segment = c
+        .cluster
+        .segment
+        .clone()
+        .unwrap_or_else(|| match c.dhcp.mode {
+            DhcpMode::Proxy => "proxy".to_string(),
+            _ => {
+                let mut nets: Vec<String> = c
+                    .dhcp
+                    .subnets
+                    .iter()
+                    .map(|s| s.network.to_string().replace('/', "_"))
+                    .collect();
+                nets.sort();
+                nets.join("+")
+            }
+        });
+    tracing::info!(%segment, node = %etcd.node(), "cluster: joining the segment's members");
+    let (etcd, service, token) = (etcd.clone(), service.clone(), ctx_token(sup));
+    let (ttl, takeover) = (c.cluster.member_ttl, c.cluster.takeover_delay);
+    sup.background("cluster membership", move || {
+        let service = service.clone();
+        crate::cluster::members::run(
+            etcd.clone(),
+            segment.clone(),
+            ttl,
+            takeover,
+            move |share| service.use_share(share),
+            token.clone(),
+        )
+    });
+}
+
 /// Leases other instances commit to a shared store: this instance's pools take them (so it
 /// offers none of their addresses and answers their clients' renewals), DNS names them and
 /// expiry watches them. Nothing for a store only this instance writes.
@@ -117,6 +154,9 @@ pub(super) async fn start_dhcp(
         );
         let expiry = Arc::new(Expiry::default());
         follow_remote_leases(sup, &store, &service, &expiry);
+        if let Some(etcd) = etcd {
+            join_segment(ctx, sup, etcd, &service);
+        }
         let (writer, tx) = LeaseWriter::new(store, service.clone(), expiry.clone());
         writes = Some(tx);
         let stop = stop_writers.clone();

@@ -6,6 +6,9 @@
 //! Keys: `<prefix>leases/<IPv4>` → a lease as JSON, `<prefix>machines/<MAC>` → a machine
 //! record as JSON. Every value is JSON, readable with `etcdctl get --prefix /kindling/`.
 
+pub mod buckets;
+pub mod members;
+
 use std::time::Duration;
 
 use etcd_client::{
@@ -29,6 +32,9 @@ pub enum ClusterError {
     /// etcd did not answer, refused, or failed a request.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// This instance's membership could not be kept.
+    #[error("cluster membership: {0}")]
+    Membership(String),
     /// A request took longer than `[cluster] timeout`.
     #[error("etcd: no answer within {0:?}")]
     Timeout(Duration),

@@ -240,6 +240,18 @@ impl Config {
                 format!("cluster.node_name = {name:?}: 1 to 63 letters, digits, '-', '_' or '.'"),
             ));
         }
+        if let Some(seg) = &c.segment
+            && (seg.is_empty()
+                || seg.len() > 63
+                || !seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'))
+        {
+            issues.push(Issue::new(
+                "cluster.segment",
+                format!("cluster.segment = {seg:?}: 1 to 63 letters, digits, '-', '_' or '.'"),
+            ));
+        }
         if c.member_ttl < Duration::from_secs(2) || c.timeout.is_zero() {
             issues.push(Issue::new(
                 "cluster.member_ttl",

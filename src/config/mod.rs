@@ -469,6 +469,11 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// This instance's name among the members (default: the host name).
     pub node_name: Option<String>,
+    /// The DHCP segment this instance serves: instances with the same segment answer the same
+    /// clients and split them between them. Default: in full mode the subnets served (so
+    /// instances serving the same subnets pair up, and ones per rack do not); in proxy mode
+    /// `"proxy"` (set it when proxy instances serve different segments).
+    pub segment: Option<String>,
     /// The CA that signed the etcd servers' certificates (PEM).
     pub ca_file: Option<PathBuf>,
     /// A client certificate and its key (PEM), for etcd's client-cert authentication.
@@ -499,6 +504,7 @@ impl Default for ClusterConfig {
             endpoints: Vec::new(),
             prefix: "/kindling/".to_string(),
             node_name: None,
+            segment: None,
             ca_file: None,
             cert_file: None,
             key_file: None,

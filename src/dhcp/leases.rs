@@ -103,9 +103,12 @@ pub struct Pool {
     /// its `expires` has passed (a released lease's `expires` is its release time), so the
     /// first entries are the ones free longest. Rule 5 without a scan.
     by_expiry: BTreeSet<(Now, u32)>,
-    /// Every address of the range below this one has a lease or a reservation: rule 4
-    /// without a scan from the start of the range.
+    /// Every address of the range below this one has a lease or a reservation, or is
+    /// another instance's to hand out: rule 4 without a scan from the start of the range.
     fresh: u64,
+    /// With several instances on one segment, the address buckets (address mod their number)
+    /// this one hands out new addresses from; `None`: all.
+    mine: Option<Vec<bool>>,
 }
 
 impl Pool {
@@ -121,7 +124,24 @@ impl Pool {
             by_mac: HashMap::new(),
             by_expiry: BTreeSet::new(),
             fresh: u64::from(u32::from(first)),
+            mine: None,
         }
+    }
+
+    /// Hand out new addresses only from the address buckets marked in `mine` (address mod
+    /// its length), so instances that split a segment's clients never offer one free address
+    /// twice; `None`: from all. A client keeps the address it holds either way.
+    pub fn set_share(&mut self, mine: Option<Vec<bool>>) {
+        self.mine = mine.filter(|m| !m.is_empty() && !m.iter().all(|b| *b));
+        self.fresh = u64::from(self.first);
+        self.advance_fresh();
+    }
+
+    /// Whether new addresses may come from `ip` here.
+    fn ours(&self, ip: Ipv4Addr) -> bool {
+        self.mine
+            .as_ref()
+            .is_none_or(|m| m[u32::from(ip) as usize % m.len()])
     }
 
     /// Store `lease` in the address index and keep the other indexes in step.
@@ -142,7 +162,10 @@ impl Pool {
     fn advance_fresh(&mut self) {
         while self.fresh <= u64::from(self.last) {
             let ip = Ipv4Addr::from(self.fresh as u32);
-            if !self.by_ip.contains_key(&ip) && !self.reserved_ips.contains_key(&ip) {
+            if !self.by_ip.contains_key(&ip)
+                && !self.reserved_ips.contains_key(&ip)
+                && self.ours(ip)
+            {
                 break;
             }
             self.fresh += 1;
@@ -229,13 +252,17 @@ impl Pool {
         }
         if let Some(ip) = requested
             && self.usable_by(ip, mac, now)
+            && self.ours(ip)
         {
             return Ok(ip);
         }
         // Never handed out, lowest first.
         for n in self.fresh..=u64::from(self.last) {
             let ip = Ipv4Addr::from(n as u32);
-            if !self.by_ip.contains_key(&ip) && !self.reserved_ips.contains_key(&ip) {
+            if !self.by_ip.contains_key(&ip)
+                && !self.reserved_ips.contains_key(&ip)
+                && self.ours(ip)
+            {
                 return Ok(ip);
             }
         }
@@ -245,7 +272,7 @@ impl Pool {
                 break;
             }
             let ip = Ipv4Addr::from(ip);
-            if !self.reserved_ips.contains_key(&ip) {
+            if !self.reserved_ips.contains_key(&ip) && self.ours(ip) {
                 return Ok(ip);
             }
         }
@@ -407,6 +434,47 @@ mod tests {
         let a = p.choose(m, None, now).unwrap();
         p.assign(a, m, State::Bound, now + 3600, None);
         a
+    }
+
+    /// Two instances splitting a segment hand out disjoint addresses; a client keeps the one
+    /// it holds; after a takeover the survivor hands out the rest too.
+    #[test]
+    fn shares_of_a_pool_never_overlap() {
+        let even: Vec<bool> = (0..256).map(|b| b % 2 == 0).collect();
+        let odd: Vec<bool> = even.iter().map(|b| !b).collect();
+        let (mut a, mut b) = (
+            Pool::new(ip(100), ip(109), HashMap::new()),
+            Pool::new(ip(100), ip(109), HashMap::new()),
+        );
+        a.set_share(Some(even.clone()));
+        b.set_share(Some(odd));
+        let from_a: Vec<_> = (1..=5).map(|n| bind(&mut a, mac(n), 0)).collect();
+        let from_b: Vec<_> = (11..=15).map(|n| bind(&mut b, mac(n), 0)).collect();
+        assert!(
+            from_a.iter().all(|ip| ip.octets()[3] % 2 == 0),
+            "{from_a:?}"
+        );
+        assert!(
+            from_b.iter().all(|ip| ip.octets()[3] % 2 == 1),
+            "{from_b:?}"
+        );
+        assert!(a.choose(mac(6), None, 0).is_err(), "a's half is used up");
+        // A client asking for an address of b's half gets one of a's.
+        assert!(a.choose(mac(7), Some(ip(101)), 0).is_err());
+        // The holder of an odd address keeps it at a (its lease came over).
+        a.restore(Lease {
+            ip: ip(101),
+            mac: Some(mac(11)),
+            state: State::Bound,
+            expires: 3600,
+            hostname: None,
+            client_id: None,
+            bound_at: 0,
+        });
+        assert_eq!(a.choose(mac(11), None, 0), Ok(ip(101)));
+        // b gone: a takes every bucket.
+        a.set_share(None);
+        assert_eq!(a.choose(mac(6), None, 0), Ok(ip(103)));
     }
 
     #[test]

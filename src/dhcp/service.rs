@@ -31,6 +31,7 @@ use super::decide::{self, Action, Ctx, Ignore, Subnet};
 use super::leases::{Lease, Pool, State as LeaseState};
 use super::proxy;
 use super::reply;
+use crate::cluster::buckets::Share;
 use crate::config::{Config, DhcpMode, IpAddr};
 use crate::events::{Bus, LeaseChange, LeaseEvent};
 use crate::inventory::{DhcpClient, DhcpSeen, Inventory};
@@ -154,6 +155,8 @@ pub struct Service {
     limiter: Mutex<HashMap<MacAddr, (u64, u32)>>,
     /// When the pools were last counted and warned about.
     pool_warn: Mutex<PoolWarn>,
+    /// The clients this instance answers (all, unless instances on one segment split them).
+    share: arc_swap::ArcSwap<Share>,
 }
 
 impl std::fmt::Debug for Service {
@@ -241,6 +244,7 @@ impl Service {
             config_reservations,
             relays: d.relays.clone(),
             limiter: Mutex::new(HashMap::new()),
+            share: arc_swap::ArcSwap::from_pointee(Share::all()),
             pool_warn: Mutex::new(PoolWarn::default()),
         }
     }
@@ -290,6 +294,17 @@ impl Service {
         };
         self.announce(&lease, change);
         Some(change)
+    }
+
+    /// Answer only the clients of `share` from now on (several instances on one segment).
+    /// New addresses come from the same share of each pool (address mod the bucket count),
+    /// so two instances never offer one free address to two clients.
+    pub fn use_share(&self, share: Share) {
+        let mine = share.buckets().to_vec();
+        self.share.store(Arc::new(share));
+        for s in &mut self.lock().subnets {
+            s.pool.set_share(Some(mine.clone()));
+        }
     }
 
     /// Serve `set` from now on: its reservations replace the old ones in the same step.
@@ -439,6 +454,12 @@ impl Service {
     /// Decide on one datagram that arrived on `ingress` from `peer`.
     pub fn process(&self, bytes: &[u8], peer: SocketAddr, ingress: &Ingress) -> Option<Out> {
         let (req, mac) = self.admit(bytes, peer, &ingress.iface)?;
+        if !self.share.load().answers(mac) {
+            // Another instance on this segment answers this client.
+            self.metrics
+                .dhcp(type_name(req.opts().msg_type()), "other_instance");
+            return None;
+        }
         if !req.giaddr().is_unspecified() && !self.relay_allowed(peer) {
             tracing::debug!(%mac, %peer, giaddr = %req.giaddr(), "DHCP: relayed request from a sender not in [dhcp] relays: dropped");
             self.metrics
