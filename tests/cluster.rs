@@ -96,17 +96,53 @@ fn two_instances_share_one_inventory_through_etcd() {
     assert!(list.contains(other) && list.contains(MAC), "{list}");
 }
 
-/// Two instances on one segment (HA): namespaces `a` and `b` each run Kindling in full mode on
-/// a veth into a bridge in namespace `c`, where etcd and Kea's perfdhcp run. perfdhcp storms
-/// both with 2,000 clients: every client gets exactly one OFFER and one ACK (each bucket is
-/// answered by one instance), both instances answer a share, and etcd holds 2,000 leases with
-/// 2,000 different MACs.
-#[test]
-fn two_instances_on_one_segment_split_the_clients() {
-    let test = "two_instances_on_one_segment_split_the_clients";
+/// Two instances on one segment: namespaces `a` and `b` each run Kindling in full mode on a
+/// veth into a bridge in namespace `c`, where etcd runs (on the bridge, reachable from both)
+/// and the clients do. Both instances have seen each other when this returns.
+struct Segment {
+    // Dropped in this order: the daemons, then etcd and the namespaces.
+    a: Daemon,
+    b: Option<Daemon>,
+    _configs: Vec<tempfile::TempDir>,
+    net: common::Netns,
+    _data: tempfile::TempDir,
+    etcd_url: &'static str,
+}
+
+impl Segment {
+    fn ns(&self, n: usize) -> &str {
+        &self.net.names[n]
+    }
+
+    /// `etcdctl ARGS` in the client namespace: stdout and stderr.
+    fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns(2),
+                "etcdctl",
+                "--endpoints",
+                self.etcd_url,
+            ])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// The lease values in etcd.
+    fn leases(&self) -> String {
+        self.etcdctl(&["get", "--prefix", "/kindling/leases/", "--print-value-only"])
+    }
+}
+
+/// `None` (with the reason printed) without root or the tools.
+fn segment(test: &str) -> Option<Segment> {
     if !is_root() {
         eprintln!("SKIP {test}: needs root for network namespaces");
-        return;
+        return None;
     }
     for (tool, pkg) in [
         ("perfdhcp", "kea-admin"),
@@ -115,7 +151,7 @@ fn two_instances_on_one_segment_split_the_clients() {
     ] {
         if !common::have(tool) {
             eprintln!("SKIP {test}: {tool} ({pkg}) is not installed (scripts/setup.sh test)");
-            return;
+            return None;
         }
     }
     let mut net = common::Netns::new(&["ha", "hb", "hc"]);
@@ -154,17 +190,17 @@ fn two_instances_on_one_segment_split_the_clients() {
             .spawn()
             .expect("start etcd"),
     );
-    let etcdctl = |args: &[&str]| -> String {
+    let health = || {
         let out = Command::new("ip")
             .args(["netns", "exec", &c, "etcdctl", "--endpoints", etcd_url])
-            .args(args)
+            .args(["endpoint", "health"])
             .env("ETCDCTL_API", "3")
             .output()
             .expect("etcdctl");
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !etcdctl(&["endpoint", "health"]).contains("is healthy") {
+    while !health().contains("is healthy") {
         assert!(
             Instant::now() < deadline,
             "etcd did not start: {}",
@@ -209,8 +245,28 @@ fn two_instances_on_one_segment_split_the_clients() {
         .unwrap_or_else(|| panic!("no share of two members:\n{}", d.log_text()));
     }
 
+    Some(Segment {
+        net,
+        _data: data,
+        _configs: vec![ca, cb],
+        a: da,
+        b: Some(db),
+        etcd_url,
+    })
+}
+
+/// perfdhcp storms both instances with 2,000 clients: every client gets exactly one OFFER and
+/// one ACK (each bucket is answered by one instance), both instances answer a share, and etcd
+/// holds 2,000 leases with 2,000 different MACs.
+#[test]
+fn two_instances_on_one_segment_split_the_clients() {
+    let Some(seg) = segment("two_instances_on_one_segment_split_the_clients") else {
+        return;
+    };
+    let (a, b, c) = (seg.ns(0), seg.ns(1), seg.ns(2));
+    let (da, db) = (&seg.a, seg.b.as_ref().unwrap());
     let out = Command::new("timeout")
-        .args(["60", "ip", "netns", "exec", &c])
+        .args(["60", "ip", "netns", "exec", c])
         .args([
             "perfdhcp", "-4", "-l", "br0", "-r", "200", "-n", "2000", "-R", "2000", "-p", "30",
             "-W", "2000000",
@@ -250,12 +306,12 @@ fn two_instances_on_one_segment_split_the_clients() {
             })
             .unwrap_or(0)
     };
-    let (na, nb) = (acks(&a, &da), acks(&b, &db));
+    let (na, nb) = (acks(a, da), acks(b, db));
     eprintln!("2,000 clients: kindling-a acknowledged {na}, kindling-b {nb}");
     assert_eq!(na + nb, 2000, "a {na} + b {nb}");
     assert!(na > 500 && nb > 500, "an uneven split: a {na}, b {nb}");
     // etcd holds every lease once, each client on one address.
-    let leases = etcdctl(&["get", "--prefix", "/kindling/leases/", "--print-value-only"]);
+    let leases = seg.leases();
     let macs: std::collections::HashSet<&str> = leases
         .lines()
         .filter_map(|l| l.split("\"mac\":\"").nth(1)?.split('"').next())
@@ -272,4 +328,163 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A UDP socket on `dev` in namespace `ns` (created by a thread that joined it), bound to
+/// 0.0.0.0:68, broadcast allowed.
+fn client_socket(ns: &str, dev: &str) -> std::net::UdpSocket {
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.bind_device(Some(dev.as_bytes())).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 68)).into())
+            .unwrap();
+        let s: std::net::UdpSocket = s.into();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        s
+    })
+    .join()
+    .expect("socket thread")
+}
+
+/// A client's DHCP message of `kind` (broadcast flag set).
+fn dhcp(kind: dhcproto::v4::MessageType, mac: [u8; 6], xid: u32) -> dhcproto::v4::Message {
+    use dhcproto::v4::{DhcpOption, Flags, Message};
+    let zero = std::net::Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new_with_id(xid, zero, zero, zero, zero, &mac);
+    m.set_flags(Flags::default().set_broadcast());
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m
+}
+
+/// Send `req` every 250 ms until a reply of `want` with its xid comes (at most `within`):
+/// the reply and when it came.
+fn ask(
+    sock: &std::net::UdpSocket,
+    req: &dhcproto::v4::Message,
+    want: dhcproto::v4::MessageType,
+    within: Duration,
+) -> Option<(dhcproto::v4::Message, Instant)> {
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    let mut bytes = Vec::new();
+    req.encode(&mut Encoder::new(&mut bytes)).unwrap();
+    let to = std::net::SocketAddr::from(([255, 255, 255, 255], 67));
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        sock.send_to(&bytes, to).unwrap();
+        let wait = Instant::now() + Duration::from_millis(250);
+        while Instant::now() < wait {
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && let Ok(m) = dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..n]))
+                && m.xid() == req.xid()
+                && m.opts().msg_type() == Some(want)
+            {
+                return Some((m, Instant::now()));
+            }
+        }
+    }
+    None
+}
+
+/// kill -9 one of two instances: the survivor answers the dead one's clients once its
+/// membership expired (member_ttl 2 s) plus the takeover delay (1 s), and gives each the
+/// address it had; every lease the dead instance acknowledged is still in etcd.
+#[test]
+fn the_survivor_takes_over_a_killed_instances_clients() {
+    use dhcproto::v4::{DhcpOption, MessageType};
+    let Some(mut seg) = segment("the_survivor_takes_over_a_killed_instances_clients") else {
+        return;
+    };
+    let members = ["kindling-a", "kindling-b"];
+    // Twenty clients that kindling-b answers.
+    let of_b: Vec<[u8; 6]> = (0..=u8::MAX)
+        .map(|n| [0x52, 0x54, 0x00, 0xbb, 0x00, n])
+        .filter(|m| {
+            let b = kindling::cluster::buckets::bucket(kindling::mac::MacAddr(*m));
+            kindling::cluster::buckets::owner(b, members) == Some("kindling-b")
+        })
+        .take(20)
+        .collect();
+    assert_eq!(of_b.len(), 20);
+    let sock = client_socket(seg.ns(2), "br0");
+    let server = |m: &dhcproto::v4::Message| match m
+        .opts()
+        .get(dhcproto::v4::OptionCode::ServerIdentifier)
+    {
+        Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+        _ => None,
+    };
+    let mut held = Vec::new();
+    for (i, mac) in of_b.iter().enumerate() {
+        let xid = 0x4b00_0000 + i as u32;
+        let (offer, _) = ask(
+            &sock,
+            &dhcp(MessageType::Discover, *mac, xid),
+            MessageType::Offer,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("no offer for client {i}"));
+        assert_eq!(
+            server(&offer),
+            Some("10.78.0.4".parse().unwrap()),
+            "b answers it"
+        );
+        let mut req = dhcp(MessageType::Request, *mac, xid);
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        req.opts_mut()
+            .insert(DhcpOption::ServerIdentifier("10.78.0.4".parse().unwrap()));
+        let (ack, _) = ask(&sock, &req, MessageType::Ack, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no ack for client {i}"));
+        held.push((*mac, ack.yiaddr()));
+    }
+
+    seg.b.take().unwrap().kill9();
+    let killed = Instant::now();
+    // The first of b's clients asks again (INIT-REBOOT, as after a reboot): a answers it.
+    let (mac, ip) = held[0];
+    let mut reboot = dhcp(MessageType::Request, mac, 0x4b10_0000);
+    reboot.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    let (ack, at) = ask(&sock, &reboot, MessageType::Ack, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the survivor never answered:\n{}", seg.a.log_text()));
+    let took = at - killed;
+    eprintln!("kill -9: the survivor answered the dead instance's client after {took:?}");
+    assert_eq!(server(&ack), Some("10.78.0.2".parse().unwrap()));
+    assert_eq!(ack.yiaddr(), ip, "the address it had");
+    assert!(
+        took < Duration::from_secs(2 + 1 + 2),
+        "took {took:?}: member_ttl 2 s + takeover 1 s + a retransmission"
+    );
+    // A new DISCOVER of another of b's clients: its old address again.
+    let (mac, ip) = held[1];
+    let (offer, _) = ask(
+        &sock,
+        &dhcp(MessageType::Discover, mac, 0x4b10_0001),
+        MessageType::Offer,
+        Duration::from_secs(5),
+    )
+    .expect("an offer from the survivor");
+    assert_eq!(offer.yiaddr(), ip);
+    // Nothing b acknowledged was lost.
+    let leases = seg.leases();
+    for (mac, ip) in &held {
+        let mac = kindling::mac::MacAddr(*mac).to_string();
+        assert!(
+            leases
+                .lines()
+                .any(|l| l.contains(&format!("\"ip\":\"{ip}\"")) && l.contains(&mac)),
+            "{mac} at {ip} lost:\n{leases}"
+        );
+    }
 }

@@ -166,6 +166,12 @@ pub(super) async fn start_dhcp(
             dhcp_server::run_expiry(s.clone(), expiry.clone(), token.clone())
         });
     }
+    if config.dhcp.mode == DhcpMode::Proxy
+        && let Some(etcd) = etcd
+    {
+        // Proxy instances on one segment split its PXE clients too: one proxy offer each.
+        join_segment(ctx, sup, etcd, &service);
+    }
     Dhcp::export_pools(&service, &ctx.metrics);
     let (s, live, token) = (service.clone(), ctx.profiles.clone(), ctx_token(sup));
     sup.background("dhcp profiles", move || {
