@@ -58,6 +58,13 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// Labels of `kindling_store_errors_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// `leases` or `inventory`.
+    pub store: &'static str,
+}
+
 /// Labels of `kindling_service_failures_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -93,6 +100,10 @@ pub struct Metrics {
     pub reload_errors: Counter,
     /// Failures of supervised services (each one restarted).
     pub service_failures: Family<ServiceLabels, Counter>,
+    /// Writes the lease or inventory store refused or did not answer.
+    pub store_errors: Family<StoreLabels, Counter>,
+    /// Inventory records changed and not yet written (filled at scrape time).
+    pub inventory_pending: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,9 +179,23 @@ impl Default for Metrics {
             "Failures of supervised services; each failed service is restarted with backoff",
             service_failures.clone(),
         );
+        let store_errors = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Writes to the lease or inventory store that failed (etcd unreachable, no quorum, a disk error)",
+            store_errors.clone(),
+        );
+        let inventory_pending = Gauge::default();
+        registry.register(
+            "inventory_pending",
+            "Inventory records changed and not yet written to the store",
+            inventory_pending.clone(),
+        );
         Metrics {
             registry,
             service_failures,
+            store_errors,
+            inventory_pending,
             http_requests,
             machines,
             wake_to_provisioned,

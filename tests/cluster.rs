@@ -139,7 +139,7 @@ impl Segment {
 }
 
 /// `None` (with the reason printed) without root or the tools.
-fn segment(test: &str) -> Option<Segment> {
+fn segment(test: &str, tag: &str) -> Option<Segment> {
     if !is_root() {
         eprintln!("SKIP {test}: needs root for network namespaces");
         return None;
@@ -154,7 +154,8 @@ fn segment(test: &str) -> Option<Segment> {
             return None;
         }
     }
-    let mut net = common::Netns::new(&["ha", "hb", "hc"]);
+    let names = [format!("{tag}a"), format!("{tag}b"), format!("{tag}c")];
+    let mut net = common::Netns::new(&[&names[0], &names[1], &names[2]]);
     let (a, b, c) = (
         net.names[0].clone(),
         net.names[1].clone(),
@@ -260,7 +261,7 @@ fn segment(test: &str) -> Option<Segment> {
 /// holds 2,000 leases with 2,000 different MACs.
 #[test]
 fn two_instances_on_one_segment_split_the_clients() {
-    let Some(seg) = segment("two_instances_on_one_segment_split_the_clients") else {
+    let Some(seg) = segment("two_instances_on_one_segment_split_the_clients", "hs") else {
         return;
     };
     let (a, b, c) = (seg.ns(0), seg.ns(1), seg.ns(2));
@@ -403,7 +404,7 @@ fn ask(
 #[test]
 fn the_survivor_takes_over_a_killed_instances_clients() {
     use dhcproto::v4::{DhcpOption, MessageType};
-    let Some(mut seg) = segment("the_survivor_takes_over_a_killed_instances_clients") else {
+    let Some(mut seg) = segment("the_survivor_takes_over_a_killed_instances_clients", "hk") else {
         return;
     };
     let members = ["kindling-a", "kindling-b"];
@@ -486,5 +487,255 @@ fn the_survivor_takes_over_a_killed_instances_clients() {
                 .any(|l| l.contains(&format!("\"ip\":\"{ip}\"")) && l.contains(&mac)),
             "{mac} at {ip} lost:\n{leases}"
         );
+    }
+}
+
+/// Three etcd members in namespace `ns` on loopback, each restartable with its data.
+struct EtcdTrio {
+    ns: String,
+    dir: tempfile::TempDir,
+    members: Vec<Option<std::process::Child>>,
+}
+
+impl EtcdTrio {
+    const CLIENT: [u16; 3] = [23791, 23792, 23793];
+    const PEER: [u16; 3] = [23801, 23802, 23803];
+
+    fn start(ns: &str) -> EtcdTrio {
+        let mut trio = EtcdTrio {
+            ns: ns.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+            members: vec![None, None, None],
+        };
+        for i in 0..3 {
+            trio.start_member(i);
+        }
+        trio
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        Self::CLIENT
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let cluster: Vec<String> = (0..3)
+            .map(|j| format!("m{j}=http://127.0.0.1:{}", Self::PEER[j]))
+            .collect();
+        let client = format!("http://127.0.0.1:{}", Self::CLIENT[i]);
+        let peer = format!("http://127.0.0.1:{}", Self::PEER[i]);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "/usr/bin/etcd"])
+            .arg(format!("--name=m{i}"))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join(format!("m{i}")).display()
+            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", cluster.join(",")))
+            .arg("--initial-cluster-state=new")
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join(format!("m{i}.log")))
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("start etcd");
+        self.members[i] = Some(child);
+    }
+
+    fn stop_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdTrio {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.stop_member(i);
+        }
+    }
+}
+
+/// etcd trouble: three members. One stopped: leases still flow. Two stopped (no quorum): no
+/// lease is acknowledged, with a log line, a metric and `/healthz` degraded, while `/ipxe` and
+/// `/ignition` still answer. Both started again: leases flow without restarting Kindling.
+#[test]
+fn without_an_etcd_quorum_no_lease_is_acknowledged_and_boots_still_serve() {
+    use dhcproto::v4::{DhcpOption, MessageType};
+    let test = "without_an_etcd_quorum_no_lease_is_acknowledged_and_boots_still_serve";
+    if !is_root() {
+        eprintln!("SKIP {test}: needs root for network namespaces");
+        return;
+    }
+    if !common::have("etcd") {
+        eprintln!("SKIP {test}: etcd (etcd-server) is not installed (scripts/setup.sh test)");
+        return;
+    }
+    let net = common::Netns::new(&["qs", "qc"]);
+    let (s, c) = (net.names[0].clone(), net.names[1].clone());
+    net.veth(&s, "vs0", &c, "vc0");
+    common::ip(&["-n", &s, "addr", "add", "10.79.0.2/24", "dev", "vs0"]);
+    common::ip(&["-n", &s, "link", "set", "vs0", "up"]);
+    common::ip(&["-n", &c, "link", "set", "vc0", "up"]);
+    let mut trio = EtcdTrio::start(&s);
+    let endpoints = trio
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "kindling.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nconfig_access = \"open\"\n\
+             [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n\
+             [dhcp]\nmode = \"full\"\ninterfaces = [\"vs0\"]\n\
+             [[dhcp.subnet]]\nnetwork = \"10.79.0.0/24\"\nrange = [\"10.79.0.100\", \"10.79.0.200\"]\n\
+             server_ip = \"10.79.0.2\"\n\
+             [cluster]\nstore = \"etcd\"\nendpoints = [{endpoints}]\nnode_name = \"q\"\ntimeout = \"1s\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display(),
+        ),
+    );
+    write(
+        dir.path(),
+        "profiles/any.toml",
+        "default = true\nignition = \"any.ign.j2\"\n[boot]\nkernel = \"k\"\n",
+    );
+    write(
+        dir.path(),
+        "profiles/any.ign.j2",
+        "{\"ignition\": {\"version\": \"3.4.0\"}}",
+    );
+    let d = Daemon::start_in(&s, &dir.path().join("kindling.toml"));
+    d.wait_log(Duration::from_secs(30), |l| {
+        l.contains("listening for DHCP on vs0")
+    })
+    .unwrap_or_else(|| panic!("DHCP not listening:\n{}", d.log_text()));
+    let sock = client_socket(&c, "vc0");
+    let server: std::net::Ipv4Addr = "10.79.0.2".parse().unwrap();
+    // A DORA for client `n`: whether it was acknowledged within `within`.
+    let dora = |n: u8, within: Duration| -> bool {
+        let mac = [0x52, 0x54, 0x00, 0x79, 0x00, n];
+        let xid = 0x7900_0000 + u32::from(n) * 16;
+        let Some((offer, _)) = ask(
+            &sock,
+            &dhcp(MessageType::Discover, mac, xid),
+            MessageType::Offer,
+            Duration::from_secs(5),
+        ) else {
+            return false;
+        };
+        let mut req = dhcp(MessageType::Request, mac, xid + 1);
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        req.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+        ask(&sock, &req, MessageType::Ack, within).is_some()
+    };
+    let http = |path: &str| -> (u16, String) {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &s,
+                "curl",
+                "-s",
+                "-m",
+                "5",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg(d.url(path))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    assert!(dora(1, Duration::from_secs(5)), "{}", d.log_text());
+
+    // One member down: a quorum of two remains.
+    trio.stop_member(2);
+    assert!(
+        dora(2, Duration::from_secs(10)),
+        "one member down:\n{}",
+        d.log_text()
+    );
+
+    // Two down: no quorum. No ACK; the boot path serves on.
+    trio.stop_member(1);
+    assert!(
+        !dora(3, Duration::from_secs(6)),
+        "an ACK without a committed lease"
+    );
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("lease store unavailable")
+    })
+    .unwrap_or_else(|| panic!("no refusal logged:\n{}", d.log_text()));
+    let (code, health) = http("/healthz");
+    assert_eq!(code, 200);
+    assert!(
+        health.contains("\"degraded\"") && health.contains("lease store"),
+        "{health}"
+    );
+    let metrics = http("/metrics").1;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("kindling_store_errors_total{store=\"leases\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "kindling_dhcp_messages_total{type=\"request\",outcome=\"not_committed\"}"
+        )),
+        "{metrics}"
+    );
+    assert_eq!(http("/ipxe?mac=52:54:00:79:00:09").0, 200);
+    assert_eq!(http("/ignition?mac=52:54:00:79:00:09").0, 200);
+
+    // Quorum back: leases flow again, no restart.
+    trio.start_member(1);
+    trio.start_member(2);
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(30);
+    while !dora(4, Duration::from_secs(3)) {
+        assert!(
+            Instant::now() < deadline,
+            "leases never flowed again:\n{}",
+            d.log_text()
+        );
+    }
+    eprintln!(
+        "quorum back: leases acknowledged again after {:?}",
+        back.elapsed()
+    );
+    d.wait_log(Duration::from_secs(10), |l| {
+        l.contains("lease store reachable again")
+    })
+    .unwrap_or_else(|| panic!("no recovery line:\n{}", d.log_text()));
+    // Every store write succeeds again: healthy (the inventory retries within 10 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = http("/healthz").1;
+        if health.contains("\"status\":\"ok\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still degraded: {health}");
+        std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -177,10 +177,17 @@ async fn load(
         StoreKind::Etcd => Some(connect_etcd(&config.cluster).await?),
     };
     let machines = open_machine_store(&config, etcd.as_ref()).await?;
-    let records = machines
-        .load()
-        .await
-        .context("cannot read the inventory store")?;
+    let deadline = tokio::time::Instant::now() + ETCD_START_WAIT;
+    let records = loop {
+        match machines.load().await {
+            Err(e) if etcd.is_some() && tokio::time::Instant::now() < deadline => {
+                // etcd members still starting, or no quorum yet.
+                tracing::warn!(error = %e, "cannot read the inventory from etcd yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => break other.context("cannot read the inventory store")?,
+        }
+    };
     match &etcd {
         Some(e) => {
             tracing::info!(machines = records.len(), prefix = %e.key(""), "inventory restored from etcd")
@@ -329,6 +336,8 @@ fn export_inventory(metrics: &crate::metrics::Metrics, inventory: &Arc<Inventory
                     })
                     .set(n as i64);
             }
+            m.inventory_pending
+                .set(i64::try_from(inv.pending()).unwrap_or(i64::MAX));
         }
     });
 }

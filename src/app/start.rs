@@ -158,6 +158,7 @@ pub(super) async fn start_dhcp(
             join_segment(ctx, sup, etcd, &service);
         }
         let (writer, tx) = LeaseWriter::new(store, service.clone(), expiry.clone());
+        let writer = writer.with_health(ctx.health.clone());
         writes = Some(tx);
         let stop = stop_writers.clone();
         writer_task = Some(sup.critical("the DHCP lease writer", stop.clone(), writer.run(stop)));

@@ -40,6 +40,47 @@ pub enum ClusterError {
     Timeout(Duration),
 }
 
+impl ClusterError {
+    /// Whether the request failed only because the member it went to could not be reached
+    /// (down, restarting): another try may reach a live one.
+    pub fn unreachable_member(&self) -> bool {
+        match self {
+            ClusterError::Etcd(etcd_client::Error::TransportError(_)) => true,
+            ClusterError::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                // 14: UNAVAILABLE (connection refused or reset).
+                i32::from(s.code()) == 14
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Run `op` again (at most [`MEMBER_TRIES`] times in all, briefly apart) while it fails only
+/// because the member it reached was down: with several endpoints the client moves on to a
+/// live one. Other errors, and the last one, are returned.
+pub async fn on_live_member<T, E, F, Fut>(
+    mut op: F,
+    unreachable: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut tries = 1;
+    loop {
+        match op().await {
+            Err(e) if tries < MEMBER_TRIES && unreachable(&e) => {
+                tokio::time::sleep(Duration::from_millis(100) * tries).await;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Tries of one request across members (see [`on_live_member`]).
+pub const MEMBER_TRIES: u32 = 4;
+
 /// A connected etcd client with this cluster's prefix and this instance's name.
 #[derive(Clone)]
 pub struct Etcd {

@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use super::leases::State as LeaseState;
 use super::service::{Ingress, Out, Service, Write};
 use super::store::{Claim, LeaseStore};
+use crate::ctx::Health;
 use crate::events::{LeaseChange, ProfilesEvent};
+use crate::metrics::StoreLabels;
 use crate::net::{ReceiveError, Receiver};
 use crate::profiles::watch::Live;
 use crate::time_fmt::unix_now;
@@ -114,7 +116,23 @@ pub struct LeaseWriter {
     service: Arc<Service>,
     expiry: Arc<Expiry>,
     rx: mpsc::Receiver<Queued>,
+    health: Option<Arc<Health>>,
+    /// Since when the store has been failing, and the ACKs refused meanwhile.
+    trouble: Option<Trouble>,
 }
+
+/// A stretch of store failures: logged when it starts, every [`TROUBLE_LOG_EVERY`], and
+/// when it ends.
+#[derive(Debug)]
+struct Trouble {
+    since: tokio::time::Instant,
+    logged: tokio::time::Instant,
+    refused: usize,
+    failures: u32,
+}
+
+/// How often a failing lease store is logged again.
+const TROUBLE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for LeaseWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,9 +154,17 @@ impl LeaseWriter {
                 service,
                 expiry,
                 rx,
+                health: None,
+                trouble: None,
             },
             Writes(tx),
         )
+    }
+
+    /// Report the store's trouble to `health` (`/healthz`) too.
+    pub fn with_health(mut self, health: Arc<Health>) -> LeaseWriter {
+        self.health = Some(health);
+        self
     }
 
     /// Run until `token` is cancelled, then commit what is still queued and stop.
@@ -163,7 +189,7 @@ impl LeaseWriter {
     }
 
     /// Claim the leases of `batch` in one transaction; send the ACKs of those committed.
-    async fn commit(&self, batch: &mut Vec<Queued>) {
+    async fn commit(&mut self, batch: &mut Vec<Queued>) {
         if batch.is_empty() {
             return;
         }
@@ -172,11 +198,12 @@ impl LeaseWriter {
             Ok(c) => c,
             Err(e) => {
                 let acks = batch.iter().filter(|q| q.write.ack.is_some()).count();
-                tracing::error!(error = %e, leases = batch.len(), acks, "cannot persist leases: their ACKs are not sent");
+                self.failed(&e.to_string(), acks);
                 batch.clear();
                 return;
             }
         };
+        self.recovered();
         for (q, claim) in batch.drain(..).zip(claims) {
             let Write { lease, change, ack } = q.write;
             if let Claim::Taken { holder } = claim {
@@ -192,6 +219,50 @@ impl LeaseWriter {
                 self.expiry.watch(lease.expires, lease.ip);
             }
             self.service.announce(&lease, change);
+        }
+    }
+}
+
+impl LeaseWriter {
+    /// A batch could not be made durable: none of its `acks` is sent (no ACK without a
+    /// committed lease). Logged at the start of a stretch of failures and then every
+    /// [`TROUBLE_LOG_EVERY`], counted, and shown in `/healthz`.
+    fn failed(&mut self, error: &str, acks: usize) {
+        let now = tokio::time::Instant::now();
+        self.service.count_not_committed(acks);
+        self.service
+            .metrics()
+            .store_errors
+            .get_or_create(&StoreLabels { store: "leases" })
+            .inc();
+        let t = self.trouble.get_or_insert(Trouble {
+            since: now,
+            logged: now - TROUBLE_LOG_EVERY,
+            refused: 0,
+            failures: 0,
+        });
+        t.refused += acks;
+        t.failures += 1;
+        if now >= t.logged + TROUBLE_LOG_EVERY {
+            t.logged = now;
+            tracing::error!(error = %error, refused_acks = t.refused, for_s = t.since.elapsed().as_secs(), "lease store unavailable: no lease is acknowledged until it is back (repeated every 10 s)");
+        }
+        if let Some(h) = &self.health {
+            h.failed("lease store", t.failures, error);
+        }
+    }
+
+    /// A batch committed: the end of a stretch of failures, if there was one.
+    fn recovered(&mut self) {
+        if let Some(t) = self.trouble.take() {
+            tracing::info!(
+                refused_acks = t.refused,
+                after_s = t.since.elapsed().as_secs(),
+                "lease store reachable again; acknowledging leases"
+            );
+            if let Some(h) = &self.health {
+                h.recovered("lease store");
+            }
         }
     }
 }

@@ -296,6 +296,18 @@ impl Service {
         Some(change)
     }
 
+    /// `n` ACKs were not sent: their leases could not be made durable.
+    pub fn count_not_committed(&self, n: usize) {
+        for _ in 0..n {
+            self.metrics.dhcp("request", "not_committed");
+        }
+    }
+
+    /// The metrics this service counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Answer only the clients of `share` from now on (several instances on one segment).
     /// New addresses come from the same share of each pool (address mod the bucket count),
     /// so two instances never offer one free address to two clients.

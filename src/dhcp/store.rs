@@ -47,6 +47,13 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether only the etcd member the request went to was unreachable (another may do).
+    pub fn unreachable_member(&self) -> bool {
+        matches!(self, StoreError::Etcd(e) if e.unreachable_member())
+    }
+}
+
 /// The outcome of claiming one lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::leases::{Lease, Now};
 use super::store::{Claim, LeaseStore, StoreError, may_write};
-use crate::cluster::Etcd;
+use crate::cluster::{Etcd, on_live_member};
 
 /// Keys per transaction (etcd's `--max-txn-ops` defaults to 128).
 const KEYS_PER_TXN: usize = 100;
@@ -120,6 +120,24 @@ impl EtcdLeaseStore {
 #[async_trait::async_trait]
 impl LeaseStore for EtcdLeaseStore {
     async fn load(&self) -> Result<Vec<Lease>, StoreError> {
+        on_live_member(|| self.load_once(), StoreError::unreachable_member).await
+    }
+
+    async fn claim(&self, leases: Vec<Lease>, now: Now) -> Result<Vec<Claim>, StoreError> {
+        self.claim_all(leases, now).await
+    }
+
+    fn remote_changes(&self) -> Option<mpsc::Receiver<Lease>> {
+        let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
+        let from = self.loaded_at.load(Ordering::Relaxed);
+        let decode = |b: &[u8]| serde_json::from_slice::<Lease>(b);
+        tokio::spawn(self.etcd.clone().follow("leases/", from, decode, tx));
+        Some(rx)
+    }
+}
+
+impl EtcdLeaseStore {
+    async fn load_once(&self) -> Result<Vec<Lease>, StoreError> {
         let mut c = self.etcd.client();
         let prefix = self.etcd.key("leases/");
         let resp = self
@@ -142,7 +160,7 @@ impl LeaseStore for EtcdLeaseStore {
         Ok(out)
     }
 
-    async fn claim(&self, leases: Vec<Lease>, now: Now) -> Result<Vec<Claim>, StoreError> {
+    async fn claim_all(&self, leases: Vec<Lease>, now: Now) -> Result<Vec<Claim>, StoreError> {
         let mut out = Vec::with_capacity(leases.len());
         let mut start = 0;
         while start < leases.len() {
@@ -153,17 +171,16 @@ impl LeaseStore for EtcdLeaseStore {
             while end < leases.len() && end - start < KEYS_PER_TXN && seen.insert(leases[end].ip) {
                 end += 1;
             }
-            out.extend(self.claim_chunk(&leases[start..end], now).await?);
+            let chunk = &leases[start..end];
+            out.extend(
+                on_live_member(
+                    || self.claim_chunk(chunk, now),
+                    StoreError::unreachable_member,
+                )
+                .await?,
+            );
             start = end;
         }
         Ok(out)
-    }
-
-    fn remote_changes(&self) -> Option<mpsc::Receiver<Lease>> {
-        let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
-        let from = self.loaded_at.load(Ordering::Relaxed);
-        let decode = |b: &[u8]| serde_json::from_slice::<Lease>(b);
-        tokio::spawn(self.etcd.clone().follow("leases/", from, decode, tx));
-        Some(rx)
     }
 }

@@ -412,7 +412,8 @@ async fn metrics(State(st): State<HttpState>) -> Response {
 async fn healthz(State(st): State<HttpState>) -> Response {
     let status = st.profiles.status();
     let failing = st.health.failing();
-    let state = if status.last_error.is_some() || !failing.is_empty() {
+    let store_trouble = st.inventory.store_trouble();
+    let state = if status.last_error.is_some() || !failing.is_empty() || store_trouble.is_some() {
         "degraded"
     } else {
         "ok"
@@ -424,6 +425,10 @@ async fn healthz(State(st): State<HttpState>) -> Response {
         "machines_seen": st.inventory.len(),
         "profiles": status,
         "failing_services": failing,
+        "inventory_store": match &store_trouble {
+            Some(e) => json!({ "status": "unavailable", "error": e, "pending": st.inventory.pending() }),
+            None => json!({ "status": "ok", "pending": st.inventory.pending() }),
+        },
     }))
     .into_response();
     resp.extensions_mut().insert(Outcome {

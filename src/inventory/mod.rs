@@ -144,6 +144,8 @@ pub struct Inventory {
     changed: Notify,
     /// The generation the writer last committed.
     committed: watch::Sender<u64>,
+    /// Why the last write to the store failed, while it keeps failing (`/healthz`).
+    store_trouble: Mutex<Option<String>>,
     /// Whether a writer runs (without one, nothing waits for disk).
     persistent: std::sync::atomic::AtomicBool,
     /// The profile generation the declared machines were last synced from.
@@ -180,6 +182,7 @@ impl Inventory {
             metrics,
             changed: Notify::new(),
             committed: watch::Sender::new(0),
+            store_trouble: Mutex::new(None),
             persistent: std::sync::atomic::AtomicBool::new(false),
             synced: watch::Sender::new(0),
         }
@@ -187,6 +190,19 @@ impl Inventory {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the store is failing, while it is (changes are kept and written when it is back).
+    pub fn store_trouble(&self) -> Option<String> {
+        self.store_trouble
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records changed and not yet written to the store.
+    pub fn pending(&self) -> usize {
+        self.lock().dirty.len()
     }
 
     /// The inventory's idea of now.

@@ -47,6 +47,13 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether only the etcd member the request went to was unreachable (another may do).
+    pub fn unreachable_member(&self) -> bool {
+        matches!(self, StoreError::Etcd(e) if e.unreachable_member())
+    }
+}
+
 /// One record's change: its JSON, or `None` when it was forgotten.
 pub type Change = (MacAddr, Option<Vec<u8>>);
 

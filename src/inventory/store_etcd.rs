@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::Record;
 use super::store::{Change, MachineStore, StoreError};
-use crate::cluster::Etcd;
+use crate::cluster::{Etcd, on_live_member};
 
 /// Operations per transaction (etcd's `--max-txn-ops` defaults to 128).
 const OPS_PER_TXN: usize = 100;
@@ -41,9 +41,8 @@ impl EtcdMachineStore {
     }
 }
 
-#[async_trait::async_trait]
-impl MachineStore for EtcdMachineStore {
-    async fn load(&self) -> Result<Vec<Record>, StoreError> {
+impl EtcdMachineStore {
+    async fn load_once(&self) -> Result<Vec<Record>, StoreError> {
         let mut c = self.etcd.client();
         let prefix = self.etcd.key("machines/");
         let resp = self
@@ -66,22 +65,34 @@ impl MachineStore for EtcdMachineStore {
         Ok(out)
     }
 
+    /// One transaction: a MAC's last change wins (a transaction may name a key once).
+    async fn write_chunk(&self, chunk: &[Change]) -> Result<(), StoreError> {
+        let mut ops: Vec<(String, TxnOp)> = Vec::with_capacity(chunk.len());
+        for (mac, bytes) in chunk {
+            let key = self.etcd.key(&format!("machines/{mac}"));
+            ops.retain(|(k, _)| *k != key);
+            let op = match bytes {
+                Some(b) => TxnOp::put(key.as_str(), b.clone(), None),
+                None => TxnOp::delete(key.as_str(), None),
+            };
+            ops.push((key, op));
+        }
+        let txn = Txn::new().and_then(ops.into_iter().map(|(_, op)| op).collect::<Vec<_>>());
+        let mut c = self.etcd.client();
+        self.etcd.limit(c.txn(txn)).await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl MachineStore for EtcdMachineStore {
+    async fn load(&self) -> Result<Vec<Record>, StoreError> {
+        on_live_member(|| self.load_once(), StoreError::unreachable_member).await
+    }
+
     async fn write(&self, changes: Vec<Change>) -> Result<(), StoreError> {
         for chunk in changes.chunks(OPS_PER_TXN) {
-            // One transaction may name a key once: the last change of a MAC wins.
-            let mut ops: Vec<(String, TxnOp)> = Vec::with_capacity(chunk.len());
-            for (mac, bytes) in chunk {
-                let key = self.etcd.key(&format!("machines/{mac}"));
-                ops.retain(|(k, _)| *k != key);
-                let op = match bytes {
-                    Some(b) => TxnOp::put(key.as_str(), b.clone(), None),
-                    None => TxnOp::delete(key.as_str(), None),
-                };
-                ops.push((key, op));
-            }
-            let txn = Txn::new().and_then(ops.into_iter().map(|(_, op)| op).collect::<Vec<_>>());
-            let mut c = self.etcd.client();
-            self.etcd.limit(c.txn(txn)).await?;
+            on_live_member(|| self.write_chunk(chunk), StoreError::unreachable_member).await?;
         }
         Ok(())
     }

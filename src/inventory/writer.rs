@@ -55,9 +55,27 @@ impl Inventory {
             if !changes.is_empty() {
                 let macs: Vec<MacAddr> = changes.iter().map(|(m, _)| *m).collect();
                 if let Err(e) = store.write(changes).await {
-                    tracing::error!(error = %e, records = macs.len(), retry_in = ?retry, "cannot persist the inventory; will retry");
+                    if retry == RETRY_FIRST || retry == RETRY_MAX {
+                        // The first failure of a stretch, then once per longest pause.
+                        tracing::error!(error = %e, records = macs.len(), retry_in = ?retry, "cannot persist the inventory; changes are kept and written when the store is back");
+                    }
+                    if let Some(m) = &self.metrics {
+                        m.store_errors
+                            .get_or_create(&crate::metrics::StoreLabels { store: "inventory" })
+                            .inc();
+                    }
+                    *self.store_trouble.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(e.to_string());
                     self.lock().dirty.extend(macs);
                     failed = true;
+                } else if self
+                    .store_trouble
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .is_some()
+                {
+                    tracing::info!("inventory store reachable again; queued changes written");
                 }
             }
             if failed {
