@@ -88,6 +88,48 @@ fn two_instances_share_one_inventory_through_etcd() {
     assert_eq!(get(&b.url(&format!("/ipxe?mac={other}"))).0, 404);
     let list = until(&a.url("/api/v1/machines"), |body| body.contains(other));
     assert!(list.contains(other) && list.contains(MAC), "{list}");
+    // `kindling machines` prints the same table from either instance.
+    let table = |d: &Daemon| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+            .args(["machines", "--url"])
+            .arg(d.url(""))
+            .output()
+            .expect("kindling machines");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (ta, tb) = (table(&a), table(&b));
+    assert!(ta.contains(MAC) && ta.contains(other), "{ta}");
+    // MAC, hostname, profile, IP and state of each row (SINCE counts seconds).
+    let rows = |t: &str| -> Vec<String> {
+        t.lines()
+            .map(|l| l.split_whitespace().take(5).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert_eq!(rows(&ta), rows(&tb), "A:\n{ta}\nB:\n{tb}");
+    // The event stream on A shows a transition B served.
+    let sse = Command::new("curl")
+        .args(["-sN", "-m", "4"])
+        .arg(a.url(&format!("/api/v1/events?mac={MAC}")))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl events");
+    std::thread::sleep(Duration::from_millis(700));
+    let reinstall = Command::new("curl")
+        .args(["-s", "-m", "5", "-X", "POST"])
+        .arg(b.url(&format!("/api/v1/report?mac={MAC}&state=provisioned")))
+        .output()
+        .unwrap();
+    assert!(reinstall.status.success());
+    let streamed = String::from_utf8_lossy(&sse.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        streamed.contains("event: transition") && streamed.contains("provisioned"),
+        "A's stream did not show B's transition:\n{streamed}"
+    );
     // A restarted instance starts from what etcd holds (its own state directory has none).
     drop(a);
     let fresh = instance(&etcd, "kindling-c");
