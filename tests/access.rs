@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Daemon, write};
@@ -18,16 +17,8 @@ const API_TOKEN: &str = "operator-s3cret";
 
 /// `curl` from `src`: the status code and the body.
 fn curl(src: &str, method: &str, url: &str, extra: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "--interface", src, "-X", method])
-        .args(["-w", "\n%{http_code}"])
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let args = [&["--interface", src, "-X", method][..], extra].concat();
+    common::curl(&args, url)
 }
 
 fn lab() -> tempfile::TempDir {

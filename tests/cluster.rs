@@ -36,14 +36,7 @@ fn instance(etcd: &Etcd, node: &str) -> tempfile::TempDir {
 }
 
 fn get(url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
-        .arg(url)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    common::curl(&[], url)
 }
 
 /// Wait (at most 5 s) until `url` answers a body that satisfies `ok`.
@@ -373,31 +366,16 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// A UDP socket on `dev` in namespace `ns` (created by a thread that joined it), bound to
-/// 0.0.0.0:68, broadcast allowed.
+/// A client's socket on `dev` in namespace `ns`: 0.0.0.0:68, short reads.
 fn client_socket(ns: &str, dev: &str) -> std::net::UdpSocket {
-    let (ns, dev) = (ns.to_string(), dev.to_string());
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
+    let s = common::udp_in_netns(
+        ns,
+        dev,
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 68),
+    );
+    s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-        s.bind_device(Some(dev.as_bytes())).unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.set_broadcast(true).unwrap();
-        s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 68)).into())
-            .unwrap();
-        let s: std::net::UdpSocket = s.into();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        s
-    })
-    .join()
-    .expect("socket thread")
+    s
 }
 
 /// A client's DHCP message of `kind` (broadcast flag set).

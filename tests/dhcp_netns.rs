@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use dhcproto::v4::{
 };
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
-use common::{Daemon, Netns, have, ip, write};
+use common::{Daemon, Netns, have, ip, udp_in_netns, write};
 
 const RESERVED_MAC: &str = "52:54:00:77:00:50";
 const RESERVED_IP: &str = "10.77.0.50";
@@ -531,32 +531,6 @@ fn relayed_through_dhcrelay_with_option_82() {
         "option 82 circuit-id selected the profile: {line}"
     );
     drop(guard);
-}
-
-/// A UDP socket created inside namespace `ns` (by a helper thread that joins it: a socket
-/// belongs to the namespace it was created in), bound to `dev` and `addr`, broadcast allowed.
-fn udp_in_netns(ns: &str, dev: &str, addr: SocketAddrV4) -> UdpSocket {
-    let (ns, dev) = (ns.to_string(), dev.to_string());
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.bind_device(Some(dev.as_bytes())).unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.set_broadcast(true).unwrap();
-        s.bind(&SocketAddr::V4(addr).into()).unwrap();
-        let s: UdpSocket = s.into();
-        s.set_read_timeout(Some(Duration::from_millis(250)))
-            .unwrap();
-        s
-    })
-    .join()
-    .expect("socket thread")
 }
 
 /// A PXE request as firmware sends it: UEFI x64 (option 93 = 7, `PXEClient` class, GUID).

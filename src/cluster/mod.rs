@@ -12,7 +12,7 @@ pub mod members;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, Identity, TlsOptions, WatchOptions,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -195,6 +195,30 @@ impl Etcd {
     /// A client handle (cheap: it shares the connection).
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// Every value under `<prefix><rest>`, decoded (one that does not decode is logged and
+    /// skipped), and the revision they were read at (a watch continues after it).
+    pub async fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        rest: &str,
+    ) -> Result<(Vec<T>, i64), ClusterError> {
+        let mut c = self.client.clone();
+        let resp = self
+            .limit(c.get(self.key(rest), Some(GetOptions::new().with_prefix())))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            match serde_json::from_slice::<T>(kv.value()) {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    let key = String::from_utf8_lossy(kv.key());
+                    tracing::warn!(%key, error = %e, "skipping an unreadable value in etcd");
+                }
+            }
+        }
+        Ok((out, revision))
     }
 
     /// Ask the member this client talks to for its status.

@@ -228,29 +228,20 @@ impl Config {
                 ),
             ));
         }
-        if let Some(name) = &c.node_name
-            && (name.is_empty()
-                || name.len() > 63
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'))
-        {
-            issues.push(Issue::new(
-                "cluster.node_name",
-                format!("cluster.node_name = {name:?}: 1 to 63 letters, digits, '-', '_' or '.'"),
-            ));
-        }
-        if let Some(seg) = &c.segment
-            && (seg.is_empty()
-                || seg.len() > 63
-                || !seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'))
-        {
-            issues.push(Issue::new(
-                "cluster.segment",
-                format!("cluster.segment = {seg:?}: 1 to 63 letters, digits, '-', '_' or '.'"),
-            ));
+        // Both end up in etcd keys: one path segment each.
+        for (key, value) in [("node_name", &c.node_name), ("segment", &c.segment)] {
+            if let Some(v) = value
+                && (v.is_empty()
+                    || v.len() > 63
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'))
+            {
+                issues.push(Issue::new(
+                    format!("cluster.{key}"),
+                    format!("cluster.{key} = {v:?}: 1 to 63 letters, digits, '-', '_' or '.'"),
+                ));
+            }
         }
         if c.member_ttl < Duration::from_secs(2) || c.timeout.is_zero() {
             issues.push(Issue::new(

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::mpsc;
 
 use super::leases::{Lease, Now};
@@ -138,25 +138,8 @@ impl LeaseStore for EtcdLeaseStore {
 
 impl EtcdLeaseStore {
     async fn load_once(&self) -> Result<Vec<Lease>, StoreError> {
-        let mut c = self.etcd.client();
-        let prefix = self.etcd.key("leases/");
-        let resp = self
-            .etcd
-            .limit(c.get(prefix, Some(GetOptions::new().with_prefix())))
-            .await?;
-        if let Some(h) = resp.header() {
-            self.loaded_at.store(h.revision(), Ordering::Relaxed);
-        }
-        let mut out = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            match serde_json::from_slice::<Lease>(kv.value()) {
-                Ok(lease) => out.push(lease),
-                Err(e) => {
-                    let key = String::from_utf8_lossy(kv.key());
-                    tracing::warn!(%key, error = %e, "skipping an unreadable lease record in etcd");
-                }
-            }
-        }
+        let (out, revision) = self.etcd.load("leases/").await?;
+        self.loaded_at.store(revision, Ordering::Relaxed);
         Ok(out)
     }
 

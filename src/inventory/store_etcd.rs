@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use etcd_client::{GetOptions, Txn, TxnOp};
+use etcd_client::{Txn, TxnOp};
 use tokio::sync::mpsc;
 
 use super::Record;
@@ -43,25 +43,8 @@ impl EtcdMachineStore {
 
 impl EtcdMachineStore {
     async fn load_once(&self) -> Result<Vec<Record>, StoreError> {
-        let mut c = self.etcd.client();
-        let prefix = self.etcd.key("machines/");
-        let resp = self
-            .etcd
-            .limit(c.get(prefix, Some(GetOptions::new().with_prefix())))
-            .await?;
-        if let Some(h) = resp.header() {
-            self.loaded_at.store(h.revision(), Ordering::Relaxed);
-        }
-        let mut out = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            match serde_json::from_slice::<Record>(kv.value()) {
-                Ok(rec) => out.push(rec),
-                Err(e) => {
-                    let key = String::from_utf8_lossy(kv.key());
-                    tracing::warn!(%key, error = %e, "skipping an unreadable machine record in etcd");
-                }
-            }
-        }
+        let (out, revision) = self.etcd.load("machines/").await?;
+        self.loaded_at.store(revision, Ordering::Relaxed);
         Ok(out)
     }
 

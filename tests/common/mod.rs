@@ -317,3 +317,42 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// A UDP socket created inside namespace `ns` (by a helper thread that joins it: a socket
+/// belongs to the namespace it was created in), bound to `dev` and `addr`, broadcast allowed.
+pub fn udp_in_netns(ns: &str, dev: &str, addr: std::net::SocketAddrV4) -> std::net::UdpSocket {
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.bind_device(Some(dev.as_bytes())).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind(&SocketAddr::V4(addr).into()).unwrap();
+        let s: std::net::UdpSocket = s.into();
+        s.set_read_timeout(Some(Duration::from_millis(250)))
+            .unwrap();
+        s
+    })
+    .join()
+    .expect("socket thread")
+}
+
+/// `curl -s ARGS URL` (5 s at most): the status code (0 when none came) and the body.
+pub fn curl(args: &[&str], url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
