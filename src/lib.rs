@@ -29,6 +29,7 @@ pub mod config;
 pub mod ctx;
 pub mod dhcp;
 pub mod diag;
+pub mod digest;
 pub mod dns;
 pub mod events;
 pub mod http;

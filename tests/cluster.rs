@@ -138,7 +138,7 @@ struct Segment {
     // Dropped in this order: the daemons, then etcd and the namespaces.
     a: Daemon,
     b: Option<Daemon>,
-    _configs: Vec<tempfile::TempDir>,
+    configs: Vec<tempfile::TempDir>,
     net: common::Netns,
     _data: tempfile::TempDir,
     etcd_url: &'static str,
@@ -284,7 +284,7 @@ fn segment(test: &str, tag: &str) -> Option<Segment> {
     Some(Segment {
         net,
         _data: data,
-        _configs: vec![ca, cb],
+        configs: vec![ca, cb],
         a: da,
         b: Some(db),
         etcd_url,
@@ -470,6 +470,31 @@ fn the_survivor_takes_over_a_killed_instances_clients() {
             .unwrap_or_else(|| panic!("no ack for client {i}"));
         held.push((*mac, ack.yiaddr()));
     }
+
+    // Both serve the same files: one digest, no warning. Then b's profiles change (a hot
+    // reload): a says the members serve different profile sets.
+    let digest = |ns: &str, d: &Daemon| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-s", "-m", "5"])
+            .arg(d.url("/healthz"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["profiles"]["digest"].as_str().unwrap().to_string()
+    };
+    let before = digest(seg.ns(0), &seg.a);
+    assert_eq!(before.len(), 16);
+    assert_eq!(before, digest(seg.ns(1), seg.b.as_ref().unwrap()));
+    assert!(!seg.a.log_text().contains("different profile sets"));
+    let b_profile = seg.configs[1].path().join("profiles/any.toml");
+    let text = std::fs::read_to_string(&b_profile).unwrap();
+    std::fs::write(&b_profile, format!("# edited on b only\n{text}")).unwrap();
+    seg.a
+        .wait_log(Duration::from_secs(10), |l| {
+            l.contains("different profile sets")
+        })
+        .unwrap_or_else(|| panic!("no mismatch warning:\n{}", seg.a.log_text()));
+    assert_ne!(digest(seg.ns(1), seg.b.as_ref().unwrap()), before);
 
     seg.b.take().unwrap().kill9();
     let killed = Instant::now();

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 /// use each other (services talk through the event bus and adapters in `app`).
 const LAYERS: &[&[&str]] = &[
     // leaves: shared types and helpers
-    &["mac", "time_fmt", "diag", "net", "metrics", "testkit"],
+    &[
+        "mac", "time_fmt", "diag", "digest", "net", "metrics", "testkit",
+    ],
     // pure decisions on leaf types
     &["pxe", "boot_state"],
     // typed events and the bus that carries them

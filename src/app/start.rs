@@ -44,15 +44,17 @@ fn join_segment(ctx: &Ctx, sup: &Supervisor, etcd: &Etcd, service: &Arc<Dhcp>) {
         });
     tracing::info!(%segment, node = %etcd.node(), "cluster: joining the segment's members");
     let (etcd, service, token) = (etcd.clone(), service.clone(), ctx_token(sup));
+    let live = ctx.profiles.clone();
     let (ttl, takeover) = (c.cluster.member_ttl, c.cluster.takeover_delay);
     sup.background("cluster membership", move || {
-        let service = service.clone();
+        let (service, live) = (service.clone(), live.clone());
         crate::cluster::members::run(
             etcd.clone(),
             segment.clone(),
             ttl,
             takeover,
             move |share| service.use_share(share),
+            move || live.status().digest,
             token.clone(),
         )
     });

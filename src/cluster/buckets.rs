@@ -16,26 +16,8 @@ use crate::mac::MacAddr;
 /// Buckets clients are split into.
 pub const BUCKETS: usize = 256;
 
-/// FNV-1a, 64 bits, finished with fmix64: stable across builds and versions (every instance
-/// must agree).
 fn fnv(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        // A separator, so ("ab", "c") and ("a", "bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // FNV alone mixes the last bytes poorly into the high bits: finish with MurmurHash3's
-    // fmix64, so names differing in one character still win different buckets.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    crate::digest::fnv64(parts)
 }
 
 /// The bucket of `mac`.

@@ -26,14 +26,20 @@ pub async fn run(
     ttl: Duration,
     takeover: Duration,
     on_change: impl Fn(Share) + Send + 'static,
+    profiles: impl Fn() -> String + Send + 'static,
     token: CancellationToken,
 ) {
     let mut view = Membership::new(etcd.node(), takeover);
     let mut last = None;
     let mut pause = RETRY_FIRST;
+    let mut peers = Peers::default();
     loop {
+        let hooks = Hooks {
+            on_change: &on_change,
+            profiles: &profiles,
+        };
         match session(
-            &etcd, &segment, ttl, &mut view, &on_change, &mut last, &token,
+            &etcd, &segment, ttl, &mut view, &hooks, &mut last, &mut peers, &token,
         )
         .await
         {
@@ -48,6 +54,52 @@ pub async fn run(
         }
         pause = (pause * 2).min(Duration::from_secs(10));
     }
+}
+
+/// What a session reports to and asks of the rest of the instance.
+struct Hooks<'a, C, P> {
+    on_change: &'a C,
+    profiles: &'a P,
+}
+
+/// The profile digests the other members announced, and which mismatches were told.
+#[derive(Default)]
+struct Peers {
+    digests: std::collections::BTreeMap<String, String>,
+    warned: std::collections::BTreeSet<(String, String, String)>,
+}
+
+impl Peers {
+    /// Remember `node`'s digest (from its membership value) and warn once per pair of
+    /// different digests.
+    fn saw(&mut self, node: &str, value: &[u8], mine: &str) {
+        let Some(theirs) = serde_json::from_slice::<serde_json::Value>(value)
+            .ok()
+            .and_then(|v| v.get("profiles")?.as_str().map(str::to_string))
+        else {
+            return;
+        };
+        self.digests.insert(node.to_string(), theirs);
+        self.check(mine);
+    }
+
+    fn check(&mut self, mine: &str) {
+        for (node, theirs) in &self.digests {
+            if theirs != mine
+                && self
+                    .warned
+                    .insert((node.clone(), theirs.clone(), mine.to_string()))
+            {
+                tracing::warn!(%node, theirs = %theirs, ours = %mine, "cluster members serve different profile sets: deploy the same profiles to every instance");
+            }
+        }
+    }
+}
+
+/// This instance's membership value.
+fn member_value(me: &str, digest: &str) -> String {
+    serde_json::json!({ "node": me, "since": crate::time_fmt::unix_now(), "profiles": digest })
+        .to_string()
 }
 
 /// The node name in a membership key.
@@ -74,22 +126,26 @@ fn publish(view: &Membership, now: Instant, on_change: &impl Fn(Share), last: &m
 
 /// One membership: register, follow the others, keep the lease alive; `Ok` when cancelled,
 /// `Err` when etcd failed or the membership was lost.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     etcd: &Etcd,
     segment: &str,
     ttl: Duration,
     view: &mut Membership,
-    on_change: &impl Fn(Share),
+    hooks: &Hooks<'_, impl Fn(Share), impl Fn() -> String>,
     last: &mut Option<Share>,
+    peers: &mut Peers,
     token: &CancellationToken,
 ) -> Result<(), ClusterError> {
+    let on_change = hooks.on_change;
+    let mut digest = (hooks.profiles)();
     let me = etcd.node().to_string();
     let prefix = etcd.key(&format!("members/{segment}/"));
     let key = format!("{prefix}{me}");
     let mut c = etcd.client();
     let secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
     let lease = etcd.limit(c.lease_grant(secs, None)).await?.id();
-    let value = serde_json::json!({ "node": me, "since": crate::time_fmt::unix_now() }).to_string();
+    let value = member_value(&me, &digest);
     let register = Txn::new()
         .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(
@@ -111,6 +167,9 @@ async fn session(
     for kv in members.kvs() {
         if let Some(node) = node_of(kv.key(), &prefix) {
             view.joined(&node);
+            if node != me {
+                peers.saw(&node, kv.value(), &digest);
+            }
         }
     }
     publish(view, Instant::now(), on_change, last);
@@ -132,6 +191,14 @@ async fn session(
             }
             _ = tick.tick() => {
                 etcd.limit(keeper.keep_alive()).await?;
+                let now_digest = (hooks.profiles)();
+                if now_digest != digest {
+                    // The profiles were reloaded: tell the others.
+                    digest = now_digest;
+                    let put = PutOptions::new().with_lease(lease);
+                    etcd.limit(c.put(key.as_str(), member_value(&me, &digest), Some(put))).await?;
+                    peers.check(&digest);
+                }
             }
             got = alive.message() => match got? {
                 Some(r) if r.ttl() <= 0 => {
@@ -153,7 +220,14 @@ async fn session(
                         continue;
                     };
                     match event.event_type() {
-                        EventType::Put => view.joined(&node),
+                        EventType::Put => {
+                            view.joined(&node);
+                            if node != me
+                                && let Some(kv) = event.kv()
+                            {
+                                peers.saw(&node, kv.value(), &digest);
+                            }
+                        }
                         EventType::Delete if node == me => {
                             return Err(ClusterError::Membership("this instance's membership key was deleted".into()));
                         }

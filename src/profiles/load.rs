@@ -402,6 +402,19 @@ impl ProfileSet {
             }
         }
         let mut engine = Engine::new();
+        let digest = {
+            let mut parts: Vec<Vec<u8>> = Vec::new();
+            for (rel, path) in &ld.files {
+                parts.push(rel.clone().into_bytes());
+                parts.push(std::fs::read(path).unwrap_or_default());
+            }
+            for (name, text) in ld.templates.iter().filter(|(n, _)| n.starts_with("ipxe/")) {
+                parts.push(name.clone().into_bytes());
+                parts.push(text.clone().into_bytes());
+            }
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            format!("{:016x}", crate::digest::fnv64(&refs))
+        };
         for (name, text) in std::mem::take(&mut ld.templates) {
             let origin = ld.origins.remove(&name).unwrap_or_else(|| Location {
                 path: PathBuf::from(&name),
@@ -419,6 +432,7 @@ impl ProfileSet {
             default,
             engine,
             loaded_at: SystemTime::now(),
+            digest,
         };
         set.selectors
             .sort_by_key(|s| std::cmp::Reverse(s.conditions.specificity()));

@@ -175,6 +175,9 @@ pub struct ProfileSet {
     pub(crate) engine: Engine,
     /// When this set was loaded.
     pub loaded_at: SystemTime,
+    /// A hash of every file it was loaded from (profiles, templates, iPXE scripts): instances
+    /// serving the same files show the same digest.
+    pub digest: String,
 }
 
 impl std::fmt::Debug for ProfileSet {

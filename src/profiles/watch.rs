@@ -35,6 +35,9 @@ pub struct ReloadStatus {
     pub profiles: usize,
     /// Machine entries in the set being served.
     pub machines: usize,
+    /// The digest of the files the set being served was loaded from (the same on every
+    /// instance that serves the same files).
+    pub digest: String,
     /// The errors of the last failed reload, if it failed after the set being served loaded.
     pub last_error: Option<Vec<String>>,
     /// When that reload failed.
@@ -71,6 +74,7 @@ impl Live {
             loaded_at: set.loaded_at,
             profiles: set.profiles.len(),
             machines: set.machines.len(),
+            digest: set.digest.clone(),
             last_error: None,
             last_error_at: None,
             failed_reloads: 0,
@@ -136,6 +140,7 @@ impl Reloader<'_> {
                 status.loaded_at = set.loaded_at;
                 status.profiles = set.profiles.len();
                 status.machines = set.machines.len();
+                status.digest.clone_from(&set.digest);
                 status.last_error = None;
                 status.last_error_at = None;
                 let generation = status.generation;
