@@ -784,3 +784,58 @@ fn without_an_etcd_quorum_no_lease_is_acknowledged_and_boots_still_serve() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// DNS on every instance names the cluster's machines: a machine that booted from instance A
+/// (Kindling's DHCP off: the address it asked from names it) resolves on instance B.
+#[test]
+fn every_instance_names_the_machines_of_the_cluster() {
+    let test = "every_instance_names_the_machines_of_the_cluster";
+    if !common::have("dig") {
+        eprintln!("SKIP {test}: dig (bind9-dnsutils) is not installed");
+        return;
+    }
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let dirs = [instance(&etcd, "dns-a"), instance(&etcd, "dns-b")];
+    for d in &dirs {
+        let cfg = d.path().join("kindling.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(
+            &cfg,
+            format!(
+                "{text}[dns]\nenabled = true\nlisten = \"127.0.0.1:0\"\ndomain = \"lab.example\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let a = Daemon::start(&dirs[0].path().join("kindling.toml"));
+    let b = Daemon::start(&dirs[1].path().join("kindling.toml"));
+    let port = b.logged_addr("listening for DNS on ").port().to_string();
+    let dig = || -> String {
+        let out = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &port,
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "alpha.lab.example",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(dig(), "", "not booted yet");
+    assert_eq!(get(&a.url(&format!("/ipxe?mac={MAC}"))).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dig() != "127.0.0.1" {
+        assert!(
+            Instant::now() < deadline,
+            "B never named A's machine:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

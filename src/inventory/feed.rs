@@ -532,7 +532,7 @@ impl Inventory {
 
     /// Take records that other instances sharing the store wrote, until the store's stream
     /// ends or `cancel`: each replaces the local record when it is newer (by `last_seen`), and
-    /// a changed boot state is announced like a local one.
+    /// a changed boot state (or a machine new here) is announced like a local one.
     pub async fn run_remote_changes(
         self: Arc<Self>,
         mut changes: tokio::sync::mpsc::Receiver<Record>,
@@ -561,7 +561,9 @@ impl Inventory {
         if let Some(ip) = rec.ip {
             inner.by_ip.insert(ip, rec.mac);
         }
-        let changed_state = from.is_some_and(|f| f != rec.state);
+        // A machine new to this instance is announced too (from `unknown`): DNS names and
+        // event streams here learn of it.
+        let changed_state = from.unwrap_or(BootState::Unknown) != rec.state;
         if changed_state && let Some(last) = rec.history.back() {
             let (event, source) = (last.event.clone(), last.source.clone());
             self.announce(
