@@ -426,8 +426,8 @@ async fn healthz(State(st): State<HttpState>) -> Response {
         "profiles": status,
         "failing_services": failing,
         "inventory_store": match &store_trouble {
-            Some(e) => json!({ "status": "unavailable", "error": e, "pending": st.inventory.pending() }),
-            None => json!({ "status": "ok", "pending": st.inventory.pending() }),
+            Some(e) => json!({ "state": "unavailable", "error": e, "pending": st.inventory.pending() }),
+            None => json!({ "state": "ok", "pending": st.inventory.pending() }),
         },
     }))
     .into_response();
