@@ -43,6 +43,9 @@ fn join_segment(ctx: &Ctx, sup: &Supervisor, etcd: &Etcd, service: &Arc<Dhcp>) {
             }
         });
     tracing::info!(%segment, node = %etcd.node(), "cluster: joining the segment's members");
+    // Nobody is answered until the members are known (normally milliseconds; after a restart
+    // within member_ttl, until the last run's membership expired).
+    service.use_share(crate::cluster::buckets::Share::none());
     let (etcd, service, token) = (etcd.clone(), service.clone(), ctx_token(sup));
     let live = ctx.profiles.clone();
     let (ttl, takeover) = (c.cluster.member_ttl, c.cluster.takeover_delay);

@@ -47,6 +47,14 @@ impl Share {
         }
     }
 
+    /// No bucket: an instance that has not yet seen its segment's members answers nobody
+    /// (rather than everybody, beside a member that answers its share).
+    pub fn none() -> Share {
+        Share {
+            mine: vec![false; BUCKETS],
+        }
+    }
+
     /// Whether this instance answers `mac`.
     pub fn answers(&self, mac: MacAddr) -> bool {
         self.mine[bucket(mac)]
@@ -93,6 +101,18 @@ impl Membership {
     pub fn joined(&mut self, node: &str) {
         self.left.remove(node);
         self.live.insert(node.to_string());
+    }
+
+    /// The members are exactly `nodes` now (read after a gap in which changes may have been
+    /// missed): the others left at `now`, and keep their buckets for the takeover delay.
+    pub fn reset_to(&mut self, nodes: &BTreeSet<String>, now: Instant) {
+        let gone: Vec<String> = self.live.difference(nodes).cloned().collect();
+        for node in gone {
+            self.left(&node, now);
+        }
+        for node in nodes {
+            self.joined(node);
+        }
     }
 
     /// `node`'s membership ended at `now` (its key expired or was deleted). This instance
@@ -203,6 +223,22 @@ mod tests {
                 assert!(after.mine[b], "a lost bucket {b} when c left");
             }
         }
+    }
+
+    #[test]
+    fn a_fresh_member_list_retires_members_missed_leaving() {
+        let t0 = Instant::now();
+        let mut a = Membership::new("a", Duration::from_secs(5));
+        a.joined("b");
+        a.joined("c");
+        let now = BTreeSet::from(["a".to_string(), "c".to_string()]);
+        a.reset_to(&now, t0);
+        assert_eq!(
+            a.owners(t0),
+            vec!["a", "b", "c"],
+            "b keeps its buckets a while"
+        );
+        assert_eq!(a.owners(t0 + Duration::from_secs(5)), vec!["a", "c"]);
     }
 
     #[test]

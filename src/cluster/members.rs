@@ -164,14 +164,17 @@ async fn session(
         .limit(c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
         .await?;
     let revision = members.header().map_or(0, |h| h.revision());
+    let mut present = std::collections::BTreeSet::new();
     for kv in members.kvs() {
         if let Some(node) = node_of(kv.key(), &prefix) {
-            view.joined(&node);
             if node != me {
                 peers.saw(&node, kv.value(), &digest);
             }
+            present.insert(node);
         }
     }
+    // After a gap (a failed session) departures may have been missed: the list is the truth.
+    view.reset_to(&present, Instant::now().into_std());
     publish(view, Instant::now(), on_change, last);
     let options = WatchOptions::new()
         .with_prefix()
