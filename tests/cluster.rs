@@ -174,7 +174,7 @@ impl Segment {
 }
 
 /// `None` (with the reason printed) without root or the tools.
-fn segment(test: &str, tag: &str) -> Option<Segment> {
+fn segment(test: &str, tag: &str, mode: &str) -> Option<Segment> {
     if !is_root() {
         eprintln!("SKIP {test}: needs root for network namespaces");
         return None;
@@ -245,6 +245,15 @@ fn segment(test: &str, tag: &str) -> Option<Segment> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let config = |node: &str, server_ip: &str| {
+        let dhcp = if mode == "proxy" {
+            "[dhcp]\nmode = \"proxy\"\ninterfaces = [\"vs0\"]\n".to_string()
+        } else {
+            format!(
+                "[dhcp]\nmode = \"full\"\ninterfaces = [\"vs0\"]\nlease_time = \"10m\"\n\
+                 [[dhcp.subnet]]\nnetwork = \"10.78.0.0/20\"\nrange = [\"10.78.1.1\", \"10.78.14.254\"]\n\
+                 server_ip = \"{server_ip}\"\n"
+            )
+        };
         let dir = tempfile::tempdir().unwrap();
         write(
             dir.path(),
@@ -252,9 +261,7 @@ fn segment(test: &str, tag: &str) -> Option<Segment> {
             &format!(
                 "[http]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn,kindling::app=info,kindling::cluster=info\"\n\
                  [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n\
-                 [dhcp]\nmode = \"full\"\ninterfaces = [\"vs0\"]\nlease_time = \"10m\"\n\
-                 [[dhcp.subnet]]\nnetwork = \"10.78.0.0/20\"\nrange = [\"10.78.1.1\", \"10.78.14.254\"]\n\
-                 server_ip = \"{server_ip}\"\n\
+                 {dhcp}\
                  [cluster]\nstore = \"etcd\"\nendpoints = [\"{etcd_url}\"]\nnode_name = \"{node}\"\n\
                  member_ttl = \"2s\"\ntakeover_delay = \"1s\"\n",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display(),
@@ -296,7 +303,11 @@ fn segment(test: &str, tag: &str) -> Option<Segment> {
 /// holds 2,000 leases with 2,000 different MACs.
 #[test]
 fn two_instances_on_one_segment_split_the_clients() {
-    let Some(seg) = segment("two_instances_on_one_segment_split_the_clients", "hs") else {
+    let Some(seg) = segment(
+        "two_instances_on_one_segment_split_the_clients",
+        "hs",
+        "full",
+    ) else {
         return;
     };
     let (a, b, c) = (seg.ns(0), seg.ns(1), seg.ns(2));
@@ -424,7 +435,11 @@ fn ask(
 #[test]
 fn the_survivor_takes_over_a_killed_instances_clients() {
     use dhcproto::v4::{DhcpOption, MessageType};
-    let Some(mut seg) = segment("the_survivor_takes_over_a_killed_instances_clients", "hk") else {
+    let Some(mut seg) = segment(
+        "the_survivor_takes_over_a_killed_instances_clients",
+        "hk",
+        "full",
+    ) else {
         return;
     };
     let members = ["kindling-a", "kindling-b"];
@@ -838,4 +853,67 @@ fn every_instance_names_the_machines_of_the_cluster() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Two proxy-mode instances on one segment (beside the LAN's own DHCP server): each PXE
+/// client gets exactly one proxy offer, and both instances answer a share of them.
+#[test]
+fn two_proxy_instances_give_each_pxe_client_one_offer() {
+    use dhcproto::v4::{Architecture, DhcpOption, MessageType};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    let Some(seg) = segment(
+        "two_proxy_instances_give_each_pxe_client_one_offer",
+        "hp",
+        "proxy",
+    ) else {
+        return;
+    };
+    let sock = client_socket(seg.ns(2), "br0");
+    let to = std::net::SocketAddr::from(([255, 255, 255, 255], 67));
+    for n in 0..40u8 {
+        let mut m = dhcp(
+            MessageType::Discover,
+            [0x52, 0x54, 0x00, 0xcc, 0x00, n],
+            0x5000 + u32::from(n),
+        );
+        let o = m.opts_mut();
+        o.insert(DhcpOption::ClassIdentifier(
+            b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+        ));
+        o.insert(DhcpOption::ClientSystemArchitecture(Architecture::X64));
+        o.insert(DhcpOption::ClientMachineIdentifier(
+            [&[0u8][..], &[0x11; 16]].concat(),
+        ));
+        let mut bytes = Vec::new();
+        m.encode(&mut Encoder::new(&mut bytes)).unwrap();
+        sock.send_to(&bytes, to).unwrap();
+    }
+    let mut offers: std::collections::BTreeMap<u32, Vec<std::net::Ipv4Addr>> = Default::default();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 1500];
+    while Instant::now() < until {
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && let Ok(m) = dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..n]))
+            && m.opts().msg_type() == Some(MessageType::Offer)
+            && let Some(DhcpOption::ServerIdentifier(ip)) =
+                m.opts().get(dhcproto::v4::OptionCode::ServerIdentifier)
+        {
+            offers.entry(m.xid()).or_default().push(*ip);
+        }
+    }
+    assert_eq!(
+        offers.len(),
+        40,
+        "clients without an offer: {offers:?}\n{}",
+        seg.a.log_text()
+    );
+    for (xid, from) in &offers {
+        assert_eq!(from.len(), 1, "client {xid:x} got {from:?}");
+    }
+    let servers: std::collections::BTreeSet<_> = offers.values().map(|v| v[0]).collect();
+    assert_eq!(
+        servers.len(),
+        2,
+        "one instance answered everyone: {servers:?}"
+    );
 }
