@@ -322,11 +322,7 @@ fn two_instances_on_one_segment_split_the_clients() {
         .expect("perfdhcp");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let field = |name: &str| -> Vec<u64> {
-        text.lines()
-            .filter_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .collect()
-    };
+    let field = |name: &str| common::perfdhcp_field(&text, name);
     assert_eq!(field("sent packets:"), vec![2000, 2000], "{text}");
     // Exactly one answer per request: no client heard from both instances.
     assert_eq!(

@@ -427,11 +427,7 @@ fn perfdhcp_thousands_of_exchanges_without_drops() {
     );
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let field = |name: &str| -> Vec<u64> {
-        text.lines()
-            .filter_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .collect()
-    };
+    let field = |name: &str| common::perfdhcp_field(&text, name);
     let (sent, received, drops, rejected) = (
         field("sent packets:"),
         field("received packets:"),

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, write};
+use common::{Daemon, rss_kib, write};
 use kindling::tftp::packet;
 
 fn lab() -> (tempfile::TempDir, Daemon) {
@@ -212,15 +212,6 @@ fn machines(http: SocketAddr) -> u64 {
         .filter(|l| l.starts_with("kindling_machines{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// The inventory flood: boot requests for 3,000 made-up MACs from one address create records

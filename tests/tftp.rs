@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, write};
+use common::{Daemon, rss_kib, write};
 use kindling::tftp::packet::{self, Packet};
 
 /// A daemon serving TFTP on loopback from a temporary iPXE directory and assets directory.
@@ -432,14 +432,6 @@ fn one_address_cannot_take_every_slot() {
 #[test]
 fn a_thousand_stalled_big_transfers_leave_memory_bounded() {
     let lab = lab("max_transfers = 1100\nretries = 10\n");
-    let rss_kib = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
     let pid = lab.daemon.pid();
     let before = rss_kib(pid);
     let rrq = packet::rrq("os/big.img", &[("blksize", "8192"), ("windowsize", "64")]);

@@ -321,6 +321,52 @@ impl Etcd {
     }
 }
 
+/// One kind of JSON value under `<prefix><rest>` (leases, machine records): loaded whole at
+/// start, then followed from the revision the load saw, so nothing written in between is
+/// missed.
+#[derive(Debug, Clone)]
+pub struct Table {
+    etcd: Etcd,
+    rest: &'static str,
+    loaded_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Table {
+    /// The values under `<prefix><rest>` (e.g. `"leases/"`).
+    pub fn new(etcd: Etcd, rest: &'static str) -> Table {
+        Table {
+            etcd,
+            rest,
+            loaded_at: Default::default(),
+        }
+    }
+
+    /// The connection.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// Every value, decoded (see [`Etcd::load`]); a later [`Table::follow`] starts after it.
+    pub async fn load<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, ClusterError> {
+        let (out, revision) = self.etcd.load(self.rest).await?;
+        self.loaded_at
+            .store(revision, std::sync::atomic::Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// What is put from after the last load on, as it happens (at most `queue` waiting).
+    pub fn follow<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        queue: usize,
+    ) -> mpsc::Receiver<T> {
+        let (tx, rx) = mpsc::channel(queue);
+        let from = self.loaded_at.load(std::sync::atomic::Ordering::Relaxed);
+        let decode = |b: &[u8]| serde_json::from_slice::<T>(b);
+        tokio::spawn(self.etcd.clone().follow(self.rest, from, decode, tx));
+        rx
+    }
+}
+
 /// The first pause before opening a broken watch again, doubling up to [`FOLLOW_PAUSE_MAX`].
 const FOLLOW_PAUSE_FIRST: Duration = Duration::from_millis(250);
 const FOLLOW_PAUSE_MAX: Duration = Duration::from_secs(10);

@@ -12,15 +12,13 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::mpsc;
 
 use super::leases::{Lease, Now};
 use super::store::{Claim, LeaseStore, StoreError, may_write};
-use crate::cluster::{Etcd, on_live_member};
+use crate::cluster::{Etcd, Table, on_live_member};
 
 /// Keys per transaction (etcd's `--max-txn-ops` defaults to 128).
 const KEYS_PER_TXN: usize = 100;
@@ -33,22 +31,20 @@ const REMOTE_QUEUE: usize = 4096;
 /// The etcd lease store.
 #[derive(Debug, Clone)]
 pub struct EtcdLeaseStore {
-    etcd: Etcd,
-    /// The revision the last load saw: the watch starts after it.
-    loaded_at: Arc<AtomicI64>,
+    /// The values under the prefix, loaded and followed.
+    table: Table,
 }
 
 impl EtcdLeaseStore {
     /// Leases under `etcd`'s prefix.
     pub fn new(etcd: Etcd) -> EtcdLeaseStore {
         EtcdLeaseStore {
-            etcd,
-            loaded_at: Arc::new(AtomicI64::new(0)),
+            table: Table::new(etcd, "leases/"),
         }
     }
 
     fn key(&self, ip: Ipv4Addr) -> String {
-        self.etcd.key(&format!("leases/{ip}"))
+        self.table.etcd().key(&format!("leases/{ip}"))
     }
 
     /// Claim `leases` (each key once) in one read and one conditional write, retried while
@@ -61,8 +57,8 @@ impl EtcdLeaseStore {
                     .map(|k| TxnOp::get(k.as_str(), None))
                     .collect::<Vec<_>>(),
             );
-            let mut c = self.etcd.client();
-            let resp = self.etcd.limit(c.txn(read)).await?;
+            let mut c = self.table.etcd().client();
+            let resp = self.table.etcd().limit(c.txn(read)).await?;
             let mut stored = Vec::with_capacity(keys.len());
             for op in resp.op_responses() {
                 let TxnOpResponse::Get(get) = op else {
@@ -104,7 +100,7 @@ impl EtcdLeaseStore {
                 return Ok(out);
             }
             let write = Txn::new().when(compares).and_then(puts);
-            let resp = self.etcd.limit(c.txn(write)).await?;
+            let resp = self.table.etcd().limit(c.txn(write)).await?;
             if resp.succeeded() {
                 return Ok(out);
             }
@@ -128,19 +124,13 @@ impl LeaseStore for EtcdLeaseStore {
     }
 
     fn remote_changes(&self) -> Option<mpsc::Receiver<Lease>> {
-        let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
-        let from = self.loaded_at.load(Ordering::Relaxed);
-        let decode = |b: &[u8]| serde_json::from_slice::<Lease>(b);
-        tokio::spawn(self.etcd.clone().follow("leases/", from, decode, tx));
-        Some(rx)
+        Some(self.table.follow(REMOTE_QUEUE))
     }
 }
 
 impl EtcdLeaseStore {
     async fn load_once(&self) -> Result<Vec<Lease>, StoreError> {
-        let (out, revision) = self.etcd.load("leases/").await?;
-        self.loaded_at.store(revision, Ordering::Relaxed);
-        Ok(out)
+        Ok(self.table.load().await?)
     }
 
     async fn claim_all(&self, leases: Vec<Lease>, now: Now) -> Result<Vec<Claim>, StoreError> {

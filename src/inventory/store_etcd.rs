@@ -8,15 +8,12 @@
 //! come back as no-ops. A watch that breaks is opened again from the last revision seen, with
 //! a growing pause.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-
 use etcd_client::{Txn, TxnOp};
 use tokio::sync::mpsc;
 
 use super::Record;
 use super::store::{Change, MachineStore, StoreError};
-use crate::cluster::{Etcd, on_live_member};
+use crate::cluster::{Etcd, Table, on_live_member};
 
 /// Operations per transaction (etcd's `--max-txn-ops` defaults to 128).
 const OPS_PER_TXN: usize = 100;
@@ -26,33 +23,29 @@ const REMOTE_QUEUE: usize = 1024;
 /// The etcd machine store.
 #[derive(Debug, Clone)]
 pub struct EtcdMachineStore {
-    etcd: Etcd,
-    /// The revision the last load saw: the watch starts after it.
-    loaded_at: Arc<AtomicI64>,
+    /// The values under the prefix, loaded and followed.
+    table: Table,
 }
 
 impl EtcdMachineStore {
     /// Records under `etcd`'s prefix.
     pub fn new(etcd: Etcd) -> EtcdMachineStore {
         EtcdMachineStore {
-            etcd,
-            loaded_at: Arc::new(AtomicI64::new(0)),
+            table: Table::new(etcd, "machines/"),
         }
     }
 }
 
 impl EtcdMachineStore {
     async fn load_once(&self) -> Result<Vec<Record>, StoreError> {
-        let (out, revision) = self.etcd.load("machines/").await?;
-        self.loaded_at.store(revision, Ordering::Relaxed);
-        Ok(out)
+        Ok(self.table.load().await?)
     }
 
     /// One transaction: a MAC's last change wins (a transaction may name a key once).
     async fn write_chunk(&self, chunk: &[Change]) -> Result<(), StoreError> {
         let mut ops: Vec<(String, TxnOp)> = Vec::with_capacity(chunk.len());
         for (mac, bytes) in chunk {
-            let key = self.etcd.key(&format!("machines/{mac}"));
+            let key = self.table.etcd().key(&format!("machines/{mac}"));
             ops.retain(|(k, _)| *k != key);
             let op = match bytes {
                 Some(b) => TxnOp::put(key.as_str(), b.clone(), None),
@@ -61,8 +54,8 @@ impl EtcdMachineStore {
             ops.push((key, op));
         }
         let txn = Txn::new().and_then(ops.into_iter().map(|(_, op)| op).collect::<Vec<_>>());
-        let mut c = self.etcd.client();
-        self.etcd.limit(c.txn(txn)).await?;
+        let mut c = self.table.etcd().client();
+        self.table.etcd().limit(c.txn(txn)).await?;
         Ok(())
     }
 }
@@ -81,10 +74,6 @@ impl MachineStore for EtcdMachineStore {
     }
 
     fn remote_changes(&self) -> Option<mpsc::Receiver<Record>> {
-        let (tx, rx) = mpsc::channel(REMOTE_QUEUE);
-        let from = self.loaded_at.load(Ordering::Relaxed);
-        let decode = |b: &[u8]| serde_json::from_slice::<Record>(b);
-        tokio::spawn(self.etcd.clone().follow("machines/", from, decode, tx));
-        Some(rx)
+        Some(self.table.follow(REMOTE_QUEUE))
     }
 }

@@ -356,3 +356,21 @@ pub fn curl(args: &[&str], url: &str) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+/// The resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The numbers perfdhcp printed after `name` (e.g. `"sent packets:"`), one per exchange
+/// stage.
+pub fn perfdhcp_field(text: &str, name: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .collect()
+}
