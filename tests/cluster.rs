@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Etcd, write};
 
 const MAC: &str = "52:54:00:c1:00:01";
+const TOKEN: &str = "cluster-test-token";
 
 /// A config directory for instance `node` on `etcd`.
 fn instance(etcd: &Etcd, node: &str) -> tempfile::TempDir {
@@ -19,8 +20,8 @@ fn instance(etcd: &Etcd, node: &str) -> tempfile::TempDir {
         root,
         "kindling.toml",
         &format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\nconfig_access = \"open\"\n[paths]\nipxe_scripts = \"{}\"\n\
-             state = \"state\"\n[cluster]\nstore = \"etcd\"\nendpoints = [\"{}\"]\nnode_name = \"{node}\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\nconfig_access = \"open\"\n[api]\ntoken = \"{TOKEN}\"\n\
+             [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n[cluster]\nstore = \"etcd\"\nendpoints = [\"{}\"]\nnode_name = \"{node}\"\n",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display(),
             etcd.url
         ),
@@ -123,6 +124,62 @@ fn two_instances_share_one_inventory_through_etcd() {
         streamed.contains("event: transition") && streamed.contains("provisioned"),
         "A's stream did not show B's transition:\n{streamed}"
     );
+    // A one-shot next boot set on one instance is used up exactly once, whichever instance
+    // the machine's requests reach first: four at once on each, five rounds.
+    for round in 0..5 {
+        let setter = if round % 2 == 0 { &b } else { &a };
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-X", "PUT", "-H"])
+            .arg(format!("Authorization: Bearer {TOKEN}"))
+            .args(["-d", r#"{"boot":"local"}"#])
+            .arg(setter.url(&format!("/api/v1/machines/{MAC}/next-boot")))
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(answer.contains("local"), "round {round}: {answer}");
+        for d in [&a, &b] {
+            let shown = until(&d.url(&format!("/api/v1/machines/{MAC}")), |body| {
+                body.contains(r#""next_boot":{"boot":"local"}"#)
+            });
+            assert!(
+                shown.contains(r#""next_boot":{"boot":"local"}"#),
+                "round {round}: {shown}"
+            );
+        }
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                Command::new("curl")
+                    .args(["-s", "-m", "5"])
+                    .arg([&a, &b][i % 2].url(&format!("/ipxe?mac={MAC}")))
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let scripts: Vec<String> = racers
+            .into_iter()
+            .map(|c| String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned())
+            .collect();
+        assert!(
+            scripts.iter().all(|s| s.starts_with("#!ipxe")),
+            "{scripts:?}"
+        );
+        let local = scripts
+            .iter()
+            .filter(|s| s.contains("boots from its local disk"))
+            .count();
+        assert_eq!(
+            local, 1,
+            "round {round}: the next boot was served {local} times"
+        );
+    }
+    // Nothing is pending afterwards, on either instance.
+    for d in [&a, &b] {
+        let after = until(&d.url(&format!("/api/v1/machines/{MAC}")), |body| {
+            body.contains(r#""next_boot":null"#) || !body.contains("next_boot\":{")
+        });
+        assert!(!after.contains(r#""next_boot":{"#), "{after}");
+    }
     // A restarted instance starts from what etcd holds (its own state directory has none).
     drop(a);
     let fresh = instance(&etcd, "kindling-c");

@@ -257,6 +257,7 @@ fn start_inventory(
     stop_writers: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let inventory = &ctx.inventory;
+    inventory.share_next_boot(machines.clone());
     let token = sup.token();
     let writer = sup.critical(
         "the inventory writer",

@@ -38,6 +38,9 @@ pub enum ClusterError {
     /// A request took longer than `[cluster] timeout`.
     #[error("etcd: no answer within {0:?}")]
     Timeout(Duration),
+    /// A value in etcd is not what Kindling writes there.
+    #[error("etcd: unreadable value: {0}")]
+    Decode(String),
 }
 
 impl ClusterError {

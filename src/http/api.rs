@@ -281,15 +281,29 @@ async fn set_next_boot(
             format!("no profile named {profile:?}"),
         ));
     }
-    Ok(next_boot(&st, mac, Some(next), "api: next-boot").await)
+    next_boot(&st, mac, Some(next), "api: next-boot").await
 }
 
 /// Set (or clear) the next boot, wait until it is on disk, answer with the machine.
-async fn next_boot(st: &HttpState, mac: MacAddr, next: Option<NextBoot>, served: &str) -> Response {
-    let rec = st.inventory.set_next_boot(mac, next, "api");
+async fn next_boot(
+    st: &HttpState,
+    mac: MacAddr,
+    next: Option<NextBoot>,
+    served: &str,
+) -> Result<Response, HttpError> {
+    let rec = st
+        .inventory
+        .choose_next_boot(mac, next, "api")
+        .await
+        .map_err(|e| {
+            HttpError::api(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("next boot of {mac} not set: {e}"),
+            )
+        })?;
     st.inventory.flushed().await;
     tracing::info!(%mac, next_boot = ?rec.next_boot, "next boot set");
-    tagged(Json(rec.summary()), Some(mac), served)
+    Ok(tagged(Json(rec.summary()), Some(mac), served))
 }
 
 /// `DELETE /api/v1/machines/{mac}/next-boot`: back to the profile's rules.
@@ -304,7 +318,7 @@ async fn clear_next_boot(
             format!("no record of {mac}"),
         ));
     }
-    Ok(next_boot(&st, mac, None, "api: next-boot").await)
+    next_boot(&st, mac, None, "api: next-boot").await
 }
 
 /// `POST /api/v1/machines/{mac}/reinstall`: its next `/ipxe` serves its own profile's
@@ -314,7 +328,7 @@ async fn reinstall(
     _: Operator,
     MacPath(mac): MacPath,
 ) -> Result<Response, HttpError> {
-    Ok(next_boot(&st, mac, Some(NextBoot::Install), "api: reinstall").await)
+    next_boot(&st, mac, Some(NextBoot::Install), "api: reinstall").await
 }
 
 #[derive(Debug, Deserialize)]

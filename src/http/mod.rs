@@ -34,7 +34,7 @@ use serde_json::json;
 use tower_http::services::ServeDir;
 
 use crate::config::{Config, ConfigAccess, DhcpMode};
-use crate::inventory::{Inventory, plan};
+use crate::inventory::{BootView, Inventory, plan};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
 use crate::profiles::{DocumentError, What};
@@ -242,6 +242,10 @@ fn peer_ipv4(ext: &axum::http::Extensions) -> Option<std::net::Ipv4Addr> {
     }
 }
 
+/// Claims of the one-shot next boot in a shared store before `/ipxe` serves without it (each
+/// failed claim means another instance or the operator changed it just then).
+const CLAIM_TRIES: u32 = 3;
+
 /// `/ipxe`, `/ignition`, `/metadata`, `/generic`: choose the machine's profile and render.
 ///
 /// What is served is [`plan::serve`] (the operator's one-shot next boot, the profile's
@@ -306,16 +310,43 @@ async fn machine_doc(
         )
         .for_machine(mac, None));
     };
-    // The one-shot next boot is used up only by the machine's own boot script request.
-    let (decision, taken) = st.inventory.plan_boot(
-        mac,
-        |view| {
-            let d = plan::serve(&set, m.profile, view, &what);
-            let taken = view.next_boot.clone();
-            (d, taken)
-        },
-        |(d, _)| (open || access.from_machine) && d.as_ref().is_ok_and(|s| s.uses_next_boot),
-    );
+    // The one-shot next boot is used up only by the machine's own boot script request; with
+    // instances sharing a store, only by the one whose claim there succeeds.
+    let may_use = open || access.from_machine;
+    let mut skip_next = false;
+    let mut tries = 0;
+    let (decision, taken) = loop {
+        let (decision, taken) = st.inventory.plan_boot(
+            mac,
+            |view| {
+                let without = BootView {
+                    next_boot: None,
+                    ..view.clone()
+                };
+                let view = if skip_next { &without } else { view };
+                (
+                    plan::serve(&set, m.profile, view, &what),
+                    view.next_boot.clone(),
+                )
+            },
+            |(d, _)| may_use && d.as_ref().is_ok_and(|s| s.uses_next_boot),
+        );
+        let used = may_use && decision.as_ref().is_ok_and(|s| s.uses_next_boot);
+        let Some(next) = taken.as_ref().filter(|_| used) else {
+            break (decision, taken);
+        };
+        tries += 1;
+        match st.inventory.claim_next_boot(mac, next).await {
+            Ok(true) => break (decision, taken),
+            Ok(false) if tries < CLAIM_TRIES => {}
+            Ok(false) => skip_next = true,
+            Err(e) => {
+                tracing::warn!(%mac, error = %e, "the next boot cannot be used up in the shared store: served without it; it stays set");
+                st.inventory.give_back(mac, next.clone(), false).await;
+                skip_next = true;
+            }
+        }
+    };
     let serve = decision.map_err(|e| {
         HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{mac} {e}"))
             .for_machine(mac, Some(&m.profile.name))
@@ -336,10 +367,10 @@ async fn machine_doc(
         Ok(doc) => doc,
         Err(e) => {
             if serve.uses_next_boot
-                && (open || access.from_machine)
+                && may_use
                 && let Some(next) = taken
             {
-                st.inventory.give_back(mac, next);
+                st.inventory.give_back(mac, next, true).await;
             }
             return Err(match e {
                 e @ DocumentError::Missing { .. } => {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{BootView, Plan, plan};
 use super::record::merge;
+use super::store::{Claim, Remote, StoreError};
 use super::{
     Access, AfterProvision, BootSecret, BootState, DhcpClient, DhcpSeen, HistoryEntry, Inventory,
     NextBoot, Origin, Record, Step, Wake, WakeOutcome, is_ipxe_binary, push_history, state,
@@ -256,7 +257,47 @@ impl Inventory {
         );
     }
 
-    /// Set (or clear, with `None`) the one-shot next boot of `mac`.
+    /// Set (or clear, with `None`) the one-shot next boot of `mac`: first in the shared store
+    /// (when instances share one, so every instance sees it), then here.
+    pub async fn choose_next_boot(
+        &self,
+        mac: MacAddr,
+        next: Option<NextBoot>,
+        by: &str,
+    ) -> Result<Record, StoreError> {
+        if let Some(store) = self.shared.get() {
+            store.put_next_boot(mac, next.as_ref()).await?;
+        }
+        Ok(self.set_next_boot(mac, next, by))
+    }
+
+    /// Use up `next`, which [`Inventory::plan_boot`] took off the record of `mac`, in the
+    /// shared store: `true` when this instance got it (always without one). When another
+    /// instance got it first, or the operator changed it meanwhile, the record takes what the
+    /// store holds now and the answer is `false`: plan again.
+    pub async fn claim_next_boot(&self, mac: MacAddr, next: &NextBoot) -> Result<bool, StoreError> {
+        let Some(store) = self.shared.get() else {
+            return Ok(true);
+        };
+        match store.take_next_boot(mac, next).await? {
+            Claim::Taken => Ok(true),
+            Claim::Now(now) => {
+                self.remote_next_boot(mac, now);
+                Ok(false)
+            }
+        }
+    }
+
+    /// The next boot of `mac` as another instance (or the shared store) says it is now.
+    pub fn remote_next_boot(&self, mac: MacAddr, next: Option<NextBoot>) {
+        let mut inner = self.lock();
+        if let Some(rec) = inner.machines.get_mut(&mac) {
+            rec.next_boot = next;
+        }
+    }
+
+    /// Set (or clear, with `None`) the one-shot next boot of `mac` here (see
+    /// [`Inventory::choose_next_boot`]).
     pub fn set_next_boot(&self, mac: MacAddr, next: Option<NextBoot>, by: &str) -> Record {
         let event = match &next {
             Some(NextBoot::Install) => format!("next boot: install (reinstall, by {by})"),
@@ -328,9 +369,20 @@ impl Inventory {
         decision
     }
 
-    /// Serving what [`Inventory::plan_boot`] decided failed: put the one-shot `next` back,
-    /// unless the operator chose something else meanwhile.
-    pub fn give_back(&self, mac: MacAddr, next: NextBoot) {
+    /// Serving what [`Inventory::plan_boot`] decided failed: put the one-shot `next` back
+    /// (in the shared store too, when it was claimed there), unless the operator chose
+    /// something else meanwhile.
+    pub async fn give_back(&self, mac: MacAddr, next: NextBoot, claimed: bool) {
+        if claimed
+            && let Some(store) = self.shared.get()
+            && let Err(e) = store.put_next_boot(mac, Some(&next)).await
+        {
+            tracing::warn!(%mac, error = %e, "the next boot was used up but could not be served, and the shared store did not take it back: set it again");
+        }
+        self.give_back_here(mac, next);
+    }
+
+    fn give_back_here(&self, mac: MacAddr, next: NextBoot) {
         let mut inner = self.lock();
         if let Some(rec) = inner.machines.get_mut(&mac)
             && rec.next_boot.is_none()
@@ -535,27 +587,37 @@ impl Inventory {
     /// a changed boot state (or a machine new here) is announced like a local one.
     pub async fn run_remote_changes(
         self: Arc<Self>,
-        mut changes: tokio::sync::mpsc::Receiver<Record>,
+        mut changes: tokio::sync::mpsc::Receiver<Remote>,
         cancel: CancellationToken,
     ) {
         loop {
-            let rec = tokio::select! {
+            let change = tokio::select! {
                 _ = cancel.cancelled() => return,
                 got = changes.recv() => match got {
-                    Some(rec) => rec,
+                    Some(change) => change,
                     None => return,
                 },
             };
-            self.merge_remote(rec);
+            match change {
+                Remote::Record(rec) => self.merge_remote(*rec),
+                Remote::NextBoot(mac, next) => self.remote_next_boot(mac, next),
+            }
         }
     }
 
     /// One record written elsewhere (see [`Inventory::run_remote_changes`]).
-    pub fn merge_remote(&self, rec: Record) {
+    pub fn merge_remote(&self, mut rec: Record) {
         let mut inner = self.lock();
         let from = match inner.machines.get(&rec.mac) {
             Some(local) if local.last_seen >= rec.last_seen => return,
-            Some(local) => Some(local.state),
+            Some(local) => {
+                // Where the store decides the next boot, its own key (followed apart) is the
+                // truth, not the copy in a record written a moment before it was used up.
+                if self.shared.get().is_some() {
+                    rec.next_boot.clone_from(&local.next_boot);
+                }
+                Some(local.state)
+            }
             None => None,
         };
         if let Some(ip) = rec.ip {

@@ -150,6 +150,8 @@ pub struct Inventory {
     persistent: std::sync::atomic::AtomicBool,
     /// The profile generation the declared machines were last synced from.
     synced: watch::Sender<u64>,
+    /// The store that decides the one-shot next boot, when instances share it.
+    shared: std::sync::OnceLock<Arc<dyn store::MachineStore>>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -185,6 +187,15 @@ impl Inventory {
             store_trouble: Mutex::new(None),
             persistent: std::sync::atomic::AtomicBool::new(false),
             synced: watch::Sender::new(0),
+            shared: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Let `store` decide the one-shot next boot when it is shared with other instances
+    /// ([`store::MachineStore::shares_next_boot`]).
+    pub fn share_next_boot(&self, store: Arc<dyn store::MachineStore>) {
+        if store.shares_next_boot() {
+            let _ = self.shared.set(store);
         }
     }
 

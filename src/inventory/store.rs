@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::Record;
+use super::{NextBoot, Record};
 use crate::mac::MacAddr;
 
 const MACHINES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("machines");
@@ -57,6 +57,24 @@ impl StoreError {
 /// One record's change: its JSON, or `None` when it was forgotten.
 pub type Change = (MacAddr, Option<Vec<u8>>);
 
+/// What another instance sharing the store changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Remote {
+    /// A machine record it wrote.
+    Record(Box<Record>),
+    /// The one-shot next boot of a machine, set, cleared or used up there.
+    NextBoot(MacAddr, Option<NextBoot>),
+}
+
+/// What using up a one-shot next boot in a shared store came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This instance has it: serve it.
+    Taken,
+    /// Another instance used it up or the operator changed it first: the store holds this now.
+    Now(Option<NextBoot>),
+}
+
 /// Where machine records live. The inventory keeps every record in memory and writes changes
 /// in batches; a store makes a batch durable as one unit, gives everything back at start-up,
 /// and (when several instances share it) tells about records changed elsewhere.
@@ -68,10 +86,32 @@ pub trait MachineStore: Send + Sync + 'static {
     /// Write `changes` as one durable unit: on `Ok` they survive a crash.
     async fn write(&self, changes: Vec<Change>) -> Result<(), StoreError>;
 
-    /// Records written by other instances sharing this store, as they happen; `None` for a
-    /// store only this process writes.
-    fn remote_changes(&self) -> Option<tokio::sync::mpsc::Receiver<Record>> {
+    /// What other instances sharing this store write, as it happens; `None` for a store only
+    /// this process writes.
+    fn remote_changes(&self) -> Option<tokio::sync::mpsc::Receiver<Remote>> {
         None
+    }
+
+    /// Whether the one-shot next boot is decided in this store (instances share it): it is
+    /// then set, cleared and used up here, one instance at a time. Otherwise the inventory's
+    /// lock decides alone and the next boot is just part of the record.
+    fn shares_next_boot(&self) -> bool {
+        false
+    }
+
+    /// Set (`Some`) or clear the one-shot next boot of `mac` for every instance.
+    async fn put_next_boot(
+        &self,
+        _mac: MacAddr,
+        _next: Option<&NextBoot>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Use up `next` as the one-shot next boot of `mac`: atomically, only if the store still
+    /// holds exactly that.
+    async fn take_next_boot(&self, _mac: MacAddr, _next: &NextBoot) -> Result<Claim, StoreError> {
+        Ok(Claim::Taken)
     }
 }
 
@@ -282,8 +322,92 @@ mod contract {
                 .await
                 .expect("a change within 5 s")
                 .unwrap();
+            let Remote::Record(got) = got else {
+                panic!("a record, not {got:?}")
+            };
             assert_eq!(got.mac, mac(2));
             assert_eq!(got.hostname.as_deref(), Some(format!("step{n}").as_str()));
         }
+    }
+
+    /// Two instances hold the same one-shot next boot and serve the machine at once: the
+    /// shared store gives it to exactly one; the other learns it is gone. A next boot set on
+    /// one instance reaches the other through the watch, and a restart loads it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_next_boot_is_used_up_by_exactly_one_instance() {
+        use crate::inventory::{Inventory, NextBoot, Plan};
+        let Some(etcd) = EtcdProcess::start(
+            "inventory::store::contract::a_next_boot_is_used_up_by_exactly_one_instance",
+        ) else {
+            return;
+        };
+        let config = etcd.config("/k/");
+        let store = |node: &'static str| {
+            let mut config = config.clone();
+            async move {
+                config.node_name = Some(node.to_string());
+                let s: Arc<dyn MachineStore> =
+                    Arc::new(EtcdMachineStore::new(Etcd::connect(&config).await.unwrap()));
+                s
+            }
+        };
+        let (sa, sb) = (store("a").await, store("b").await);
+        let (a, b) = (
+            Arc::new(Inventory::default()),
+            Arc::new(Inventory::default()),
+        );
+        a.share_next_boot(sa.clone());
+        b.share_next_boot(sb.clone());
+        let m = mac(7);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(
+            b.clone()
+                .run_remote_changes(sb.remote_changes().unwrap(), cancel.clone()),
+        );
+        let mut wins = [0u32; 2];
+        // B has a record of the machine (as a request would make) before the first choice.
+        b.set_next_boot(m, None, "test");
+        for round in 0..25 {
+            a.choose_next_boot(m, Some(NextBoot::Install), "test")
+                .await
+                .unwrap();
+            // B learns of the choice from the watch.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while b.get(m).unwrap().next_boot.is_none() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "B never saw the next boot"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let serve = |inv: Arc<Inventory>| async move {
+                let (plan, uses) = inv.take_plan(m, None);
+                assert_eq!((plan, uses), (Plan::Selected, true));
+                inv.claim_next_boot(m, &NextBoot::Install).await.unwrap()
+            };
+            let (ga, gb) = tokio::join!(
+                tokio::spawn(serve(a.clone())),
+                tokio::spawn(serve(b.clone()))
+            );
+            let (ga, gb) = (ga.unwrap(), gb.unwrap());
+            assert!(ga ^ gb, "round {round}: a got it {ga}, b got it {gb}");
+            wins[usize::from(gb)] += 1;
+            // The loser's record shows what the store holds: nothing pending.
+            for inv in [&a, &b] {
+                assert_eq!(inv.get(m).unwrap().next_boot, None, "round {round}");
+            }
+            assert_eq!(b.take_plan(m, None), (Plan::Selected, false));
+        }
+        eprintln!("a got it {} times, b {} times", wins[0], wins[1]);
+        // A choice set and not used: a restarted instance loads it with the record.
+        a.choose_next_boot(m, Some(NextBoot::Local), "test")
+            .await
+            .unwrap();
+        let mut stale = crate::inventory::Record::new(m, std::time::SystemTime::now());
+        stale.next_boot = None;
+        sa.write(vec![change(&stale)]).await.unwrap();
+        let fresh = store("c").await.load().await.unwrap();
+        assert_eq!(fresh[0].next_boot, Some(NextBoot::Local));
+        cancel.cancel();
     }
 }

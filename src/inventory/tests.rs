@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::store::{MachineStore, RedbMachineStore};
+use super::store::{MachineStore, RedbMachineStore, Remote};
 use super::*;
 use crate::profiles::Facts;
 
@@ -257,8 +257,10 @@ async fn records_changed_elsewhere_are_taken_and_announced() {
     let mut older = elsewhere.clone();
     older.last_seen = Stamp(std::time::SystemTime::UNIX_EPOCH);
     older.state = BootState::Kernel;
-    tx.send(older).await.unwrap();
-    tx.send(elsewhere.clone()).await.unwrap();
+    tx.send(Remote::Record(Box::new(older))).await.unwrap();
+    tx.send(Remote::Record(Box::new(elsewhere.clone())))
+        .await
+        .unwrap();
     let t = events.recv().await.unwrap();
     assert_eq!((t.from, t.to), (BootState::Waking, BootState::Dhcp));
     assert_eq!(t.event, "offer 10.0.0.9 (instance b)");
