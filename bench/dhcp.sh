@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# DHCP benchmark: Kindling next to dnsmasq and Kea (kea-dhcp4, memfile), same namespaces,
-# same run, same load generator (Kea's perfdhcp).
+# DHCP benchmark: Kindling (on its embedded redb store, and on etcd) next to dnsmasq and Kea
+# (kea-dhcp4, memfile), same namespaces, same run, same load generator (Kea's perfdhcp).
 #
 #   bench/dhcp.sh [rounds] [seconds-per-step]    (default: 3 rounds, 5 s steps)
+#   BENCH_SERVERS="kindling kindling-etcd" bench/dhcp.sh    (a subset of the servers)
 #
 # Two network namespaces created here and deleted on exit: the server side (10.88.0.2/16 on a
 # veth) and perfdhcp's side (10.88.0.3/16). perfdhcp acts as a relay (giaddr = its address,
@@ -12,6 +13,11 @@
 # four-way exchanges completed per second, its clean rate the highest offered rate it answered
 # at 99% or more. The table shows medians over the rounds and the ratio of Kindling's peak to
 # each server's (above 1.00 = Kindling faster). perfdhcp shares the 2 cores with the server.
+#
+# `kindling-etcd` is Kindling with `[cluster] store = "etcd"` on one local etcd member (Debian's
+# etcd 3.4, started fresh in the server namespace for every step, data on the same disk): every
+# batch of lease claims is an etcd transaction, durable (etcd's WAL fsync) before the ACKs
+# leave. Its row shows Kindling's peak RSS, and etcd's in the last column.
 #
 # Durability differs, and the table says so: Kindling fsyncs every batch of leases before
 # their ACKs leave; dnsmasq rewrites its whole lease file and fsyncs it after each change;
@@ -31,8 +37,17 @@ work=$(mktemp -d)
 tag="kdb$$"
 srv="${tag}s"
 cli="${tag}c"
+etcd_pid=""
+stop_etcd() {
+  if [ -n "$etcd_pid" ]; then
+    kill "$etcd_pid" 2>/dev/null || true
+    wait "$etcd_pid" 2>/dev/null || true
+    etcd_pid=""
+  fi
+}
 cleanup() {
   stop_server
+  stop_etcd
   ip netns del "$srv" 2>/dev/null || true
   ip netns del "$cli" 2>/dev/null || true
   rm -rf "$work"
@@ -61,8 +76,21 @@ start_server() {
   local name=$1 state="$work/state-$1"
   rm -rf "$state"
   mkdir -p "$state"
+  local cluster=""
+  if [ "$name" = kindling-etcd ]; then
+    ip netns exec "$srv" /usr/bin/etcd --name=bench --data-dir="$state/etcd" \
+      --listen-client-urls=http://127.0.0.1:2379 --advertise-client-urls=http://127.0.0.1:2379 \
+      --listen-peer-urls=http://127.0.0.1:2380 --initial-advertise-peer-urls=http://127.0.0.1:2380 \
+      --initial-cluster=bench=http://127.0.0.1:2380 >/dev/null 2>"$state/etcd.log" &
+    etcd_pid=$!
+    for _ in $(seq 100); do
+      ip netns exec "$srv" ss -Hltn 'sport = :2379' | grep -q . && break
+      sleep 0.1
+    done
+    cluster=$'[cluster]\nstore = "etcd"\nendpoints = ["http://127.0.0.1:2379"]\nnode_name = "bench"'
+  fi
   case "$name" in
-    kindling)
+    kindling|kindling-etcd)
       cat > "$state/kindling.toml" <<CONF
 [server]
 base_url = "http://10.88.0.2:8080"
@@ -80,6 +108,7 @@ lease_time = "1h"
 network = "10.88.0.0/16"
 range = ["10.88.1.1", "10.88.255.254"]
 server_ip = "10.88.0.2"
+$cluster
 CONF
       ip netns exec "$srv" "$bin" serve --config "$state/kindling.toml" 2>"$state/log" &
       pid=$!
@@ -110,8 +139,12 @@ JSON
       ;;
   esac
   # Ready when something listens on 67 in the namespace (bounded: 10 s).
+  # (On etcd: once it has joined its segment and answers its share, all of it here.)
   for _ in $(seq 100); do
-    if ip netns exec "$srv" ss -Hlun 'sport = :67' | grep -q .; then return 0; fi
+    if ip netns exec "$srv" ss -Hlun 'sport = :67' | grep -q . &&
+      { [ "$name" != kindling-etcd ] || grep -q "answers its share" "$state/log"; }; then
+      return 0
+    fi
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
@@ -121,57 +154,69 @@ JSON
 }
 
 # One perfdhcp run at offered rate $1 against whatever serves; prints
-# "completed_per_s answered_percent rss_kib". Completed = ACKs received / seconds of sending.
+# "completed_per_s answered_percent rss_kib etcd_rss_kib". Completed = ACKs received / seconds
+# of sending.
 measure() {
-  local out acks sent rss
+  local out acks sent rss erss=0
   out=$(timeout $((secs + 30)) ip netns exec "$cli" perfdhcp -4 -l vc0 -r "$1" \
     -R "$clients" -p "$secs" -W 1000000 10.88.0.2 2>&1 || true)
   # Two statistics blocks: DISCOVER-OFFER, then REQUEST-ACK.
   sent=$(awk '/^sent packets:/ {n++; if (n == 1) print $3}' <<<"$out")
   acks=$(awk '/^received packets:/ {n++; if (n == 2) print $3}' <<<"$out")
   rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  if [ -n "$etcd_pid" ]; then
+    erss=$(awk '/^VmHWM:/ {print $2}' "/proc/$etcd_pid/status" 2>/dev/null || echo 0)
+  fi
   if [ -z "$sent" ] || [ "$sent" = 0 ]; then
     echo "bench/dhcp.sh: perfdhcp sent nothing:" >&2
     echo "$out" >&2
     exit 1
   fi
-  awk -v a="${acks:-0}" -v s="$sent" -v t="$secs" -v r="${rss:-0}" 'BEGIN {printf "%.0f %.1f %d\n", a / t, 100 * a / s, r}'
+  awk -v a="${acks:-0}" -v s="$sent" -v t="$secs" -v r="${rss:-0}" -v e="${erss:-0}" \
+    'BEGIN {printf "%.0f %.1f %d %d\n", a / t, 100 * a / s, r, e}'
 }
 
 # Offered rates, doubling until a server answers less than 95% of them.
 ladder=(1000 2000 4000 8000 16000 32000)
-servers=(kindling dnsmasq kea)
-declare -A peaks cleans rsss
+read -r -a servers <<<"${BENCH_SERVERS:-kindling kindling-etcd dnsmasq kea}"
+declare -A peaks cleans rsss erss
 for r in $(seq "$rounds"); do
   for name in "${servers[@]}"; do
-    peak=0 clean=0 maxrss=0
+    peak=0 clean=0 maxrss=0 maxerss=0
     for offered in "${ladder[@]}"; do
       start_server "$name"
-      read -r done pct rss < <(measure "$offered")
+      read -r done pct rss ers < <(measure "$offered")
       stop_server
-      printf 'round %d %-9s offered %6d/s  completed %6d/s  answered %5.1f%%  RSS %6d KiB\n' \
-        "$r" "$name" "$offered" "$done" "$pct" "$rss" >&2
+      stop_etcd
+      printf 'round %d %-13s offered %6d/s  completed %6d/s  answered %5.1f%%  RSS %6d KiB  etcd %6d KiB\n' \
+        "$r" "$name" "$offered" "$done" "$pct" "$rss" "$ers" >&2
       (( done > peak )) && peak=$done
       (( rss > maxrss )) && maxrss=$rss
+      (( ers > maxerss )) && maxerss=$ers
       if awk -v p="$pct" 'BEGIN {exit !(p >= 99)}'; then clean=$offered; fi
       awk -v p="$pct" 'BEGIN {exit !(p < 95)}' && break
     done
     peaks[$name]+="$peak "
     cleans[$name]+="$clean "
     rsss[$name]+="$maxrss "
+    erss[$name]+="$maxerss "
   done
 done
 
-k=$(median <<<"${peaks[kindling]}")
+base=${servers[0]}
+k=$(median <<<"${peaks[$base]}")
 echo
-printf '%-10s %16s %18s %10s %11s\n' "server" "peak DORA/s" "clean rate (>=99%)" "peak RSS" "kindling/x"
+printf '%-14s %12s %18s %10s %10s %9s\n' "server" "peak DORA/s" "clean rate (>=99%)" "peak RSS" "etcd RSS" "$base/x"
 for name in "${servers[@]}"; do
   m=$(median <<<"${peaks[$name]}")
   c=$(median <<<"${cleans[$name]}")
   rss=$(median <<<"${rsss[$name]}")
-  printf '%-10s %16.0f %18.0f %6.0f MiB %10.2fx\n' "$name" "$m" "$c" \
-    "$(awk -v r="$rss" 'BEGIN {print r / 1024}')" "$(awk -v a="$k" -v b="$m" 'BEGIN {print (b > 0) ? a / b : 0}')"
+  e=$(median <<<"${erss[$name]}")
+  etcd_col=-
+  [ "$name" = kindling-etcd ] && etcd_col="$(awk -v r="$e" 'BEGIN {printf "%.0f MiB", r / 1024}')"
+  printf '%-14s %12.0f %18.0f %6.0f MiB %10s %8.2fx\n' "$name" "$m" "$c" \
+    "$(awk -v r="$rss" 'BEGIN {print r / 1024}')" "$etcd_col" "$(awk -v a="$k" -v b="$m" 'BEGIN {print (b > 0) ? a / b : 0}')"
 done
 echo
 echo "medians of $rounds rounds; perfdhcp -R $clients -p $secs, relayed, offered rates ${ladder[*]}/s"
-echo "durability: kindling fsyncs each batch of leases before its ACKs; dnsmasq rewrites + fsyncs its lease file per change; kea (memfile) does not fsync"
+echo "durability: kindling fsyncs each batch of leases before its ACKs (kindling-etcd: etcd's WAL fsync of each transaction); dnsmasq rewrites + fsyncs its lease file per change; kea (memfile) does not fsync"
