@@ -58,6 +58,10 @@ fn two_instances_share_one_inventory_through_etcd() {
         return;
     };
     let (da, db) = (instance(&etcd, "kindling-a"), instance(&etcd, "kindling-b"));
+    // B stands for an instance of another rack: another segment, the same profiles.
+    let b_toml = db.path().join("kindling.toml");
+    let text = std::fs::read_to_string(&b_toml).unwrap();
+    std::fs::write(&b_toml, format!("{text}segment = \"rack-b\"\n")).unwrap();
     let a = Daemon::start(&da.path().join("kindling.toml"));
     let b = Daemon::start(&db.path().join("kindling.toml"));
     for d in [&a, &b] {
@@ -180,6 +184,18 @@ fn two_instances_share_one_inventory_through_etcd() {
         });
         assert!(!after.contains(r#""next_boot":{"#), "{after}");
     }
+    // Instances without DHCP, in different segments, compare their profile digests too: the
+    // same files, no warning; B's profiles change, A says so.
+    assert!(!a.log_text().contains("different profile sets"));
+    let b_profile = db.path().join("profiles/node.toml");
+    let text = std::fs::read_to_string(&b_profile).unwrap();
+    std::fs::write(&b_profile, format!("# edited on b only\n{text}")).unwrap();
+    let warning = a
+        .wait_log(Duration::from_secs(10), |l| {
+            l.contains("different profile sets")
+        })
+        .unwrap_or_else(|| panic!("no mismatch warning on A:\n{}", a.log_text()));
+    assert!(warning.contains("rack-b/kindling-b"), "{warning}");
     // A restarted instance starts from what etcd holds (its own state directory has none).
     drop(a);
     let fresh = instance(&etcd, "kindling-c");
@@ -719,6 +735,112 @@ fn killing_an_instance_mid_storm_loses_no_acknowledged_lease() {
         storm_bound as u64 >= acks,
         "{acks} acknowledged but {storm_bound} bound in etcd"
     );
+}
+
+/// The servers that offer `mac` an address within `wait` of one DISCOVER.
+fn offers_for(sock: &std::net::UdpSocket, mac: [u8; 6], xid: u32, wait: Duration) -> Vec<String> {
+    use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    let mut bytes = Vec::new();
+    dhcp(MessageType::Discover, mac, xid)
+        .encode(&mut Encoder::new(&mut bytes))
+        .unwrap();
+    sock.send_to(&bytes, ("255.255.255.255", 67)).unwrap();
+    let mut from = Vec::new();
+    let mut buf = [0u8; 1500];
+    let end = Instant::now() + wait;
+    while Instant::now() < end {
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && let Ok(m) = dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..n]))
+            && m.xid() == xid
+            && m.opts().msg_type() == Some(MessageType::Offer)
+            && let Some(DhcpOption::ServerIdentifier(ip)) =
+                m.opts().get(OptionCode::ServerIdentifier)
+        {
+            from.push(ip.to_string());
+        }
+    }
+    from
+}
+
+/// An instance cut off from etcd but not from the LAN: once its membership expired, the
+/// other answers its clients and it answers none of them (no client hears two offers); when
+/// it reaches etcd again it takes its clients back, without a restart.
+#[test]
+fn an_instance_cut_off_from_etcd_stops_answering() {
+    let Some(seg) = segment(
+        "an_instance_cut_off_from_etcd_stops_answering",
+        "hp",
+        "full",
+    ) else {
+        return;
+    };
+    let members = ["kindling-a", "kindling-b"];
+    let of_b: Vec<[u8; 6]> = (0..=u8::MAX)
+        .map(|n| [0x52, 0x54, 0x00, 0xbd, 0x00, n])
+        .filter(|m| {
+            let b = kindling::cluster::buckets::bucket(kindling::mac::MacAddr(*m));
+            kindling::cluster::buckets::owner(b, members) == Some("kindling-b")
+        })
+        .take(8)
+        .collect();
+    let sock = client_socket(seg.ns(3), "vc0");
+    let b = seg.b.as_ref().unwrap();
+    for (i, mac) in of_b.iter().enumerate() {
+        let from = offers_for(
+            &sock,
+            *mac,
+            0x4d00_0000 + i as u32,
+            Duration::from_millis(700),
+        );
+        assert_eq!(from, ["10.78.0.4"], "client {i} before the cut");
+    }
+    // b loses etcd (a blackhole route to it); the LAN stays.
+    let route = ["-n", seg.ns(1), "route", "add", "blackhole", "10.78.0.3/32"];
+    common::ip(&route);
+    let cut = Instant::now();
+    b.wait_log(Duration::from_secs(20), |l| l.contains("cut off from etcd"))
+        .unwrap_or_else(|| panic!("b kept answering:\n{}", b.log_text()));
+    seg.a
+        .wait_log(Duration::from_secs(20), |l| {
+            l.contains("cluster member left")
+        })
+        .unwrap_or_else(|| panic!("a did not see b leave:\n{}", seg.a.log_text()));
+    // member_ttl 2 s + takeover 1 s, and a little.
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(cut.elapsed()) + Duration::from_millis(500),
+    );
+    for (i, mac) in of_b.iter().enumerate() {
+        let from = offers_for(
+            &sock,
+            *mac,
+            0x4d10_0000 + i as u32,
+            Duration::from_millis(700),
+        );
+        assert_eq!(from, ["10.78.0.2"], "client {i} while b is cut off");
+    }
+    // etcd back: b is a member again and answers its clients, alone.
+    let shares = b.log_text().matches("answers its share").count();
+    common::ip(&["-n", seg.ns(1), "route", "del", "blackhole", "10.78.0.3/32"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.log_text().matches("answers its share").count() <= shares {
+        assert!(
+            Instant::now() < deadline,
+            "b did not rejoin:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, mac) in of_b.iter().enumerate() {
+        let from = offers_for(
+            &sock,
+            *mac,
+            0x4d20_0000 + i as u32,
+            Duration::from_millis(700),
+        );
+        assert_eq!(from, ["10.78.0.4"], "client {i} after b rejoined");
+    }
 }
 
 /// Three etcd members in namespace `ns` on loopback, each restartable with its data.

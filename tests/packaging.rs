@@ -78,3 +78,87 @@ fn ci_runs_the_readme_test_command() {
             && test.contains("cargo clippy --locked --all-targets -- -D warnings")
     );
 }
+
+/// The high-availability layout in `scripts/cluster`: the compose file runs an etcd member on
+/// each of three hosts and Kindling on two, with configs that load, point at all three members,
+/// serve the same segment and differ only in what must differ per host.
+#[test]
+fn the_cluster_layout_is_consistent() {
+    use kindling::config::{Config, DhcpMode, StoreKind};
+    let compose = read("scripts/cluster/compose.yaml");
+    let env = |n: u32| -> std::collections::HashMap<String, String> {
+        read(&format!("scripts/cluster/host{n}.env"))
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    };
+    // Every variable the compose file uses is set on every host.
+    let vars: Vec<&str> = compose
+        .split("${")
+        .skip(1)
+        .map(|r| r.split('}').next().unwrap())
+        .collect();
+    assert!(vars.contains(&"HOST_IP") && vars.contains(&"KINDLING_CONFIG"));
+    let initial = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- --initial-cluster="))
+        .expect("--initial-cluster");
+    let mut configs = Vec::new();
+    for n in 1..=3 {
+        let e = env(n);
+        for v in &vars {
+            assert!(e.contains_key(*v), "host{n}.env does not set {v}");
+        }
+        let member = format!("{}=http://{}:2380", e["ETCD_NAME"], e["HOST_IP"]);
+        assert!(
+            initial.split(',').any(|m| m == member),
+            "{member} not in {initial}"
+        );
+        let runs_kindling = e["COMPOSE_PROFILES"] == "kindling";
+        assert_eq!(runs_kindling, n < 3, "kindling on hosts 1 and 2");
+        if runs_kindling {
+            let path = root().join("scripts/cluster").join(&e["KINDLING_CONFIG"]);
+            let config = Config::load(&path).unwrap_or_else(|err| panic!("{err}"));
+            assert_eq!(config.cluster.store, StoreKind::Etcd);
+            assert_eq!(config.dhcp.mode, DhcpMode::Full);
+            let ip = &e["HOST_IP"];
+            assert_eq!(config.dhcp.subnets[0].server_ip.unwrap().to_string(), *ip);
+            assert!(
+                config
+                    .server
+                    .base_url
+                    .as_ref()
+                    .unwrap()
+                    .contains(ip.as_str())
+            );
+            configs.push(config);
+        }
+    }
+    let (a, b) = (&configs[0], &configs[1]);
+    assert_eq!(initial.split(',').count(), 3);
+    assert_eq!(a.cluster.endpoints.len(), 3);
+    for (endpoint, member) in a.cluster.endpoints.iter().zip(initial.split(',')) {
+        let host = member
+            .split("//")
+            .nth(1)
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap();
+        assert!(endpoint.contains(host), "{endpoint} vs {member}");
+    }
+    assert_eq!(a.cluster.endpoints, b.cluster.endpoints);
+    assert_ne!(a.cluster.node_name, b.cluster.node_name);
+    assert_eq!(
+        a.dhcp.subnets[0].network, b.dhcp.subnets[0].network,
+        "one segment"
+    );
+    assert_eq!(a.dhcp.subnets[0].range, b.dhcp.subnets[0].range);
+    for file in ["../../profiles", "../.."] {
+        assert!(root().join("scripts/cluster").join(file).exists());
+    }
+}

@@ -112,6 +112,12 @@ pub async fn run(
     )
     .await?;
     writers.extend(lease_writer);
+    if dhcp.is_none()
+        && let Some(etcd) = &etcd
+    {
+        // Without DHCP there is nothing to split, but profile digests are still compared.
+        start::join_segment(&ctx, &sup, etcd, None);
+    }
     if let Some(socket) = bound.tftp.take() {
         start::start_tftp(&ctx, &sup, socket)?;
     }

@@ -22,15 +22,18 @@ use crate::inventory::Inventory;
 use crate::mac::MacAddr;
 
 /// The segment's instances split its clients (see `cluster::buckets`): keep this instance a
-/// member while it runs, and answer only its share.
-fn join_segment(ctx: &Ctx, sup: &Supervisor, etcd: &Etcd, service: &Arc<Dhcp>) {
+/// member while it runs, and answer only its share. An instance without DHCP (`service`
+/// `None`) joins too, in segment `no-dhcp` unless one is set: every member compares profile
+/// digests with every other.
+pub(super) fn join_segment(ctx: &Ctx, sup: &Supervisor, etcd: &Etcd, service: Option<&Arc<Dhcp>>) {
     let c = &ctx.config;
     let segment = c
         .cluster
         .segment
         .clone()
-        .unwrap_or_else(|| match c.dhcp.mode {
-            DhcpMode::Proxy => "proxy".to_string(),
+        .unwrap_or_else(|| match (service, c.dhcp.mode) {
+            (None, _) => "no-dhcp".to_string(),
+            (_, DhcpMode::Proxy) => "proxy".to_string(),
             _ => {
                 let mut nets: Vec<String> = c
                     .dhcp
@@ -45,8 +48,10 @@ fn join_segment(ctx: &Ctx, sup: &Supervisor, etcd: &Etcd, service: &Arc<Dhcp>) {
     tracing::info!(%segment, node = %etcd.node(), "cluster: joining the segment's members");
     // Nobody is answered until the members are known (normally milliseconds; after a restart
     // within member_ttl, until the last run's membership expired).
-    service.use_share(crate::cluster::buckets::Share::none());
-    let (etcd, service, token) = (etcd.clone(), service.clone(), ctx_token(sup));
+    if let Some(service) = service {
+        service.use_share(crate::cluster::buckets::Share::none());
+    }
+    let (etcd, service, token) = (etcd.clone(), service.cloned(), ctx_token(sup));
     let live = ctx.profiles.clone();
     let (ttl, takeover) = (c.cluster.member_ttl, c.cluster.takeover_delay);
     sup.background("cluster membership", move || {
@@ -56,7 +61,11 @@ fn join_segment(ctx: &Ctx, sup: &Supervisor, etcd: &Etcd, service: &Arc<Dhcp>) {
             segment.clone(),
             ttl,
             takeover,
-            move |share| service.use_share(share),
+            move |share| {
+                if let Some(s) = &service {
+                    s.use_share(share);
+                }
+            },
             move || live.status().digest,
             token.clone(),
         )
@@ -160,7 +169,7 @@ pub(super) async fn start_dhcp(
         let expiry = Arc::new(Expiry::default());
         follow_remote_leases(sup, &store, &service, &expiry);
         if let Some(etcd) = etcd {
-            join_segment(ctx, sup, etcd, &service);
+            join_segment(ctx, sup, etcd, Some(&service));
         }
         let (writer, tx) = LeaseWriter::new(store, service.clone(), expiry.clone());
         let writer = writer.with_health(ctx.health.clone());
@@ -176,7 +185,7 @@ pub(super) async fn start_dhcp(
         && let Some(etcd) = etcd
     {
         // Proxy instances on one segment split its PXE clients too: one proxy offer each.
-        join_segment(ctx, sup, etcd, &service);
+        join_segment(ctx, sup, etcd, Some(&service));
     }
     Dhcp::export_pools(&service, &ctx.metrics);
     let (s, live, token) = (service.clone(), ctx.profiles.clone(), ctx_token(sup));

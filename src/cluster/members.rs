@@ -1,5 +1,6 @@
-//! Membership: each instance keeps a key `<prefix>members/<node_name>` alive on an etcd lease
-//! of `[cluster] member_ttl`, and watches the others'. A member that stops (crash, network)
+//! Membership: each instance keeps a key `<prefix>members/<segment>/<node_name>` alive on an
+//! etcd lease of `[cluster] member_ttl`, and watches the others' (its segment's for the split,
+//! every segment's for the profile digests). A member that stops (crash, network)
 //! loses its key when its lease runs out; the rest take over its buckets after
 //! `takeover_delay` (see [`super::buckets`]). Every change of this instance's share is handed
 //! to `on_change` (the DHCP service answers only its buckets).
@@ -33,13 +34,14 @@ pub async fn run(
     let mut last = None;
     let mut pause = RETRY_FIRST;
     let mut peers = Peers::default();
+    let mut lease = Lease::default();
     loop {
         let hooks = Hooks {
             on_change: &on_change,
             profiles: &profiles,
         };
         match session(
-            &etcd, &segment, ttl, &mut view, &hooks, &mut last, &mut peers, &token,
+            &etcd, &segment, ttl, &mut view, &hooks, &mut last, &mut peers, &mut lease, &token,
         )
         .await
         {
@@ -48,12 +50,41 @@ pub async fn run(
                 tracing::warn!(node = %etcd.node(), error = %e, retry_in = ?pause, "cluster membership interrupted");
             }
         }
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+        // Once this instance's key has expired in etcd, the others answer its clients: stop
+        // answering them too, or they would hear from two instances.
+        let expired = lease.alive_at.map(|at| at + ttl);
+        let until = Instant::now() + pause;
+        loop {
+            let gone = expired.filter(|at| {
+                *at <= Instant::now() && last.as_ref().is_some_and(|s: &Share| s.count() > 0)
+            });
+            if gone.is_some() {
+                tracing::warn!(node = %etcd.node(), "cluster: cut off from etcd for longer than member_ttl; the other members have taken this instance's clients, and it answers none of them until it is a member again");
+                let none = Share::none();
+                last = Some(none.clone());
+                on_change(none);
+            }
+            let wake = match expired.filter(|at| *at > Instant::now()) {
+                Some(at) => at.min(until),
+                None => until,
+            };
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if Instant::now() >= until {
+                break;
+            }
         }
         pause = (pause * 2).min(Duration::from_secs(10));
     }
+}
+
+/// This instance's last membership lease: its id, and when etcd last confirmed it.
+#[derive(Default)]
+struct Lease {
+    id: Option<i64>,
+    alive_at: Option<Instant>,
 }
 
 /// What a session reports to and asks of the rest of the instance.
@@ -135,6 +166,7 @@ async fn session(
     hooks: &Hooks<'_, impl Fn(Share), impl Fn() -> String>,
     last: &mut Option<Share>,
     peers: &mut Peers,
+    previous: &mut Lease,
     token: &CancellationToken,
 ) -> Result<(), ClusterError> {
     let on_change = hooks.on_change;
@@ -153,15 +185,32 @@ async fn session(
             value,
             Some(PutOptions::new().with_lease(lease)),
         )]);
-    if !etcd.limit(c.txn(register)).await?.succeeded() {
+    let mut registered = etcd.limit(c.txn(register.clone())).await?.succeeded();
+    if !registered && let Some(old) = previous.id {
+        // The key may still be this process's own, from before etcd trouble: end that lease
+        // (the key goes with it) and register afresh.
+        let held = etcd.limit(c.get(key.as_str(), None)).await?;
+        if held.kvs().first().is_some_and(|kv| kv.lease() == old) {
+            let _ = etcd.limit(c.lease_revoke(old)).await;
+            registered = etcd.limit(c.txn(register)).await?.succeeded();
+        }
+    }
+    if !registered {
         let _ = etcd.limit(c.lease_revoke(lease)).await;
         return Err(ClusterError::Membership(format!(
             "{key} exists: another instance runs as node_name {me:?}, or this one's last run has not expired yet (at most {ttl:?})"
         )));
     }
+    *previous = Lease {
+        id: Some(lease),
+        alive_at: Some(Instant::now()),
+    };
     let (mut keeper, mut alive) = etcd.limit(c.lease_keep_alive(lease)).await?;
+    // Every segment's members: this segment's split the clients; all of them compare
+    // profile digests (instances per rack should serve the same files too).
+    let all = etcd.key("members/");
     let members = etcd
-        .limit(c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+        .limit(c.get(all.as_str(), Some(GetOptions::new().with_prefix())))
         .await?;
     let revision = members.header().map_or(0, |h| h.revision());
     let mut present = std::collections::BTreeSet::new();
@@ -171,6 +220,8 @@ async fn session(
                 peers.saw(&node, kv.value(), &digest);
             }
             present.insert(node);
+        } else if let Some(elsewhere) = node_of(kv.key(), &all) {
+            peers.saw(&elsewhere, kv.value(), &digest);
         }
     }
     // After a gap (a failed session) departures may have been missed: the list is the truth.
@@ -179,7 +230,7 @@ async fn session(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
-    let mut watch = etcd.limit(c.watch(prefix.as_str(), Some(options))).await?;
+    let mut watch = etcd.limit(c.watch(all.as_str(), Some(options))).await?;
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         let takeover = view.next_takeover(Instant::now().into_std()).map_or_else(
@@ -207,7 +258,7 @@ async fn session(
                 Some(r) if r.ttl() <= 0 => {
                     return Err(ClusterError::Membership("this instance's membership lease expired".into()));
                 }
-                Some(_) => {}
+                Some(_) => previous.alive_at = Some(Instant::now()),
                 None => return Err(ClusterError::Membership("the keep-alive stream ended".into())),
             },
             got = watch.message() => {
@@ -219,15 +270,20 @@ async fn session(
                 }
                 let now = Instant::now();
                 for event in resp.events() {
-                    let Some(node) = event.kv().and_then(|kv| node_of(kv.key(), &prefix)) else {
+                    let Some(kv) = event.kv() else { continue };
+                    let Some(node) = node_of(kv.key(), &prefix) else {
+                        // A member of another segment: its digest only.
+                        if event.event_type() == EventType::Put
+                            && let Some(elsewhere) = node_of(kv.key(), &all)
+                        {
+                            peers.saw(&elsewhere, kv.value(), &digest);
+                        }
                         continue;
                     };
                     match event.event_type() {
                         EventType::Put => {
                             view.joined(&node);
-                            if node != me
-                                && let Some(kv) = event.kv()
-                            {
+                            if node != me {
                                 peers.saw(&node, kv.value(), &digest);
                             }
                         }
