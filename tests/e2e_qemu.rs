@@ -82,6 +82,9 @@ struct Lab {
     net: Netns,
     dir: tempfile::TempDir,
     vms: Vec<(String, PathBuf)>,
+    /// A VM whose boot fails reboots (after 3 s) and PXE-boots again, as servers retry
+    /// their boot order; otherwise QEMU stops.
+    reboot_on_failure: bool,
 }
 
 impl Drop for Lab {
@@ -111,6 +114,7 @@ impl Lab {
             net,
             dir: tempfile::tempdir().unwrap(),
             vms: Vec::new(),
+            reboot_on_failure: false,
         };
         ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         ip(&[
@@ -235,7 +239,12 @@ impl Lab {
                 "384",
                 "-nographic",
             ])
-            .args(["-monitor", "none", "-no-reboot", "-boot", "n"])
+            .args(["-monitor", "none"])
+            .args(if self.reboot_on_failure {
+                vec!["-boot", "order=n,reboot-timeout=3000"]
+            } else {
+                vec!["-no-reboot", "-boot", "n"]
+            })
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .args([
@@ -279,16 +288,24 @@ impl Lab {
             let mut done = 0;
             for (mac, serial) in &self.vms {
                 let text = std::fs::read_to_string(serial).unwrap_or_default();
-                for bad in [
-                    "KINDLING-LAB: FAILED",
-                    "Kernel panic",
-                    "No bootable device",
-                    "Nothing to boot",
-                ] {
+                let fatal: &[&str] = if self.reboot_on_failure {
+                    &["KINDLING-LAB: FAILED", "Kernel panic"]
+                } else {
+                    &[
+                        "KINDLING-LAB: FAILED",
+                        "Kernel panic",
+                        "No bootable device",
+                        "Nothing to boot",
+                    ]
+                };
+                for bad in fatal {
                     assert!(
                         !text.contains(bad),
                         "VM {mac}: {bad}\n--- kindling ---\n{}",
-                        self.daemon().log_text()
+                        self.daemon
+                            .as_ref()
+                            .map(Daemon::log_text)
+                            .unwrap_or_default()
                     );
                 }
                 if text.contains("KINDLING-LAB: DONE") {
@@ -302,7 +319,10 @@ impl Lab {
                 Instant::now() < end,
                 "{done} of {} VMs done after {limit:?}\n--- kindling ---\n{}",
                 self.vms.len(),
-                self.daemon().log_text()
+                self.daemon
+                    .as_ref()
+                    .map(Daemon::log_text)
+                    .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -453,4 +473,275 @@ fn three_vms_boot_at_once_with_their_own_profiles() {
     for i in 0..3 {
         assert!(log.contains(&format!("profile=vm-{i}")), "{log}");
     }
+}
+
+/// An HTTP address that moves between instances, as keepalived's does: the boot URLs name it.
+const VIP: &str = "10.99.0.20";
+/// Where etcd listens: the bridge's own address.
+const ETCD_IP: &str = "10.99.0.10";
+
+/// Two instances on one bridge with etcd: four BIOS VMs PXE-boot, two answered by each
+/// instance; one second after their first DHCP exchange the instance holding the boot URL's
+/// address is killed (kill -9) and the address moves to the other, as keepalived would move
+/// it. Every VM reaches `provisioned` (a VM whose download broke retries, or reboots into PXE
+/// again); before the kill both APIs list all four, afterwards the survivor shows each VM's
+/// history through `provisioned`, and the killed instance, started again with an empty state
+/// directory, shows the same histories.
+#[test]
+fn four_vms_boot_from_two_instances_when_one_is_killed() {
+    use kindling::cluster::buckets::{bucket, owner};
+    skip_unless_lab!("four_vms_boot_from_two_instances_when_one_is_killed");
+    if !common::have("etcd") || !common::have("busybox") {
+        eprintln!(
+            "SKIP four_vms_boot_from_two_instances_when_one_is_killed: etcd or busybox missing (scripts/setup.sh test)"
+        );
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = ["kindling-a", "kindling-b"];
+    // Two machines of each instance.
+    let mut macs: Vec<String> = Vec::new();
+    for want in nodes {
+        macs.extend(
+            (1..=u8::MAX)
+                .map(|i| format!("52:54:00:99:01:{i:02x}"))
+                .filter(|m| owner(bucket(m.parse().unwrap()), nodes) == Some(want))
+                .take(2),
+        );
+    }
+    let mut lab = Lab::new("eh", macs.len());
+    lab.reboot_on_failure = true;
+    let ns = lab.ns.clone();
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "del",
+        &format!("{KINDLING_IP}/24"),
+        "dev",
+        "br0",
+    ]);
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{ETCD_IP}/24"),
+        "dev",
+        "br0",
+    ]);
+    // etcd on the bridge.
+    let etcd_url = format!("http://{ETCD_IP}:2379");
+    let data = lab.dir.path().join("etcd");
+    lab.net.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "/usr/bin/etcd", "--name=lab"])
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .args([
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                "--initial-cluster=lab=http://127.0.0.1:2380",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd"),
+    );
+    // Each instance in a namespace of its own, on a veth into the bridge.
+    let root = lab.dir.path().to_path_buf();
+    std::fs::create_dir_all(root.join("assets")).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::os::unix::fs::symlink(lab_dir().join("os").join(f), root.join("assets").join(f))
+            .unwrap();
+    }
+    write(
+        &root,
+        "profiles/templates/node.ign.j2",
+        "{\"ignition\": {\"version\": \"3.3.0\"},\n \"storage\": {\"files\": [{\"path\": \"/etc/hostname\", \
+         \"mode\": 420, \"contents\": {\"source\": \"data:,{{ hostname }}\"}}]}}\n",
+    );
+    for (i, mac) in macs.iter().enumerate() {
+        write(
+            &root,
+            &format!("profiles/vm-{i}.toml"),
+            &format!(
+                "ignition = \"templates/node.ign.j2\"\n[boot]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
+                 args = [\"console=ttyS0\", \"ignition.config.url={{{{ ignition_url }}}}\", \
+                 \"kindling.report={{{{ report_url }}}}\"]\n\
+                 [[machine]]\nmac = \"{mac}\"\nhostname = \"node-{i}\"\n"
+            ),
+        );
+    }
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");
+    let mut spaces = Vec::new();
+    for (n, (node, addr)) in nodes.iter().zip(["10.99.0.2", "10.99.0.3"]).enumerate() {
+        let space = format!("{ns}{}", ["a", "b"][n]);
+        ip(&["netns", "add", &space]);
+        lab.net.names.push(space.clone());
+        ip(&["-n", &space, "link", "set", "lo", "up"]);
+        lab.net.veth(&space, "vs0", &ns, &format!("p{n}"));
+        ip(&["-n", &ns, "link", "set", &format!("p{n}"), "master", "br0"]);
+        ip(&["-n", &ns, "link", "set", &format!("p{n}"), "up"]);
+        ip(&[
+            "-n",
+            &space,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "vs0",
+        ]);
+        ip(&["-n", &space, "link", "set", "vs0", "up"]);
+        write(
+            &root,
+            &format!("{node}.toml"),
+            &format!(
+                "[server]\nbase_url = \"http://{VIP}:8080\"\n[http]\nlisten = \"0.0.0.0:8080\"\nconfig_access = \"token\"\n\
+                 [log]\nlevel = \"info\"\n\
+                 [paths]\nprofiles = \"{root}/profiles\"\nassets = \"{root}/assets\"\nipxe_scripts = \"{}\"\nstate = \"{root}/state-{node}\"\n\
+                 [dhcp]\nmode = \"full\"\ninterfaces = [\"vs0\"]\n[[dhcp.subnet]]\nnetwork = \"10.99.0.0/24\"\n\
+                 range = [\"10.99.0.100\", \"10.99.0.150\"]\nserver_ip = \"{addr}\"\n\
+                 [cluster]\nstore = \"etcd\"\nendpoints = [\"{etcd_url}\"]\nnode_name = \"{node}\"\n\
+                 member_ttl = \"2s\"\ntakeover_delay = \"1s\"\n",
+                scripts.display(),
+                root = root.display(),
+            ),
+        );
+        spaces.push(space);
+    }
+    let start = |n: usize| -> Daemon {
+        Daemon::start_in(&spaces[n], &root.join(format!("{}.toml", nodes[n])))
+    };
+    let joined = |d: &Daemon| {
+        d.wait_log(Duration::from_secs(30), |l| {
+            l.contains("answers its share") && l.contains("kindling-a,kindling-b")
+        })
+        .unwrap_or_else(|| panic!("an instance did not see both:\n{}", d.log_text()));
+    };
+    // The boot URL's address starts on kindling-a.
+    let vip = |space: &str, op: &str| {
+        ip(&["-n", space, "addr", op, &format!("{VIP}/24"), "dev", "vs0"]);
+    };
+    vip(&spaces[0], "add");
+    let b = start(1);
+    let mut a = Some(start(0));
+    joined(&b);
+    joined(a.as_ref().unwrap());
+    let api = |space: &str, path: &str| -> serde_json::Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", space, "curl", "-s", "-m", "5"])
+            .arg(format!("http://127.0.0.1:8080{path}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let started = Instant::now();
+    for (i, mac) in macs.iter().enumerate() {
+        lab.boot(i, mac, Firmware::Bios);
+    }
+    // Every VM's first DHCP exchange: each instance acknowledged its two.
+    let acked = |d: &Daemon, mac: &str| {
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("DHCP ack") && l.contains(mac))
+    };
+    let end = Instant::now() + Duration::from_secs(120);
+    while !macs
+        .iter()
+        .enumerate()
+        .all(|(i, m)| acked([a.as_ref().unwrap(), &b][i / 2], m))
+    {
+        assert!(
+            Instant::now() < end,
+            "no first DHCP exchange for every VM\n--- a ---\n{}\n--- b ---\n{}",
+            a.as_ref().unwrap().log_text(),
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // Both instances list all four.
+    for space in &spaces {
+        let list = api(space, "/api/v1/machines");
+        for mac in &macs {
+            assert!(list.to_string().contains(mac.as_str()), "{space}: {list}");
+        }
+    }
+    a.take().unwrap().kill9();
+    eprintln!(
+        "killed kindling-a {:?} after the VMs started",
+        started.elapsed()
+    );
+    vip(&spaces[0], "del");
+    vip(&spaces[1], "add");
+    // Gratuitous ARP: the VMs' caches learn the address's new home at once.
+    let _ = Command::new("ip")
+        .args([
+            "netns", "exec", &spaces[1], "busybox", "arping", "-U", "-c", "3", "-I", "vs0", VIP,
+        ])
+        .output();
+    lab.daemon = Some(b);
+    lab.wait_all(Duration::from_secs(420));
+    eprintln!(
+        "four VMs on two instances, one killed: all provisioned {:?} after they started",
+        started.elapsed()
+    );
+    let states = |rec: &serde_json::Value| -> Vec<String> {
+        rec["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter(|e| e.get("from").is_some())
+                    .filter_map(|e| e["state"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut histories = Vec::new();
+    for (i, mac) in macs.iter().enumerate() {
+        let (_, serial) = lab.vms.iter().find(|(m, _)| m == mac).unwrap();
+        let text = std::fs::read_to_string(serial).unwrap();
+        assert!(
+            text.contains(&format!("KINDLING-LAB: DONE mac={mac} hostname=node-{i}")),
+            "VM {mac} got its own Ignition"
+        );
+        let rec = api(&spaces[1], &format!("/api/v1/machines/{mac}"));
+        assert_eq!(rec["state"], "provisioned", "{rec:#}");
+        let seen = states(&rec);
+        // In order, whatever a broken download repeated.
+        let mut want = ["dhcp", "ipxe", "kernel", "config", "provisioned"]
+            .iter()
+            .peekable();
+        for s in &seen {
+            if want.peek().is_some_and(|w| *w == s) {
+                want.next();
+            }
+        }
+        assert!(want.peek().is_none(), "VM {mac}: {seen:?}\n{rec:#}");
+        eprintln!(
+            "{mac} (answered first by {}): {}; boot retries {}, reboots {}",
+            nodes[i / 2],
+            seen.join(" -> "),
+            text.matches("asking again").count(),
+            text.matches("No bootable device").count()
+        );
+        // The OS's own DHCP came later: the survivor answered every VM, the dead one's too.
+        assert!(
+            acked(lab.daemon.as_ref().unwrap(), mac),
+            "kindling-b never acknowledged {mac}"
+        );
+        histories.push(seen);
+    }
+    // kindling-a again, with nothing of its own: etcd gives it the same four histories.
+    let again = start(0);
+    again
+        .wait_log(Duration::from_secs(30), |l| l.contains("answers its share"))
+        .unwrap_or_else(|| panic!("kindling-a did not start again:\n{}", again.log_text()));
+    for (mac, seen) in macs.iter().zip(&histories) {
+        let rec = api(&spaces[0], &format!("/api/v1/machines/{mac}"));
+        assert_eq!(&states(&rec), seen, "kindling-a after its restart: {rec:#}");
+    }
+    drop(again);
 }
