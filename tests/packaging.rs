@@ -127,13 +127,21 @@ fn the_cluster_layout_is_consistent() {
             assert_eq!(config.dhcp.mode, DhcpMode::Full);
             let ip = &e["HOST_IP"];
             assert_eq!(config.dhcp.subnets[0].server_ip.unwrap().to_string(), *ip);
-            assert!(
-                config
-                    .server
-                    .base_url
-                    .as_ref()
-                    .unwrap()
-                    .contains(ip.as_str())
+            assert_eq!(
+                config.server.advertise_ip.map(|a| a.to_string()).as_deref(),
+                Some(ip.as_str())
+            );
+            // The boot URLs name the address keepalived moves, the same on both.
+            let vip = read("scripts/cluster/keepalived.conf")
+                .lines()
+                .map(str::trim)
+                .find(|l| l.ends_with("dev eno2") && l.contains('/'))
+                .and_then(|l| l.split('/').next())
+                .expect("the VRRP address")
+                .to_string();
+            assert_eq!(
+                config.server.base_url.as_deref(),
+                Some(format!("http://{vip}:8080").as_str())
             );
             configs.push(config);
         }
