@@ -184,14 +184,53 @@ fn two_instances_share_one_inventory_through_etcd() {
         });
         assert!(!after.contains(r#""next_boot":{"#), "{after}");
     }
+    // A machine adopted through A is added to B's copy of the profile too: B serves it.
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {TOKEN}"))
+        .args(["-d", r#"{"profile":"node","hostname":"beta"}"#])
+        .arg(a.url(&format!("/api/v1/machines/{other}/adopt")))
+        .output()
+        .unwrap();
+    let adopted = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        adopted.contains("shared with the other instances"),
+        "{adopted}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&b.url(&format!("/ipxe?mac={other}"))).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "B does not serve the adopted machine:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b_file = std::fs::read_to_string(db.path().join("profiles/node.toml")).unwrap();
+    let a_file = std::fs::read_to_string(da.path().join("profiles/node.toml")).unwrap();
+    assert!(
+        b_file.contains(other) && b_file.contains("beta"),
+        "{b_file}"
+    );
+    assert_eq!(a_file, b_file, "the same entry in both copies");
     // Instances without DHCP, in different segments, compare their profile digests too: the
-    // same files, no warning; B's profiles change, A says so.
-    assert!(!a.log_text().contains("different profile sets"));
+    // same files (after the adoption, too), no warning; B's profiles change, A says so.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        !a.log_text().contains("different profile sets"),
+        "{}",
+        a.log_text()
+    );
+    assert!(
+        !b.log_text().contains("different profile sets"),
+        "{}",
+        b.log_text()
+    );
     let b_profile = db.path().join("profiles/node.toml");
     let text = std::fs::read_to_string(&b_profile).unwrap();
     std::fs::write(&b_profile, format!("# edited on b only\n{text}")).unwrap();
     let warning = a
-        .wait_log(Duration::from_secs(10), |l| {
+        .wait_log(Duration::from_secs(20), |l| {
             l.contains("different profile sets")
         })
         .unwrap_or_else(|| panic!("no mismatch warning on A:\n{}", a.log_text()));

@@ -272,13 +272,29 @@ fn start_inventory(
             .clone()
             .run_writer(machines.clone(), stop_writers.clone()),
     );
-    let (inv, t) = (inventory.clone(), token.clone());
+    let (inv, t, live) = (inventory.clone(), token.clone(), ctx.profiles.clone());
     sup.background("inventory remote changes", move || {
-        // A store shared with other instances gives a fresh stream on every start.
-        let (inv, t, changes) = (inv.clone(), t.clone(), machines.remote_changes());
+        let (inv, t, live, store) = (inv.clone(), t.clone(), live.clone(), machines.clone());
         async move {
-            match changes {
-                Some(changes) => inv.run_remote_changes(changes, t).await,
+            // Machines adopted through other instances while this one was away, then what
+            // they write from now on (a shared store gives a fresh stream on every start).
+            match store.adoptions().await {
+                Ok(adoptions) => {
+                    for adoption in adoptions {
+                        adopt_here(live.clone(), adoption).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the machines adopted on other instances")
+                }
+            }
+            match store.remote_changes() {
+                Some(changes) => {
+                    let adopted = move |adoption| {
+                        tokio::spawn(adopt_here(live.clone(), adoption));
+                    };
+                    inv.run_remote_changes(changes, adopted, t).await;
+                }
                 None => t.cancelled().await,
             }
         }
@@ -292,6 +308,32 @@ fn start_inventory(
         inv.clone().run_profile_sync(l.clone(), t.clone())
     });
     writer
+}
+
+/// A machine adopted through another instance: the same entry goes into this instance's copy
+/// of the profile file (unless it declares the machine already), so both serve it alike.
+async fn adopt_here(live: Arc<Live>, adoption: crate::inventory::store::Adoption) {
+    let (mac, profile, by) = (adoption.mac, adoption.profile.clone(), adoption.by.clone());
+    let applied = tokio::task::spawn_blocking(move || {
+        crate::profiles::adopt::apply_shared(
+            &live,
+            adoption.mac,
+            &adoption.profile,
+            &adoption.entry,
+        )
+        .map_err(|e| (e, adoption.entry))
+    })
+    .await;
+    match applied {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(_))) => {
+            tracing::info!(%mac, %profile, by = %by, "machine adopted on another instance: added to this instance's profile file too");
+        }
+        Ok(Err((e, entry))) => {
+            tracing::warn!(%mac, %profile, by = %by, error = ?e, "machine adopted on another instance could not be added here; add this entry to the profile by hand:\n{entry}");
+        }
+        Err(e) => tracing::error!(%mac, error = %e, "adoption task failed"),
+    }
 }
 
 /// Hot reload: the watch made before the profiles were loaded, then a new one on each

@@ -33,7 +33,7 @@ pub async fn run(
     let mut view = Membership::new(etcd.node(), takeover);
     let mut last = None;
     let mut pause = RETRY_FIRST;
-    let mut peers = Peers::default();
+    let mut peers = Peers::new(ttl * 2 / 3);
     let mut lease = Lease::default();
     loop {
         let hooks = Hooks {
@@ -93,16 +93,27 @@ struct Hooks<'a, C, P> {
     profiles: &'a P,
 }
 
-/// The profile digests the other members announced, and which mismatches were told.
-#[derive(Default)]
+/// The profile digests the other members announced, and which mismatches were told. A
+/// mismatch is told once it outlasted `grace` (two keep-alive ticks): two instances reloading
+/// the same new files announce them a tick apart.
 struct Peers {
     digests: std::collections::BTreeMap<String, String>,
+    seen: std::collections::BTreeMap<(String, String, String), Instant>,
     warned: std::collections::BTreeSet<(String, String, String)>,
+    grace: Duration,
 }
 
 impl Peers {
-    /// Remember `node`'s digest (from its membership value) and warn once per pair of
-    /// different digests.
+    fn new(grace: Duration) -> Peers {
+        Peers {
+            digests: Default::default(),
+            seen: Default::default(),
+            warned: Default::default(),
+            grace,
+        }
+    }
+
+    /// Remember `node`'s digest (from its membership value) and check it against ours.
     fn saw(&mut self, node: &str, value: &[u8], mine: &str) {
         let Some(theirs) = serde_json::from_slice::<serde_json::Value>(value)
             .ok()
@@ -111,19 +122,24 @@ impl Peers {
             return;
         };
         self.digests.insert(node.to_string(), theirs);
-        self.check(mine);
+        self.check(mine, Instant::now());
     }
 
-    fn check(&mut self, mine: &str) {
+    /// Warn once per pair of different digests that lasted `grace`.
+    fn check(&mut self, mine: &str, now: Instant) {
+        let mut current = std::collections::BTreeSet::new();
         for (node, theirs) in &self.digests {
-            if theirs != mine
-                && self
-                    .warned
-                    .insert((node.clone(), theirs.clone(), mine.to_string()))
-            {
+            if theirs == mine {
+                continue;
+            }
+            let pair = (node.clone(), theirs.clone(), mine.to_string());
+            let since = *self.seen.entry(pair.clone()).or_insert(now);
+            current.insert(pair.clone());
+            if now.duration_since(since) >= self.grace && self.warned.insert(pair) {
                 tracing::warn!(%node, theirs = %theirs, ours = %mine, "cluster members serve different profile sets: deploy the same profiles to every instance");
             }
         }
+        self.seen.retain(|pair, _| current.contains(pair));
     }
 }
 
@@ -251,8 +267,8 @@ async fn session(
                     digest = now_digest;
                     let put = PutOptions::new().with_lease(lease);
                     etcd.limit(c.put(key.as_str(), member_value(&me, &digest), Some(put))).await?;
-                    peers.check(&digest);
                 }
+                peers.check(&digest, Instant::now());
             }
             got = alive.message() => match got? {
                 Some(r) if r.ttl() <= 0 => {
@@ -302,5 +318,35 @@ async fn session(
                 publish(view, Instant::now(), on_change, last);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(digest: &str) -> Vec<u8> {
+        member_value("other", digest).into_bytes()
+    }
+
+    /// A mismatch is told only once it outlasted the grace, once per pair; one that goes away
+    /// within it (two instances reloading the same files a tick apart) is never told.
+    #[test]
+    fn a_profile_mismatch_is_told_once_it_lasts() {
+        let grace = Duration::from_secs(6);
+        let mut peers = Peers::new(grace);
+        let t0 = Instant::now();
+        peers.saw("b", &value("new"), "old");
+        peers.check("new", t0 + Duration::from_secs(3));
+        peers.check("new", t0 + Duration::from_secs(20));
+        assert!(peers.warned.is_empty(), "settled within the grace");
+        peers.saw("b", &value("other"), "new");
+        let t1 = Instant::now();
+        peers.check("new", t1 + Duration::from_secs(1));
+        assert!(peers.warned.is_empty());
+        peers.check("new", t1 + grace);
+        assert_eq!(peers.warned.len(), 1);
+        peers.check("new", t1 + grace * 3);
+        assert_eq!(peers.warned.len(), 1, "told once");
     }
 }

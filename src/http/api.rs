@@ -425,6 +425,21 @@ async fn adopt(
         file: profile.path.clone(),
     });
     tracing::info!(%mac, profile = %req.profile, file = %profile.path.display(), "machine adopted");
+    // Other instances sharing the store append the same entry to their copies.
+    let adoption = crate::inventory::store::Adoption {
+        mac,
+        profile: req.profile.clone(),
+        entry: entry.clone(),
+        by: crate::cluster::node_name(&st.config.cluster),
+    };
+    let cluster = match st.inventory.share_adoption(&adoption).await {
+        Ok(true) => json!("shared with the other instances"),
+        Ok(false) => serde_json::Value::Null,
+        Err(e) => {
+            tracing::warn!(%mac, error = %e, "machine adopted here but the other instances were not told: add the entry to their profiles");
+            json!(format!("not shared with the other instances: {e}"))
+        }
+    };
     Ok(tagged(
         (
             StatusCode::CREATED,
@@ -433,6 +448,7 @@ async fn adopt(
                 "profile": req.profile,
                 "file": profile.path.display().to_string(),
                 "entry": entry,
+                "cluster": cluster,
             })),
         ),
         Some(mac),

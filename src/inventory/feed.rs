@@ -288,6 +288,18 @@ impl Inventory {
         }
     }
 
+    /// Tell the other instances sharing the store that `adoption` happened here: `Ok(false)`
+    /// when no other instance shares it.
+    pub async fn share_adoption(
+        &self,
+        adoption: &super::store::Adoption,
+    ) -> Result<bool, StoreError> {
+        match self.shared.get() {
+            Some(store) => store.put_adoption(adoption).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// The next boot of `mac` as another instance (or the shared store) says it is now.
     pub fn remote_next_boot(&self, mac: MacAddr, next: Option<NextBoot>) {
         let mut inner = self.lock();
@@ -588,6 +600,7 @@ impl Inventory {
     pub async fn run_remote_changes(
         self: Arc<Self>,
         mut changes: tokio::sync::mpsc::Receiver<Remote>,
+        adopted: impl Fn(super::store::Adoption),
         cancel: CancellationToken,
     ) {
         loop {
@@ -601,6 +614,7 @@ impl Inventory {
             match change {
                 Remote::Record(rec) => self.merge_remote(*rec),
                 Remote::NextBoot(mac, next) => self.remote_next_boot(mac, next),
+                Remote::Adopted(adoption) => adopted(adoption),
             }
         }
     }

@@ -64,6 +64,22 @@ pub enum Remote {
     Record(Box<Record>),
     /// The one-shot next boot of a machine, set, cleared or used up there.
     NextBoot(MacAddr, Option<NextBoot>),
+    /// A machine adopted into a profile there.
+    Adopted(Adoption),
+}
+
+/// A machine adopted into a profile through one instance's API: the `[[machine]]` entry it
+/// appended to the profile's file, for every instance to append to its own copy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Adoption {
+    /// The machine.
+    pub mac: MacAddr,
+    /// The profile's name.
+    pub profile: String,
+    /// The entry's TOML text (with its comment).
+    pub entry: String,
+    /// The instance that adopted it.
+    pub by: String,
 }
 
 /// What using up a one-shot next boot in a shared store came to.
@@ -106,6 +122,16 @@ pub trait MachineStore: Send + Sync + 'static {
         _next: Option<&NextBoot>,
     ) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Tell the other instances sharing this store of an adoption (nothing without them).
+    async fn put_adoption(&self, _adoption: &Adoption) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Every adoption shared so far (for an instance that starts).
+    async fn adoptions(&self) -> Result<Vec<Adoption>, StoreError> {
+        Ok(Vec::new())
     }
 
     /// Use up `next` as the one-shot next boot of `mac`: atomically, only if the store still
@@ -360,10 +386,11 @@ mod contract {
         b.share_next_boot(sb.clone());
         let m = mac(7);
         let cancel = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(
-            b.clone()
-                .run_remote_changes(sb.remote_changes().unwrap(), cancel.clone()),
-        );
+        tokio::spawn(b.clone().run_remote_changes(
+            sb.remote_changes().unwrap(),
+            |_| {},
+            cancel.clone(),
+        ));
         let mut wins = [0u32; 2];
         // B has a record of the machine (as a request would make) before the first choice.
         b.set_next_boot(m, None, "test");

@@ -18,7 +18,7 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::store::{Change, Claim, MachineStore, Remote, StoreError};
+use super::store::{Adoption, Change, Claim, MachineStore, Remote, StoreError};
 use super::{NextBoot, Record};
 use crate::cluster::{ClusterError, Etcd, Table, on_live_member};
 use crate::mac::MacAddr;
@@ -55,6 +55,8 @@ pub struct EtcdMachineStore {
     table: Table,
     /// The one-shot next boots.
     next_boots: Table,
+    /// Machines adopted through any instance.
+    adopted: Table,
 }
 
 impl EtcdMachineStore {
@@ -62,6 +64,7 @@ impl EtcdMachineStore {
     pub fn new(etcd: Etcd) -> EtcdMachineStore {
         EtcdMachineStore {
             next_boots: Table::new(etcd.clone(), "next-boot/"),
+            adopted: Table::new(etcd.clone(), "adopted/"),
             table: Table::new(etcd, "machines/"),
         }
     }
@@ -190,12 +193,40 @@ impl MachineStore for EtcdMachineStore {
             Remote::Record(Box::new(r))
         }));
         let next = self.next_boots.follow::<NextBootValue>(REMOTE_QUEUE);
-        tokio::spawn(forward(next, tx, |v| Remote::NextBoot(v.mac, v.next)));
+        tokio::spawn(forward(next, tx.clone(), |v| {
+            Remote::NextBoot(v.mac, v.next)
+        }));
+        let adopted = self.adopted.follow::<Adoption>(REMOTE_QUEUE);
+        tokio::spawn(forward(adopted, tx, Remote::Adopted));
         Some(rx)
     }
 
     fn shares_next_boot(&self) -> bool {
         true
+    }
+
+    async fn put_adoption(&self, adoption: &Adoption) -> Result<(), StoreError> {
+        let key = self.etcd().key(&format!("adopted/{}", adoption.mac));
+        let value = serde_json::to_vec(adoption).unwrap_or_default();
+        on_live_member(
+            || async {
+                let mut c = self.etcd().client();
+                self.etcd()
+                    .limit(c.put(key.as_str(), value.clone(), None))
+                    .await?;
+                Ok(())
+            },
+            StoreError::unreachable_member,
+        )
+        .await
+    }
+
+    async fn adoptions(&self) -> Result<Vec<Adoption>, StoreError> {
+        on_live_member(
+            || async { Ok(self.adopted.load::<Adoption>().await?) },
+            StoreError::unreachable_member,
+        )
+        .await
     }
 
     async fn put_next_boot(&self, mac: MacAddr, next: Option<&NextBoot>) -> Result<(), StoreError> {

@@ -252,7 +252,7 @@ async fn records_changed_elsewhere_are_taken_and_announced() {
     });
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let cancel = CancellationToken::new();
-    let follower = tokio::spawn(inv.clone().run_remote_changes(rx, cancel.clone()));
+    let follower = tokio::spawn(inv.clone().run_remote_changes(rx, |_| {}, cancel.clone()));
     // An older copy changes nothing; the newer one is taken.
     let mut older = elsewhere.clone();
     older.last_seen = Stamp(std::time::SystemTime::UNIX_EPOCH);

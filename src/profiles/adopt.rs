@@ -125,6 +125,26 @@ pub fn append_and_reload(live: &Live, path: &Path, entry: &str) -> Result<u64, A
     })
 }
 
+/// Append `entry` (adopted into `profile` on another instance) to this instance's copy of
+/// the profile's file, unless the machine is declared here already: `Ok(None)` then.
+pub fn apply_shared(
+    live: &Live,
+    mac: MacAddr,
+    profile: &str,
+    entry: &str,
+) -> Result<Option<u64>, AdoptError> {
+    let set = live.current();
+    if set.machines.contains_key(&mac) {
+        return Ok(None);
+    }
+    let Some(p) = set.profile(profile) else {
+        return Err(AdoptError::Write(format!(
+            "no profile named {profile:?} here"
+        )));
+    };
+    append_and_reload(live, &p.path, entry).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
