@@ -229,6 +229,22 @@ fn two_instances_share_one_inventory_through_etcd() {
     let b_profile = db.path().join("profiles/node.toml");
     let text = std::fs::read_to_string(&b_profile).unwrap();
     std::fs::write(&b_profile, format!("# edited on b only\n{text}")).unwrap();
+    // The API lists both members with their digests; A sees that B's differs now.
+    let cluster = until(&a.url("/api/v1/cluster"), |body| {
+        body.contains(r#""same_profiles":false"#)
+    });
+    let v: serde_json::Value = serde_json::from_str(&cluster).unwrap();
+    assert_eq!(v["store"], "etcd", "{v}");
+    assert_eq!(v["node"], "kindling-a", "{v}");
+    let members = v["members"].as_array().unwrap();
+    let find = |seg: &str, node: &str| {
+        members
+            .iter()
+            .find(|m| m["segment"] == seg && m["node"] == node)
+            .unwrap_or_else(|| panic!("no {seg}/{node}: {v}"))
+    };
+    assert_eq!(find("no-dhcp", "kindling-a")["same_profiles"], true, "{v}");
+    assert_eq!(find("rack-b", "kindling-b")["same_profiles"], false, "{v}");
     let warning = a
         .wait_log(Duration::from_secs(20), |l| {
             l.contains("different profile sets")

@@ -60,6 +60,7 @@ fn setup() -> &'static Setup {
             // No token: every mutating call is refused, as for anyone without one.
             api_token: None,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            cluster: None,
         };
         Setup {
             runtime: tokio::runtime::Builder::new_current_thread()

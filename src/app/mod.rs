@@ -125,7 +125,7 @@ pub async fn run(
         start::start_dns(&ctx, &sup, sockets, dhcp.as_ref())?;
     }
     start_watcher(&ctx, &sup, watcher);
-    start::start_http(&ctx, &sup, bound.http)?;
+    start::start_http(&ctx, &sup, bound.http, etcd.as_ref())?;
     sup.tracker().close();
 
     token.cancelled().await;

@@ -286,7 +286,12 @@ pub(super) fn start_dns(
 }
 
 /// HTTP: the boot endpoints, assets and the API, with graceful shutdown.
-pub(super) fn start_http(ctx: &Ctx, sup: &Supervisor, listener: TcpListener) -> anyhow::Result<()> {
+pub(super) fn start_http(
+    ctx: &Ctx,
+    sup: &Supervisor,
+    listener: TcpListener,
+    cluster: Option<&Etcd>,
+) -> anyhow::Result<()> {
     let config = &ctx.config;
     let waker = crate::wol::Waker::new(&config.wol)?
         .map(|w| Arc::new(WolWaker(w)) as Arc<dyn crate::http::Waker>);
@@ -306,6 +311,7 @@ pub(super) fn start_http(ctx: &Ctx, sup: &Supervisor, listener: TcpListener) -> 
         health: ctx.health.clone(),
         api_token,
         shutdown: ctx_token(sup),
+        cluster: cluster.cloned(),
     };
     let app = crate::http::router(state);
     let addr = listener.local_addr().context("HTTP socket")?;

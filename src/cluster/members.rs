@@ -143,6 +143,43 @@ impl Peers {
     }
 }
 
+/// A member of the cluster, as its membership key says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    /// Its segment.
+    pub segment: String,
+    /// Its `node_name`.
+    pub node: String,
+    /// The digest of the profile files it serves.
+    pub profiles: Option<String>,
+    /// When it joined (Unix seconds).
+    pub since: Option<u64>,
+}
+
+/// Every live member of every segment.
+pub async fn list(etcd: &Etcd) -> Result<Vec<Member>, ClusterError> {
+    let all = etcd.key("members/");
+    let mut c = etcd.client();
+    let resp = etcd
+        .limit(c.get(all.as_str(), Some(GetOptions::new().with_prefix())))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let name = node_of(kv.key(), &all)?;
+            let (segment, node) = name.split_once('/')?;
+            let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap_or_default();
+            Some(Member {
+                segment: segment.to_string(),
+                node: node.to_string(),
+                profiles: v["profiles"].as_str().map(str::to_string),
+                since: v["since"].as_u64(),
+            })
+        })
+        .collect())
+}
+
 /// This instance's membership value.
 fn member_value(me: &str, digest: &str) -> String {
     serde_json::json!({ "node": me, "since": crate::time_fmt::unix_now(), "profiles": digest })

@@ -41,6 +41,7 @@ pub(crate) const PATHS: &[&str] = &[
     "/api/v1/events",
     "/api/v1/report",
     "/api/v1/openapi.json",
+    "/api/v1/cluster",
 ];
 
 /// Most machines one wake call may name, and the longest pause between two of them.
@@ -62,6 +63,46 @@ pub(super) fn routes() -> Router<HttpState> {
         .route(PATHS[7], get(events))
         .route(PATHS[8], post(report))
         .route(PATHS[9], get(openapi))
+        .route(PATHS[10], get(cluster))
+}
+
+/// `GET /api/v1/cluster`: this instance (its store, node name and profile digest) and, with
+/// `[cluster] store = "etcd"`, every live member of every segment with its profile digest.
+async fn cluster(State(st): State<HttpState>, _: Reader) -> Result<Response, HttpError> {
+    let c = &st.config.cluster;
+    let digest = st.profiles.status().digest;
+    let members = match &st.cluster {
+        None => Vec::new(),
+        Some(etcd) => crate::cluster::members::list(etcd).await.map_err(|e| {
+            HttpError::api(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot list the cluster's members: {e}"),
+            )
+        })?,
+    };
+    let members: Vec<serde_json::Value> = members
+        .into_iter()
+        .map(|m| {
+            let same = m.profiles.as_deref() == Some(digest.as_str());
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            v["same_profiles"] = json!(same);
+            v
+        })
+        .collect();
+    let store = match c.store {
+        crate::config::StoreKind::Local => "local",
+        crate::config::StoreKind::Etcd => "etcd",
+    };
+    Ok(tagged(
+        Json(json!({
+            "store": store,
+            "node": crate::cluster::node_name(c),
+            "profiles": digest,
+            "members": members,
+        })),
+        None,
+        "api: cluster",
+    ))
 }
 
 fn bad(msg: impl Into<String>) -> HttpError {

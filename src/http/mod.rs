@@ -60,6 +60,8 @@ pub struct HttpState {
     pub api_token: Option<Arc<str>>,
     /// Cancelled at shutdown: ends event streams so the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// etcd, when instances share it (`/api/v1/cluster` lists the members).
+    pub cluster: Option<crate::cluster::Etcd>,
 }
 
 /// Sends Wake-on-LAN magic packets for the API (`app` plugs the Wake-on-LAN service in).

@@ -92,6 +92,7 @@ fn fixture_with(config: &str, boot_args: &str) -> Fixture {
         health: Default::default(),
         api_token: Some("s3cret".into()),
         shutdown,
+        cluster: None,
     };
     Fixture { dir, state }
 }
