@@ -561,6 +561,60 @@ fn ask(
     None
 }
 
+/// `n` client MACs (`52:54:00:<tag>:00:xx`) whose bucket kindling-b owns while both are up.
+fn clients_of_b(tag: u8, n: usize) -> Vec<[u8; 6]> {
+    let members = ["kindling-a", "kindling-b"];
+    let macs: Vec<[u8; 6]> = (0..=u8::MAX)
+        .map(|i| [0x52, 0x54, 0x00, tag, 0x00, i])
+        .filter(|m| {
+            let b = kindling::cluster::buckets::bucket(kindling::mac::MacAddr(*m));
+            kindling::cluster::buckets::owner(b, members) == Some("kindling-b")
+        })
+        .take(n)
+        .collect();
+    assert_eq!(macs.len(), n);
+    macs
+}
+
+/// The server identifier of a reply.
+fn server_of(m: &dhcproto::v4::Message) -> Option<std::net::Ipv4Addr> {
+    match m.opts().get(dhcproto::v4::OptionCode::ServerIdentifier) {
+        Some(dhcproto::v4::DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+        _ => None,
+    }
+}
+
+/// A DORA with kindling-b (10.78.0.4) for each of `macs` (xids from `xid`): each MAC and the
+/// address it was acknowledged.
+fn lease_from_b(
+    sock: &std::net::UdpSocket,
+    macs: &[[u8; 6]],
+    xid: u32,
+) -> Vec<([u8; 6], std::net::Ipv4Addr)> {
+    use dhcproto::v4::{DhcpOption, MessageType};
+    let b: std::net::Ipv4Addr = "10.78.0.4".parse().unwrap();
+    let mut held = Vec::new();
+    for (i, mac) in macs.iter().enumerate() {
+        let xid = xid + i as u32;
+        let (offer, _) = ask(
+            sock,
+            &dhcp(MessageType::Discover, *mac, xid),
+            MessageType::Offer,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("no offer for client {i}"));
+        assert_eq!(server_of(&offer), Some(b), "b answers client {i}");
+        let mut req = dhcp(MessageType::Request, *mac, xid);
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        req.opts_mut().insert(DhcpOption::ServerIdentifier(b));
+        let (ack, _) = ask(sock, &req, MessageType::Ack, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no ack for client {i}"));
+        held.push((*mac, ack.yiaddr()));
+    }
+    held
+}
+
 /// kill -9 one of two instances: the survivor answers the dead one's clients once its
 /// membership expired (member_ttl 2 s) plus the takeover delay (1 s), and gives each the
 /// address it had; every lease the dead instance acknowledged is still in etcd.
@@ -574,49 +628,9 @@ fn the_survivor_takes_over_a_killed_instances_clients() {
     ) else {
         return;
     };
-    let members = ["kindling-a", "kindling-b"];
     // Twenty clients that kindling-b answers.
-    let of_b: Vec<[u8; 6]> = (0..=u8::MAX)
-        .map(|n| [0x52, 0x54, 0x00, 0xbb, 0x00, n])
-        .filter(|m| {
-            let b = kindling::cluster::buckets::bucket(kindling::mac::MacAddr(*m));
-            kindling::cluster::buckets::owner(b, members) == Some("kindling-b")
-        })
-        .take(20)
-        .collect();
-    assert_eq!(of_b.len(), 20);
     let sock = client_socket(seg.ns(2), "br0");
-    let server = |m: &dhcproto::v4::Message| match m
-        .opts()
-        .get(dhcproto::v4::OptionCode::ServerIdentifier)
-    {
-        Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
-        _ => None,
-    };
-    let mut held = Vec::new();
-    for (i, mac) in of_b.iter().enumerate() {
-        let xid = 0x4b00_0000 + i as u32;
-        let (offer, _) = ask(
-            &sock,
-            &dhcp(MessageType::Discover, *mac, xid),
-            MessageType::Offer,
-            Duration::from_secs(5),
-        )
-        .unwrap_or_else(|| panic!("no offer for client {i}"));
-        assert_eq!(
-            server(&offer),
-            Some("10.78.0.4".parse().unwrap()),
-            "b answers it"
-        );
-        let mut req = dhcp(MessageType::Request, *mac, xid);
-        req.opts_mut()
-            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-        req.opts_mut()
-            .insert(DhcpOption::ServerIdentifier("10.78.0.4".parse().unwrap()));
-        let (ack, _) = ask(&sock, &req, MessageType::Ack, Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("no ack for client {i}"));
-        held.push((*mac, ack.yiaddr()));
-    }
+    let held = lease_from_b(&sock, &clients_of_b(0xbb, 20), 0x4b00_0000);
 
     // Both serve the same files: one digest, no warning. Then b's profiles change (a hot
     // reload): a says the members serve different profile sets.
@@ -653,7 +667,7 @@ fn the_survivor_takes_over_a_killed_instances_clients() {
         .unwrap_or_else(|| panic!("the survivor never answered:\n{}", seg.a.log_text()));
     let took = at - killed;
     eprintln!("kill -9: the survivor answered the dead instance's client after {took:?}");
-    assert_eq!(server(&ack), Some("10.78.0.2".parse().unwrap()));
+    assert_eq!(server_of(&ack), Some("10.78.0.2".parse().unwrap()));
     assert_eq!(ack.yiaddr(), ip, "the address it had");
     assert!(
         took < Duration::from_secs(2 + 1 + 2),
@@ -697,36 +711,9 @@ fn killing_an_instance_mid_storm_loses_no_acknowledged_lease() {
     ) else {
         return;
     };
-    let members = ["kindling-a", "kindling-b"];
     // Five clients of kindling-b lease first (from namespace d).
-    let of_b: Vec<[u8; 6]> = (0..=u8::MAX)
-        .map(|n| [0x52, 0x54, 0x00, 0xbc, 0x00, n])
-        .filter(|m| {
-            let b = kindling::cluster::buckets::bucket(kindling::mac::MacAddr(*m));
-            kindling::cluster::buckets::owner(b, members) == Some("kindling-b")
-        })
-        .take(5)
-        .collect();
     let sock = client_socket(seg.ns(3), "vc0");
-    let mut held = Vec::new();
-    for (i, mac) in of_b.iter().enumerate() {
-        let xid = 0x4c00_0000 + i as u32;
-        let (offer, _) = ask(
-            &sock,
-            &dhcp(MessageType::Discover, *mac, xid),
-            MessageType::Offer,
-            Duration::from_secs(5),
-        )
-        .unwrap_or_else(|| panic!("no offer for client {i}"));
-        let mut req = dhcp(MessageType::Request, *mac, xid);
-        req.opts_mut()
-            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-        req.opts_mut()
-            .insert(DhcpOption::ServerIdentifier("10.78.0.4".parse().unwrap()));
-        let (ack, _) = ask(&sock, &req, MessageType::Ack, Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("no ack for client {i}"));
-        held.push((*mac, ack.yiaddr()));
-    }
+    let held = lease_from_b(&sock, &clients_of_b(0xbc, 5), 0x4c00_0000);
     // The storm: 2,000 clients at 200/s for 10 s, from namespace c.
     let storm = Command::new("timeout")
         .args(["60", "ip", "netns", "exec", seg.ns(2)])
@@ -830,15 +817,7 @@ fn an_instance_cut_off_from_etcd_stops_answering() {
     ) else {
         return;
     };
-    let members = ["kindling-a", "kindling-b"];
-    let of_b: Vec<[u8; 6]> = (0..=u8::MAX)
-        .map(|n| [0x52, 0x54, 0x00, 0xbd, 0x00, n])
-        .filter(|m| {
-            let b = kindling::cluster::buckets::bucket(kindling::mac::MacAddr(*m));
-            kindling::cluster::buckets::owner(b, members) == Some("kindling-b")
-        })
-        .take(8)
-        .collect();
+    let of_b = clients_of_b(0xbd, 8);
     let sock = client_socket(seg.ns(3), "vc0");
     let b = seg.b.as_ref().unwrap();
     for (i, mac) in of_b.iter().enumerate() {

@@ -167,11 +167,7 @@ impl Lab {
     /// Kindling with one profile per VM (`vm-N`, hostname `node-N`), the lab OS as assets.
     fn start_kindling(&mut self, mode: &str, macs: &[String]) {
         let root = self.dir.path();
-        std::fs::create_dir_all(root.join("assets")).unwrap();
-        for f in ["vmlinuz", "initrd.img"] {
-            std::os::unix::fs::symlink(lab_dir().join("os").join(f), root.join("assets").join(f))
-                .unwrap();
-        }
+        lab_profiles(root, macs);
         let dhcp = if mode == "full" {
             format!(
                 "mode = \"full\"\ninterfaces = [\"br0\"]\n[[dhcp.subnet]]\nnetwork = \"10.99.0.0/24\"\n\
@@ -192,24 +188,6 @@ impl Lab {
                 scripts.display()
             ),
         );
-        write(
-            root,
-            "profiles/templates/node.ign.j2",
-            "{\"ignition\": {\"version\": \"3.3.0\"},\n \"storage\": {\"files\": [{\"path\": \"/etc/hostname\", \
-             \"mode\": 420, \"contents\": {\"source\": \"data:,{{ hostname }}\"}}]}}\n",
-        );
-        for (i, mac) in macs.iter().enumerate() {
-            write(
-                root,
-                &format!("profiles/vm-{i}.toml"),
-                &format!(
-                    "ignition = \"templates/node.ign.j2\"\n[boot]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
-                     args = [\"console=ttyS0\", \"ignition.config.url={{{{ ignition_url }}}}\", \
-                     \"kindling.report={{{{ report_url }}}}\"]\n\
-                     [[machine]]\nmac = \"{mac}\"\nhostname = \"node-{i}\"\n"
-                ),
-            );
-        }
         let d = Daemon::start_in(&self.ns, &root.join("kindling.toml"));
         d.wait_log(Duration::from_secs(5), |l| l.contains("listening for TFTP"))
             .expect("TFTP listening");
@@ -364,6 +342,34 @@ impl Lab {
                 assert!(rec["entered"][s].is_string(), "no time for {s}: {rec}");
             }
         }
+    }
+}
+
+/// Under `root`: the lab OS as assets and one profile per VM (`vm-N`, hostname `node-N`)
+/// whose Ignition sets the hostname.
+fn lab_profiles(root: &Path, macs: &[String]) {
+    std::fs::create_dir_all(root.join("assets")).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::os::unix::fs::symlink(lab_dir().join("os").join(f), root.join("assets").join(f))
+            .unwrap();
+    }
+    write(
+        root,
+        "profiles/templates/node.ign.j2",
+        "{\"ignition\": {\"version\": \"3.3.0\"},\n \"storage\": {\"files\": [{\"path\": \"/etc/hostname\", \
+         \"mode\": 420, \"contents\": {\"source\": \"data:,{{ hostname }}\"}}]}}\n",
+    );
+    for (i, mac) in macs.iter().enumerate() {
+        write(
+            root,
+            &format!("profiles/vm-{i}.toml"),
+            &format!(
+                "ignition = \"templates/node.ign.j2\"\n[boot]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
+                 args = [\"console=ttyS0\", \"ignition.config.url={{{{ ignition_url }}}}\", \
+                 \"kindling.report={{{{ report_url }}}}\"]\n\
+                 [[machine]]\nmac = \"{mac}\"\nhostname = \"node-{i}\"\n"
+            ),
+        );
     }
 }
 
@@ -551,29 +557,7 @@ fn four_vms_boot_from_two_instances_when_one_is_killed() {
     );
     // Each instance in a namespace of its own, on a veth into the bridge.
     let root = lab.dir.path().to_path_buf();
-    std::fs::create_dir_all(root.join("assets")).unwrap();
-    for f in ["vmlinuz", "initrd.img"] {
-        std::os::unix::fs::symlink(lab_dir().join("os").join(f), root.join("assets").join(f))
-            .unwrap();
-    }
-    write(
-        &root,
-        "profiles/templates/node.ign.j2",
-        "{\"ignition\": {\"version\": \"3.3.0\"},\n \"storage\": {\"files\": [{\"path\": \"/etc/hostname\", \
-         \"mode\": 420, \"contents\": {\"source\": \"data:,{{ hostname }}\"}}]}}\n",
-    );
-    for (i, mac) in macs.iter().enumerate() {
-        write(
-            &root,
-            &format!("profiles/vm-{i}.toml"),
-            &format!(
-                "ignition = \"templates/node.ign.j2\"\n[boot]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
-                 args = [\"console=ttyS0\", \"ignition.config.url={{{{ ignition_url }}}}\", \
-                 \"kindling.report={{{{ report_url }}}}\"]\n\
-                 [[machine]]\nmac = \"{mac}\"\nhostname = \"node-{i}\"\n"
-            ),
-        );
-    }
+    lab_profiles(&root, &macs);
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");
     let mut spaces = Vec::new();
     for (n, (node, addr)) in nodes.iter().zip(["10.99.0.2", "10.99.0.3"]).enumerate() {
