@@ -33,6 +33,9 @@ const DNSMASQ_IP: &str = "10.99.0.1";
 enum Firmware {
     Bios,
     Uefi,
+    /// OVMF with PXE switched off (fw_cfg): its UEFI HTTP boot client fetches the loader
+    /// from the http:// URL DHCP names.
+    UefiHttp,
 }
 
 fn lab_dir() -> PathBuf {
@@ -233,7 +236,13 @@ impl Lab {
             Firmware::Bios => {
                 cmd.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
             }
-            Firmware::Uefi => {
+            Firmware::Uefi | Firmware::UefiHttp => {
+                if fw == Firmware::UefiHttp {
+                    for v in ["IPv4PXESupport", "IPv6PXESupport"] {
+                        cmd.arg("-fw_cfg")
+                            .arg(format!("name=opt/org.tianocore/{v},string=n"));
+                    }
+                }
                 let vars = self.dir.path().join(format!("vars-{n}.fd"));
                 std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
                 cmd.args([
@@ -399,7 +408,7 @@ fn scenario(tag: &str, fw: Firmware, mode: &str, vms: u8, limit: Duration) -> La
     // iPXE ROMs (QEMU's BIOS) start at iPXE; OVMF's PXE client fetches ipxe.efi first.
     let states: &[&str] = match fw {
         Firmware::Bios => &["dhcp", "ipxe", "kernel", "config", "provisioned"],
-        Firmware::Uefi => &[
+        Firmware::Uefi | Firmware::UefiHttp => &[
             "dhcp",
             "firmware",
             "ipxe",
@@ -728,4 +737,26 @@ fn four_vms_boot_from_two_instances_when_one_is_killed() {
         assert_eq!(&states(&rec), seen, "kindling-a after its restart: {rec:#}");
     }
     drop(again);
+}
+
+/// UEFI HTTP boot: OVMF's HTTP boot client (PXE off) asks DHCP as `HTTPClient`, gets the
+/// http:// URL of ipxe.efi, HEADs and GETs it from `/boot/`, and iPXE goes on as usual; in full
+/// mode and in proxy mode beside dnsmasq.
+#[test]
+fn uefi_http_boot_end_to_end() {
+    skip_unless_lab!("uefi_http_boot_end_to_end");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (tag, mode) in [("ehf", "full"), ("ehp", "proxy")] {
+        let lab = scenario(tag, Firmware::UefiHttp, mode, 1, Duration::from_secs(240));
+        let log = lab.daemon().log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("path=/boot/ipxe.efi") && l.contains("status=200")),
+            "ipxe.efi over HTTP: {log}"
+        );
+        assert!(
+            !log.contains("TFTP sent"),
+            "HTTP boot fetches nothing over TFTP: {log}"
+        );
+    }
 }

@@ -338,7 +338,11 @@ mod tests {
             Architecture::X64_Http,
         );
         let o = offer(&req, &decision(&req), SERVER).unwrap();
-        assert_eq!(file(&o), "http://10.0.0.2:8080/boot/ipxe.efi");
+        // The URL names the machine: its fetch from an address Kindling never saw marks it.
+        assert_eq!(
+            file(&o),
+            "http://10.0.0.2:8080/boot/ipxe.efi?mac=52:54:00:aa:00:01"
+        );
         assert_eq!(
             o.opts().get(OptionCode::ClassIdentifier),
             Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))

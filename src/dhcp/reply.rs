@@ -189,11 +189,19 @@ pub fn set_boot(reply: &mut Message, decision: &Decision, server_ip: Ipv4Addr) {
                 .insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
         }
         Some(BootFile::Http(url)) => {
+            // A UEFI HTTP boot client's loader URL names the machine: in proxy mode Kindling
+            // does not know the address it will fetch from, and the fetch marks `firmware`.
+            let url = match client_mac(reply) {
+                Some(mac) if url.contains("/boot/") && !url.contains('?') => {
+                    format!("{url}?mac={mac}")
+                }
+                _ => url.clone(),
+            };
             reply.set_siaddr(server_ip);
-            set_file(reply, url);
+            set_file(reply, &url);
             reply
                 .opts_mut()
-                .insert(DhcpOption::BootfileName(url.as_bytes().to_vec()));
+                .insert(DhcpOption::BootfileName(url.into_bytes()));
         }
         None => {}
     }

@@ -731,7 +731,7 @@ async fn report(
         mac,
         peer,
         fields.get("token").map(String::as_str),
-        st.config.dhcp.mode != crate::config::DhcpMode::Off,
+        st.config.dhcp.mode,
         false,
     );
     let allowed = match st.config.http.config_access {

@@ -33,7 +33,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::services::ServeDir;
 
-use crate::config::{Config, ConfigAccess, DhcpMode};
+use crate::config::{Config, ConfigAccess};
 use crate::inventory::{BootView, Inventory, plan};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
@@ -268,7 +268,7 @@ async fn machine_doc(
         mac,
         peer,
         token.as_deref(),
-        st.config.dhcp.mode != DhcpMode::Off,
+        st.config.dhcp.mode,
         what == What::Ipxe,
     );
     let allowed = match (st.config.http.config_access, &what) {
@@ -420,10 +420,21 @@ async fn track_fetches(State(st): State<HttpState>, req: Request, next: Next) ->
     let tracked = req.method() == axum::http::Method::GET
         && (path.starts_with("/assets/") || path.starts_with("/boot/"));
     let peer = tracked.then(|| peer_ipv4(req.extensions())).flatten();
+    // A UEFI HTTP boot loader URL names its machine (`?mac=`, see DHCP): the fallback when
+    // the address is not known to be the machine's (proxy mode).
+    let named = req
+        .uri()
+        .query()
+        .filter(|_| path.starts_with("/boot/"))
+        .and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "mac")
+                .and_then(|(_, v)| v.parse::<MacAddr>().ok())
+        });
     let resp = next.run(req).await;
     if let Some(ip) = peer
         && resp.status().is_success()
-        && let Some(mac) = st.inventory.mac_by_ip(ip)
+        && let Some(mac) = st.inventory.mac_by_ip(ip).or(named)
     {
         if path.starts_with("/boot/") {
             st.inventory.http_firmware(mac, &path);

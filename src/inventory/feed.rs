@@ -408,21 +408,28 @@ impl Inventory {
     }
 
     /// What a request from `peer`, carrying `token`, may do for `mac`. It is the machine's
-    /// own when it comes from the address Kindling's DHCP gave the machine or saw it use; with
-    /// Kindling's DHCP off (`dhcp_knows` false), from the address its current boot's script
-    /// went to, and, when `may_bind` (a boot script request) and no boot is bound, from
-    /// anywhere: the first such request binds the boot to its address.
+    /// own when it comes from the address Kindling's DHCP gave the machine or saw it use.
+    /// Where Kindling's DHCP knows no address of the machine (DHCP off; proxy mode before the
+    /// machine talked to it from its address, as a UEFI HTTP boot client never does), from the
+    /// address its current boot's script went to, and, when `may_bind` (a boot script request)
+    /// and no boot is bound, from anywhere: the first such request binds the boot to its
+    /// address.
     pub fn access(
         &self,
         mac: MacAddr,
         peer: Option<Ipv4Addr>,
         token: Option<&str>,
-        dhcp_knows: bool,
+        dhcp: crate::config::DhcpMode,
         may_bind: bool,
     ) -> Access {
         let now = self.now();
         let inner = self.lock();
         let rec = inner.machines.get(&mac);
+        let dhcp_knows = match dhcp {
+            crate::config::DhcpMode::Full => true,
+            crate::config::DhcpMode::Proxy => rec.is_some_and(|r| r.dhcp_ip.is_some()),
+            crate::config::DhcpMode::Off => false,
+        };
         let secret = rec.and_then(|r| r.secret.as_ref()).filter(|s| s.live(now));
         let token_ok = match (token, secret) {
             (Some(t), Some(s)) => same_secret(t, &s.token),

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{MachineStore, RedbMachineStore, Remote};
 use super::*;
+use crate::config::DhcpMode;
 use crate::profiles::Facts;
 
 fn mac(n: u8) -> MacAddr {
@@ -497,14 +498,23 @@ async fn a_boot_secret_lasts_for_its_boot_and_survives_a_restart() {
     );
     inv.observe_from(Facts::from_mac(m), machine);
     let token = inv.begin_boot(m, machine).expect("a secret");
-    assert!(inv.access(m, stranger, Some(&token), false, false).token_ok);
     assert!(
-        !inv.access(m, stranger, Some(&"0".repeat(32)), false, false)
+        inv.access(m, stranger, Some(&token), DhcpMode::Off, false)
+            .token_ok
+    );
+    assert!(
+        !inv.access(m, stranger, Some(&"0".repeat(32)), DhcpMode::Off, false)
             .token_ok
     );
     // Bound to the address its script went to.
-    assert!(inv.access(m, machine, None, false, false).from_machine);
-    assert!(!inv.access(m, stranger, None, false, true).from_machine);
+    assert!(
+        inv.access(m, machine, None, DhcpMode::Off, false)
+            .from_machine
+    );
+    assert!(
+        !inv.access(m, stranger, None, DhcpMode::Off, true)
+            .from_machine
+    );
 
     // A restart: the record, secret included, comes back from the store.
     inv.flushed().await;
@@ -514,7 +524,7 @@ async fn a_boot_secret_lasts_for_its_boot_and_survives_a_restart() {
     again.restore(store.load().await.unwrap());
     assert!(
         again
-            .access(m, stranger, Some(&token), false, false)
+            .access(m, stranger, Some(&token), DhcpMode::Off, false)
             .token_ok
     );
 
@@ -523,11 +533,54 @@ async fn a_boot_secret_lasts_for_its_boot_and_survives_a_restart() {
     assert_ne!(newer, token);
     assert!(
         !again
-            .access(m, stranger, Some(&token), false, false)
+            .access(m, stranger, Some(&token), DhcpMode::Off, false)
             .token_ok
     );
     // And a boot that never ends stops counting after the TTL.
     tokio::time::advance(BootSecret::TTL + Duration::from_secs(1)).await;
-    let late = again.access(m, stranger, Some(&newer), false, false);
+    let late = again.access(m, stranger, Some(&newer), DhcpMode::Off, false);
     assert!(!late.token_ok && late.secret.is_none());
+}
+
+/// Proxy mode knows a machine's address only once the machine talked to it from there (PXE's
+/// 4011 request). Before, its first boot script request binds the boot, as with DHCP off (a
+/// UEFI HTTP boot client never talks to the proxy from its address); after, only that address
+/// is the machine's. Full mode never binds: only the address it gave counts.
+#[test]
+fn proxy_mode_binds_the_boot_until_it_saw_the_machines_address() {
+    let inv = Inventory::default();
+    let m = mac(8);
+    let (machine, stranger) = (
+        Some(Ipv4Addr::new(10, 0, 0, 8)),
+        Some(Ipv4Addr::new(10, 0, 0, 66)),
+    );
+    inv.observe_from(Facts::from_mac(m), None);
+    assert!(
+        inv.access(m, machine, None, DhcpMode::Proxy, true)
+            .from_machine
+    );
+    assert!(
+        !inv.access(m, machine, None, DhcpMode::Full, true)
+            .from_machine
+    );
+    inv.begin_boot(m, machine).expect("a secret");
+    assert!(
+        inv.access(m, machine, None, DhcpMode::Proxy, false)
+            .from_machine
+    );
+    assert!(
+        !inv.access(m, stranger, None, DhcpMode::Proxy, true)
+            .from_machine
+    );
+    // The proxy saw it use another address: that one is the machine's now.
+    let now_at = Some(Ipv4Addr::new(10, 0, 0, 9));
+    inv.dhcp(m, seen("proxy_ack", DhcpClient::Firmware, now_at));
+    assert!(
+        inv.access(m, now_at, None, DhcpMode::Proxy, false)
+            .from_machine
+    );
+    assert!(
+        !inv.access(m, machine, None, DhcpMode::Proxy, true)
+            .from_machine
+    );
 }
