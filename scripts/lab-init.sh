@@ -137,5 +137,7 @@ if [ -n "$report" ]; then
     fail "cannot report to $report: $(cat /tmp/wget.err)"
   say "reported as ${host:-?}"
 fi
-say "DONE mac=$mac hostname=$host"
+# What the kernel says about Secure Boot ("secureboot: Secure boot enabled" under shim+GRUB).
+sb=$(dmesg | sed -n 's/.*secureboot: Secure boot \([a-z]*\).*/\1/p' | head -1)
+say "DONE mac=$mac hostname=$host secureboot=${sb:-unknown}"
 poweroff -f

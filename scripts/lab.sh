@@ -4,6 +4,8 @@
 #   target/lab/qemu/usr/bin/qemu-system-x86_64   QEMU, unpacked (never installed: installing
 #                                                qemu-system-x86 would remove the machine's
 #                                                newer qemu-utils; see PXE-LAB.md)
+#   target/lab/secureboot/shimx64.efi, grubx64.efi
+#                                                Debian's signed shim and network GRUB
 #   target/lab/os/vmlinuz, target/lab/os/initrd.img
 #                                                the OS under test: Debian's kernel and a busybox
 #                                                initramfs whose /init fetches its Ignition
@@ -52,5 +54,19 @@ if [ ! -s "$lab/os/initrd.img" ] || [ ! -s "$lab/os/vmlinuz" ] || [ scripts/lab-
   install -m 755 scripts/lab-init.sh "$root/init"
   (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$lab/os/initrd.img"
   rm -rf "$lab/unpack"
+fi
+# Secure Boot: Debian's signed shim and network GRUB, unpacked (never installed: their
+# maintainer scripts act on the host's boot setup).
+if [ ! -s "$lab/secureboot/shimx64.efi" ] || [ ! -s "$lab/secureboot/grubx64.efi" ]; then
+  echo "lab: unpacking shim-signed and grub-efi-amd64-signed"
+  rm -rf "$lab/unpack-sb" "$lab/secureboot"
+  mkdir -p "$lab/unpack-sb" "$lab/secureboot"
+  ls "$lab"/debs/shim-signed_*.deb >/dev/null 2>&1 || download shim-signed
+  ls "$lab"/debs/grub-efi-amd64-signed_*.deb >/dev/null 2>&1 || download grub-efi-amd64-signed
+  dpkg-deb -x "$(ls "$lab"/debs/shim-signed_*.deb | head -1)" "$lab/unpack-sb"
+  dpkg-deb -x "$(ls "$lab"/debs/grub-efi-amd64-signed_*.deb | head -1)" "$lab/unpack-sb"
+  cp "$lab/unpack-sb/usr/lib/shim/shimx64.efi.signed" "$lab/secureboot/shimx64.efi"
+  cp "$lab/unpack-sb/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed" "$lab/secureboot/grubx64.efi"
+  rm -rf "$lab/unpack-sb"
 fi
 echo "lab: ready in $lab ($(du -sh "$lab/os/initrd.img" | cut -f1) initramfs)"

@@ -97,6 +97,36 @@ impl fmt::Display for Firmware {
     }
 }
 
+/// The loader a profile's UEFI machines start: iPXE (the default) or, for Secure Boot, the
+/// signed chain shim → GRUB → Kindling's grub.cfg.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Loader {
+    /// iPXE (unsigned: a Secure Boot firmware refuses it).
+    #[default]
+    Ipxe,
+    /// shim (signed by Microsoft) → GRUB (signed by the distribution) → grub.cfg.
+    Grub,
+}
+
+impl Loader {
+    /// The name used in profiles and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loader::Ipxe => "ipxe",
+            Loader::Grub => "grub",
+        }
+    }
+
+    /// `loader = "…"` of a profile.
+    pub fn parse(s: &str) -> Option<Loader> {
+        match s {
+            "ipxe" => Some(Loader::Ipxe),
+            "grub" => Some(Loader::Grub),
+            _ => None,
+        }
+    }
+}
+
 /// One row of the architecture table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArchType {
@@ -272,6 +302,12 @@ pub struct BootFiles {
     pub uefi_riscv64: String,
     /// 64-bit LoongArch UEFI.
     pub uefi_loong64: String,
+    /// The name the shim (`paths.shim`) is served as, to UEFI x64 machines of `loader = "grub"`
+    /// profiles.
+    pub shim: String,
+    /// The name GRUB (`paths.grub`) is served as: shim fetches `grubx64.efi` from the directory
+    /// it came from.
+    pub grub: String,
 }
 
 impl Default for BootFiles {
@@ -284,6 +320,8 @@ impl Default for BootFiles {
             uefi_arm64: "snp-arm64.efi".into(),
             uefi_riscv64: "snp-riscv64.efi".into(),
             uefi_loong64: "snp-loong64.efi".into(),
+            shim: "shimx64.efi".into(),
+            grub: "grubx64.efi".into(),
         }
     }
 }
@@ -358,6 +396,8 @@ pub enum MachineBoot {
         profile: String,
         /// `[boot.files]` of the profile.
         files: BTreeMap<Firmware, String>,
+        /// The profile's loader.
+        loader: Loader,
     },
     /// The profile boots from local disk.
     LocalDisk {
@@ -515,7 +555,11 @@ fn classify(
             why.note(|| format!("profile {profile:?} boots from local disk: no boot file"));
             return decision;
         }
-        MachineBoot::Netboot { profile, files } => (profile, files),
+        MachineBoot::Netboot {
+            profile,
+            files,
+            loader,
+        } => (profile, files, *loader),
     };
     why.note(|| format!("profile {:?}", profile.0));
     if ipxe {
@@ -530,6 +574,30 @@ fn classify(
         why.note(|| "no iPXE binary for this architecture: no boot file".into());
         return decision;
     };
+    if profile.2 == Loader::Grub {
+        if fw == Firmware::UefiX64 {
+            let chain = format!(
+                "shim {} (signed by Microsoft) → GRUB {} (signed by the distribution) → grub/grub.cfg rendered for this machine → kernel",
+                files.shim, files.grub
+            );
+            if decision.vendor_class == Some("HTTPClient") {
+                let url = format!("{base_url}/boot/{}", files.shim);
+                why.note(|| format!("profile {:?} loader = \"grub\" (Secure Boot), UEFI HTTP boot client: {chain}, over HTTP: {url}", profile.0));
+                decision.boot_file = Some(BootFile::Http(url));
+            } else {
+                why.note(|| format!("profile {:?} loader = \"grub\" (Secure Boot), UEFI x64 PXE ROM: {chain}, over TFTP: {}", profile.0, files.shim));
+                decision.boot_file = Some(BootFile::Tftp(files.shim.clone()));
+            }
+            return decision;
+        }
+        why.note(|| {
+            format!(
+                "profile {:?} loader = \"grub\", but the shim and GRUB chain is for UEFI x64 only: {} gets iPXE",
+                profile.0,
+                fw.name()
+            )
+        });
+    }
     let (file, source) = match profile.1.get(&fw) {
         Some(f) => (
             f.clone(),
@@ -571,6 +639,7 @@ mod tests {
         MachineBoot::Netboot {
             profile: "worker".into(),
             files: BTreeMap::new(),
+            loader: Loader::Ipxe,
         }
     }
 
@@ -723,6 +792,62 @@ mod tests {
         }
     }
 
+    /// `loader = "grub"`: UEFI x64 PXE ROMs get the shim over TFTP, UEFI HTTP boot clients
+    /// its URL; other firmware and iPXE itself go on with iPXE; `explain` names the chain.
+    #[test]
+    fn the_grub_loader_sends_uefi_x64_to_the_shim() {
+        let files = BootFiles::default();
+        let m = MachineBoot::Netboot {
+            profile: "secure".into(),
+            files: BTreeMap::new(),
+            loader: Loader::Grub,
+        };
+        let (d, why) = explain(
+            &client(Some(7), "PXEClient:Arch:00007", None),
+            &m,
+            &files,
+            BASE,
+        );
+        assert_eq!(d.boot_file, Some(BootFile::Tftp("shimx64.efi".into())));
+        assert!(
+            why.iter().any(|w| w.contains("shim shimx64.efi")
+                && w.contains("GRUB grubx64.efi")
+                && w.contains("grub/grub.cfg")),
+            "{why:?}"
+        );
+        let d = decide(
+            &client(Some(16), "HTTPClient:Arch:00016", None),
+            &m,
+            &files,
+            BASE,
+        );
+        assert_eq!(
+            d.boot_file,
+            Some(BootFile::Http(format!("{BASE}/boot/shimx64.efi")))
+        );
+        assert_eq!(d.vendor_class, Some("HTTPClient"));
+        let (d, why) = explain(
+            &client(Some(0), "PXEClient:Arch:00000", None),
+            &m,
+            &files,
+            BASE,
+        );
+        assert_eq!(d.boot_file, Some(BootFile::Tftp("undionly.kpxe".into())));
+        assert!(why.iter().any(|w| w.contains("UEFI x64 only")), "{why:?}");
+        let d = decide(
+            &client(Some(7), "PXEClient", Some(b"iPXE")),
+            &m,
+            &files,
+            BASE,
+        );
+        assert_eq!(
+            d.boot_file,
+            Some(BootFile::Http(format!("{BASE}/boot.ipxe")))
+        );
+        assert_eq!(Loader::parse("grub"), Some(Loader::Grub));
+        assert_eq!(Loader::parse("shim"), None);
+    }
+
     #[test]
     fn option_175_marks_ipxe() {
         let mut c = client(Some(7), "PXEClient", None);
@@ -772,6 +897,7 @@ mod tests {
         let m = MachineBoot::Netboot {
             profile: "special".into(),
             files: [(Firmware::UefiX64, "custom/ipxe.efi".to_string())].into(),
+            loader: Loader::Ipxe,
         };
         let (d, why) = explain(&client(Some(9), "PXEClient", None), &m, &files, BASE);
         assert_eq!(d.boot_file, Some(BootFile::Tftp("custom/ipxe.efi".into())));

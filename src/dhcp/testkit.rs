@@ -44,6 +44,7 @@ pub(crate) fn netboot_decision(info: &ClientInfo, base_url: &str) -> Decision {
     let machine = MachineBoot::Netboot {
         profile: "w".into(),
         files: Default::default(),
+        loader: Default::default(),
     };
     pxe::decide(info, &machine, &BootFiles::default(), base_url)
 }

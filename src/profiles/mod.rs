@@ -114,6 +114,8 @@ pub struct Boot {
     pub script: String,
     /// `[boot.files]`: iPXE binaries for this profile's machines, overriding `[dhcp.boot_files]`.
     pub files: BTreeMap<crate::pxe::Firmware, String>,
+    /// `loader`: what its UEFI x64 machines start (iPXE, or shim → GRUB for Secure Boot).
+    pub loader: crate::pxe::Loader,
 }
 
 /// A machine entry from a profile (`[[machine]]`).
@@ -228,6 +230,7 @@ impl ProfileSet {
                 MachineBoot::Netboot {
                     profile: m.profile.name.clone(),
                     files: m.profile.boot.files.clone(),
+                    loader: m.profile.boot.loader,
                 },
                 Some(m),
             ),

@@ -38,6 +38,7 @@ pub(super) struct RawBoot {
     pub(super) script: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) files: BTreeMap<String, Spanned<String>>,
+    pub(super) loader: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -173,6 +173,20 @@ fn resolve_boot(ld: &mut Loader, f: &File<'_>, rb: &RawBoot) -> Boot {
         );
     }
 
+    if let Some(l) = &rb.loader {
+        match crate::pxe::Loader::parse(l.get_ref()) {
+            Some(loader) => boot.loader = loader,
+            None => ld.err(
+                path,
+                source,
+                l.span().start,
+                format!(
+                    "boot.loader = {:?}: one of \"ipxe\" (the default) or \"grub\" (shim and GRUB, for Secure Boot)",
+                    l.get_ref()
+                ),
+            ),
+        }
+    }
     for (key, file) in &rb.files {
         let fw = crate::pxe::ARCH_TYPES
             .iter()

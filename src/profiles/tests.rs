@@ -648,7 +648,8 @@ fn boot_file_overrides_per_profile() {
         m,
         MachineBoot::Netboot {
             profile: "a".into(),
-            files: [(Firmware::UefiX64, "snponly.efi".to_string())].into()
+            files: [(Firmware::UefiX64, "snponly.efi".to_string())].into(),
+            loader: crate::pxe::Loader::Ipxe,
         }
     );
     assert_eq!(
