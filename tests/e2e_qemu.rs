@@ -36,6 +36,8 @@ enum Firmware {
     /// OVMF with PXE switched off (fw_cfg): its UEFI HTTP boot client fetches the loader
     /// from the http:// URL DHCP names.
     UefiHttp,
+    /// OVMF with Secure Boot enforced (Microsoft's keys enrolled): only signed loaders run.
+    SecureBoot,
 }
 
 fn lab_dir() -> PathBuf {
@@ -88,6 +90,8 @@ struct Lab {
     /// A VM whose boot fails reboots (after 3 s) and PXE-boots again, as servers retry
     /// their boot order; otherwise QEMU stops.
     reboot_on_failure: bool,
+    /// The profiles' `loader` (`None`: the default, iPXE).
+    loader: Option<&'static str>,
 }
 
 impl Drop for Lab {
@@ -118,6 +122,7 @@ impl Lab {
             dir: tempfile::tempdir().unwrap(),
             vms: Vec::new(),
             reboot_on_failure: false,
+            loader: None,
         };
         ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         ip(&[
@@ -170,7 +175,7 @@ impl Lab {
     /// Kindling with one profile per VM (`vm-N`, hostname `node-N`), the lab OS as assets.
     fn start_kindling(&mut self, mode: &str, macs: &[String]) {
         let root = self.dir.path();
-        lab_profiles(root, macs);
+        lab_profiles(root, macs, self.loader);
         let dhcp = if mode == "full" {
             format!(
                 "mode = \"full\"\ninterfaces = [\"br0\"]\n[[dhcp.subnet]]\nnetwork = \"10.99.0.0/24\"\n\
@@ -187,8 +192,11 @@ impl Lab {
                 // config_access = "token": the VMs fetch their config and report with the boot
                 // secret their iPXE script handed them, or not at all.
                 "[server]\nbase_url = \"http://{KINDLING_IP}:8080\"\n[http]\nlisten = \"{KINDLING_IP}:8080\"\nconfig_access = \"token\"\n\
-                 [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n[tftp]\nenabled = true\n[dhcp]\n{dhcp}",
-                scripts.display()
+                 [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\nshim = \"{}\"\ngrub = \"{}\"\n\
+                 [tftp]\nenabled = true\n[dhcp]\n{dhcp}",
+                scripts.display(),
+                lab_dir().join("secureboot/shimx64.efi").display(),
+                lab_dir().join("secureboot/grubx64.efi").display(),
             ),
         );
         let d = Daemon::start_in(&self.ns, &root.join("kindling.toml"));
@@ -213,7 +221,11 @@ impl Lab {
             .args(["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"])
             .args([
                 "-machine",
-                "q35",
+                if fw == Firmware::SecureBoot {
+                    "q35,smm=on"
+                } else {
+                    "q35"
+                },
                 "-accel",
                 "tcg",
                 "-m",
@@ -235,6 +247,21 @@ impl Lab {
         match fw {
             Firmware::Bios => {
                 cmd.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
+            }
+            Firmware::SecureBoot => {
+                let vars = self.dir.path().join(format!("vars-{n}.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", &vars).unwrap();
+                cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+                    .args([
+                        "-drive",
+                        "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+                    ])
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+                    .args([
+                        "-device",
+                        &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+                    ]);
             }
             Firmware::Uefi | Firmware::UefiHttp => {
                 if fw == Firmware::UefiHttp {
@@ -356,7 +383,8 @@ impl Lab {
 
 /// Under `root`: the lab OS as assets and one profile per VM (`vm-N`, hostname `node-N`)
 /// whose Ignition sets the hostname.
-fn lab_profiles(root: &Path, macs: &[String]) {
+fn lab_profiles(root: &Path, macs: &[String], loader: Option<&str>) {
+    let loader = loader.map_or(String::new(), |l| format!("loader = \"{l}\"\n"));
     std::fs::create_dir_all(root.join("assets")).unwrap();
     for f in ["vmlinuz", "initrd.img"] {
         std::os::unix::fs::symlink(lab_dir().join("os").join(f), root.join("assets").join(f))
@@ -373,7 +401,7 @@ fn lab_profiles(root: &Path, macs: &[String]) {
             root,
             &format!("profiles/vm-{i}.toml"),
             &format!(
-                "ignition = \"templates/node.ign.j2\"\n[boot]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
+                "ignition = \"templates/node.ign.j2\"\n[boot]\n{loader}kernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
                  args = [\"console=ttyS0\", \"ignition.config.url={{{{ ignition_url }}}}\", \
                  \"kindling.report={{{{ report_url }}}}\"]\n\
                  [[machine]]\nmac = \"{mac}\"\nhostname = \"node-{i}\"\n"
@@ -408,7 +436,7 @@ fn scenario(tag: &str, fw: Firmware, mode: &str, vms: u8, limit: Duration) -> La
     // iPXE ROMs (QEMU's BIOS) start at iPXE; OVMF's PXE client fetches ipxe.efi first.
     let states: &[&str] = match fw {
         Firmware::Bios => &["dhcp", "ipxe", "kernel", "config", "provisioned"],
-        Firmware::Uefi | Firmware::UefiHttp => &[
+        Firmware::Uefi | Firmware::UefiHttp | Firmware::SecureBoot => &[
             "dhcp",
             "firmware",
             "ipxe",
@@ -566,7 +594,7 @@ fn four_vms_boot_from_two_instances_when_one_is_killed() {
     );
     // Each instance in a namespace of its own, on a veth into the bridge.
     let root = lab.dir.path().to_path_buf();
-    lab_profiles(&root, &macs);
+    lab_profiles(&root, &macs, None);
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");
     let mut spaces = Vec::new();
     for (n, (node, addr)) in nodes.iter().zip(["10.99.0.2", "10.99.0.3"]).enumerate() {
@@ -757,6 +785,55 @@ fn uefi_http_boot_end_to_end() {
         assert!(
             !log.contains("TFTP sent"),
             "HTTP boot fetches nothing over TFTP: {log}"
+        );
+    }
+}
+
+/// Secure Boot on, full mode: OVMF (Microsoft's keys) TFTPs the signed shim, shim TFTPs the
+/// signed GRUB, GRUB TFTPs Kindling's grub.cfg for this machine and boots Debian's signed
+/// kernel (kernel and initrd over TFTP); the kernel says Secure Boot is enabled, and the OS
+/// fetches its Ignition and reports.
+#[test]
+fn secure_boot_vm_boots_through_shim_and_grub() {
+    skip_unless_lab!("secure_boot_vm_boots_through_shim_and_grub");
+    if !lab_dir().join("secureboot/grubx64.efi").exists() {
+        eprintln!(
+            "SKIP secure_boot_vm_boots_through_shim_and_grub: the lab has no signed shim and GRUB (scripts/lab.sh)"
+        );
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let macs = macs(1, 1);
+    let mut lab = Lab::new("es", 1);
+    lab.loader = Some("grub");
+    lab.start_kindling("full", &macs);
+    let started = Instant::now();
+    lab.boot(0, &macs[0], Firmware::SecureBoot);
+    lab.wait_all(Duration::from_secs(240));
+    eprintln!("Secure Boot VM provisioned in {:?}", started.elapsed());
+    lab.check_provisioned(
+        &macs,
+        &[
+            "dhcp",
+            "firmware",
+            "ipxe",
+            "kernel",
+            "config",
+            "provisioned",
+        ],
+    );
+    let (_, serial) = &lab.vms[0];
+    let text = std::fs::read_to_string(serial).unwrap();
+    assert!(
+        text.contains("secureboot=enabled"),
+        "the kernel did not run under Secure Boot"
+    );
+    let log = lab.daemon().log_text();
+    for file in ["shimx64.efi", "grubx64.efi", "grub/grub.cfg", "vmlinuz"] {
+        assert!(
+            log.lines().any(|l| l.contains("TFTP sent")
+                && (l.contains(&format!("file={file}")) || l.contains(&format!("file=/{file}")))),
+            "{file} over TFTP: {log}"
         );
     }
 }

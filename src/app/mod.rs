@@ -118,14 +118,15 @@ pub async fn run(
         // Without DHCP there is nothing to split, but profile digests are still compared.
         start::join_segment(&ctx, &sup, etcd, None);
     }
+    let http = start::http_state(&ctx, &sup, etcd.as_ref())?;
     if let Some(socket) = bound.tftp.take() {
-        start::start_tftp(&ctx, &sup, socket)?;
+        start::start_tftp(&ctx, &sup, socket, http.clone())?;
     }
     if let Some(sockets) = bound.dns.take() {
         start::start_dns(&ctx, &sup, sockets, dhcp.as_ref())?;
     }
     start_watcher(&ctx, &sup, watcher);
-    start::start_http(&ctx, &sup, bound.http, etcd.as_ref())?;
+    start::start_http(&ctx, &sup, bound.http, http)?;
     sup.tracker().close();
 
     token.cancelled().await;

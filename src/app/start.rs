@@ -210,19 +210,34 @@ fn ctx_token(sup: &Supervisor) -> CancellationToken {
 }
 
 /// TFTP: iPXE binaries first, then assets.
-pub(super) fn start_tftp(ctx: &Ctx, sup: &Supervisor, socket: UdpSocket) -> anyhow::Result<()> {
+pub(super) fn start_tftp(
+    ctx: &Ctx,
+    sup: &Supervisor,
+    socket: UdpSocket,
+    http: crate::http::HttpState,
+) -> anyhow::Result<()> {
     let config = &ctx.config;
     let roots = vec![
         config.paths.ipxe_binaries.clone(),
         config.paths.assets.clone(),
     ];
     let addr = socket.local_addr().context("TFTP socket")?;
-    let service = Arc::new(crate::tftp::Service::new(
-        roots,
-        config.tftp.clone(),
-        ctx.inventory.clone(),
-        ctx.metrics.clone(),
-    ));
+    let files = &config.dhcp.boot_files;
+    let grub_cfg: crate::tftp::GrubCfg = Arc::new(move |mac, ip| {
+        let http = http.clone();
+        Box::pin(crate::http::grub_cfg(http, mac, ip))
+    });
+    let service = Arc::new(
+        crate::tftp::Service::new(
+            roots,
+            config.tftp.clone(),
+            ctx.inventory.clone(),
+            ctx.metrics.clone(),
+        )
+        .with_file(&files.shim, config.paths.shim.clone())
+        .with_file(&files.grub, config.paths.grub.clone())
+        .with_grub_cfg(grub_cfg),
+    );
     tracing::info!(ipxe_binaries = %config.paths.ipxe_binaries.display(), assets = %config.paths.assets.display(), "listening for TFTP on {addr}");
     let (socket, token) = (Arc::new(socket), ctx_token(sup));
     sup.service("tftp", move || {
@@ -286,12 +301,12 @@ pub(super) fn start_dns(
 }
 
 /// HTTP: the boot endpoints, assets and the API, with graceful shutdown.
-pub(super) fn start_http(
+/// What the HTTP handlers share (TFTP renders grub.cfg through them too).
+pub(super) fn http_state(
     ctx: &Ctx,
     sup: &Supervisor,
-    listener: TcpListener,
     cluster: Option<&Etcd>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<crate::http::HttpState> {
     let config = &ctx.config;
     let waker = crate::wol::Waker::new(&config.wol)?
         .map(|w| Arc::new(WolWaker(w)) as Arc<dyn crate::http::Waker>);
@@ -301,7 +316,7 @@ pub(super) fn start_http(
             "http.config_access = \"open\": anyone who names a MAC gets its configs and may report it installed"
         );
     }
-    let state = crate::http::HttpState {
+    Ok(crate::http::HttpState {
         config: ctx.config.clone(),
         base_url: ctx.base_url.clone(),
         profiles: ctx.profiles.clone(),
@@ -312,7 +327,16 @@ pub(super) fn start_http(
         api_token,
         shutdown: ctx_token(sup),
         cluster: cluster.cloned(),
-    };
+    })
+}
+
+pub(super) fn start_http(
+    ctx: &Ctx,
+    sup: &Supervisor,
+    listener: TcpListener,
+    state: crate::http::HttpState,
+) -> anyhow::Result<()> {
+    let config = &ctx.config;
     let app = crate::http::router(state);
     let addr = listener.local_addr().context("HTTP socket")?;
     tracing::info!(base_url = %ctx.base_url, "listening for HTTP on {addr}");

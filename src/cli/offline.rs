@@ -36,6 +36,30 @@ pub(super) fn check(path: &Path) -> ExitCode {
     };
     match ProfileSet::load(&app::sources(&config), &app::offline_base_url(&config)) {
         Ok(set) => {
+            // The Secure Boot chain needs its signed binaries.
+            let grub: Vec<&str> = set
+                .profiles
+                .iter()
+                .filter(|p| p.boot.loader == crate::pxe::Loader::Grub)
+                .map(|p| p.name.as_str())
+                .collect();
+            let mut missing = Vec::new();
+            for (key, file) in [("shim", &config.paths.shim), ("grub", &config.paths.grub)] {
+                if !grub.is_empty() && !file.is_file() {
+                    missing.push(format!(
+                        "paths.{key}: {} does not exist, and profile(s) {} use loader = \"grub\" (Debian: shim-signed, grub-efi-amd64-signed)",
+                        file.display(),
+                        grub.join(", ")
+                    ));
+                }
+            }
+            if !missing.is_empty() {
+                for m in &missing {
+                    eprintln!("{}: {m}", path.display());
+                }
+                eprintln!("{} error(s)", missing.len());
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let default = set
                 .default
                 .map(|d| set.profiles[d].name.as_str())

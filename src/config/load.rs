@@ -269,6 +269,8 @@ impl PathsConfig {
             &mut self.state,
             &mut self.ipxe_binaries,
             &mut self.ipxe_scripts,
+            &mut self.shim,
+            &mut self.grub,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -75,8 +75,13 @@ pub struct PathsConfig {
     pub state: PathBuf,
     /// iPXE binaries served over TFTP and HTTP (Debian's `ipxe` package).
     pub ipxe_binaries: PathBuf,
-    /// iPXE script templates (`boot.ipxe.j2`, `profile.ipxe.j2`).
+    /// iPXE script templates (`boot.ipxe.j2`, `profile.ipxe.j2`, `grub.cfg.j2`).
     pub ipxe_scripts: PathBuf,
+    /// The signed shim served to machines of `loader = "grub"` profiles (Debian's
+    /// `shim-signed`).
+    pub shim: PathBuf,
+    /// The signed network GRUB shim loads (Debian's `grub-efi-amd64-signed`).
+    pub grub: PathBuf,
 }
 
 impl Default for PathsConfig {
@@ -87,6 +92,8 @@ impl Default for PathsConfig {
             state: "state".into(),
             ipxe_binaries: "/usr/lib/ipxe".into(),
             ipxe_scripts: "ipxe".into(),
+            shim: "/usr/lib/shim/shimx64.efi.signed".into(),
+            grub: "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed".into(),
         }
     }
 }

@@ -162,9 +162,23 @@ pub fn router(state: HttpState) -> Router {
     let binaries = ServeDir::new(&state.config.paths.ipxe_binaries)
         .append_index_html_on_directories(false)
         .redirect_to_trailing_slash(false);
+    // The Secure Boot chain's signed shim and GRUB, under their boot file names.
+    let files = &state.config.dhcp.boot_files;
+    let shim = format!("/boot/{}", files.shim);
+    let grub = format!("/boot/{}", files.grub);
+    let signed = Router::new()
+        .route_service(
+            &shim,
+            tower_http::services::ServeFile::new(&state.config.paths.shim),
+        )
+        .route_service(
+            &grub,
+            tower_http::services::ServeFile::new(&state.config.paths.grub),
+        );
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/ipxe", get(|s, p, q| machine_doc(s, p, q, What::Ipxe)))
+        .route("/grub", get(|s, p, q| machine_doc(s, p, q, What::Grub)))
         .route(
             "/ignition",
             get(|s, p, q| machine_doc(s, p, q, What::Ignition)),
@@ -181,6 +195,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api::routes())
+        .merge(signed)
         .nest_service("/assets", assets)
         .nest_service("/boot", binaries)
         .fallback(|req: Request| async move {
@@ -244,6 +259,23 @@ fn peer_ipv4(ext: &axum::http::Extensions) -> Option<std::net::Ipv4Addr> {
     }
 }
 
+/// The grub.cfg of `mac` as its GRUB asks over TFTP from `peer`: what `/grub?mac=` from that
+/// address answers (same access rules, next boot and boot states), or why not.
+pub async fn grub_cfg(
+    st: HttpState,
+    mac: MacAddr,
+    peer: std::net::Ipv4Addr,
+) -> Result<Vec<u8>, String> {
+    let q = RawQuery(Some(format!("mac={mac}")));
+    match machine_doc(State(st), PeerIp(Some(peer)), q, What::Grub).await {
+        Ok(resp) => axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.message),
+    }
+}
+
 /// Claims of the one-shot next boot in a shared store before `/ipxe` serves without it (each
 /// failed claim means another instance or the operator changed it just then).
 const CLAIM_TRIES: u32 = 3;
@@ -269,12 +301,12 @@ async fn machine_doc(
         peer,
         token.as_deref(),
         st.config.dhcp.mode,
-        what == What::Ipxe,
+        what.is_boot_script(),
     );
     let allowed = match (st.config.http.config_access, &what) {
         (ConfigAccess::Open, _) => true,
         // The boot script (and the secret in it) goes only to the machine itself.
-        (_, What::Ipxe) => access.from_machine,
+        (_, What::Ipxe | What::Grub) => access.from_machine,
         (ConfigAccess::TokenOrSource, _) => access.token_ok || access.from_machine,
         (ConfigAccess::Token, _) => access.token_ok,
     };
@@ -353,7 +385,7 @@ async fn machine_doc(
         HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{mac} {e}"))
             .for_machine(mac, Some(&m.profile.name))
     })?;
-    facts.secret = if what == What::Ipxe && access.from_machine && !serve.local {
+    facts.secret = if what.is_boot_script() && access.from_machine && !serve.local {
         // A new boot: a new secret, in every URL its script hands on.
         st.inventory.begin_boot(mac, peer)
     } else {
@@ -361,7 +393,7 @@ async fn machine_doc(
     };
     let name = serve.profile.name.as_str();
     let rendered = if serve.local {
-        set.render_local(serve.profile, m.machine, &facts, &st.base_url)
+        set.render_local(serve.profile, m.machine, &facts, &st.base_url, &what)
     } else {
         set.render(serve.profile, m.machine, &facts, &st.base_url, &what)
     };

@@ -150,7 +150,15 @@ impl Inventory {
 
     /// `mac` fetched `file` over TFTP: an iPXE binary moves it to `firmware`.
     pub fn tftp_fetched(&self, mac: MacAddr, file: &str) {
-        let step = is_ipxe_binary(file).then_some(Step::Firmware);
+        // A loader (iPXE, shim, GRUB) is the firmware's step; grub.cfg is the boot script
+        // (noted when it was rendered); anything else is what GRUB boots (kernel, initrd).
+        let step = if is_ipxe_binary(file) {
+            Some(Step::Firmware)
+        } else if file.trim_start_matches('/') == "grub/grub.cfg" {
+            None
+        } else {
+            Some(Step::Kernel)
+        };
         self.apply_known(mac, "tftp", format!("fetched {file}"), step, |rec, _| {
             rec.last_served = Some(format!("tftp:{file}"));
         });

@@ -82,7 +82,7 @@ pub fn serve<'a>(
     let mut local = false;
     let mut redirected = None;
     let mut uses_next_boot = false;
-    let profile = if *what == What::Ipxe {
+    let profile = if what.is_boot_script() {
         uses_next_boot = view.next_boot.is_some();
         match plan(
             view.next_boot.as_ref(),
@@ -113,6 +113,10 @@ pub fn serve<'a>(
             (Some(Step::LocalBoot), "ipxe (local disk)".to_string())
         }
         What::Ipxe => (Some(Step::Script), "ipxe".to_string()),
+        What::Grub if local || profile.boot.local => {
+            (Some(Step::LocalBoot), "grub.cfg (local disk)".to_string())
+        }
+        What::Grub => (Some(Step::Script), "grub.cfg".to_string()),
         What::Ignition | What::Generic(_) => (Some(Step::Config), what.label()),
         What::Metadata => (None, what.label()),
     };

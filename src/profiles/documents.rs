@@ -31,6 +31,9 @@ pub enum What {
     Metadata,
     /// A generic template (`/generic`), by name; `None` picks the profile's only one.
     Generic(Option<String>),
+    /// The GRUB config (`/grub`, TFTP `grub/grub.cfg`): the boot script of the shim → GRUB
+    /// chain.
+    Grub,
 }
 
 impl What {
@@ -42,7 +45,14 @@ impl What {
             What::Metadata => "metadata".into(),
             What::Generic(None) => "generic".into(),
             What::Generic(Some(n)) => format!("generic:{n}"),
+            What::Grub => "grub.cfg".into(),
         }
+    }
+
+    /// Whether this is the boot script of a boot (iPXE's or GRUB's): it decides the profile,
+    /// uses up the one-shot next boot and begins a boot.
+    pub fn is_boot_script(&self) -> bool {
+        matches!(self, What::Ipxe | What::Grub)
     }
 }
 
@@ -68,6 +78,9 @@ pub enum DocumentError {
         /// `ignition`, `generic`, or `generic "name"`.
         what: String,
     },
+    /// A kernel or initrd GRUB cannot fetch: it is not under `assets/`.
+    #[error("GRUB fetches kernels and initrds from Kindling's TFTP: {0} is not under assets/")]
+    NotForGrub(String),
 }
 
 /// The hostname a machine gets: assigned, else reported, else derived from its MAC.
@@ -151,6 +164,23 @@ fn asset_url(base_url: &str, s: &str) -> String {
     }
 }
 
+/// A kernel or initrd URL as GRUB fetches it: files under `<base_url>/assets/` come over
+/// TFTP from the server GRUB booted from (`(tftp)/<path>`; Kindling's TFTP serves assets).
+fn grub_path(base_url: &str, url: &str) -> Result<String, DocumentError> {
+    let prefix = format!("{base_url}/assets/");
+    match url.strip_prefix(&prefix) {
+        Some(rest) if !rest.is_empty() && !rest.contains(['?', '#']) => {
+            Ok(format!("(tftp)/{rest}"))
+        }
+        _ => Err(DocumentError::NotForGrub(url.to_string())),
+    }
+}
+
+/// One word for GRUB's shell: single-quoted, a `'` inside as `'\''` (GRUB quotes as sh does).
+fn grub_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 impl ProfileSet {
     fn render_named(
         &self,
@@ -168,9 +198,52 @@ impl ProfileSet {
         machine: Option<&Machine>,
         facts: &Facts,
         base_url: &str,
+        what: &What,
     ) -> Result<Rendered, DocumentError> {
         let ctx = context(profile, machine, facts, base_url);
+        if *what == What::Grub {
+            return self.render_grub(profile, ctx, base_url, true);
+        }
         self.render_ipxe(profile, ctx, base_url, true)
+    }
+
+    /// The grub.cfg of `profile`: kernel and initrds as GRUB paths, arguments quoted.
+    fn render_grub(
+        &self,
+        profile: &Profile,
+        mut ctx: BTreeMap<String, Value>,
+        base_url: &str,
+        local: bool,
+    ) -> Result<Rendered, DocumentError> {
+        let boot = &profile.boot;
+        let kernel = match &boot.kernel {
+            Some(k) => Some(grub_path(
+                base_url,
+                &asset_url(base_url, self.render_named(k, &ctx)?.trim()),
+            )?),
+            None => None,
+        };
+        let mut initrds = Vec::new();
+        for t in &boot.initrds {
+            let url = asset_url(base_url, self.render_named(t, &ctx)?.trim());
+            initrds.push(grub_path(base_url, &url)?);
+        }
+        let mut args = Vec::new();
+        for t in &boot.args {
+            let a = self.render_named(t, &ctx)?;
+            if !a.trim().is_empty() {
+                args.push(grub_quote(a.trim()));
+            }
+        }
+        ctx.insert("local".into(), (local || boot.local).into());
+        ctx.insert("kernel".into(), to_value(&kernel));
+        ctx.insert("initrds".into(), to_value(&initrds));
+        ctx.insert("args".into(), to_value(&args));
+        let body = self.render_named(&boot.grub_script, &ctx)?;
+        Ok(Rendered {
+            body,
+            content_type: "text/plain; charset=utf-8",
+        })
     }
 
     fn render_ipxe(
@@ -234,6 +307,7 @@ impl ProfileSet {
         let ctx = context(profile, machine, facts, base_url);
         match what {
             What::Ipxe => self.render_ipxe(profile, ctx, base_url, profile.boot.local),
+            What::Grub => self.render_grub(profile, ctx, base_url, false),
             What::Ignition => {
                 let name = profile
                     .ignition
@@ -389,6 +463,19 @@ fn synthetic_facts(s: &Selector) -> Facts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grub_paths_and_quoting() {
+        let b = "http://10.0.0.2:8080";
+        assert_eq!(
+            grub_path(b, "http://10.0.0.2:8080/assets/fcos/kernel").unwrap(),
+            "(tftp)/fcos/kernel"
+        );
+        assert!(grub_path(b, "http://mirror/k").is_err());
+        assert!(grub_path(b, "http://10.0.0.2:8080/assets/k?x=1").is_err());
+        assert_eq!(grub_quote("console=ttyS0"), "'console=ttyS0'");
+        assert_eq!(grub_quote("a=it's $x; b"), "'a=it'\\''s $x; b'");
+    }
 
     #[test]
     fn asset_urls() {

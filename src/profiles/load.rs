@@ -21,6 +21,7 @@ const BUILTIN_SCRIPTS: &[(&str, &str)] = &[
         "profile.ipxe.j2",
         include_str!("../../ipxe/profile.ipxe.j2"),
     ),
+    ("grub.cfg.j2", include_str!("../../ipxe/grub.cfg.j2")),
 ];
 
 /// Keys of a profile file outside any table; written after `[boot]` they land inside it.

@@ -116,6 +116,9 @@ pub struct Boot {
     pub files: BTreeMap<crate::pxe::Firmware, String>,
     /// `loader`: what its UEFI x64 machines start (iPXE, or shim → GRUB for Secure Boot).
     pub loader: crate::pxe::Loader,
+    /// The grub.cfg template: the profile's own (`grub_script`) or the built-in
+    /// `ipxe/grub.cfg.j2`.
+    pub grub_script: String,
 }
 
 /// A machine entry from a profile (`[[machine]]`).

@@ -39,6 +39,7 @@ pub(super) struct RawBoot {
     #[serde(default)]
     pub(super) files: BTreeMap<String, Spanned<String>>,
     pub(super) loader: Option<Spanned<String>>,
+    pub(super) grub_script: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

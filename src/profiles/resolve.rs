@@ -153,6 +153,10 @@ fn resolve_boot(ld: &mut Loader, f: &File<'_>, rb: &RawBoot) -> Boot {
         Some(s) => ld.file_template(s, path, source).unwrap_or_default(),
         None => "ipxe/profile.ipxe.j2".to_string(),
     };
+    boot.grub_script = match &rb.grub_script {
+        Some(s) => ld.file_template(s, path, source).unwrap_or_default(),
+        None => "ipxe/grub.cfg.j2".to_string(),
+    };
     if !boot.local && boot.kernel.is_none() && rb.script.is_none() {
         ld.errors.push(Diagnostic::new(
             path,

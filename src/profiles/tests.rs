@@ -723,7 +723,7 @@ fn after_provision_names_local_or_another_profile() {
     // The local-disk script of an install profile.
     let f = facts("52:54:00:00:00:01");
     let local = set
-        .render_local(install, Some(m), &f, "http://10.0.0.2:8080")
+        .render_local(install, Some(m), &f, "http://10.0.0.2:8080", &What::Ipxe)
         .unwrap();
     assert!(local.body.contains("\nexit"), "{}", local.body);
     assert!(!local.body.contains("kernel "), "{}", local.body);
@@ -776,4 +776,55 @@ fn symlink_loops_in_the_profiles_tree_are_walked_once() {
         started.elapsed()
     );
     assert_eq!(set.profiles.len(), 1);
+}
+
+/// `loader = "grub"`: the grub.cfg has the kernel and initrd as TFTP paths, every argument
+/// single-quoted for GRUB (a quote inside too), and the local-disk version `exit`s; a bad
+/// loader name is an error at its line; a kernel from elsewhere cannot go to GRUB.
+#[test]
+fn grub_cfg_for_the_secure_boot_chain() {
+    let (_d, set) = ok(&[(
+        "secure.toml",
+        "[boot]\nloader = \"grub\"\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
+         args = [\"console=ttyS0\", \"ignition.config.url={{ ignition_url }}\", \"msg=it's {{ hostname }}\"]\n\
+         [[machine]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"sb-1\"\n",
+    )]);
+    let p = set.profile("secure").unwrap();
+    assert_eq!(p.boot.loader, crate::pxe::Loader::Grub);
+    let f = facts("52:54:00:00:00:01");
+    let m = set.machines.get(&f.mac);
+    let cfg = set
+        .render(p, m, &f, "http://10.0.0.2:8080", &What::Grub)
+        .unwrap()
+        .body;
+    assert!(
+        cfg.contains("linux (tftp)/vmlinuz 'console=ttyS0' 'ignition.config.url=http://10.0.0.2:8080/ignition?mac=52:54:00:00:00:01"),
+        "{cfg}"
+    );
+    assert!(cfg.contains("'msg=it'\\''s sb-1'"), "{cfg}");
+    assert!(cfg.contains("\ninitrd (tftp)/initrd.img\n"), "{cfg}");
+    assert!(cfg.contains("\nboot"), "{cfg}");
+    let local = set
+        .render_local(p, m, &f, "http://10.0.0.2:8080", &What::Grub)
+        .unwrap()
+        .body;
+    assert!(local.contains("\nexit"), "{local}");
+    assert!(!local.contains("linux "), "{local}");
+
+    let errs = errors(&[("a.toml", "[boot]\nloader = \"shim\"\nkernel = \"k\"\n")]);
+    assert!(errs[0].contains("boot.loader = \"shim\""), "{errs:#?}");
+    let (_d, set) = ok(&[(
+        "far.toml",
+        "[boot]\nloader = \"grub\"\nkernel = \"http://mirror.example/vmlinuz\"\n",
+    )]);
+    let err = set
+        .render(
+            set.profile("far").unwrap(),
+            None,
+            &f,
+            "http://10.0.0.2:8080",
+            &What::Grub,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("not under assets/"), "{err}");
 }

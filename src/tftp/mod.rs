@@ -15,7 +15,8 @@
 //! - A silent client's transfer ends after `tftp.retries` retransmissions of its window.
 //! - At most `tftp.max_transfers` transfers at once; a request beyond that gets an ERROR
 //!   ("busy") and the client retries.
-//! - Write requests, absolute paths, `..` and netascii mode are refused with a TFTP ERROR.
+//! - Write requests, `..` and netascii mode are refused with a TFTP ERROR; a leading `/` is the
+//!   TFTP root (GRUB asks for `/grub/grub.cfg`).
 //! - Files up to 8 MiB (iPXE binaries) are cached in memory, keyed by path, size and
 //!   modification time. Bigger files are read per window.
 //! - Each completed transfer is logged and recorded against the machine. TFTP knows only the
@@ -59,8 +60,25 @@ pub enum TftpError {
 type Bytes = Arc<[u8]>;
 
 /// The TFTP service.
+/// Renders the grub.cfg of a machine (by MAC, asked from its address): its bytes, or why not.
+pub type GrubCfg = Arc<
+    dyn Fn(
+            crate::mac::MacAddr,
+            std::net::Ipv4Addr,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The name GRUB asks for its config by (its prefix is `(tftp,<server>)/grub`).
+pub const GRUB_CFG: &str = "grub/grub.cfg";
+
 pub struct Service {
     roots: Vec<PathBuf>,
+    /// Files served under a name of their own (the signed shim and GRUB).
+    named: std::collections::HashMap<String, PathBuf>,
+    /// Renders `grub/grub.cfg` for the machine that asks.
+    grub_cfg: Option<GrubCfg>,
     config: TftpConfig,
     inventory: Arc<Inventory>,
     metrics: Arc<Metrics>,
@@ -213,6 +231,8 @@ impl Service {
         Service {
             slots: Arc::new(Semaphore::new(config.max_transfers)),
             roots,
+            named: Default::default(),
+            grub_cfg: None,
             config,
             inventory,
             metrics,
@@ -221,6 +241,18 @@ impl Service {
             next_id: std::sync::atomic::AtomicU64::new(1),
             cache: Mutex::new(Cache::default()),
         }
+    }
+
+    /// Serve `path` as `name` too (the shim and GRUB of the Secure Boot chain).
+    pub fn with_file(mut self, name: &str, path: PathBuf) -> Service {
+        self.named.insert(name.to_string(), path);
+        self
+    }
+
+    /// Answer `grub/grub.cfg` with what `render` makes for the machine at the client's address.
+    pub fn with_grub_cfg(mut self, render: GrubCfg) -> Service {
+        self.grub_cfg = Some(render);
+        self
     }
 
     /// Serve requests arriving on `socket` until `token` is cancelled. A receive error backs
@@ -358,7 +390,7 @@ impl Service {
             return;
         }
         let file = req.filename.clone();
-        let source = match self.open(&req).await {
+        let source = match self.open(&req, peer).await {
             Ok(s) => s,
             Err(Refusal(code, why)) => {
                 tracing::info!(%peer, %file, "TFTP request refused: {why}");
@@ -468,7 +500,7 @@ impl Service {
     }
 
     /// Resolve and open the requested file.
-    async fn open(&self, req: &Request) -> Result<Source, Refusal> {
+    async fn open(&self, req: &Request, peer: SocketAddr) -> Result<Source, Refusal> {
         if req.mode != "octet" {
             return Err(Refusal(
                 ErrorCode::Undefined,
@@ -481,8 +513,32 @@ impl Service {
                 format!("{:?}: {why}", req.filename),
             )
         })?;
-        let Some((path, meta)) = self.roots.iter().find_map(|root| {
-            let p = root.join(&rel);
+        let name = rel.to_string_lossy();
+        if name == GRUB_CFG
+            && let Some(render) = &self.grub_cfg
+        {
+            let IpAddr::V4(ip) = peer.ip() else {
+                return Err(Refusal(ErrorCode::FileNotFound, "IPv4 only".into()));
+            };
+            let Some(mac) = self.inventory.mac_by_ip(ip) else {
+                return Err(Refusal(
+                    ErrorCode::FileNotFound,
+                    format!("{GRUB_CFG}: no machine is known at {ip} (its DHCP exchange names it)"),
+                ));
+            };
+            return match render(mac, ip).await {
+                Ok(bytes) => Ok(Source::Memory(Bytes::from(bytes))),
+                Err(why) => Err(Refusal(
+                    ErrorCode::FileNotFound,
+                    format!("{GRUB_CFG} for {mac}: {why}"),
+                )),
+            };
+        }
+        let named = self.named.get(name.as_ref()).cloned();
+        let candidates = named
+            .into_iter()
+            .chain(self.roots.iter().map(|root| root.join(&rel)));
+        let Some((path, meta)) = candidates.into_iter().find_map(|p| {
             std::fs::metadata(&p)
                 .ok()
                 .filter(std::fs::Metadata::is_file)
@@ -538,11 +594,10 @@ fn io_refusal(name: &str, e: &std::io::Error) -> Refusal {
     Refusal(code, format!("{name}: {e}"))
 }
 
-/// The request path as a relative path with no `..`; absolute paths are refused.
+/// The request path as a path relative to the served roots, with no `..`. A leading `/` means
+/// the TFTP root, as in tftpd-hpa's secure mode: GRUB asks for `/grub/grub.cfg` and
+/// `/vmlinuz`; nothing outside the roots is reachable either way.
 fn safe_relative(name: &str) -> Result<PathBuf, &'static str> {
-    if name.starts_with('/') || name.starts_with('\\') {
-        return Err("absolute paths are refused");
-    }
     let mut out = PathBuf::new();
     for part in name.split(['/', '\\']) {
         match part {
@@ -684,15 +739,16 @@ mod tests {
             PathBuf::from("a/b"),
             "backslashes are separators"
         );
-        for bad in [
-            "/etc/passwd",
-            "\\x",
-            "../x",
-            "a/../../x",
-            "a\\..\\x",
-            "",
-            "./",
-        ] {
+        // A leading '/' is the TFTP root.
+        assert_eq!(
+            safe_relative("/grub/grub.cfg").unwrap(),
+            PathBuf::from("grub/grub.cfg")
+        );
+        assert_eq!(
+            safe_relative("/etc/passwd").unwrap(),
+            PathBuf::from("etc/passwd")
+        );
+        for bad in ["/../etc/passwd", "../x", "a/../../x", "a\\..\\x", "", "./"] {
             assert!(safe_relative(bad).is_err(), "{bad}");
         }
     }
