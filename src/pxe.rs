@@ -598,6 +598,14 @@ fn classify(
             )
         });
     }
+    if fw != Firmware::Bios && profile.2 == Loader::Ipxe {
+        why.note(|| {
+            format!(
+                "iPXE is not signed: a machine with UEFI Secure Boot on refuses it (and stalls in firmware); give profile {:?} loader = \"grub\" for the signed shim → GRUB chain",
+                profile.0
+            )
+        });
+    }
     let (file, source) = match profile.1.get(&fw) {
         Some(f) => (
             f.clone(),
@@ -843,6 +851,27 @@ mod tests {
         assert_eq!(
             d.boot_file,
             Some(BootFile::Http(format!("{BASE}/boot.ipxe")))
+        );
+        // An iPXE profile's UEFI machines: explain warns that Secure Boot refuses iPXE.
+        let (_, why) = explain(
+            &client(Some(7), "PXEClient", None),
+            &netboot(),
+            &files,
+            BASE,
+        );
+        assert!(
+            why.iter().any(|w| w.contains("iPXE is not signed")),
+            "{why:?}"
+        );
+        let (_, why) = explain(
+            &client(Some(0), "PXEClient", None),
+            &netboot(),
+            &files,
+            BASE,
+        );
+        assert!(
+            !why.iter().any(|w| w.contains("not signed")),
+            "BIOS: {why:?}"
         );
         assert_eq!(Loader::parse("grub"), Some(Loader::Grub));
         assert_eq!(Loader::parse("shim"), None);

@@ -92,6 +92,8 @@ struct Lab {
     reboot_on_failure: bool,
     /// The profiles' `loader` (`None`: the default, iPXE).
     loader: Option<&'static str>,
+    /// Appended to Kindling's config.
+    extra_config: String,
 }
 
 impl Drop for Lab {
@@ -123,6 +125,7 @@ impl Lab {
             vms: Vec::new(),
             reboot_on_failure: false,
             loader: None,
+            extra_config: String::new(),
         };
         ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         ip(&[
@@ -193,10 +196,11 @@ impl Lab {
                 // secret their iPXE script handed them, or not at all.
                 "[server]\nbase_url = \"http://{KINDLING_IP}:8080\"\n[http]\nlisten = \"{KINDLING_IP}:8080\"\nconfig_access = \"token\"\n\
                  [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\nshim = \"{}\"\ngrub = \"{}\"\n\
-                 [tftp]\nenabled = true\n[dhcp]\n{dhcp}",
+                 [tftp]\nenabled = true\n[dhcp]\n{dhcp}{}",
                 scripts.display(),
                 lab_dir().join("secureboot/shimx64.efi").display(),
                 lab_dir().join("secureboot/grubx64.efi").display(),
+                self.extra_config,
             ),
         );
         let d = Daemon::start_in(&self.ns, &root.join("kindling.toml"));
@@ -836,4 +840,51 @@ fn secure_boot_vm_boots_through_shim_and_grub() {
             "{file} over TFTP: {log}"
         );
     }
+}
+
+/// The negative case: Secure Boot on and a profile with the default iPXE loader. The firmware
+/// fetches ipxe.efi and refuses to run it (unsigned); Kindling marks the machine `stalled` in
+/// `firmware` once that phase outlasts its limit, and `explain` warns that iPXE is unsigned.
+#[test]
+fn secure_boot_refuses_ipxe_and_the_machine_stalls_in_firmware() {
+    skip_unless_lab!("secure_boot_refuses_ipxe_and_the_machine_stalls_in_firmware");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let macs = macs(1, 1);
+    let mut lab = Lab::new("en", 1);
+    lab.extra_config = "[inventory.stall_after]\nfirmware = \"8s\"\n".into();
+    lab.start_kindling("full", &macs);
+    lab.boot(0, &macs[0], Firmware::SecureBoot);
+    let end = Instant::now() + Duration::from_secs(150);
+    let rec = loop {
+        let rec = lab.record(&macs[0]);
+        if rec["state"] == "stalled" || Instant::now() > end {
+            break rec;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        rec["state"],
+        "stalled",
+        "{rec:#}\n{}",
+        lab.daemon().log_text()
+    );
+    assert_eq!(rec["stalled_in"], "firmware", "{rec:#}");
+    let (_, serial) = &lab.vms[0];
+    let text = std::fs::read_to_string(serial).unwrap();
+    assert!(
+        text.contains("Access Denied") || text.contains("Security Violation"),
+        "the firmware did not refuse iPXE:\n{text}"
+    );
+    // explain says why, before anyone boots anything.
+    let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+        .args(["explain", "--config"])
+        .arg(lab.dir.path().join("kindling.toml"))
+        .args(["--mac", &macs[0], "--arch", "7"])
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        explained.contains("iPXE is not signed") && explained.contains("loader = \"grub\""),
+        "{explained}"
+    );
 }
