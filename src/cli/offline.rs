@@ -40,7 +40,13 @@ pub(super) fn check(path: &Path) -> ExitCode {
             let grub: Vec<&str> = set
                 .profiles
                 .iter()
-                .filter(|p| p.boot.loader == crate::pxe::Loader::Grub)
+                .filter(|p| {
+                    p.boot.loader == crate::pxe::Loader::Grub
+                        || set.machines.values().any(|m| {
+                            m.loader == Some(crate::pxe::Loader::Grub)
+                                && std::ptr::eq(&set.profiles[m.profile], *p)
+                        })
+                })
                 .map(|p| p.name.as_str())
                 .collect();
             let mut missing = Vec::new();

@@ -138,6 +138,8 @@ pub struct Machine {
     pub vars: BTreeMap<String, Value>,
     /// Labels for the operator (rack, role, ...): `kindling wake --label rack=a`.
     pub labels: BTreeMap<String, String>,
+    /// Its own `loader`, overriding its profile's (one Secure Boot machine in a rack).
+    pub loader: Option<crate::pxe::Loader>,
     /// Where it is declared.
     pub at: Location,
 }
@@ -233,7 +235,10 @@ impl ProfileSet {
                 MachineBoot::Netboot {
                     profile: m.profile.name.clone(),
                     files: m.profile.boot.files.clone(),
-                    loader: m.profile.boot.loader,
+                    loader: m
+                        .machine
+                        .and_then(|mm| mm.loader)
+                        .unwrap_or(m.profile.boot.loader),
                 },
                 Some(m),
             ),

@@ -67,4 +67,5 @@ pub(super) struct RawMachine {
     pub(super) vars: Option<Spanned<toml::Table>>,
     #[serde(default)]
     pub(super) labels: BTreeMap<String, String>,
+    pub(super) loader: Option<Spanned<String>>,
 }

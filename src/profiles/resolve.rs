@@ -348,6 +348,15 @@ fn resolve_machines(
             .uuid
             .as_ref()
             .and_then(|u| ld.parse(path, source, u, "UUID", parse_uuid));
+        let loader = r.loader.as_ref().and_then(|l| {
+            ld.parse(
+                path,
+                source,
+                l,
+                "loader (\"ipxe\" or \"grub\")",
+                crate::pxe::Loader::parse,
+            )
+        });
         if let Some(first) = machines.get(&mac) {
             let msg = format!("machine {mac} is already declared at {}", first.at);
             ld.err(path, source, r.mac.span().start, msg);
@@ -373,6 +382,7 @@ fn resolve_machines(
                 uuid,
                 vars,
                 labels: r.labels.clone(),
+                loader,
                 at: here.clone(),
             },
         );

@@ -828,3 +828,25 @@ fn grub_cfg_for_the_secure_boot_chain() {
         .unwrap_err();
     assert!(err.to_string().contains("not under assets/"), "{err}");
 }
+
+/// A machine entry may choose its own loader: one Secure Boot machine in an iPXE profile.
+#[test]
+fn a_machine_chooses_its_own_loader() {
+    let (_d, set) = ok(&[(
+        "rack.toml",
+        "[boot]\nkernel = \"vmlinuz\"\n\
+         [[machine]]\nmac = \"52:54:00:00:00:01\"\nloader = \"grub\"\n\
+         [[machine]]\nmac = \"52:54:00:00:00:02\"\n",
+    )]);
+    let loader = |mac: &str| match set.machine_boot(&facts(mac)).0 {
+        crate::pxe::MachineBoot::Netboot { loader, .. } => loader,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(loader("52:54:00:00:00:01"), crate::pxe::Loader::Grub);
+    assert_eq!(loader("52:54:00:00:00:02"), crate::pxe::Loader::Ipxe);
+    let errs = errors(&[(
+        "a.toml",
+        "[boot]\nkernel = \"k\"\n[[machine]]\nmac = \"52:54:00:00:00:03\"\nloader = \"pxe\"\n",
+    )]);
+    assert!(errs[0].contains("invalid loader"), "{errs:#?}");
+}
