@@ -71,7 +71,7 @@ fn free_port() -> u16 {
 
 fn dig(port: u16, args: &[&str]) -> String {
     let out = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=3", "+tries=2"])
         .args(args)
         .output()
         .expect("run dig");

@@ -181,6 +181,13 @@ fn grub_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// A profile's boot section, rendered for one machine.
+struct BootParts {
+    kernel: Option<String>,
+    initrds: Vec<String>,
+    args: Vec<String>,
+}
+
 impl ProfileSet {
     fn render_named(
         &self,
@@ -207,6 +214,36 @@ impl ProfileSet {
         self.render_ipxe(profile, ctx, base_url, true)
     }
 
+    /// The boot section of `profile` rendered: kernel and initrd URLs, non-empty arguments.
+    fn boot_parts(
+        &self,
+        profile: &Profile,
+        ctx: &BTreeMap<String, Value>,
+        base_url: &str,
+    ) -> Result<BootParts, DocumentError> {
+        let boot = &profile.boot;
+        let kernel = match &boot.kernel {
+            Some(k) => Some(asset_url(base_url, self.render_named(k, ctx)?.trim())),
+            None => None,
+        };
+        let mut initrds = Vec::new();
+        for t in &boot.initrds {
+            initrds.push(asset_url(base_url, self.render_named(t, ctx)?.trim()));
+        }
+        let mut args = Vec::new();
+        for t in &boot.args {
+            let a = self.render_named(t, ctx)?;
+            if !a.trim().is_empty() {
+                args.push(a.trim().to_string());
+            }
+        }
+        Ok(BootParts {
+            kernel,
+            initrds,
+            args,
+        })
+    }
+
     /// The grub.cfg of `profile`: kernel and initrds as GRUB paths, arguments quoted.
     fn render_grub(
         &self,
@@ -215,31 +252,22 @@ impl ProfileSet {
         base_url: &str,
         local: bool,
     ) -> Result<Rendered, DocumentError> {
-        let boot = &profile.boot;
-        let kernel = match &boot.kernel {
-            Some(k) => Some(grub_path(
-                base_url,
-                &asset_url(base_url, self.render_named(k, &ctx)?.trim()),
-            )?),
+        let parts = self.boot_parts(profile, &ctx, base_url)?;
+        let kernel = match &parts.kernel {
+            Some(k) => Some(grub_path(base_url, k)?),
             None => None,
         };
-        let mut initrds = Vec::new();
-        for t in &boot.initrds {
-            let url = asset_url(base_url, self.render_named(t, &ctx)?.trim());
-            initrds.push(grub_path(base_url, &url)?);
-        }
-        let mut args = Vec::new();
-        for t in &boot.args {
-            let a = self.render_named(t, &ctx)?;
-            if !a.trim().is_empty() {
-                args.push(grub_quote(a.trim()));
-            }
-        }
-        ctx.insert("local".into(), (local || boot.local).into());
+        let initrds = parts
+            .initrds
+            .iter()
+            .map(|u| grub_path(base_url, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let args: Vec<String> = parts.args.iter().map(|a| grub_quote(a)).collect();
+        ctx.insert("local".into(), (local || profile.boot.local).into());
         ctx.insert("kernel".into(), to_value(&kernel));
         ctx.insert("initrds".into(), to_value(&initrds));
         ctx.insert("args".into(), to_value(&args));
-        let body = self.render_named(&boot.grub_script, &ctx)?;
+        let body = self.render_named(&profile.boot.grub_script, &ctx)?;
         Ok(Rendered {
             body,
             content_type: "text/plain; charset=utf-8",
@@ -253,35 +281,21 @@ impl ProfileSet {
         base_url: &str,
         local: bool,
     ) -> Result<Rendered, DocumentError> {
-        let boot = &profile.boot;
-        let kernel = match &boot.kernel {
-            Some(k) => Some(asset_url(base_url, self.render_named(k, &ctx)?.trim())),
-            None => None,
-        };
-        let mut initrds = Vec::new();
-        for t in &boot.initrds {
-            initrds.push(asset_url(base_url, self.render_named(t, &ctx)?.trim()));
-        }
-        let names: Vec<String> = initrds
+        let parts = self.boot_parts(profile, &ctx, base_url)?;
+        let names: Vec<String> = parts
+            .initrds
             .iter()
             .map(|u| {
                 let path = u.split(['?', '#']).next().unwrap_or(u);
                 path.rsplit('/').next().unwrap_or(path).to_string()
             })
             .collect();
-        let mut args = Vec::new();
-        for t in &boot.args {
-            let a = self.render_named(t, &ctx)?;
-            if !a.trim().is_empty() {
-                args.push(a.trim().to_string());
-            }
-        }
         ctx.insert("local".into(), local.into());
-        ctx.insert("kernel".into(), to_value(&kernel));
-        ctx.insert("initrds".into(), to_value(&initrds));
+        ctx.insert("kernel".into(), to_value(&parts.kernel));
+        ctx.insert("initrds".into(), to_value(&parts.initrds));
         ctx.insert("initrd_names".into(), to_value(&names));
-        ctx.insert("args".into(), to_value(&args));
-        let body = self.render_named(&boot.script, &ctx)?;
+        ctx.insert("args".into(), to_value(&parts.args));
+        let body = self.render_named(&profile.boot.script, &ctx)?;
         Ok(Rendered {
             body,
             content_type: "text/plain; charset=utf-8",
