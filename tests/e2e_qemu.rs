@@ -252,41 +252,33 @@ impl Lab {
             Firmware::Bios => {
                 cmd.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
             }
-            Firmware::SecureBoot => {
-                let vars = self.dir.path().join(format!("vars-{n}.fd"));
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", &vars).unwrap();
-                cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-                    .args([
-                        "-drive",
-                        "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-                    ])
-                    .arg("-drive")
-                    .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-                    .args([
-                        "-device",
-                        &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
-                    ]);
-            }
-            Firmware::Uefi | Firmware::UefiHttp => {
+            Firmware::Uefi | Firmware::UefiHttp | Firmware::SecureBoot => {
                 if fw == Firmware::UefiHttp {
                     for v in ["IPv4PXESupport", "IPv6PXESupport"] {
                         cmd.arg("-fw_cfg")
                             .arg(format!("name=opt/org.tianocore/{v},string=n"));
                     }
                 }
+                // Secure Boot: the secboot build, Microsoft's keys, its flash locked to SMM.
+                let (code, vars_from) = if fw == Firmware::SecureBoot {
+                    cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                    ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
+                } else {
+                    ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+                };
                 let vars = self.dir.path().join(format!("vars-{n}.fd"));
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-                cmd.args([
-                    "-drive",
-                    "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-                ])
-                .arg("-drive")
-                .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-                // No NIC ROM: OVMF's own PXE client runs and really TFTPs ipxe.efi.
-                .args([
-                    "-device",
-                    &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
-                ]);
+                std::fs::copy(format!("/usr/share/OVMF/{vars_from}"), &vars).unwrap();
+                cmd.arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/{code}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+                    // No NIC ROM: OVMF's own PXE client runs and really TFTPs its loader.
+                    .args([
+                        "-device",
+                        &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+                    ]);
             }
         }
         let child = cmd
@@ -814,61 +806,50 @@ fn secure_boot_vm_boots_through_shim_and_grub() {
         return;
     }
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let states = [
-        "dhcp",
-        "firmware",
-        "ipxe",
-        "kernel",
-        "config",
-        "provisioned",
-    ];
-    {
-        let (tag, mode) = ("es", "full");
-        let vms: u8 = if mode == "full" { 2 } else { 1 };
-        let macs = macs(1, vms);
-        let mut lab = Lab::new(tag, macs.len());
-        lab.loaders = vec![Some("grub"), None];
-        lab.start_kindling(mode, &macs);
-        let started = Instant::now();
-        lab.boot(0, &macs[0], Firmware::SecureBoot);
-        if vms == 2 {
-            lab.boot(1, &macs[1], Firmware::Uefi);
-        }
-        lab.wait_all(Duration::from_secs(240));
-        eprintln!(
-            "{mode} mode: {vms} VM(s) (Secure Boot through GRUB{}) provisioned in {:?}",
-            if vms == 2 {
-                ", and plain UEFI through iPXE"
-            } else {
-                ""
-            },
-            started.elapsed()
-        );
-        lab.check_provisioned(&macs, &states);
-        let text = std::fs::read_to_string(&lab.vms[0].1).unwrap();
-        assert!(
-            text.contains("secureboot=enabled"),
-            "{mode}: the kernel did not run under Secure Boot"
-        );
-        let log = lab.daemon().log_text();
-        let sent = |file: &str, mac: &str| {
-            log.lines().any(|l| {
-                l.contains("TFTP sent")
-                    && l.contains(mac)
-                    && (l.contains(&format!("file={file}")) || l.contains(&format!("file=/{file}")))
-            })
-        };
-        for file in ["shimx64.efi", "grubx64.efi", "grub/grub.cfg", "vmlinuz"] {
-            assert!(sent(file, &macs[0]), "{mode}: {file} over TFTP: {log}");
-        }
-        if vms == 2 {
-            assert!(
-                sent("ipxe.efi", &macs[1]),
-                "the iPXE machine got iPXE: {log}"
-            );
-            assert!(!sent("shimx64.efi", &macs[1]), "and no shim: {log}");
-        }
+    let macs = macs(1, 2);
+    let mut lab = Lab::new("es", macs.len());
+    lab.loaders = vec![Some("grub"), None];
+    lab.start_kindling("full", &macs);
+    let started = Instant::now();
+    lab.boot(0, &macs[0], Firmware::SecureBoot);
+    lab.boot(1, &macs[1], Firmware::Uefi);
+    lab.wait_all(Duration::from_secs(240));
+    eprintln!(
+        "Secure Boot through GRUB, and plain UEFI through iPXE: both provisioned in {:?}",
+        started.elapsed()
+    );
+    lab.check_provisioned(
+        &macs,
+        &[
+            "dhcp",
+            "firmware",
+            "ipxe",
+            "kernel",
+            "config",
+            "provisioned",
+        ],
+    );
+    let text = std::fs::read_to_string(&lab.vms[0].1).unwrap();
+    assert!(
+        text.contains("secureboot=enabled"),
+        "the kernel did not run under Secure Boot"
+    );
+    let log = lab.daemon().log_text();
+    let sent = |file: &str, mac: &str| {
+        log.lines().any(|l| {
+            l.contains("TFTP sent")
+                && l.contains(mac)
+                && (l.contains(&format!("file={file}")) || l.contains(&format!("file=/{file}")))
+        })
+    };
+    for file in ["shimx64.efi", "grubx64.efi", "grub/grub.cfg", "vmlinuz"] {
+        assert!(sent(file, &macs[0]), "{file} over TFTP: {log}");
     }
+    assert!(
+        sent("ipxe.efi", &macs[1]),
+        "the iPXE machine got iPXE: {log}"
+    );
+    assert!(!sent("shimx64.efi", &macs[1]), "and no shim: {log}");
 }
 
 /// The negative case: Secure Boot on and a profile with the default iPXE loader. The firmware

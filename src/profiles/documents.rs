@@ -267,9 +267,17 @@ impl ProfileSet {
         ctx.insert("kernel".into(), to_value(&kernel));
         ctx.insert("initrds".into(), to_value(&initrds));
         ctx.insert("args".into(), to_value(&args));
-        let body = self.render_named(&profile.boot.grub_script, &ctx)?;
+        self.render_script(&profile.boot.grub_script, &ctx)
+    }
+
+    /// A boot script (iPXE's or GRUB's) from its template.
+    fn render_script(
+        &self,
+        name: &str,
+        ctx: &BTreeMap<String, Value>,
+    ) -> Result<Rendered, DocumentError> {
         Ok(Rendered {
-            body,
+            body: self.render_named(name, ctx)?,
             content_type: "text/plain; charset=utf-8",
         })
     }
@@ -295,11 +303,7 @@ impl ProfileSet {
         ctx.insert("initrds".into(), to_value(&parts.initrds));
         ctx.insert("initrd_names".into(), to_value(&names));
         ctx.insert("args".into(), to_value(&parts.args));
-        let body = self.render_named(&profile.boot.script, &ctx)?;
-        Ok(Rendered {
-            body,
-            content_type: "text/plain; charset=utf-8",
-        })
+        self.render_script(&profile.boot.script, &ctx)
     }
 
     /// The chain script every iPXE client fetches first (`/boot.ipxe`).
