@@ -4,8 +4,9 @@
 #   target/lab/qemu/usr/bin/qemu-system-x86_64   QEMU, unpacked (never installed: installing
 #                                                qemu-system-x86 would remove the machine's
 #                                                newer qemu-utils; see PXE-LAB.md)
-#   target/lab/secureboot/shimx64.efi, grubx64.efi
+#   target/lab/secureboot/shimx64.efi, grubx64.efi, grubx64-2.12.efi
 #                                                Debian's signed shim and network GRUB
+#                                                (Debian 12's 2.06 and Debian 13's 2.12)
 #   target/lab/os/vmlinuz, target/lab/os/initrd.img
 #                                                the OS under test: Debian's kernel and a busybox
 #                                                initramfs whose /init fetches its Ignition
@@ -68,5 +69,23 @@ if [ ! -s "$lab/secureboot/shimx64.efi" ] || [ ! -s "$lab/secureboot/grubx64.efi
   cp "$lab/unpack-sb/usr/lib/shim/shimx64.efi.signed" "$lab/secureboot/shimx64.efi"
   cp "$lab/unpack-sb/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed" "$lab/secureboot/grubx64.efi"
   rm -rf "$lab/unpack-sb"
+fi
+# Debian 13's signed GRUB 2.12 for Secure Boot over UEFI HTTP boot (Debian 12's 2.06 starts no
+# network after HTTP boot): trixie's package through a private apt configuration, so apt
+# checks the archive's signatures and the host's sources stay as they are.
+if [ ! -s "$lab/secureboot/grubx64-2.12.efi" ]; then
+  echo "lab: unpacking Debian 13's grub-efi-amd64-signed (GRUB 2.12)"
+  apt=$lab/apt-trixie
+  rm -rf "$apt" "$lab/unpack-sb13"
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs" "$lab/unpack-sb13"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" > "$apt/sources.list"
+  opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Dir::State::Status=/dev/null
+        -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false)
+  apt-get "${opts[@]}" update >/dev/null
+  (cd "$apt/debs" && apt-get "${opts[@]}" download grub-efi-amd64-signed 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  dpkg-deb -x "$(ls "$apt"/debs/grub-efi-amd64-signed_*.deb | head -1)" "$lab/unpack-sb13"
+  cp "$lab/unpack-sb13/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed" "$lab/secureboot/grubx64-2.12.efi"
+  rm -rf "$lab/unpack-sb13" "$apt/lists" "$apt/cache"
 fi
 echo "lab: ready in $lab ($(du -sh "$lab/os/initrd.img" | cut -f1) initramfs)"

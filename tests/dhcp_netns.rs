@@ -665,6 +665,7 @@ fn proxy_mode_beside_dnsmasq() {
         "vd0",
         "10.77.0.100,10.77.0.110,255.255.255.0,10m",
         &leases,
+        &[],
     );
 
     let ipxe = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");

@@ -38,6 +38,18 @@ enum Firmware {
     UefiHttp,
     /// OVMF with Secure Boot enforced (Microsoft's keys enrolled): only signed loaders run.
     SecureBoot,
+    /// Secure Boot enforced and PXE off: the signed loaders come over UEFI HTTP boot.
+    SecureBootHttp,
+}
+
+impl Firmware {
+    fn secure(self) -> bool {
+        matches!(self, Firmware::SecureBoot | Firmware::SecureBootHttp)
+    }
+
+    fn http_boot(self) -> bool {
+        matches!(self, Firmware::UefiHttp | Firmware::SecureBootHttp)
+    }
 }
 
 fn lab_dir() -> PathBuf {
@@ -94,6 +106,10 @@ struct Lab {
     loaders: Vec<Option<&'static str>>,
     /// Appended to Kindling's config.
     extra_config: String,
+    /// Kindling's HTTP port.
+    http_port: u16,
+    /// The signed GRUB Kindling serves (Debian 12's 2.06 unless a scenario needs 2.12).
+    grub: PathBuf,
 }
 
 impl Drop for Lab {
@@ -126,6 +142,8 @@ impl Lab {
             reboot_on_failure: false,
             loaders: Vec::new(),
             extra_config: String::new(),
+            http_port: 8080,
+            grub: lab_dir().join("secureboot/grubx64.efi"),
         };
         ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         ip(&[
@@ -147,8 +165,9 @@ impl Lab {
         lab
     }
 
-    /// dnsmasq as the LAN's plain DHCP server, in its own namespace on the bridge.
-    fn add_dnsmasq(&mut self) {
+    /// dnsmasq as the LAN's plain DHCP server, in its own namespace on the bridge, with
+    /// `extra` options.
+    fn add_dnsmasq(&mut self, extra: &[&str]) {
         let d = format!("{}d", self.ns);
         ip(&["netns", "add", &d]);
         self.net.names.push(d.clone());
@@ -172,6 +191,7 @@ impl Lab {
             "vd0",
             "10.99.0.100,10.99.0.150,255.255.255.0,10m",
             &leases,
+            extra,
         );
     }
 
@@ -188,18 +208,19 @@ impl Lab {
             "mode = \"proxy\"\ninterfaces = [\"br0\"]\n".to_string()
         };
         let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe");
+        let port = self.http_port;
         write(
             root,
             "kindling.toml",
             &format!(
                 // config_access = "token": the VMs fetch their config and report with the boot
                 // secret their iPXE script handed them, or not at all.
-                "[server]\nbase_url = \"http://{KINDLING_IP}:8080\"\n[http]\nlisten = \"{KINDLING_IP}:8080\"\nconfig_access = \"token\"\n\
+                "[server]\nbase_url = \"http://{KINDLING_IP}:{port}\"\n[http]\nlisten = \"{KINDLING_IP}:{port}\"\nconfig_access = \"token\"\n\
                  [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\nshim = \"{}\"\ngrub = \"{}\"\n\
                  [tftp]\nenabled = true\n[dhcp]\n{dhcp}{}",
                 scripts.display(),
                 lab_dir().join("secureboot/shimx64.efi").display(),
-                lab_dir().join("secureboot/grubx64.efi").display(),
+                self.grub.display(),
                 self.extra_config,
             ),
         );
@@ -225,11 +246,7 @@ impl Lab {
             .args(["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"])
             .args([
                 "-machine",
-                if fw == Firmware::SecureBoot {
-                    "q35,smm=on"
-                } else {
-                    "q35"
-                },
+                if fw.secure() { "q35,smm=on" } else { "q35" },
                 "-accel",
                 "tcg",
                 "-m",
@@ -252,15 +269,18 @@ impl Lab {
             Firmware::Bios => {
                 cmd.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
             }
-            Firmware::Uefi | Firmware::UefiHttp | Firmware::SecureBoot => {
-                if fw == Firmware::UefiHttp {
+            Firmware::Uefi
+            | Firmware::UefiHttp
+            | Firmware::SecureBoot
+            | Firmware::SecureBootHttp => {
+                if fw.http_boot() {
                     for v in ["IPv4PXESupport", "IPv6PXESupport"] {
                         cmd.arg("-fw_cfg")
                             .arg(format!("name=opt/org.tianocore/{v},string=n"));
                     }
                 }
                 // Secure Boot: the secboot build, Microsoft's keys, its flash locked to SMM.
-                let (code, vars_from) = if fw == Firmware::SecureBoot {
+                let (code, vars_from) = if fw.secure() {
                     cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
                     ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
                 } else {
@@ -342,7 +362,10 @@ impl Lab {
     fn record(&self, mac: &str) -> serde_json::Value {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns, "curl", "-sf"])
-            .arg(format!("http://{KINDLING_IP}:8080/api/v1/machines/{mac}"))
+            .arg(format!(
+                "http://{KINDLING_IP}:{}/api/v1/machines/{mac}",
+                self.http_port
+            ))
             .output()
             .unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
@@ -420,7 +443,7 @@ fn scenario(tag: &str, fw: Firmware, mode: &str, vms: u8, limit: Duration) -> La
     let macs = macs(1, vms);
     let mut lab = Lab::new(tag, macs.len());
     if mode == "proxy" {
-        lab.add_dnsmasq();
+        lab.add_dnsmasq(&[]);
     }
     lab.start_kindling(mode, &macs);
     let started = Instant::now();
@@ -436,7 +459,7 @@ fn scenario(tag: &str, fw: Firmware, mode: &str, vms: u8, limit: Duration) -> La
     // iPXE ROMs (QEMU's BIOS) start at iPXE; OVMF's PXE client fetches ipxe.efi first.
     let states: &[&str] = match fw {
         Firmware::Bios => &["dhcp", "ipxe", "kernel", "config", "provisioned"],
-        Firmware::Uefi | Firmware::UefiHttp | Firmware::SecureBoot => &[
+        Firmware::Uefi | Firmware::UefiHttp | Firmware::SecureBoot | Firmware::SecureBootHttp => &[
             "dhcp",
             "firmware",
             "ipxe",
@@ -448,6 +471,16 @@ fn scenario(tag: &str, fw: Firmware, mode: &str, vms: u8, limit: Duration) -> La
     lab.check_provisioned(&macs, states);
     lab
 }
+
+/// shim or GRUB fetched (`firmware`), grub.cfg served (`ipxe`), then as with iPXE.
+const SECURE_BOOT_STATES: &[&str] = &[
+    "dhcp",
+    "firmware",
+    "ipxe",
+    "kernel",
+    "config",
+    "provisioned",
+];
 
 macro_rules! skip_unless_lab {
     ($name:literal) => {
@@ -818,17 +851,7 @@ fn secure_boot_vm_boots_through_shim_and_grub() {
         "Secure Boot through GRUB, and plain UEFI through iPXE: both provisioned in {:?}",
         started.elapsed()
     );
-    lab.check_provisioned(
-        &macs,
-        &[
-            "dhcp",
-            "firmware",
-            "ipxe",
-            "kernel",
-            "config",
-            "provisioned",
-        ],
-    );
+    lab.check_provisioned(&macs, SECURE_BOOT_STATES);
     let text = std::fs::read_to_string(&lab.vms[0].1).unwrap();
     assert!(
         text.contains("secureboot=enabled"),
@@ -897,4 +920,131 @@ fn secure_boot_refuses_ipxe_and_the_machine_stalls_in_firmware() {
         explained.contains("iPXE is not signed") && explained.contains("loader = \"grub\""),
         "{explained}"
     );
+}
+
+/// Secure Boot over UEFI HTTP boot: OVMF (Secure Boot on, PXE off) gets the shim's http://
+/// URL, shim fetches GRUB from the same directory (as `/boot//grubx64.efi`, after three
+/// optional files it is told 404 for), GRUB HEADs and GETs `/grub/grub.cfg` and fetches kernel
+/// and initrd over HTTP (`(http,10.99.0.2:8080)/assets/…`); nothing over TFTP. Debian 13's
+/// GRUB 2.12: Debian 12's 2.06 starts no network after HTTP boot.
+#[test]
+fn secure_boot_over_uefi_http_boot() {
+    skip_unless_lab!("secure_boot_over_uefi_http_boot");
+    let grub = lab_dir().join("secureboot/grubx64-2.12.efi");
+    if !grub.exists() {
+        eprintln!(
+            "SKIP secure_boot_over_uefi_http_boot: the lab has no GRUB 2.12 (scripts/lab.sh)"
+        );
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let macs = macs(1, 1);
+    let mut lab = Lab::new("esh", macs.len());
+    lab.loaders = vec![Some("grub")];
+    lab.grub = grub;
+    lab.start_kindling("full", &macs);
+    let started = Instant::now();
+    lab.boot(0, &macs[0], Firmware::SecureBootHttp);
+    lab.wait_all(Duration::from_secs(180));
+    eprintln!(
+        "Secure Boot over UEFI HTTP boot: provisioned in {:?}",
+        started.elapsed()
+    );
+    lab.check_provisioned(&macs, SECURE_BOOT_STATES);
+    let text = std::fs::read_to_string(&lab.vms[0].1).unwrap();
+    assert!(text.contains("secureboot=enabled"), "not under Secure Boot");
+    let log = lab.daemon().log_text();
+    for path in [
+        "/boot/shimx64.efi",
+        "/boot/grubx64.efi",
+        "/grub/grub.cfg",
+        "/assets/vmlinuz",
+        "/assets/initrd.img",
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains("method=GET")
+                && l.contains(&format!("path={path} "))
+                && l.contains("status=200")),
+            "{path} over HTTP: {log}"
+        );
+    }
+    assert!(!log.contains("TFTP sent"), "nothing over TFTP: {log}");
+    assert_eq!(served_grub_cfg_via(&lab.record(&macs[0])), "http");
+}
+
+/// Secure Boot in proxy mode beside dnsmasq: dnsmasq hands out the address and names
+/// Kindling as next-server (Debian's GRUB asks the server of the address server's answer for
+/// grub.cfg, not the proxy's); Kindling's proxy offer names the shim; the rest as in full mode.
+#[test]
+fn secure_boot_in_proxy_mode_beside_dnsmasq() {
+    skip_unless_lab!("secure_boot_in_proxy_mode_beside_dnsmasq");
+    if !lab_dir().join("secureboot/grubx64.efi").exists() {
+        eprintln!(
+            "SKIP secure_boot_in_proxy_mode_beside_dnsmasq: the lab has no signed shim and GRUB (scripts/lab.sh)"
+        );
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let macs = macs(1, 1);
+    let mut lab = Lab::new("esp", macs.len());
+    lab.add_dnsmasq(&[&format!("--dhcp-boot=,,{KINDLING_IP}")]);
+    lab.loaders = vec![Some("grub")];
+    lab.start_kindling("proxy", &macs);
+    let started = Instant::now();
+    lab.boot(0, &macs[0], Firmware::SecureBoot);
+    lab.wait_all(Duration::from_secs(180));
+    eprintln!(
+        "Secure Boot in proxy mode: provisioned in {:?}",
+        started.elapsed()
+    );
+    lab.check_provisioned(&macs, SECURE_BOOT_STATES);
+    let text = std::fs::read_to_string(&lab.vms[0].1).unwrap();
+    assert!(text.contains("secureboot=enabled"), "not under Secure Boot");
+    let log = lab.daemon().log_text();
+    assert!(
+        log.contains("proxy DHCP offer") && log.contains("boot=shimx64.efi"),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("DHCP ack mac") && !l.contains("proxy DHCP ack")),
+        "the address came from dnsmasq: {log}"
+    );
+    for file in ["shimx64.efi", "grubx64.efi", "grub/grub.cfg"] {
+        assert!(
+            log.lines().any(|l| l.contains("TFTP sent")
+                && l.contains(&macs[0])
+                && (l.contains(&format!("file={file} ")) || l.contains(&format!("file=/{file} ")))),
+            "{file} over TFTP: {log}"
+        );
+    }
+    assert_eq!(served_grub_cfg_via(&lab.record(&macs[0])), "tftp");
+    // explain tells what the address server must do.
+    let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+        .args(["explain", "--config"])
+        .arg(lab.dir.path().join("kindling.toml"))
+        .args(["--mac", &macs[0], "--arch", "7"])
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        explained.contains("boot file:  shimx64.efi") && explained.contains("next-server"),
+        "{explained}"
+    );
+}
+
+/// Where the history says the grub.cfg went out: `tftp` or `http`.
+fn served_grub_cfg_via(rec: &serde_json::Value) -> String {
+    rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| {
+            h["event"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("served grub.cfg")
+        })
+        .map(|h| h["source"].as_str().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("no grub.cfg in {rec:#}"))
 }

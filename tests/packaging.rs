@@ -15,15 +15,41 @@ fn read(rel: &str) -> String {
 fn dockerfile_copies_only_existing_files_and_is_multi_stage() {
     let text = read("Dockerfile");
     let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
-    assert_eq!(froms.len(), 2, "build stage + runtime stage: {froms:?}");
+    assert_eq!(
+        froms.len(),
+        3,
+        "build stage + signed binaries + runtime stage: {froms:?}"
+    );
     assert!(
         froms[0].contains("rust:") && froms[0].ends_with(" AS build"),
         "{froms:?}"
     );
     assert!(
-        froms[1].contains("debian:") && froms[1].contains("slim"),
+        froms[1].contains("debian:") && froms[1].ends_with(" AS signed"),
         "{froms:?}"
     );
+    assert!(
+        froms[2].contains("debian:") && froms[2].contains("slim"),
+        "{froms:?}"
+    );
+    // The Secure Boot chain's signed binaries: downloaded and unpacked, never installed, and
+    // put where [paths] shim and grub look by default.
+    let signed_stage = &text[text.find(froms[1]).unwrap()..text.find(froms[2]).unwrap()];
+    assert!(
+        signed_stage.contains("apt-get download shim-signed grub-efi-amd64-signed")
+            && signed_stage.contains("dpkg-deb -x")
+            && !signed_stage.contains("apt-get install"),
+        "{signed_stage}"
+    );
+    let defaults = kindling::config::PathsConfig::default();
+    for path in [&defaults.shim, &defaults.grub] {
+        let dest = path.display().to_string();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("COPY --from=signed ") && l.ends_with(&format!(" {dest}"))),
+            "the image has no {dest}"
+        );
+    }
     assert!(text.contains("apt-get install -y --no-install-recommends ipxe"));
     for line in text
         .lines()

@@ -17,8 +17,9 @@ fn lab() -> tempfile::TempDir {
     write(
         root,
         "kindling.toml",
-        "[http]\nlisten = \"127.0.0.1:0\"\n[paths]\nipxe_scripts = \"ipxe\"\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[paths]\nipxe_scripts = \"ipxe\"\nipxe_binaries = \"bin\"\n",
     );
+    write(root, "bin/ipxe.efi", "MZ not really iPXE");
     for f in ["boot.ipxe.j2", "profile.ipxe.j2"] {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").join(f);
         write(
@@ -205,6 +206,19 @@ fn curl_sees_the_same() {
             "{path} escaped the assets directory"
         );
     }
+    // Header names as nginx writes them: GRUB's HTTP client reads `Content-Length:` only.
+    assert!(body.contains("Content-Length: 31457280\r\n"), "{body}");
+    // shim asks for its second stage as `<dir>//grubx64.efi`: slashes are merged.
+    let (code, body) = curl(&["--path-as-is", &d.url("/boot//ipxe.efi")]);
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("200", "MZ not really iPXE")
+    );
+    // A missing optional file under /boot/ closes the connection (shim waits 10 s on a
+    // kept-alive one).
+    let (code, head) = curl(&["-i", &d.url("/boot/revocations_sbat.efi")]);
+    assert_eq!(code, "404");
+    assert!(head.contains("Connection: close\r\n"), "{head}");
     assert_eq!(curl(&[&d.url("/ipxe?mac=nonsense")]).0, "400");
     assert_eq!(curl(&[&d.url("/ipxe?mac=52:54:00:00:00:99")]).0, "404");
     assert_eq!(

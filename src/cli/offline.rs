@@ -171,5 +171,13 @@ pub(super) fn explain(
     for step in &why {
         println!("  - {step}");
     }
+    if config.dhcp.mode == crate::config::DhcpMode::Proxy
+        && matches!(&decision.boot_file, Some(BootFile::Tftp(f)) if *f == config.dhcp.boot_files.shim)
+    {
+        println!(
+            "  - proxy mode: GRUB asks the server named in the address server's answer for grub/grub.cfg, not the proxy: \
+             that server must name this one as next-server (dnsmasq dhcp-boot=,,<this server's address>; dhcpd/Kea next-server)"
+        );
+    }
     ExitCode::SUCCESS
 }

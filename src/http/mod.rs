@@ -25,7 +25,7 @@ use axum::body::HttpBody as _;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,7 +37,7 @@ use crate::config::{Config, ConfigAccess};
 use crate::inventory::{BootView, Inventory, plan};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
-use crate::profiles::{DocumentError, What};
+use crate::profiles::{DocumentError, GrubVia, What};
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -177,19 +177,26 @@ pub fn router(state: HttpState) -> Router {
         );
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
-        .route("/ipxe", get(|s, p, q| machine_doc(s, p, q, What::Ipxe)))
-        .route("/grub", get(|s, p, q| machine_doc(s, p, q, What::Grub)))
+        .route(
+            "/ipxe",
+            get(|s, p, m, q| machine_doc(s, p, m, q, What::Ipxe)),
+        )
+        .route(
+            "/grub",
+            get(|s, p, m, q| machine_doc(s, p, m, q, What::Grub(GrubVia::Http))),
+        )
+        .route("/grub/grub.cfg", get(grub_cfg_by_address))
         .route(
             "/ignition",
-            get(|s, p, q| machine_doc(s, p, q, What::Ignition)),
+            get(|s, p, m, q| machine_doc(s, p, m, q, What::Ignition)),
         )
         .route(
             "/metadata",
-            get(|s, p, q| machine_doc(s, p, q, What::Metadata)),
+            get(|s, p, m, q| machine_doc(s, p, m, q, What::Metadata)),
         )
         .route(
             "/generic",
-            get(|s, p, q| machine_doc(s, p, q, What::Generic(None))),
+            get(|s, p, m, q| machine_doc(s, p, m, q, What::Generic(None))),
         )
         .route("/generic/{name}", get(generic_named))
         .route("/healthz", get(healthz))
@@ -229,10 +236,18 @@ async fn boot_ipxe(State(st): State<HttpState>) -> Result<Response, HttpError> {
 async fn generic_named(
     State(st): State<HttpState>,
     peer: PeerIp,
+    method: Method,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, HttpError> {
-    machine_doc(State(st), peer, RawQuery(q), What::Generic(Some(name))).await
+    machine_doc(
+        State(st),
+        peer,
+        method,
+        RawQuery(q),
+        What::Generic(Some(name)),
+    )
+    .await
 }
 
 /// The client's address, when the server was started with connect info (not in `oneshot`
@@ -259,6 +274,30 @@ fn peer_ipv4(ext: &axum::http::Extensions) -> Option<std::net::Ipv4Addr> {
     }
 }
 
+/// `GET /grub/grub.cfg`: GRUB's own request after UEFI HTTP boot (its prefix is
+/// `(http,<server>:<port>)/grub`); the machine is the one at the client's address.
+async fn grub_cfg_by_address(
+    State(st): State<HttpState>,
+    PeerIp(peer): PeerIp,
+    method: Method,
+) -> Result<Response, HttpError> {
+    let Some(ip) = peer else {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "grub/grub.cfg: the client's address is unknown",
+        ));
+    };
+    let Some(mac) = st.inventory.mac_by_ip(ip) else {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            format!("grub/grub.cfg: no machine is known at {ip} (its DHCP exchange names it)"),
+        ));
+    };
+    let q = RawQuery(Some(format!("mac={mac}")));
+    let what = What::Grub(GrubVia::Http);
+    machine_doc(State(st), PeerIp(Some(ip)), method, q, what).await
+}
+
 /// The grub.cfg of `mac` as its GRUB asks over TFTP from `peer`: what `/grub?mac=` from that
 /// address answers (same access rules, next boot and boot states), or why not.
 pub async fn grub_cfg(
@@ -267,7 +306,8 @@ pub async fn grub_cfg(
     peer: std::net::Ipv4Addr,
 ) -> Result<Vec<u8>, String> {
     let q = RawQuery(Some(format!("mac={mac}")));
-    match machine_doc(State(st), PeerIp(Some(peer)), q, What::Grub).await {
+    let what = What::Grub(GrubVia::Tftp);
+    match machine_doc(State(st), PeerIp(Some(peer)), Method::GET, q, what).await {
         Ok(resp) => axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .map(|b| b.to_vec())
@@ -285,9 +325,13 @@ const CLAIM_TRIES: u32 = 3;
 /// What is served is [`plan::serve`] (the operator's one-shot next boot, the profile's
 /// `after_provision`, the profile `/ipxe` came from), decided and the one-shot used up in one
 /// inventory step; it is given back if the render then fails.
+///
+/// A HEAD of a boot script (GRUB's HTTP client sends one before its GET) changes nothing: it
+/// answers with the length the GET will have, next boot included, and begins no boot.
 async fn machine_doc(
     State(st): State<HttpState>,
     PeerIp(peer): PeerIp,
+    method: Method,
     RawQuery(q): RawQuery,
     what: What,
 ) -> Result<Response, HttpError> {
@@ -306,7 +350,7 @@ async fn machine_doc(
     let allowed = match (st.config.http.config_access, &what) {
         (ConfigAccess::Open, _) => true,
         // The boot script (and the secret in it) goes only to the machine itself.
-        (_, What::Ipxe | What::Grub) => access.from_machine,
+        (_, What::Ipxe | What::Grub(_)) => access.from_machine,
         (ConfigAccess::TokenOrSource, _) => access.token_ok || access.from_machine,
         (ConfigAccess::Token, _) => access.token_ok,
     };
@@ -324,7 +368,8 @@ async fn machine_doc(
     // Only the machine's own requests change its record (with open access, every request
     // counts as the machine's, as in Matchbox).
     let open = st.config.http.config_access == ConfigAccess::Open;
-    let own = open || access.from_machine || access.token_ok;
+    let look_only = method == Method::HEAD && what.is_boot_script();
+    let own = (open || access.from_machine || access.token_ok) && !look_only;
     let mut facts = if own {
         st.inventory.observe_from(facts, peer)
     } else {
@@ -346,7 +391,7 @@ async fn machine_doc(
     };
     // The one-shot next boot is used up only by the machine's own boot script request; with
     // instances sharing a store, only by the one whose claim there succeeds.
-    let may_use = open || access.from_machine;
+    let may_use = (open || access.from_machine) && !look_only;
     let mut skip_next = false;
     let mut tries = 0;
     let (decision, taken) = loop {
@@ -386,8 +431,13 @@ async fn machine_doc(
             .for_machine(mac, Some(&m.profile.name))
     })?;
     facts.secret = if what.is_boot_script() && access.from_machine && !serve.local {
-        // A new boot: a new secret, in every URL its script hands on.
-        st.inventory.begin_boot(mac, peer)
+        if look_only {
+            // As long as the secret the GET will mint.
+            Some("0".repeat(32))
+        } else {
+            // A new boot: a new secret, in every URL its script hands on.
+            st.inventory.begin_boot(mac, peer)
+        }
     } else {
         access.secret.clone()
     };
@@ -421,13 +471,16 @@ async fn machine_doc(
             .for_machine(mac, Some(name)));
         }
     };
-    st.inventory.served(
-        mac,
-        name,
-        &serve.served,
-        serve.step,
-        serve.redirected.clone(),
-    );
+    if !look_only {
+        st.inventory.served(
+            mac,
+            name,
+            &serve.served,
+            serve.step,
+            serve.redirected.clone(),
+            what.transport(),
+        );
+    }
     tracing::debug!(%mac, profile = name, reason = %m.reason, "profile chosen");
     let mut resp = doc.body.into_response();
     resp.headers_mut().insert(
@@ -463,7 +516,15 @@ async fn track_fetches(State(st): State<HttpState>, req: Request, next: Next) ->
                 .find(|(k, _)| k == "mac")
                 .and_then(|(_, v)| v.parse::<MacAddr>().ok())
         });
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    if path.starts_with("/boot/") && !resp.status().is_success() {
+        // shim asks for optional files (revocations_sbat.efi, …) and, told 404 on a
+        // connection left open, waits for the idle timeout (10 s each) before going on.
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     if let Some(ip) = peer
         && resp.status().is_success()
         && let Some(mac) = st.inventory.mac_by_ip(ip).or(named)

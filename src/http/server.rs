@@ -111,6 +111,7 @@ pub async fn serve(
             app.clone(),
             move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                merge_slashes(&mut req);
                 req
             },
         );
@@ -118,6 +119,9 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .keep_alive(true)
+            // `Content-Length:`, not `content-length:`: GRUB's HTTP client (and other
+            // firmware) compares header names case-sensitively, as nginx writes them.
+            .title_case_headers(true)
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -130,6 +134,32 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// `/boot//grubx64.efi` → `/boot/grubx64.efi`: shim builds its second stage's URL as its own
+/// directory (with the slash) + `/` + the file name, as nginx and Apache would merge them.
+fn merge_slashes<B>(req: &mut hyper::Request<B>) {
+    let path = req.uri().path();
+    if !path.contains("//") {
+        return;
+    }
+    let mut merged = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    if let Some(q) = req.uri().query() {
+        merged.push('?');
+        merged.push_str(q);
+    }
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = merged.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
 }
 
 /// A place for a connection from `ip`, within the caps.

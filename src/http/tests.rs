@@ -1120,3 +1120,70 @@ async fn without_dhcp_the_first_address_binds_the_boot() {
         StatusCode::FORBIDDEN
     );
 }
+
+/// GRUB's HTTP client HEADs its grub.cfg before the GET: the HEAD changes nothing (the
+/// one-shot next boot stays, no boot begins) and tells the length the GET then has.
+#[tokio::test]
+async fn a_head_of_a_boot_script_changes_nothing_and_tells_the_get_length() {
+    let f = fixture();
+    walk_boot_path(&f, N1).await;
+    let ip = [10, 0, 0, 50];
+    let uri = format!("/api/v1/machines/{N1}/reinstall");
+    let (status, _) = api(&f, "POST", &uri, Some("s3cret"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let head = |path: &str| {
+        let req = Request::head(path).body(Body::empty()).unwrap();
+        request(&f, from_ip(req, ip))
+    };
+    let machine = || api(&f, "GET", "/api/v1/machines/52:54:00:00:00:01", None, None);
+    for path in [format!("/ipxe?mac={N1}"), "/grub/grub.cfg".to_string()] {
+        let (status, headers, body) = head(&path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert!(body.is_empty(), "{path}");
+        let length: usize = headers[header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (_, m) = machine().await;
+        assert_eq!(
+            m["state"], "provisioned",
+            "{path}: HEAD moved the state: {m}"
+        );
+        assert_eq!(
+            m["next_boot"]["boot"], "install",
+            "{path}: HEAD used it up: {m}"
+        );
+        let (status, body) = get_from(&f, &path, ip).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body.len(),
+            length,
+            "{path}: GET and HEAD lengths differ:\n{body}"
+        );
+        assert!(
+            body.contains("assets/os/vmlinuz"),
+            "{path}: the install: {body}"
+        );
+        let (_, m) = machine().await;
+        assert!(m["next_boot"].is_null(), "{path}: the GET used it up: {m}");
+        assert_eq!(m["state"], "ipxe", "{m}");
+        // The rest of the install, then a reinstall for the next round.
+        get_from(&f, "/assets/os/vmlinuz", ip).await;
+        get_from(&f, &format!("/ignition?mac={N1}"), ip).await;
+        post_from(&f, &format!("/api/v1/report?mac={N1}"), ip).await;
+        assert_eq!(state_of(&f, N1).await, "provisioned");
+        let (status, _) = api(&f, "POST", &uri, Some("s3cret"), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // GRUB over HTTP boot fetches its kernel over HTTP.
+    let (_, body) = get_from(&f, "/grub/grub.cfg", ip).await;
+    assert!(
+        body.contains("linux (http,10.0.0.2:8080)/assets/os/vmlinuz"),
+        "{body}"
+    );
+    // A client whose address no machine has gets a reason.
+    let (status, body) = get_from(&f, "/grub/grub.cfg", [10, 0, 0, 99]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("no machine is known at 10.0.0.99"), "{body}");
+}

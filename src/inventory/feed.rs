@@ -198,9 +198,10 @@ impl Inventory {
         what: &str,
         step: Option<Step>,
         booting_profile: Option<String>,
+        source: &'static str,
     ) {
         let event = format!("served {what} (profile {profile})");
-        self.apply_known(mac, "http", event, step, |rec, _| {
+        self.apply_known(mac, source, event, step, |rec, _| {
             if !rec.declared || rec.profile.is_none() {
                 rec.profile = Some(profile.to_string());
             }

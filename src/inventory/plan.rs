@@ -113,10 +113,10 @@ pub fn serve<'a>(
             (Some(Step::LocalBoot), "ipxe (local disk)".to_string())
         }
         What::Ipxe => (Some(Step::Script), "ipxe".to_string()),
-        What::Grub if local || profile.boot.local => {
+        What::Grub(_) if local || profile.boot.local => {
             (Some(Step::LocalBoot), "grub.cfg (local disk)".to_string())
         }
-        What::Grub => (Some(Step::Script), "grub.cfg".to_string()),
+        What::Grub(_) => (Some(Step::Script), "grub.cfg".to_string()),
         What::Ignition | What::Generic(_) => (Some(Step::Config), what.label()),
         What::Metadata => (None, what.label()),
     };

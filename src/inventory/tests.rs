@@ -44,11 +44,11 @@ fn walk_install(inv: &Inventory, m: MacAddr) {
     inv.dhcp(m, seen("ack", DhcpClient::Firmware, Some(ip)));
     inv.tftp_fetched(m, "ipxe.efi");
     inv.dhcp(m, seen("ack", DhcpClient::Ipxe, Some(ip)));
-    inv.served(m, "worker", "ipxe", Some(Step::Script), None);
+    inv.served(m, "worker", "ipxe", Some(Step::Script), None, "http");
     inv.asset(m, "/assets/os/vmlinuz");
     inv.asset(m, "/assets/os/initrd");
     inv.dhcp(m, seen("ack", DhcpClient::Os, Some(ip)));
-    inv.served(m, "worker", "ignition", Some(Step::Config), None);
+    inv.served(m, "worker", "ignition", Some(Step::Config), None, "http");
     inv.report(m, "provisioned", None);
 }
 
@@ -116,7 +116,7 @@ async fn the_sweeper_marks_stalls_with_their_phase() {
     let (a, b) = (mac(1), mac(2));
     inv.woken(a, "test");
     inv.observe(Facts::from_mac(b));
-    inv.served(b, "worker", "ipxe", Some(Step::Script), None);
+    inv.served(b, "worker", "ipxe", Some(Step::Script), None, "http");
     inv.asset(b, "/assets/k");
     tokio::time::sleep(Duration::from_secs(29)).await;
     assert_eq!(inv.get(a).unwrap().state, BootState::Waking);
@@ -146,7 +146,7 @@ async fn the_sweeper_marks_stalls_with_their_phase() {
     let ra = inv.get(a).unwrap();
     assert_eq!(ra.state, BootState::Dhcp);
     assert_eq!(ra.wake.unwrap().outcome, WakeOutcome::Late);
-    inv.served(b, "worker", "ignition", Some(Step::Config), None);
+    inv.served(b, "worker", "ignition", Some(Step::Config), None, "http");
     assert_eq!(inv.get(b).unwrap().state, BootState::Config);
     // Stalled once, not once per sweep.
     let stalls = rb

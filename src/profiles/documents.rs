@@ -31,9 +31,19 @@ pub enum What {
     Metadata,
     /// A generic template (`/generic`), by name; `None` picks the profile's only one.
     Generic(Option<String>),
-    /// The GRUB config (`/grub`, TFTP `grub/grub.cfg`): the boot script of the shim → GRUB
-    /// chain.
-    Grub,
+    /// The GRUB config (`/grub`, `grub/grub.cfg` over TFTP or HTTP): the boot script of the
+    /// shim → GRUB chain.
+    Grub(GrubVia),
+}
+
+/// How GRUB fetched its grub.cfg, and so how it fetches kernel and initrds: a GRUB that came
+/// over TFTP (Debian 12's GRUB 2.06 among them) reads assets over TFTP from the same server;
+/// one that came over UEFI HTTP boot may have no TFTP server at all, so its assets come over
+/// HTTP (`(http,host:port)/…`, GRUB 2.12 and later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrubVia {
+    Tftp,
+    Http,
 }
 
 impl What {
@@ -45,14 +55,22 @@ impl What {
             What::Metadata => "metadata".into(),
             What::Generic(None) => "generic".into(),
             What::Generic(Some(n)) => format!("generic:{n}"),
-            What::Grub => "grub.cfg".into(),
+            What::Grub(_) => "grub.cfg".into(),
+        }
+    }
+
+    /// How it goes to the machine, as boot state history records it.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            What::Grub(GrubVia::Tftp) => "tftp",
+            _ => "http",
         }
     }
 
     /// Whether this is the boot script of a boot (iPXE's or GRUB's): it decides the profile,
     /// uses up the one-shot next boot and begins a boot.
     pub fn is_boot_script(&self) -> bool {
-        matches!(self, What::Ipxe | What::Grub)
+        matches!(self, What::Ipxe | What::Grub(_))
     }
 }
 
@@ -78,8 +96,11 @@ pub enum DocumentError {
         /// `ignition`, `generic`, or `generic "name"`.
         what: String,
     },
-    /// A kernel or initrd GRUB cannot fetch: it is not under `assets/`.
-    #[error("GRUB fetches kernels and initrds from Kindling's TFTP: {0} is not under assets/")]
+    /// A kernel or initrd GRUB cannot fetch: over TFTP only files under `assets/`, over HTTP
+    /// only http:// URLs.
+    #[error(
+        "GRUB cannot fetch {0}: a GRUB that came over TFTP fetches kernels and initrds from Kindling's TFTP (files under assets/ only); one that came over HTTP fetches http:// URLs (no https)"
+    )]
     NotForGrub(String),
 }
 
@@ -164,16 +185,36 @@ fn asset_url(base_url: &str, s: &str) -> String {
     }
 }
 
-/// A kernel or initrd URL as GRUB fetches it: files under `<base_url>/assets/` come over
-/// TFTP from the server GRUB booted from (`(tftp)/<path>`; Kindling's TFTP serves assets).
-fn grub_path(base_url: &str, url: &str) -> Result<String, DocumentError> {
-    let prefix = format!("{base_url}/assets/");
-    match url.strip_prefix(&prefix) {
-        Some(rest) if !rest.is_empty() && !rest.contains(['?', '#']) => {
-            Ok(format!("(tftp)/{rest}"))
+/// A kernel or initrd URL as GRUB fetches it. Over TFTP: files under `<base_url>/assets/`
+/// come from the server GRUB booted from (`(tftp)/<path>`; Kindling's TFTP serves assets).
+/// Over HTTP: any http:// URL, as `(http,host:port)/path` (GRUB speaks no TLS).
+fn grub_path(base_url: &str, url: &str, via: GrubVia) -> Result<String, DocumentError> {
+    let not_for_grub = || DocumentError::NotForGrub(url.to_string());
+    let path = match via {
+        GrubVia::Tftp => {
+            let prefix = format!("{base_url}/assets/");
+            match url.strip_prefix(&prefix) {
+                Some(rest) if !rest.is_empty() && !rest.contains(['?', '#']) => {
+                    format!("(tftp)/{rest}")
+                }
+                _ => return Err(not_for_grub()),
+            }
         }
-        _ => Err(DocumentError::NotForGrub(url.to_string())),
-    }
+        GrubVia::Http => {
+            let rest = url.strip_prefix("http://").ok_or_else(not_for_grub)?;
+            let (host, path) = rest.split_once('/').ok_or_else(not_for_grub)?;
+            let path = path.split('#').next().unwrap_or(path);
+            if host.is_empty() || host.contains(['@', ',', ')', '(']) || path.is_empty() {
+                return Err(not_for_grub());
+            }
+            format!("(http,{host})/{path}")
+        }
+    };
+    // A word for GRUB's shell: quoted when it holds anything its parser would act on.
+    let plain = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "()/,:._-+=~%@&?".contains(c));
+    Ok(if plain { path } else { grub_quote(&path) })
 }
 
 /// One word for GRUB's shell: single-quoted, a `'` inside as `'\''` (GRUB quotes as sh does).
@@ -208,8 +249,8 @@ impl ProfileSet {
         what: &What,
     ) -> Result<Rendered, DocumentError> {
         let ctx = context(profile, machine, facts, base_url);
-        if *what == What::Grub {
-            return self.render_grub(profile, ctx, base_url, true);
+        if let What::Grub(via) = what {
+            return self.render_grub(profile, ctx, base_url, *via, true);
         }
         self.render_ipxe(profile, ctx, base_url, true)
     }
@@ -250,17 +291,18 @@ impl ProfileSet {
         profile: &Profile,
         mut ctx: BTreeMap<String, Value>,
         base_url: &str,
+        via: GrubVia,
         local: bool,
     ) -> Result<Rendered, DocumentError> {
         let parts = self.boot_parts(profile, &ctx, base_url)?;
         let kernel = match &parts.kernel {
-            Some(k) => Some(grub_path(base_url, k)?),
+            Some(k) => Some(grub_path(base_url, k, via)?),
             None => None,
         };
         let initrds = parts
             .initrds
             .iter()
-            .map(|u| grub_path(base_url, u))
+            .map(|u| grub_path(base_url, u, via))
             .collect::<Result<Vec<_>, _>>()?;
         let args: Vec<String> = parts.args.iter().map(|a| grub_quote(a)).collect();
         ctx.insert("local".into(), (local || profile.boot.local).into());
@@ -325,7 +367,7 @@ impl ProfileSet {
         let ctx = context(profile, machine, facts, base_url);
         match what {
             What::Ipxe => self.render_ipxe(profile, ctx, base_url, profile.boot.local),
-            What::Grub => self.render_grub(profile, ctx, base_url, false),
+            What::Grub(via) => self.render_grub(profile, ctx, base_url, *via, false),
             What::Ignition => {
                 let name = profile
                     .ignition
@@ -485,12 +527,39 @@ mod tests {
     #[test]
     fn grub_paths_and_quoting() {
         let b = "http://10.0.0.2:8080";
+        let tftp = |u| grub_path(b, u, GrubVia::Tftp);
+        let http = |u| grub_path(b, u, GrubVia::Http);
         assert_eq!(
-            grub_path(b, "http://10.0.0.2:8080/assets/fcos/kernel").unwrap(),
+            tftp("http://10.0.0.2:8080/assets/fcos/kernel").unwrap(),
             "(tftp)/fcos/kernel"
         );
-        assert!(grub_path(b, "http://mirror/k").is_err());
-        assert!(grub_path(b, "http://10.0.0.2:8080/assets/k?x=1").is_err());
+        assert!(tftp("http://mirror/k").is_err());
+        assert!(tftp("http://10.0.0.2:8080/assets/k?x=1").is_err());
+        assert_eq!(
+            tftp("http://10.0.0.2:8080/assets/my kernel").unwrap(),
+            "'(tftp)/my kernel'"
+        );
+        // Over HTTP: the server and port GRUB is to ask, any http:// URL, never https.
+        assert_eq!(
+            http("http://10.0.0.2:8080/assets/fcos/kernel").unwrap(),
+            "(http,10.0.0.2:8080)/assets/fcos/kernel"
+        );
+        assert_eq!(
+            http("http://mirror/os/k?v=2#x").unwrap(),
+            "(http,mirror)/os/k?v=2"
+        );
+        assert_eq!(
+            http("http://mirror/a'b$c").unwrap(),
+            "'(http,mirror)/a'\\''b$c'"
+        );
+        for bad in [
+            "https://mirror/k",
+            "http://mirror",
+            "http:///k",
+            "http://a,b/k",
+        ] {
+            assert!(http(bad).is_err(), "{bad}");
+        }
         assert_eq!(grub_quote("console=ttyS0"), "'console=ttyS0'");
         assert_eq!(grub_quote("a=it's $x; b"), "'a=it'\\''s $x; b'");
     }

@@ -31,7 +31,7 @@ use minijinja::Value;
 pub use crate::diag::Location;
 use crate::mac::MacAddr;
 use crate::render::Engine;
-pub use documents::{DocumentError, Rendered, What};
+pub use documents::{DocumentError, GrubVia, Rendered, What};
 pub use select::{Conditions, Facts, Specificity};
 
 /// Names templates may not use for variables: Kindling sets these itself.

@@ -794,7 +794,7 @@ fn grub_cfg_for_the_secure_boot_chain() {
     let f = facts("52:54:00:00:00:01");
     let m = set.machines.get(&f.mac);
     let cfg = set
-        .render(p, m, &f, "http://10.0.0.2:8080", &What::Grub)
+        .render(p, m, &f, "http://10.0.0.2:8080", &What::Grub(GrubVia::Tftp))
         .unwrap()
         .body;
     assert!(
@@ -804,8 +804,21 @@ fn grub_cfg_for_the_secure_boot_chain() {
     assert!(cfg.contains("'msg=it'\\''s sb-1'"), "{cfg}");
     assert!(cfg.contains("\ninitrd (tftp)/initrd.img\n"), "{cfg}");
     assert!(cfg.contains("\nboot"), "{cfg}");
+    // A GRUB that came over HTTP boot fetches its kernel over HTTP, port included.
+    let cfg = set
+        .render(p, m, &f, "http://10.0.0.2:8080", &What::Grub(GrubVia::Http))
+        .unwrap()
+        .body;
+    assert!(
+        cfg.contains("linux (http,10.0.0.2:8080)/assets/vmlinuz 'console=ttyS0'"),
+        "{cfg}"
+    );
+    assert!(
+        cfg.contains("\ninitrd (http,10.0.0.2:8080)/assets/initrd.img\n"),
+        "{cfg}"
+    );
     let local = set
-        .render_local(p, m, &f, "http://10.0.0.2:8080", &What::Grub)
+        .render_local(p, m, &f, "http://10.0.0.2:8080", &What::Grub(GrubVia::Http))
         .unwrap()
         .body;
     assert!(local.contains("\nexit"), "{local}");
@@ -817,16 +830,22 @@ fn grub_cfg_for_the_secure_boot_chain() {
         "far.toml",
         "[boot]\nloader = \"grub\"\nkernel = \"http://mirror.example/vmlinuz\"\n",
     )]);
-    let err = set
-        .render(
+    let far = |via| {
+        set.render(
             set.profile("far").unwrap(),
             None,
             &f,
             "http://10.0.0.2:8080",
-            &What::Grub,
+            &What::Grub(via),
         )
-        .unwrap_err();
-    assert!(err.to_string().contains("not under assets/"), "{err}");
+    };
+    let err = far(GrubVia::Tftp).unwrap_err();
+    assert!(
+        err.to_string().contains("files under assets/ only"),
+        "{err}"
+    );
+    let cfg = far(GrubVia::Http).unwrap().body;
+    assert!(cfg.contains("linux (http,mirror.example)/vmlinuz"), "{cfg}");
 }
 
 /// A machine entry may choose its own loader: one Secure Boot machine in an iPXE profile.

@@ -225,8 +225,8 @@ impl Netns {
     }
 
     /// dnsmasq as a plain DHCP server (no DNS, no ping check) on `iface` of `ns`, handing out
-    /// `range` ("FIRST,LAST,MASK,LEASE"), leases in `leases`.
-    pub fn dnsmasq(&mut self, ns: &str, iface: &str, range: &str, leases: &Path) {
+    /// `range` ("FIRST,LAST,MASK,LEASE"), leases in `leases`, plus `extra` options.
+    pub fn dnsmasq(&mut self, ns: &str, iface: &str, range: &str, leases: &Path, extra: &[&str]) {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "dnsmasq", "--keep-in-foreground"])
             .args([
@@ -239,6 +239,7 @@ impl Netns {
             .arg(format!("--interface={iface}"))
             .arg(format!("--dhcp-range={range}"))
             .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
