@@ -72,6 +72,8 @@ pub struct Engine {
     origins: HashMap<String, Location>,
     /// Hashes of Ignition texts already validated, so identical renders skip re-parsing.
     validated: ValidatedCache,
+    /// Templates without a tag (most kernel arguments): their output, known at load time.
+    statics: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -95,12 +97,23 @@ impl Engine {
             env: new_environment(),
             origins: HashMap::new(),
             validated: ValidatedCache::default(),
+            statics: HashMap::new(),
         }
     }
 
     /// Compile `text` as template `name`, which came from `origin` (its first line there).
     pub fn add(&mut self, name: String, text: String, origin: Location) -> Result<(), Diagnostic> {
         self.origins.insert(name.clone(), origin);
+        if !["{{", "{%", "{#"].iter().any(|tag| text.contains(tag)) {
+            // What minijinja would render: the text, less one trailing newline.
+            let out = text
+                .strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(&text);
+            self.statics.insert(name.clone(), out.to_string());
+        } else {
+            self.statics.remove(&name);
+        }
         self.env
             .add_template_owned(name, text)
             .map_err(|e| diagnostic(&self.origins, &e))
@@ -111,14 +124,17 @@ impl Engine {
         self.origins.get(name)
     }
 
-    /// Render template `name` with `ctx`.
-    pub fn render(&self, name: &str, ctx: &BTreeMap<String, Value>) -> Result<String, RenderError> {
+    /// Render template `name` with `ctx` (a map: build it once per request, renders share it).
+    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        if let Some(text) = self.statics.get(name) {
+            return Ok(text.clone());
+        }
         let tmpl = self
             .env
             .get_template(name)
             .map_err(|e| RenderError::Template(diagnostic(&self.origins, &e)))?;
         let mut out = Limited(Vec::new());
-        match tmpl.render_captured_to(ctx, &mut out) {
+        match tmpl.render_captured_to(ctx.clone(), &mut out) {
             Ok(_) => String::from_utf8(out.0).map_err(|_| RenderError::TooLarge {
                 template: name.to_string(),
             }),
@@ -135,11 +151,7 @@ impl Engine {
     }
 
     /// Render template `name` as an Ignition config and validate the result.
-    pub fn render_ignition(
-        &self,
-        name: &str,
-        ctx: &BTreeMap<String, Value>,
-    ) -> Result<String, RenderError> {
+    pub fn render_ignition(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
         let body = self.render(name, ctx)?;
         self.validated
             .check(&body)
@@ -441,13 +453,16 @@ mod tests {
         .unwrap();
         let mut ctx = BTreeMap::new();
         ctx.insert("s".to_string(), Value::from("x".repeat(1 << 20)));
-        let err = e.render("big", &ctx).unwrap_err().to_string();
+        let err = e
+            .render("big", &Value::from(ctx.clone()))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("/p/big.j2") && err.contains("larger than 16 MiB"),
             "{err}"
         );
         ctx.insert("s".to_string(), Value::from("x".repeat(1 << 10)));
-        assert_eq!(e.render("big", &ctx).unwrap().len(), 40 << 10);
+        assert_eq!(e.render("big", &Value::from(ctx)).unwrap().len(), 40 << 10);
     }
 
     #[test]
@@ -463,6 +478,39 @@ mod tests {
             "an invalid text is never cached as valid"
         );
         assert_eq!(cache.seen.lock().unwrap().len(), 1);
+    }
+
+    /// Templates without a tag are answered from load time, byte for byte what minijinja
+    /// renders (one trailing newline dropped).
+    #[test]
+    fn templates_without_tags_render_as_minijinja_would() {
+        let mut e = Engine::new();
+        let reference = new_environment();
+        let origin = Location {
+            path: "/p/a".into(),
+            line: 1,
+        };
+        let texts = [
+            "console=ttyS0",
+            "plain\n",
+            "two\n\n",
+            "crlf\r\n",
+            "a{b} }} %}",
+            "",
+            "x={{ y }}",
+        ];
+        let ctx = Value::from(BTreeMap::from([("y".to_string(), Value::from(1))]));
+        for (i, text) in texts.iter().enumerate() {
+            let name = format!("t{i}");
+            e.add(name.clone(), text.to_string(), origin.clone())
+                .unwrap();
+            let want = reference.render_str(text, ctx.clone()).unwrap();
+            assert_eq!(e.render(&name, &ctx).unwrap(), want, "{text:?}");
+        }
+        assert_eq!(e.statics.len(), texts.len() - 1, "all but the tagged one");
+        // Replaced by a tagged template, a name renders as a template again.
+        e.add("t0".into(), "{{ y }}".into(), origin).unwrap();
+        assert_eq!(e.render("t0", &ctx).unwrap(), "1");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use axum::extract::ConnectInfo;
 use axum::http::Request;
 use kindling::config::Config;
 use kindling::events::Bus;
-use kindling::http::{HttpState, router};
+use kindling::http::{HttpShared, HttpState, router};
 use kindling::inventory::Inventory;
 use kindling::metrics::Metrics;
 use kindling::profiles::watch::Live;
@@ -49,7 +49,7 @@ fn setup() -> &'static Setup {
         ));
         let inventory = Arc::new(Inventory::with_bus(Default::default(), None, bus));
         inventory.sync_profiles(&live.current());
-        let state = HttpState {
+        let state = HttpState::from(HttpShared {
             config: Arc::new(config),
             base_url: "http://10.0.0.2:8080".into(),
             profiles: live,
@@ -61,7 +61,7 @@ fn setup() -> &'static Setup {
             api_token: None,
             shutdown: tokio_util::sync::CancellationToken::new(),
             cluster: None,
-        };
+        });
         Setup {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()

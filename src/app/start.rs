@@ -316,7 +316,7 @@ pub(super) fn http_state(
             "http.config_access = \"open\": anyone who names a MAC gets its configs and may report it installed"
         );
     }
-    Ok(crate::http::HttpState {
+    Ok(crate::http::HttpState::from(crate::http::HttpShared {
         config: ctx.config.clone(),
         base_url: ctx.base_url.clone(),
         profiles: ctx.profiles.clone(),
@@ -327,7 +327,7 @@ pub(super) fn http_state(
         api_token,
         shutdown: ctx_token(sup),
         cluster: cluster.cloned(),
-    })
+    }))
 }
 
 pub(super) fn start_http(

@@ -39,9 +39,35 @@ use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
 use crate::profiles::{DocumentError, GrubVia, What};
 
-/// What the HTTP handlers share.
+/// What the HTTP handlers share: one pointer, cloned by every extractor and middleware of
+/// every request.
 #[derive(Clone)]
-pub struct HttpState {
+pub struct HttpState(Arc<HttpShared>);
+
+impl From<HttpShared> for HttpState {
+    fn from(shared: HttpShared) -> Self {
+        HttpState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for HttpState {
+    type Target = HttpShared;
+
+    fn deref(&self) -> &HttpShared {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HttpState {
+    /// Copy on write: for setting up (tests), not for requests.
+    fn deref_mut(&mut self) -> &mut HttpShared {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+/// The parts of [`HttpState`].
+#[derive(Clone)]
+pub struct HttpShared {
     /// The configuration.
     pub config: Arc<Config>,
     /// The URL machines use to reach this service.
@@ -415,13 +441,14 @@ async fn machine_doc(
             break (decision, taken);
         };
         tries += 1;
-        match st.inventory.claim_next_boot(mac, next).await {
+        // Boxed: the shared store's claim is a large future, and rare.
+        match Box::pin(st.inventory.claim_next_boot(mac, next)).await {
             Ok(true) => break (decision, taken),
             Ok(false) if tries < CLAIM_TRIES => {}
             Ok(false) => skip_next = true,
             Err(e) => {
                 tracing::warn!(%mac, error = %e, "the next boot cannot be used up in the shared store: served without it; it stays set");
-                st.inventory.give_back(mac, next.clone(), false).await;
+                Box::pin(st.inventory.give_back(mac, next.clone(), false)).await;
                 skip_next = true;
             }
         }
@@ -454,7 +481,7 @@ async fn machine_doc(
                 && may_use
                 && let Some(next) = taken
             {
-                st.inventory.give_back(mac, next, true).await;
+                Box::pin(st.inventory.give_back(mac, next, true)).await;
             }
             return Err(match e {
                 e @ DocumentError::Missing { .. } => {

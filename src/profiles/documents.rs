@@ -11,7 +11,8 @@
 //! everything once per known machine), and a 500 at request time otherwise; it is never
 //! handed to a machine.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use minijinja::Value;
 
@@ -21,7 +22,7 @@ use crate::mac::MacAddr;
 use crate::render::{RenderError, metadata, to_value};
 
 /// What to render for a machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum What {
     /// The iPXE script (`/ipxe`).
     Ipxe,
@@ -40,7 +41,7 @@ pub enum What {
 /// over TFTP (Debian 12's GRUB 2.06 among them) reads assets over TFTP from the same server;
 /// one that came over UEFI HTTP boot may have no TFTP server at all, so its assets come over
 /// HTTP (`(http,host:port)/…`, GRUB 2.12 and later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GrubVia {
     Tftp,
     Http,
@@ -230,11 +231,7 @@ struct BootParts {
 }
 
 impl ProfileSet {
-    fn render_named(
-        &self,
-        name: &str,
-        ctx: &BTreeMap<String, Value>,
-    ) -> Result<String, DocumentError> {
+    fn render_named(&self, name: &str, ctx: &Value) -> Result<String, DocumentError> {
         Ok(self.engine.render(name, ctx)?)
     }
 
@@ -248,18 +245,98 @@ impl ProfileSet {
         base_url: &str,
         what: &What,
     ) -> Result<Rendered, DocumentError> {
-        let ctx = context(profile, machine, facts, base_url);
-        if let What::Grub(via) = what {
-            return self.render_grub(profile, ctx, base_url, *via, true);
+        self.boot_script(profile, machine, facts, base_url, what, true)
+    }
+
+    /// [`ProfileSet::boot_script`], rendered.
+    pub(crate) fn boot_script_uncached(
+        &self,
+        profile: &Profile,
+        machine: Option<&Machine>,
+        facts: &Facts,
+        base_url: &str,
+        what: &What,
+        local: bool,
+    ) -> Result<String, DocumentError> {
+        let ctx = Value::from(context(profile, machine, facts, base_url));
+        let rendered = match what {
+            What::Grub(via) => self.render_grub(profile, ctx, base_url, *via, local),
+            _ => self.render_ipxe(profile, ctx, base_url, local || profile.boot.local),
+        };
+        rendered.map(|r| r.body)
+    }
+
+    /// A boot script (`what` is [`What::Ipxe`] or [`What::Grub`]); `local`: the local-disk one.
+    ///
+    /// Served from [`ScriptCache`] once the same inputs came a second time: everything but
+    /// the boot secret is the same, and the secret is put into the cached text.
+    fn boot_script(
+        &self,
+        profile: &Profile,
+        machine: Option<&Machine>,
+        facts: &Facts,
+        base_url: &str,
+        what: &What,
+        local: bool,
+    ) -> Result<Rendered, DocumentError> {
+        let render = |facts: &Facts| {
+            self.boot_script_uncached(profile, machine, facts, base_url, what, local)
+                .map(script)
+        };
+        let cache = &self.scripts;
+        let (Some(secret), Some([one, two])) = (facts.secret.as_deref(), cache.sentinels.as_ref())
+        else {
+            return render(facts);
+        };
+        if secret.len() != one.len() {
+            return render(facts);
         }
-        self.render_ipxe(profile, ctx, base_url, true)
+        let key = ScriptKey {
+            profile: profile.name.clone(),
+            what: what.clone(),
+            local,
+            machine: machine.is_some(),
+            facts: Facts {
+                secret: None,
+                ..facts.clone()
+            },
+            base_url: base_url.to_string(),
+        };
+        match cache.get(&key) {
+            Some(Cached::Parts(parts)) => return Ok(script(parts.join(secret))),
+            Some(Cached::Seen) => {}
+            Some(Cached::Uncacheable) => return render(facts),
+            None => {
+                cache.put(key, Cached::Seen);
+                return render(facts);
+            }
+        }
+        // The second time: render with two stand-ins for the secret that differ in every
+        // character. The text is kept only when it depends on the secret as plain text alone
+        // (a template that cuts, cases or measures the secret is rendered every time).
+        let with = |s: &str| {
+            render(&Facts {
+                secret: Some(s.to_string()),
+                ..facts.clone()
+            })
+        };
+        let (a, b) = (with(one)?.body, with(two)?.body);
+        let parts: Vec<String> = a.split(one.as_str()).map(str::to_string).collect();
+        if parts.join(two) == b {
+            let body = parts.join(secret);
+            cache.put(key, Cached::Parts(parts.into()));
+            Ok(script(body))
+        } else {
+            cache.put(key, Cached::Uncacheable);
+            render(facts)
+        }
     }
 
     /// The boot section of `profile` rendered: kernel and initrd URLs, non-empty arguments.
     fn boot_parts(
         &self,
         profile: &Profile,
-        ctx: &BTreeMap<String, Value>,
+        ctx: &Value,
         base_url: &str,
     ) -> Result<BootParts, DocumentError> {
         let boot = &profile.boot;
@@ -289,7 +366,7 @@ impl ProfileSet {
     fn render_grub(
         &self,
         profile: &Profile,
-        mut ctx: BTreeMap<String, Value>,
+        ctx: Value,
         base_url: &str,
         via: GrubVia,
         local: bool,
@@ -305,29 +382,25 @@ impl ProfileSet {
             .map(|u| grub_path(base_url, u, via))
             .collect::<Result<Vec<_>, _>>()?;
         let args: Vec<String> = parts.args.iter().map(|a| grub_quote(a)).collect();
-        ctx.insert("local".into(), (local || profile.boot.local).into());
-        ctx.insert("kernel".into(), to_value(&kernel));
-        ctx.insert("initrds".into(), to_value(&initrds));
-        ctx.insert("args".into(), to_value(&args));
+        let ctx = minijinja::context! {
+            local => local || profile.boot.local,
+            kernel => kernel,
+            initrds => initrds,
+            args => args,
+            ..ctx
+        };
         self.render_script(&profile.boot.grub_script, &ctx)
     }
 
     /// A boot script (iPXE's or GRUB's) from its template.
-    fn render_script(
-        &self,
-        name: &str,
-        ctx: &BTreeMap<String, Value>,
-    ) -> Result<Rendered, DocumentError> {
-        Ok(Rendered {
-            body: self.render_named(name, ctx)?,
-            content_type: "text/plain; charset=utf-8",
-        })
+    fn render_script(&self, name: &str, ctx: &Value) -> Result<Rendered, DocumentError> {
+        Ok(script(self.render_named(name, ctx)?))
     }
 
     fn render_ipxe(
         &self,
         profile: &Profile,
-        mut ctx: BTreeMap<String, Value>,
+        ctx: Value,
         base_url: &str,
         local: bool,
     ) -> Result<Rendered, DocumentError> {
@@ -340,19 +413,23 @@ impl ProfileSet {
                 path.rsplit('/').next().unwrap_or(path).to_string()
             })
             .collect();
-        ctx.insert("local".into(), local.into());
-        ctx.insert("kernel".into(), to_value(&parts.kernel));
-        ctx.insert("initrds".into(), to_value(&parts.initrds));
-        ctx.insert("initrd_names".into(), to_value(&names));
-        ctx.insert("args".into(), to_value(&parts.args));
+        let ctx = minijinja::context! {
+            local => local,
+            kernel => parts.kernel,
+            initrds => parts.initrds,
+            initrd_names => names,
+            args => parts.args,
+            ..ctx
+        };
         self.render_script(&profile.boot.script, &ctx)
     }
 
     /// The chain script every iPXE client fetches first (`/boot.ipxe`).
     pub fn render_boot_script(&self, base_url: &str) -> Result<String, DocumentError> {
-        let mut ctx = BTreeMap::new();
-        ctx.insert("base_url".to_string(), Value::from(base_url));
-        self.render_named("ipxe/boot.ipxe.j2", &ctx)
+        self.render_named(
+            "ipxe/boot.ipxe.j2",
+            &minijinja::context! { base_url => base_url },
+        )
     }
 
     /// Render `what` for a machine that got `profile`.
@@ -364,10 +441,11 @@ impl ProfileSet {
         base_url: &str,
         what: &What,
     ) -> Result<Rendered, DocumentError> {
-        let ctx = context(profile, machine, facts, base_url);
+        let ctx = || context(profile, machine, facts, base_url);
         match what {
-            What::Ipxe => self.render_ipxe(profile, ctx, base_url, profile.boot.local),
-            What::Grub(via) => self.render_grub(profile, ctx, base_url, *via, false),
+            What::Ipxe | What::Grub(_) => {
+                self.boot_script(profile, machine, facts, base_url, what, false)
+            }
             What::Ignition => {
                 let name = profile
                     .ignition
@@ -376,7 +454,7 @@ impl ProfileSet {
                         profile: profile.name.clone(),
                         what: "ignition".into(),
                     })?;
-                let body = self.engine.render_ignition(name, &ctx)?;
+                let body = self.engine.render_ignition(name, &Value::from(ctx()))?;
                 Ok(Rendered {
                     body,
                     content_type: "application/vnd.coreos.ignition+json",
@@ -384,7 +462,7 @@ impl ProfileSet {
             }
             What::Metadata => {
                 // The machine's URLs and secret are not metadata (nor listed to anyone).
-                let mut ctx = ctx;
+                let mut ctx = ctx();
                 for k in URL_VARS {
                     ctx.remove(*k);
                 }
@@ -415,13 +493,92 @@ impl ProfileSet {
                         ),
                     },
                 })?;
-                let body = self.render_named(name, &ctx)?;
+                let body = self.render_named(name, &Value::from(ctx()))?;
                 Ok(Rendered {
                     body,
                     content_type: "text/plain; charset=utf-8",
                 })
             }
         }
+    }
+}
+
+/// A boot script's response.
+fn script(body: String) -> Rendered {
+    Rendered {
+        body,
+        content_type: "text/plain; charset=utf-8",
+    }
+}
+
+/// Most distinct boot scripts a profile set keeps (it lives until the next reload).
+const SCRIPT_CACHE_ENTRIES: usize = 8192;
+
+/// Everything a boot script depends on but the boot secret.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ScriptKey {
+    profile: String,
+    what: What,
+    local: bool,
+    machine: bool,
+    facts: Facts,
+    base_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Cached {
+    /// Asked for once: a second time is worth a check.
+    Seen,
+    /// The text around each place the secret goes.
+    Parts(Arc<[String]>),
+    /// Its template does more with the secret than print it.
+    Uncacheable,
+}
+
+/// Boot scripts rendered before, so a machine that asks again (a retry loop, a reboot, a
+/// benchmark) costs a lookup and a join instead of a render.
+#[derive(Debug)]
+pub(crate) struct ScriptCache {
+    /// Two stand-ins for a secret, as long as one, differing in every character; none when
+    /// the OS gave no randomness (then nothing is cached).
+    pub(crate) sentinels: Option<[String; 2]>,
+    pub(crate) entries: Mutex<HashMap<ScriptKey, Cached>>,
+}
+
+impl Default for ScriptCache {
+    fn default() -> Self {
+        let mut bytes = [0u8; 16];
+        let sentinels = getrandom::fill(&mut bytes).ok().map(|()| {
+            let one: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            // Each hex digit moved by 8: never the same digit in the same place.
+            let two = one
+                .chars()
+                .map(|c| {
+                    let d = c.to_digit(16).unwrap_or(0);
+                    char::from_digit((d + 8) % 16, 16).unwrap_or('0')
+                })
+                .collect();
+            [one, two]
+        });
+        ScriptCache {
+            sentinels,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ScriptCache {
+    fn get(&self, key: &ScriptKey) -> Option<Cached> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).cloned()
+    }
+
+    fn put(&self, key: ScriptKey, value: Cached) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= SCRIPT_CACHE_ENTRIES && !entries.contains_key(&key) {
+            entries.clear();
+        }
+        entries.insert(key, value);
     }
 }
 

@@ -434,6 +434,7 @@ impl ProfileSet {
             engine,
             loaded_at: SystemTime::now(),
             digest,
+            scripts: Default::default(),
         };
         set.selectors
             .sort_by_key(|s| std::cmp::Reverse(s.conditions.specificity()));

@@ -185,6 +185,8 @@ pub struct ProfileSet {
     /// A hash of every file it was loaded from (profiles, templates, iPXE scripts): instances
     /// serving the same files show the same digest.
     pub digest: String,
+    /// Boot scripts rendered before, by everything they depend on but the boot secret.
+    pub(crate) scripts: documents::ScriptCache,
 }
 
 impl std::fmt::Debug for ProfileSet {

@@ -18,7 +18,7 @@ use crate::mac::{MacAddr, MacPrefix};
 pub use crate::pxe::{ARCHES, PLATFORMS};
 
 /// What a request (or a DHCP packet) tells about a machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Facts {
     /// The machine's MAC address.
     pub mac: MacAddr,

@@ -869,3 +869,73 @@ fn a_machine_chooses_its_own_loader() {
     )]);
     assert!(errs[0].contains("invalid loader"), "{errs:#?}");
 }
+
+/// A machine asking again gets its boot script from the cache: the same text, its new secret
+/// in it; a template that does more with the secret than print it is rendered every time.
+#[test]
+fn boot_scripts_are_cached_with_the_secret_put_in() {
+    let (_d, set) = ok(&[
+        (
+            "plain.toml",
+            "[boot]\nkernel = \"vmlinuz\"\nargs = [\"console=ttyS0\", \"ignition.config.url={{ ignition_url }}\", \"t={{ token }}\"]\n\
+             [[machine]]\nmac = \"52:54:00:00:00:01\"\n",
+        ),
+        (
+            "cut.toml",
+            "[boot]\nkernel = \"vmlinuz\"\nargs = [\"short={{ token[:4] }}\"]\n\
+             [[machine]]\nmac = \"52:54:00:00:00:02\"\n",
+        ),
+    ]);
+    let base = "http://10.0.0.2:8080";
+    let render = |mac: &str, secret: &str, what: &What| {
+        let mut f = facts(mac);
+        f.secret = Some(secret.to_string());
+        let chosen = set.select(&f).unwrap();
+        set.render(chosen.profile, chosen.machine, &f, base, what)
+            .unwrap()
+            .body
+    };
+    let secrets: Vec<String> = (0..5u8)
+        .map(|i| format!("{:032x}", 0x1234_5678_9abc_def0_u128 * u128::from(i + 1)))
+        .collect();
+    for what in [What::Ipxe, What::Grub(GrubVia::Http)] {
+        for (i, s) in secrets.iter().enumerate() {
+            let body = render("52:54:00:00:00:01", s, &what);
+            assert!(
+                body.contains(&format!("token={s}")),
+                "{what:?} #{i}: {body}"
+            );
+            assert!(body.contains(&format!("t={s}")), "{what:?} #{i}: {body}");
+            // Exactly what rendering it afresh gives.
+            let mut f = facts("52:54:00:00:00:01");
+            f.secret = Some(s.clone());
+            let chosen = set.select(&f).unwrap();
+            let fresh = set
+                .boot_script_uncached(chosen.profile, chosen.machine, &f, base, &what, false)
+                .unwrap();
+            assert_eq!(body, fresh, "{what:?} #{i}");
+        }
+        let cut = render("52:54:00:00:00:02", &secrets[0], &what);
+        assert!(
+            cut.contains(&format!("short={}", &secrets[0][..4])),
+            "{cut}"
+        );
+        for s in &secrets[1..] {
+            let body = render("52:54:00:00:00:02", s, &what);
+            assert!(body.contains(&format!("short={}", &s[..4])), "{body}");
+        }
+    }
+    let entries = set.scripts.entries.lock().unwrap();
+    assert!(
+        entries
+            .values()
+            .any(|c| matches!(c, super::documents::Cached::Parts(_))),
+        "{entries:?}"
+    );
+    assert!(
+        entries
+            .values()
+            .any(|c| matches!(c, super::documents::Cached::Uncacheable)),
+        "{entries:?}"
+    );
+}
