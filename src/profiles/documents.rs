@@ -281,8 +281,24 @@ impl ProfileSet {
     ) -> Result<Rendered, DocumentError> {
         let render = |facts: &Facts| {
             self.boot_script_uncached(profile, machine, facts, base_url, what, local)
-                .map(script)
         };
+        self.cached(profile, machine, facts, base_url, what, local, render)
+            .map(script)
+    }
+
+    /// `render(facts)`, from [`ScriptCache`] once the same inputs came a second time:
+    /// everything but the boot secret is the same, and the secret is put into the cached text.
+    #[allow(clippy::too_many_arguments)]
+    fn cached(
+        &self,
+        profile: &Profile,
+        machine: Option<&Machine>,
+        facts: &Facts,
+        base_url: &str,
+        what: &What,
+        local: bool,
+        render: impl Fn(&Facts) -> Result<String, DocumentError>,
+    ) -> Result<String, DocumentError> {
         let cache = &self.scripts;
         let (Some(secret), Some([one, two])) = (facts.secret.as_deref(), cache.sentinels.as_ref())
         else {
@@ -303,7 +319,7 @@ impl ProfileSet {
             base_url: base_url.to_string(),
         };
         match cache.get(&key) {
-            Some(Cached::Parts(parts)) => return Ok(script(parts.join(secret))),
+            Some(Cached::Parts(parts)) => return Ok(parts.join(secret)),
             Some(Cached::Seen) => {}
             Some(Cached::Uncacheable) => return render(facts),
             None => {
@@ -320,12 +336,12 @@ impl ProfileSet {
                 ..facts.clone()
             })
         };
-        let (a, b) = (with(one)?.body, with(two)?.body);
+        let (a, b) = (with(one)?, with(two)?);
         let parts: Vec<String> = a.split(one.as_str()).map(str::to_string).collect();
         if parts.join(two) == b {
             let body = parts.join(secret);
             cache.put(key, Cached::Parts(parts.into()));
-            Ok(script(body))
+            Ok(body)
         } else {
             cache.put(key, Cached::Uncacheable);
             render(facts)
@@ -454,7 +470,12 @@ impl ProfileSet {
                         profile: profile.name.clone(),
                         what: "ignition".into(),
                     })?;
-                let body = self.engine.render_ignition(name, &Value::from(ctx()))?;
+                // Cached as boot scripts are: the secret is hex in a JSON string, so a text
+                // that validated with a stand-in secret validates with the real one.
+                let body = self.cached(profile, machine, facts, base_url, what, false, |f| {
+                    let ctx = Value::from(context(profile, machine, f, base_url));
+                    Ok(self.engine.render_ignition(name, &ctx)?)
+                })?;
                 Ok(Rendered {
                     body,
                     content_type: "application/vnd.coreos.ignition+json",

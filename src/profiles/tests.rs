@@ -939,3 +939,55 @@ fn boot_scripts_are_cached_with_the_secret_put_in() {
         "{entries:?}"
     );
 }
+
+/// Ignition configs are cached the same way, still valid with each machine's secret.
+#[test]
+fn ignition_configs_are_cached_with_the_secret_put_in() {
+    let ign = |expr: &str| {
+        format!(
+            "{{\"ignition\": {{\"version\": \"3.4.0\"}}, \"storage\": {{\"files\": [{{\"path\": \"/etc/k\", \
+             \"contents\": {{\"source\": \"data:,{expr}\"}}}}]}}}}"
+        )
+    };
+    let (_d, set) = ok(&[
+        (
+            "plain.toml",
+            "ignition = \"p.ign.j2\"\n[boot]\nkernel = \"k\"\n[[machine]]\nmac = \"52:54:00:00:00:01\"\n",
+        ),
+        ("p.ign.j2", &ign("{{ token }}")),
+        (
+            "cut.toml",
+            "ignition = \"c.ign.j2\"\n[boot]\nkernel = \"k\"\n[[machine]]\nmac = \"52:54:00:00:00:02\"\n",
+        ),
+        ("c.ign.j2", &ign("{{ token[:4] }}")),
+    ]);
+    let base = "http://10.0.0.2:8080";
+    for (mac, want) in [
+        ("52:54:00:00:00:01", 32usize),
+        ("52:54:00:00:00:02", 4usize),
+    ] {
+        for i in 0..5u8 {
+            let s = format!("{:032x}", 0xfeed_beef_u128 * u128::from(i + 3));
+            let mut f = facts(mac);
+            f.secret = Some(s.clone());
+            let chosen = set.select(&f).unwrap();
+            let body = set
+                .render(chosen.profile, chosen.machine, &f, base, &What::Ignition)
+                .unwrap()
+                .body;
+            assert!(
+                body.contains(&format!("data:,{}\"", &s[..want])),
+                "{mac} #{i}: {body}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["ignition"]["version"], "3.4.0");
+        }
+    }
+    // Only Ignition was rendered here: one kept, one (cut secret) refused.
+    let entries = set.scripts.entries.lock().unwrap();
+    let kept = entries
+        .values()
+        .filter(|c| matches!(c, super::documents::Cached::Parts(_)))
+        .count();
+    assert_eq!(kept, 1, "{entries:?}");
+}
