@@ -938,21 +938,7 @@ fn secure_boot_over_uefi_http_boot() {
         return;
     }
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let macs = macs(1, 1);
-    let mut lab = Lab::new("esh", macs.len());
-    lab.loaders = vec![Some("grub")];
-    lab.grub = grub;
-    lab.start_kindling("full", &macs);
-    let started = Instant::now();
-    lab.boot(0, &macs[0], Firmware::SecureBootHttp);
-    lab.wait_all(Duration::from_secs(180));
-    eprintln!(
-        "Secure Boot over UEFI HTTP boot: provisioned in {:?}",
-        started.elapsed()
-    );
-    lab.check_provisioned(&macs, SECURE_BOOT_STATES);
-    let text = std::fs::read_to_string(&lab.vms[0].1).unwrap();
-    assert!(text.contains("secureboot=enabled"), "not under Secure Boot");
+    let (lab, macs) = one_secure_boot_vm("esh", Firmware::SecureBootHttp, "full", grub, &[]);
     let log = lab.daemon().log_text();
     for path in [
         "/boot/shimx64.efi",
@@ -985,21 +971,10 @@ fn secure_boot_in_proxy_mode_beside_dnsmasq() {
         return;
     }
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let macs = macs(1, 1);
-    let mut lab = Lab::new("esp", macs.len());
-    lab.add_dnsmasq(&[&format!("--dhcp-boot=,,{KINDLING_IP}")]);
-    lab.loaders = vec![Some("grub")];
-    lab.start_kindling("proxy", &macs);
-    let started = Instant::now();
-    lab.boot(0, &macs[0], Firmware::SecureBoot);
-    lab.wait_all(Duration::from_secs(180));
-    eprintln!(
-        "Secure Boot in proxy mode: provisioned in {:?}",
-        started.elapsed()
-    );
-    lab.check_provisioned(&macs, SECURE_BOOT_STATES);
-    let text = std::fs::read_to_string(&lab.vms[0].1).unwrap();
-    assert!(text.contains("secureboot=enabled"), "not under Secure Boot");
+    let next_server = format!("--dhcp-boot=,,{KINDLING_IP}");
+    let grub = lab_dir().join("secureboot/grubx64.efi");
+    let (lab, macs) =
+        one_secure_boot_vm("esp", Firmware::SecureBoot, "proxy", grub, &[&next_server]);
     let log = lab.daemon().log_text();
     assert!(
         log.contains("proxy DHCP offer") && log.contains("boot=shimx64.efi"),
@@ -1031,6 +1006,37 @@ fn secure_boot_in_proxy_mode_beside_dnsmasq() {
         explained.contains("boot file:  shimx64.efi") && explained.contains("next-server"),
         "{explained}"
     );
+}
+
+/// One Secure Boot VM of a `loader = "grub"` profile, booted with `fw` from Kindling in `mode`
+/// serving `grub` (beside dnsmasq with `dnsmasq` options in proxy mode), provisioned through
+/// the GRUB chain with Secure Boot on in its kernel.
+fn one_secure_boot_vm(
+    tag: &str,
+    fw: Firmware,
+    mode: &str,
+    grub: PathBuf,
+    dnsmasq: &[&str],
+) -> (Lab, Vec<String>) {
+    let macs = macs(1, 1);
+    let mut lab = Lab::new(tag, macs.len());
+    if mode == "proxy" {
+        lab.add_dnsmasq(dnsmasq);
+    }
+    lab.loaders = vec![Some("grub")];
+    lab.grub = grub;
+    lab.start_kindling(mode, &macs);
+    let started = Instant::now();
+    lab.boot(0, &macs[0], fw);
+    lab.wait_all(Duration::from_secs(180));
+    eprintln!(
+        "{tag}: Secure Boot, {fw:?}, {mode} mode: provisioned in {:?}",
+        started.elapsed()
+    );
+    lab.check_provisioned(&macs, SECURE_BOOT_STATES);
+    let text = std::fs::read_to_string(&lab.vms[0].1).unwrap();
+    assert!(text.contains("secureboot=enabled"), "not under Secure Boot");
+    (lab, macs)
 }
 
 /// Where the history says the grub.cfg went out: `tftp` or `http`.
