@@ -358,6 +358,17 @@ impl Lab {
         }
     }
 
+    /// What `kindling explain` says of `mac` as a UEFI x64 PXE client, on the lab's config.
+    fn explain_uefi_pxe(&self, mac: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+            .args(["explain", "--config"])
+            .arg(self.dir.path().join("kindling.toml"))
+            .args(["--mac", mac, "--arch", "7"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Kindling's record of a machine, through the API inside the namespace.
     fn record(&self, mac: &str) -> serde_json::Value {
         let out = Command::new("ip")
@@ -909,13 +920,7 @@ fn secure_boot_refuses_ipxe_and_the_machine_stalls_in_firmware() {
         "the firmware did not refuse iPXE:\n{text}"
     );
     // explain says why, before anyone boots anything.
-    let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
-        .args(["explain", "--config"])
-        .arg(lab.dir.path().join("kindling.toml"))
-        .args(["--mac", &macs[0], "--arch", "7"])
-        .output()
-        .unwrap();
-    let explained = String::from_utf8_lossy(&out.stdout);
+    let explained = lab.explain_uefi_pxe(&macs[0]);
     assert!(
         explained.contains("iPXE is not signed") && explained.contains("loader = \"grub\""),
         "{explained}"
@@ -995,13 +1000,7 @@ fn secure_boot_in_proxy_mode_beside_dnsmasq() {
     }
     assert_eq!(served_grub_cfg_via(&lab.record(&macs[0])), "tftp");
     // explain tells what the address server must do.
-    let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
-        .args(["explain", "--config"])
-        .arg(lab.dir.path().join("kindling.toml"))
-        .args(["--mac", &macs[0], "--arch", "7"])
-        .output()
-        .unwrap();
-    let explained = String::from_utf8_lossy(&out.stdout);
+    let explained = lab.explain_uefi_pxe(&macs[0]);
     assert!(
         explained.contains("boot file:  shimx64.efi") && explained.contains("next-server"),
         "{explained}"
