@@ -837,16 +837,11 @@ fn uefi_http_boot_end_to_end() {
 /// GRUB, GRUB TFTPs Kindling's grub.cfg for this machine and boots Debian's signed kernel
 /// (kernel and initrd over TFTP); the kernel says Secure Boot is enabled, and the OS fetches
 /// its Ignition and reports; beside it, a plain UEFI machine whose profile uses iPXE boots
-/// too. (Proxy mode does not work with Debian's GRUB 2.06: after shim and GRUB came from
-/// Kindling, GRUB never asks Kindling for its grub.cfg — it takes its server from the
-/// address server's DHCP answer.)
+/// too. (Proxy mode: see `secure_boot_in_proxy_mode_beside_dnsmasq`.)
 #[test]
 fn secure_boot_vm_boots_through_shim_and_grub() {
     skip_unless_lab!("secure_boot_vm_boots_through_shim_and_grub");
-    if !lab_dir().join("secureboot/grubx64.efi").exists() {
-        eprintln!(
-            "SKIP secure_boot_vm_boots_through_shim_and_grub: the lab has no signed shim and GRUB (scripts/lab.sh)"
-        );
+    if !has_signed_grub("secure_boot_vm_boots_through_shim_and_grub") {
         return;
     }
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -969,10 +964,7 @@ fn secure_boot_over_uefi_http_boot() {
 #[test]
 fn secure_boot_in_proxy_mode_beside_dnsmasq() {
     skip_unless_lab!("secure_boot_in_proxy_mode_beside_dnsmasq");
-    if !lab_dir().join("secureboot/grubx64.efi").exists() {
-        eprintln!(
-            "SKIP secure_boot_in_proxy_mode_beside_dnsmasq: the lab has no signed shim and GRUB (scripts/lab.sh)"
-        );
+    if !has_signed_grub("secure_boot_in_proxy_mode_beside_dnsmasq") {
         return;
     }
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1005,6 +997,15 @@ fn secure_boot_in_proxy_mode_beside_dnsmasq() {
         explained.contains("boot file:  shimx64.efi") && explained.contains("next-server"),
         "{explained}"
     );
+}
+
+/// Whether the lab has Debian's signed shim and GRUB; says why `test` skips when not.
+fn has_signed_grub(test: &str) -> bool {
+    let there = lab_dir().join("secureboot/grubx64.efi").exists();
+    if !there {
+        eprintln!("SKIP {test}: the lab has no signed shim and GRUB (scripts/lab.sh)");
+    }
+    there
 }
 
 /// One Secure Boot VM of a `loader = "grub"` profile, booted with `fw` from Kindling in `mode`
