@@ -10,8 +10,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kindling::tftp::packet;
 use tokio::net::UdpSocket;
+
+#[path = "tftp_client.rs"]
+mod tftp_client;
 
 async fn download(
     server: SocketAddr,
@@ -31,111 +33,17 @@ async fn download(
     if window > 0 {
         opts.push(("windowsize", w.as_str()));
     }
-    let rrq = packet::rrq(&file, &opts);
-    sock.send_to(&rrq, server)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut block_size = 512usize;
-    let mut window_size = 1u16;
-    let mut tid: Option<SocketAddr> = None;
-    let mut expect: u16 = 1;
-    let mut in_window = 0u16;
-    let mut bytes = 0u64;
-    let mut buf = vec![0u8; 65536];
-    let mut last_ack: Vec<u8> = Vec::new();
-    loop {
-        let (n, from) = match tokio::time::timeout(
-            Duration::from_millis(500),
-            sock.recv_from(&mut buf),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(|e| e.to_string())?,
-            Err(_) => {
-                if started.elapsed()
-                    > Duration::from_secs(10) + Duration::from_millis(u64::from(expect) / 4)
-                {
-                    return Err(format!("stalled at block {expect}"));
-                }
-                // Nudge: repeat the last ACK (or the request).
-                match tid {
-                    Some(t) if !last_ack.is_empty() => sock.send_to(&last_ack, t).await,
-                    _ => sock.send_to(&rrq, server).await,
-                }
-                .map_err(|e| e.to_string())?;
-                continue;
-            }
-        };
-        if n < 4 {
-            continue;
-        }
-        let op = u16::from_be_bytes([buf[0], buf[1]]);
-        if tid.is_none() {
-            tid = Some(from);
-        }
-        let t = tid.unwrap_or(from);
-        match op {
-            packet::OACK => {
-                let parts: Vec<&[u8]> = buf[2..n].split(|&c| c == 0).collect();
-                for kv in parts.chunks(2) {
-                    if let [k, v] = kv {
-                        let v: usize = std::str::from_utf8(v)
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        match std::str::from_utf8(k)
-                            .unwrap_or("")
-                            .to_ascii_lowercase()
-                            .as_str()
-                        {
-                            "blksize" if v > 0 => block_size = v,
-                            "windowsize" if v > 0 => window_size = u16::try_from(v).unwrap_or(1),
-                            _ => {}
-                        }
-                    }
-                }
-                last_ack = packet::ack(0);
-                sock.send_to(&last_ack, t)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            packet::DATA => {
-                let block = u16::from_be_bytes([buf[2], buf[3]]);
-                if block != expect {
-                    // Out of order or a retransmission: re-ACK what we have.
-                    if !last_ack.is_empty() {
-                        sock.send_to(&last_ack, t)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    in_window = 0;
-                    continue;
-                }
-                let len = n - 4;
-                bytes += len as u64;
-                in_window += 1;
-                let last = len < block_size;
-                if in_window >= window_size || last {
-                    last_ack = packet::ack(block);
-                    sock.send_to(&last_ack, t)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    in_window = 0;
-                }
-                if last {
-                    return Ok((bytes, started.elapsed()));
-                }
-                expect = expect.wrapping_add(1);
-            }
-            packet::ERROR => {
-                let msg = String::from_utf8_lossy(&buf[4..n])
-                    .trim_end_matches('\0')
-                    .to_string();
-                return Err(format!("server error: {msg}"));
-            }
-            _ => {}
-        }
-    }
+    let got = tftp_client::fetch(
+        &sock,
+        server,
+        &file,
+        &opts,
+        tftp_client::Mode::Read,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok((got.bytes, started.elapsed()))
 }
 
 #[tokio::main]
