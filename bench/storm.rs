@@ -187,6 +187,7 @@ struct Failed {
 #[derive(Default)]
 struct Counters {
     dhcp_retx: AtomicU32,
+    dhcp_naks: AtomicU32,
     tftp_retx: AtomicU32,
     http_retries: AtomicU32,
 }
@@ -301,7 +302,7 @@ async fn exchange(
         while let Ok(Some(reply)) = tokio::time::timeout_at(until, rx.recv()).await {
             match reply.opts().msg_type() {
                 Some(t) if t == want => return Ok(reply),
-                Some(MessageType::Nak) => return Err("NAK".into()),
+                Some(MessageType::Nak) => return Err(NAK.into()),
                 _ => {}
             }
         }
@@ -319,7 +320,29 @@ async fn dora(
     stage: Stage,
     counters: &Counters,
 ) -> Result<Lease, String> {
-    let xid = 0x4b00_0000 ^ ((m.index << 1) | stage as u32);
+    // A NAK (e.g. an address offered to two clients) starts over with a new DISCOVER, as RFC
+    // 2131 says; a new transaction id each time.
+    for round in 0..4u32 {
+        let xid = 0x4b00_0000 ^ (round << 20) ^ ((m.index << 1) | stage as u32);
+        match dora_once(relay, m, stage, xid, counters).await {
+            Err(e) if e == NAK => {
+                counters.dhcp_naks.fetch_add(1, Ordering::Relaxed);
+            }
+            other => return other,
+        }
+    }
+    Err("NAK after 4 rounds".into())
+}
+
+const NAK: &str = "NAK";
+
+async fn dora_once(
+    relay: &Relay,
+    m: &Machine,
+    stage: Stage,
+    xid: u32,
+    counters: &Counters,
+) -> Result<Lease, String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     relay.waiting.lock().unwrap().insert(xid, tx);
     let result = async {
@@ -634,6 +657,21 @@ async fn boot(
     Ok(times)
 }
 
+/// This process's user + system CPU seconds (is the simulator itself the bottleneck?).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime and stime are 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // Clock ticks: 100 a second on Linux.
+    f.iter().sum::<f64>() / 100.0
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted
         .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
@@ -733,12 +771,14 @@ async fn run(args: RunArgs) -> bool {
     let provisioned = n - failed;
     let ok = failed == 0;
     println!(
-        "{} machines={n} provisioned={provisioned} failed={failed} all_ms={:.0} dhcp_retx={} tftp_retx={} http_retries={}",
+        "{} machines={n} provisioned={provisioned} failed={failed} all_ms={:.0} dhcp_retx={} dhcp_naks={} tftp_retx={} http_retries={} sim_cpu_s={:.1}",
         if ok { "ok" } else { "fail" },
         all.as_secs_f64() * 1000.0,
         counters.dhcp_retx.load(Ordering::Relaxed),
+        counters.dhcp_naks.load(Ordering::Relaxed),
         counters.tftp_retx.load(Ordering::Relaxed),
         counters.http_retries.load(Ordering::Relaxed),
+        own_cpu_seconds(),
     );
     ok
 }

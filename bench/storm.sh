@@ -16,7 +16,9 @@
 # server routes it back through the relay. Servers are pinned to core 0, the simulator to
 # core 1. Each row is the median over the rounds; "all" is the time from the first power-on
 # until the last machine reported `provisioned`. CPU is the servers' user+system time during
-# the storm, RSS their peak (dnsmasq + nginx summed for the reference).
+# the storm, RSS their peak (dnsmasq + nginx summed for the reference); retx counts DHCP and TFTP
+# retransmits and HTTP retries, naks the DHCP exchanges started over after a NAK; sim_cpu_s is
+# the simulator's own CPU (near the wall time: the simulator, not the server, sets the pace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -224,6 +226,8 @@ for r in $(seq "$rounds"); do
     res[$name,all]+="$(awk -v a="$(field all_ms)" 'BEGIN {printf "%.1f", a / 1000}') "
     res[$name,failed]+="$(field failed) "
     res[$name,retx]+="$(( $(field dhcp_retx) + $(field tftp_retx) + $(field http_retries) )) "
+    res[$name,naks]+="$(field dhcp_naks) "
+    res[$name,sim]+="$(field sim_cpu_s) "
     res[$name,cpu]+="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.1f", b - a}') "
     res[$name,rss]+="$((rss / 1024)) "
     for phase in pxe-dhcp firmware ipxe-dhcp script kernel config report total; do
@@ -235,14 +239,15 @@ done
 
 echo
 echo "Boot storm: $machines machines ($bios% BIOS), ramp $ramp ms, kernel $kernel_mib MiB + initrd $initrd_mib MiB; medians of $rounds"
-printf '%-10s %9s %7s %7s %7s %8s' server all_s failed retx cpu_s rss_MiB
+printf '%-10s %9s %7s %7s %5s %7s %8s %9s' server all_s failed retx naks cpu_s rss_MiB sim_cpu_s
 for phase in pxe-dhcp firmware ipxe-dhcp script kernel config report total; do printf ' %17s' "$phase p50/p99"; done
 echo
 declare -A all
 for name in "${servers[@]}"; do
   all[$name]=$(median <<<"${res[$name,all]}")
-  printf '%-10s %9s %7s %7s %7s %8s' "$name" "${all[$name]}" "$(median <<<"${res[$name,failed]}")" \
-    "$(median <<<"${res[$name,retx]}")" "$(median <<<"${res[$name,cpu]}")" "$(median <<<"${res[$name,rss]}")"
+  printf '%-10s %9s %7s %7s %5s %7s %8s %9s' "$name" "${all[$name]}" "$(median <<<"${res[$name,failed]}")" \
+    "$(median <<<"${res[$name,retx]}")" "$(median <<<"${res[$name,naks]}")" "$(median <<<"${res[$name,cpu]}")" \
+    "$(median <<<"${res[$name,rss]}")" "$(median <<<"${res[$name,sim]}")"
   for phase in pxe-dhcp firmware ipxe-dhcp script kernel config report total; do
     printf ' %17s' "$(median <<<"${res[$name,$phase,50]}")/$(median <<<"${res[$name,$phase,99]}")"
   done

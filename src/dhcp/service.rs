@@ -115,6 +115,7 @@ impl Client {
             guid: self.guid.clone(),
             arch_code: self.info.arch,
             hostname: self.hostname.clone(),
+            leased: false,
         }
     }
 
@@ -648,7 +649,11 @@ impl Service {
                     tracing::info!(%mac, xid, ip = %ip_text, profile = %client.profile_text(), boot = %client.boot_text(), %event, "DHCP {event}");
                 }
                 self.metrics.dhcp(name, event);
-                self.inventory.dhcp(mac, client.seen(event, ip));
+                let seen = DhcpSeen {
+                    leased: event == "ack" && ip.is_some(),
+                    ..client.seen(event, ip)
+                };
+                self.inventory.dhcp(mac, seen);
                 self.warn_if_pool_low(ip, now);
                 let to = test_hook(peer, to);
                 let bytes = encode(&msg, mac, xid)?;

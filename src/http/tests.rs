@@ -990,6 +990,7 @@ fn secure_fixture(access: &str) -> Fixture {
             guid: None,
             arch_code: None,
             hostname: None,
+            leased: false,
         },
     );
     f

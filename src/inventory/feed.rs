@@ -108,7 +108,12 @@ impl Inventory {
             None => seen.event.to_string(),
         };
         let within = self.settings.stall_after.waking;
-        self.apply(mac, "dhcp", event, step, |rec, now| {
+        let origin = if seen.leased {
+            Origin::Leased
+        } else {
+            Origin::Network(None)
+        };
+        self.apply_from(mac, origin, "dhcp", event, step, |rec, now| {
             rec.dhcp_event = Some(seen.event.to_string());
             if let Some(ip) = seen.ip
                 && !matches!(seen.event, "release" | "decline" | "nak")

@@ -124,6 +124,9 @@ pub(crate) enum Origin {
     Declared,
     /// A request from the network: within the source's budget (`None`: DHCP).
     Network(Option<IpAddr>),
+    /// A DHCP ACK of Kindling's own lease: beyond the budget (the pool bounds it), within
+    /// `max_machines`.
+    Leased,
     /// What follows a request that already had its chance to make a record (a boot script
     /// served, a file fetched, a report): never a new record.
     Known,
@@ -253,7 +256,7 @@ impl Inventory {
             }
             if inner.machines.len() >= self.settings.max_machines
                 && !Self::evict(inner)
-                && let Origin::Network(_) = origin
+                && let Origin::Network(_) | Origin::Leased = origin
             {
                 return None;
             }
@@ -311,20 +314,7 @@ impl Inventory {
         }
     }
 
-    /// Apply one event to `mac`: update its record, run the state machine, keep history,
-    /// publish a transition and mark the record for the writer, all under one lock.
-    fn apply(
-        &self,
-        mac: MacAddr,
-        source: &str,
-        event: String,
-        step: Option<Step>,
-        update: impl FnOnce(&mut Record, SystemTime),
-    ) {
-        self.apply_from(mac, Origin::Network(None), source, event, step, update);
-    }
-
-    /// [`Inventory::apply`] to a record that exists (nothing new is made).
+    /// [`Inventory::apply_from`] to a record that exists (nothing new is made).
     fn apply_known(
         &self,
         mac: MacAddr,
@@ -336,7 +326,9 @@ impl Inventory {
         self.apply_from(mac, Origin::Known, source, event, step, update);
     }
 
-    /// [`Inventory::apply`] for a request from `origin` (whose budget a new record takes).
+    /// Apply one event to `mac`, for a request from `origin` (whose budget a new record takes):
+    /// update its record, run the state machine, keep history, publish a transition and mark
+    /// the record for the writer, all under one lock.
     fn apply_from(
         &self,
         mac: MacAddr,

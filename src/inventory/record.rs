@@ -294,6 +294,11 @@ pub struct DhcpSeen {
     pub arch_code: Option<u16>,
     /// Option 12 or the profile's hostname.
     pub hostname: Option<String>,
+    /// Kindling's DHCP leased `ip` to the machine (a full-mode ACK): its record is made even
+    /// beyond the discovery budget, since the pool bounds how many such machines there are.
+    /// Else a storm of new machines would leave some unrecorded at their ACK, and their boot
+    /// script, not from "the machine's address", would be refused.
+    pub leased: bool,
 }
 
 /// Filters of [`Inventory::list`].

@@ -26,6 +26,7 @@ fn seen(event: &'static str, client: DhcpClient, ip: Option<Ipv4Addr>) -> DhcpSe
         guid: None,
         arch_code: None,
         hostname: None,
+        leased: false,
     }
 }
 
@@ -370,7 +371,14 @@ async fn bounded_and_declared_machines_stay() {
         None,
     );
     // A declared machine is never evicted, however stale.
-    inv.apply(mac(0), "test", "x".into(), None, |r, _| r.declared = true);
+    inv.apply_from(
+        mac(0),
+        Origin::Network(None),
+        "test",
+        "x".into(),
+        None,
+        |r, _| r.declared = true,
+    );
     for i in 0..(MAX_MACHINES as u32 + 10) {
         tokio::time::advance(Duration::from_millis(1)).await;
         let b = i.to_be_bytes();
@@ -382,6 +390,42 @@ async fn bounded_and_declared_machines_stay() {
         inv.get(MacAddr([2, 0, 0, 0, 0, 0])).is_none(),
         "oldest undeclared evicted"
     );
+}
+
+/// A storm of new machines on Kindling's own DHCP: the discovery budget holds back records of
+/// DISCOVERs, but every ACK of a lease makes one, so each machine's boot script from its
+/// leased address counts as its own (before: the ACK went unrecorded beyond the budget, and
+/// `/ipxe` from that address was refused with 403 until the machine asked DHCP again).
+#[tokio::test(start_paused = true)]
+async fn every_leased_machine_is_recorded_beyond_the_discovery_budget() {
+    let inv = Inventory::new(
+        Settings {
+            discovery_burst: 2,
+            discovery_per_second: 1,
+            ..Settings::default()
+        },
+        None,
+    );
+    let ip = |i: u8| Ipv4Addr::new(10, 0, 1, i);
+    for i in 1..=20 {
+        inv.dhcp(mac(i), seen("discover", DhcpClient::Ipxe, None));
+    }
+    assert_eq!(inv.len(), 2, "DISCOVERs stay within the budget");
+    for i in 1..=20 {
+        let ack = DhcpSeen {
+            leased: true,
+            ..seen("ack", DhcpClient::Ipxe, Some(ip(i)))
+        };
+        inv.dhcp(mac(i), ack);
+    }
+    assert_eq!(inv.len(), 20);
+    for i in 1..=20 {
+        let access = inv.access(mac(i), Some(ip(i)), None, DhcpMode::Full, true);
+        assert!(access.from_machine, "machine {i} from its leased address");
+    }
+    // An ACK not of Kindling's own lease (leased: false) still counts against the budget.
+    inv.dhcp(mac(30), seen("ack", DhcpClient::Ipxe, Some(ip(30))));
+    assert!(inv.get(mac(30)).is_none());
 }
 
 /// A flood of new MACs from one address creates at most its budget of records; another address
