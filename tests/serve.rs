@@ -115,7 +115,12 @@ async fn every_endpoint_over_a_real_socket() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.bytes().await.unwrap().len(), 30 * 1024 * 1024);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 30 * 1024 * 1024);
+    assert!(
+        body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+        "the file's bytes, not placeholders"
+    );
     let r = client()
         .get(d.url("/assets/os/vmlinuz"))
         .header("Range", "bytes=31457270-")
@@ -155,6 +160,115 @@ async fn every_endpoint_over_a_real_socket() {
     );
 
     assert!(d.terminate().success(), "graceful exit on SIGTERM");
+}
+
+/// Read one HTTP/1.1 response with a Content-Length from `r`: (status line, head, body).
+fn read_response(r: &mut impl std::io::BufRead) -> (String, String, Vec<u8>) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "connection closed in a head"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("Content-Length");
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (head.lines().next().unwrap().to_string(), head, body)
+}
+
+/// Asset bodies go out with sendfile (src/http/zero_copy.rs): on one connection, pipelined
+/// requests for a whole file, a range of it, a small file and a boot script come back in
+/// order with the files' own bytes; a file that shrinks while it is sent ends the connection
+/// short instead of being padded.
+#[test]
+fn asset_bodies_are_the_files_bytes_pipelined_and_cut_short_when_the_file_shrinks() {
+    use std::io::{BufReader, Read, Write};
+    let dir = lab();
+    let root = dir.path();
+    let pattern = |n: usize, seed: usize| -> Vec<u8> {
+        (0..n).map(|i| ((i * 7 + seed) % 253) as u8).collect()
+    };
+    std::fs::write(root.join("assets/os/initrd.img"), pattern(3 << 20, 1)).unwrap();
+    std::fs::write(root.join("assets/os/small"), pattern(1000, 2)).unwrap();
+    std::fs::write(root.join("assets/os/big"), pattern(64 << 20, 3)).unwrap();
+    let d = Daemon::start(&root.join("kindling.toml"));
+
+    let mut conn = std::net::TcpStream::connect(d.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut requests = String::new();
+    for (path, extra) in [
+        ("/assets/os/initrd.img", ""),
+        ("/assets/os/initrd.img", "Range: bytes=100000-2199999\r\n"),
+        ("/assets/os/small", ""),
+        ("/boot.ipxe", ""),
+        ("/assets/os/initrd.img", ""),
+    ] {
+        requests.push_str(&format!("GET {path} HTTP/1.1\r\nHost: k\r\n{extra}\r\n"));
+    }
+    conn.write_all(requests.as_bytes()).unwrap();
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let initrd = pattern(3 << 20, 1);
+    let (status, _, body) = read_response(&mut r);
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body == initrd, "whole file");
+    let (status, head, body) = read_response(&mut r);
+    assert!(status.contains(" 206 "), "{status}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-range: bytes 100000-2199999/3145728"),
+        "{head}"
+    );
+    assert!(body == initrd[100_000..2_200_000], "the range");
+    let (_, _, body) = read_response(&mut r);
+    assert_eq!(body, pattern(1000, 2), "small file");
+    let (_, _, body) = read_response(&mut r);
+    assert!(body.starts_with(b"#!ipxe"), "boot script between assets");
+    let (_, _, body) = read_response(&mut r);
+    assert!(body == initrd, "whole file again");
+
+    // Shrinking under way: what arrives is the file's prefix, then the connection ends.
+    let mut conn = std::net::TcpStream::connect(d.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /assets/os/big HTTP/1.1\r\nHost: k\r\n\r\n")
+        .unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    conn.read_exact(&mut first).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("assets/os/big"))
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    first.extend(rest);
+    let head_end = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = &first[head_end..];
+    assert!(
+        body.len() < 64 << 20,
+        "the connection ended short: {} bytes",
+        body.len()
+    );
+    let big = pattern(64 << 20, 3);
+    assert!(
+        body == &big[..body.len()],
+        "only the file's own bytes, no padding"
+    );
 }
 
 /// Run curl, return (http status, body).

@@ -27,6 +27,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::zero_copy::{Outbox, ZeroCopyStream};
 use crate::metrics::Metrics;
 use crate::net::Backoff;
 
@@ -106,11 +107,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Asset bodies go out with sendfile through the connection's outbox.
+        let outbox = Outbox::default();
+        let stream = ZeroCopyStream::new(stream, outbox.clone());
         // Handlers and middleware read the client's address from `ConnectInfo`.
         let service = tower::ServiceExt::map_request(
             app.clone(),
             move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(outbox.clone());
                 merge_slashes(&mut req);
                 req
             },

@@ -1,0 +1,384 @@
+//! Zero-copy asset bodies: the kernel sends file bytes straight from the page cache to the
+//! socket (`sendfile(2)`), as nginx does, instead of reading them into buffers here first.
+//!
+//! hyper owns the connection and writes every response, so the file cannot be handed to it.
+//! Instead, [`ServeZeroCopy`] lets tower-http's `ServeDir` answer as always (path checks,
+//! Range, HEAD, ETag, Last-Modified, preconditions), and for a `GET` it answered with a big
+//! enough 200 or single-range 206 it swaps the body for a [`FileBody`] of the same length made
+//! of *placeholder* chunks: slices of one static buffer of zeros, which hyper queues for a
+//! vectored write without copying (it does so when the connection's I/O writes vectored, as
+//! [`ZeroCopyStream`] does). The body puts its file span in the connection's [`Outbox`] when
+//! hyper first polls it; [`ZeroCopyStream`] recognises placeholder slices by their address and
+//! writes them with `sendfile` from the span at the front of the outbox, in order. Every
+//! other byte (heads, other bodies) is written as usual.
+//!
+//! A file that shrinks while it is sent ends the connection with an error (the client sees a
+//! short body and retries); it is never padded with zeros. A cold page cache makes `sendfile`
+//! wait for the disk on the runtime thread, as nginx's does without `aio`: boot assets are
+//! read by every machine and stay cached.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::Response;
+use futures_util::future::BoxFuture;
+use http_body::Frame;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+use tower_http::services::ServeDir;
+
+/// Bodies smaller than this keep `ServeDir`'s own (one read is as cheap as the bookkeeping).
+const MIN_ZERO_COPY: u64 = 64 << 10;
+
+/// The placeholder chunks' memory; never written to the wire.
+static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
+
+fn is_placeholder(buf: &[u8]) -> bool {
+    !buf.is_empty() && ZEROS.as_ptr_range().contains(&buf.as_ptr())
+}
+
+/// A part of a file still to be sent.
+#[derive(Debug)]
+struct FileSpan {
+    file: std::fs::File,
+    offset: i64,
+    remaining: u64,
+}
+
+/// One connection's file spans, in the order their bodies were first polled.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outbox(Arc<Mutex<VecDeque<FileSpan>>>);
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<FileSpan>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A response body of `remaining` placeholder bytes standing for a file span.
+pub(crate) struct FileBody {
+    span: Option<FileSpan>,
+    outbox: Outbox,
+    remaining: u64,
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(span) = self.span.take() {
+            self.outbox.lock().push_back(span);
+        }
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(ZEROS.len() as u64);
+        self.remaining -= n;
+        let chunk = Bytes::from_static(&ZEROS[..n as usize]);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// A connection's stream: placeholder bytes go out with `sendfile`, all else as written.
+pub(crate) struct ZeroCopyStream {
+    stream: TcpStream,
+    outbox: Outbox,
+}
+
+impl ZeroCopyStream {
+    pub(crate) fn new(stream: TcpStream, outbox: Outbox) -> ZeroCopyStream {
+        ZeroCopyStream { stream, outbox }
+    }
+
+    /// Send up to `max` bytes of the front span; the count sent.
+    fn poll_send_file(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            let mut spans = self.outbox.lock();
+            let Some(span) = spans.front_mut() else {
+                return Poll::Ready(Err(io::Error::other(
+                    "a zero-copy body without its file (not sent)",
+                )));
+            };
+            let count = usize::try_from(span.remaining)
+                .unwrap_or(usize::MAX)
+                .min(max);
+            let sent = self.stream.try_io(Interest::WRITABLE, || {
+                nix::sys::sendfile::sendfile64(
+                    &self.stream,
+                    &span.file,
+                    Some(&mut span.offset),
+                    count,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was being sent",
+                    )));
+                }
+                Ok(n) => {
+                    span.remaining -= n as u64;
+                    if span.remaining == 0 {
+                        spans.pop_front();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for ZeroCopyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ZeroCopyStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if is_placeholder(buf) {
+            return self.poll_send_file(cx, buf.len());
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    /// The leading run of ordinary slices in one `writev`, or the leading run of placeholder
+    /// slices with `sendfile`: never both in one call.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let bufs: Vec<&io::IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).collect();
+        let Some(first) = bufs.first() else {
+            return Poll::Ready(Ok(0));
+        };
+        if is_placeholder(first) {
+            let run: usize = bufs
+                .iter()
+                .take_while(|b| is_placeholder(b))
+                .map(|b| b.len())
+                .sum();
+            return self.poll_send_file(cx, run);
+        }
+        let run: Vec<io::IoSlice<'_>> = bufs
+            .iter()
+            .take_while(|b| !is_placeholder(b))
+            .map(|b| io::IoSlice::new(b))
+            .collect();
+        Pin::new(&mut self.stream).poll_write_vectored(cx, &run)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // hyper queues body chunks (no copy) only for I/O that writes vectored.
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// `ServeDir` for `root`, with zero-copy bodies on connections that have an [`Outbox`].
+#[derive(Clone)]
+pub(crate) struct ServeZeroCopy {
+    dir: ServeDir,
+    root: Arc<Path>,
+}
+
+impl ServeZeroCopy {
+    pub(crate) fn new(dir: ServeDir, root: &Path) -> ServeZeroCopy {
+        ServeZeroCopy {
+            dir,
+            root: root.into(),
+        }
+    }
+}
+
+impl tower::Service<Request> for ServeZeroCopy {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let outbox = (req.method() == Method::GET)
+            .then(|| req.extensions().get::<Outbox>().cloned())
+            .flatten();
+        let path = req.uri().path().to_string();
+        let (dir, root) = (self.dir.clone(), self.root.clone());
+        Box::pin(async move {
+            let resp = match dir.oneshot(req).await {
+                Ok(r) => r.map(Body::new),
+                Err(e) => match e {},
+            };
+            let Some(outbox) = outbox else {
+                return Ok(resp);
+            };
+            let Some((offset, len, total)) = span_of(resp.status(), resp.headers()) else {
+                return Ok(resp);
+            };
+            if len < MIN_ZERO_COPY {
+                return Ok(resp);
+            }
+            let Some(file_path) = file_path(&root, &path) else {
+                return Ok(resp);
+            };
+            let opened = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(file_path)?;
+                let meta = file.metadata()?;
+                Ok::<_, io::Error>((file, meta))
+            })
+            .await;
+            match opened {
+                // The very file ServeDir measured (else its own body, which it has open).
+                Ok(Ok((file, meta))) if meta.is_file() && meta.len() == total => {
+                    let Ok(offset) = i64::try_from(offset) else {
+                        return Ok(resp);
+                    };
+                    let (parts, _) = resp.into_parts();
+                    let body = FileBody {
+                        span: Some(FileSpan {
+                            file,
+                            offset,
+                            remaining: len,
+                        }),
+                        outbox,
+                        remaining: len,
+                    };
+                    Ok(Response::from_parts(parts, Body::new(body)))
+                }
+                _ => Ok(resp),
+            }
+        })
+    }
+}
+
+/// (offset, length, file size) of what a response sends: a whole file (200) or one range
+/// (206 with `Content-Range: bytes a-b/total`); `None` for anything else.
+fn span_of(status: StatusCode, headers: &HeaderMap) -> Option<(u64, u64, u64)> {
+    let len: u64 = headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    match status {
+        StatusCode::OK => Some((0, len, len)),
+        StatusCode::PARTIAL_CONTENT => {
+            let range = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+            let (span, total) = range.strip_prefix("bytes ")?.split_once('/')?;
+            let (first, last) = span.split_once('-')?;
+            let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+            (last.checked_sub(first)? + 1 == len).then_some((first, len, total.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// The file under `root` for a request path, as `ServeDir` maps it: percent-decoded, `.`
+/// skipped, anything but plain names (`..`, roots, prefixes) refused.
+fn file_path(root: &Path, request_path: &str) -> Option<PathBuf> {
+    let decoded = percent_encoding::percent_decode_str(request_path.trim_start_matches('/'))
+        .decode_utf8()
+        .ok()?;
+    let mut path = root.to_path_buf();
+    for component in Path::new(&*decoded).components() {
+        match component {
+            Component::Normal(name) => path.push(name),
+            Component::CurDir => {}
+            Component::Prefix(_) | Component::RootDir | Component::ParentDir => return None,
+        }
+    }
+    Some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_of_whole_files_and_single_ranges_only() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "1000".parse().unwrap());
+        assert_eq!(span_of(StatusCode::OK, &h), Some((0, 1000, 1000)));
+        assert_eq!(span_of(StatusCode::NOT_MODIFIED, &h), None);
+        // A range without Content-Range (multipart) is left to ServeDir.
+        assert_eq!(span_of(StatusCode::PARTIAL_CONTENT, &h), None);
+        h.insert(
+            header::CONTENT_RANGE,
+            "bytes 100-1099/5000".parse().unwrap(),
+        );
+        assert_eq!(
+            span_of(StatusCode::PARTIAL_CONTENT, &h),
+            Some((100, 1000, 5000))
+        );
+        h.insert(header::CONTENT_RANGE, "bytes 100-199/5000".parse().unwrap());
+        assert_eq!(
+            span_of(StatusCode::PARTIAL_CONTENT, &h),
+            None,
+            "length disagrees"
+        );
+    }
+
+    #[test]
+    fn request_paths_map_as_serve_dir_maps_them() {
+        let root = Path::new("/srv/assets");
+        assert_eq!(
+            file_path(root, "/flatcar/vmlinuz"),
+            Some(root.join("flatcar/vmlinuz"))
+        );
+        assert_eq!(file_path(root, "/a%20b/./c"), Some(root.join("a b/c")));
+        assert_eq!(file_path(root, "/../etc/passwd"), None);
+        assert_eq!(file_path(root, "/a/%2e%2e/%2e%2e/etc"), None);
+    }
+
+    #[test]
+    fn placeholders_are_recognised_by_address_not_content() {
+        assert!(is_placeholder(&ZEROS[..10]));
+        assert!(is_placeholder(&ZEROS[ZEROS.len() - 1..]));
+        assert!(!is_placeholder(&[0u8; 10]));
+        assert!(!is_placeholder(&ZEROS[..0]));
+    }
+}
