@@ -24,7 +24,8 @@
 //! `run` prints a table of per-phase times and a last line
 //! `ok|fail machines=N provisioned=P failed=F all_ms=T dhcp_retx=.. tftp_retx=.. http_retries=..`.
 //! `prerender` walks the HTTP chain of every machine once and writes what it got as static
-//! files (`boot.ipxe`, `ipxe/<mac>`, `ignition/<mac>`), for a reference web server.
+//! files (`boot.ipxe`, `ipxe/<mac>`, `ignition/<mac>`), for a reference web server, and each
+//! machine's address as dnsmasq `dhcp-host` lines (`dhcp-hosts`, from 10.97.64.1).
 //! Every machine gives up at `--deadline-s`, so a run always ends.
 
 use std::collections::HashMap;
@@ -321,17 +322,22 @@ async fn dora(
     counters: &Counters,
 ) -> Result<Lease, String> {
     // A NAK (e.g. an address offered to two clients) starts over with a new DISCOVER, as RFC
-    // 2131 says; a new transaction id each time.
-    for round in 0..4u32 {
+    // 2131 says, after a random pause of up to a second (so that clients who collided do not
+    // collide again); a new transaction id each time.
+    const ROUNDS: u32 = 8;
+    for round in 0..ROUNDS {
         let xid = 0x4b00_0000 ^ (round << 20) ^ ((m.index << 1) | stage as u32);
         match dora_once(relay, m, stage, xid, counters).await {
             Err(e) if e == NAK => {
                 counters.dhcp_naks.fetch_add(1, Ordering::Relaxed);
+                // Deterministic "random": the same run pauses the same way each time.
+                let jitter = (xid.wrapping_mul(2_654_435_761) >> 8) % 1000;
+                tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
             }
             other => return other,
         }
     }
-    Err("NAK after 4 rounds".into())
+    Err(format!("NAK after {ROUNDS} rounds"))
 }
 
 const NAK: &str = "NAK";
@@ -437,6 +443,7 @@ async fn firmware(lease: &Lease, m: &Machine, counters: &Counters) -> Result<(),
 /// A machine's HTTP side: one client bound to its address, kept alive between requests.
 struct Http<'a> {
     client: reqwest::Client,
+    local: Option<Ipv4Addr>,
     counters: &'a Counters,
 }
 
@@ -448,60 +455,159 @@ impl Http<'_> {
             .read_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Http { client, counters })
+        Ok(Http {
+            client,
+            local: addr,
+            counters,
+        })
     }
 
-    /// GET `url`, streamed: its body when `keep`, else only its length (checked against
-    /// Content-Length). Up to 3 tries, 1 s apart, on connection errors and 5xx.
-    async fn get(&self, url: &str, keep: bool) -> Result<(u64, Vec<u8>), String> {
+    /// Up to 3 tries of `once`, 1 s apart, while it fails with a retryable error.
+    async fn retry<T, F: Future<Output = Result<T, (bool, String)>>>(
+        &self,
+        once: impl Fn() -> F,
+    ) -> Result<T, String> {
         let mut last = String::new();
         for attempt in 0..3 {
             if attempt > 0 {
                 self.counters.http_retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            match self.get_once(url, keep).await {
+            match once().await {
                 Ok(r) => return Ok(r),
-                Err((retry, why)) if retry => last = why,
-                Err((_, why)) => return Err(why),
+                Err((true, why)) => last = why,
+                Err((false, why)) => return Err(why),
             }
         }
         Err(last)
     }
 
-    async fn get_once(&self, url: &str, keep: bool) -> Result<(u64, Vec<u8>), (bool, String)> {
-        let mut resp = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| (true, format!("GET {url}: {e}")))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err((status.is_server_error(), format!("GET {url}: {status}")));
-        }
-        let want = resp.content_length();
-        let (mut n, mut body) = (0u64, Vec::new());
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| (true, format!("GET {url}: {e}")))?
-        {
-            n += chunk.len() as u64;
-            if keep {
-                body.extend_from_slice(&chunk);
+    /// GET a big body (kernel, initrd) and throw it away without copying it here: on its
+    /// own connection, spliced from the socket through a pipe to /dev/null, so that the
+    /// simulator's CPU does not set the pace of a storm. Its length is checked.
+    async fn sink(&self, url: &str) -> Result<u64, String> {
+        self.retry(|| async {
+            match tokio::time::timeout(Duration::from_secs(120), sink_once(self.local, url)).await {
+                Ok(r) => r.map_err(|e| (true, format!("GET {url}: {e}"))),
+                Err(_) => Err((true, format!("GET {url}: no end after 120 s"))),
             }
-        }
-        if want.is_some_and(|w| w != n) {
-            return Err((true, format!("GET {url}: {n} of {want:?} bytes")));
-        }
-        Ok((n, body))
+        })
+        .await
     }
 
+    /// GET a text (script, config); connection errors and 5xx are tried again.
     async fn text(&self, url: &str) -> Result<String, String> {
-        let (_, body) = self.get(url, true).await?;
-        String::from_utf8(body).map_err(|_| format!("GET {url}: not UTF-8"))
+        let body = self
+            .retry(|| async {
+                let resp = self
+                    .client
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| (true, format!("GET {url}: {e}")))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    return Err((status.is_server_error(), format!("GET {url}: {status}")));
+                }
+                resp.bytes()
+                    .await
+                    .map_err(|e| (true, format!("GET {url}: {e}")))
+            })
+            .await?;
+        String::from_utf8(body.to_vec()).map_err(|_| format!("GET {url}: not UTF-8"))
     }
+}
+
+/// One GET of `url` from `local`, the body spliced to /dev/null; its length.
+async fn sink_once(local: Option<Ipv4Addr>, url: &str) -> Result<u64, String> {
+    use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+    let io = |e: std::io::Error| e.to_string();
+    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let server: SocketAddr = host
+        .parse()
+        .or_else(|_| format!("{host}:80").parse())
+        .map_err(|_| format!("{host}: not an address"))?;
+    let sock = tokio::net::TcpSocket::new_v4().map_err(io)?;
+    if let Some(ip) = local {
+        sock.bind(SocketAddr::from((ip, 0))).map_err(io)?;
+    }
+    let mut stream = sock.connect(server).await.map_err(io)?;
+    let path = if path.is_empty() { "/" } else { path };
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .map_err(io)?;
+    // The head (and whatever of the body came with it).
+    let mut head = Vec::with_capacity(4096);
+    let end = loop {
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            return Err("closed before the head ended".into());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if head.len() > 65536 {
+            return Err("a head over 64 KiB".into());
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..end]);
+    let status = text.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("status {status}"));
+    }
+    let len: u64 = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .ok_or("no Content-Length")?;
+    let mut got = (head.len() - end) as u64;
+    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    // A bigger pipe: fewer splices per MiB (the kernel may give less; that is fine).
+    let _ = fcntl(&pipe_w, FcntlArg::F_SETPIPE_SZ(1 << 20));
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(io)?;
+    while got < len {
+        stream.readable().await.map_err(io)?;
+        let want = usize::try_from(len - got)
+            .unwrap_or(usize::MAX)
+            .min(1 << 20);
+        let moved = stream.try_io(Interest::READABLE, || {
+            splice(
+                &stream,
+                None,
+                &pipe_w,
+                None,
+                want,
+                SpliceFFlags::SPLICE_F_NONBLOCK,
+            )
+            .map_err(std::io::Error::from)
+        });
+        let n = match moved {
+            Ok(0) => return Err(format!("closed after {got} of {len} bytes")),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut left = n;
+        while left > 0 {
+            left -= splice(&pipe_r, None, &null, None, left, SpliceFFlags::empty())
+                .map_err(|e| e.to_string())?;
+        }
+        got += n as u64;
+    }
+    Ok(got)
 }
 
 /// What iPXE would do with a boot script: its kernel, initrds and the Ignition URL on the
@@ -589,7 +695,7 @@ async fn http_boot(
         parse_script(&http.text(&url).await.map_err(fail("script"))?).map_err(fail("script"))?;
     lap(times);
     for url in std::iter::once(&script.kernel).chain(&script.initrds) {
-        http.get(url, false).await.map_err(fail("kernel"))?;
+        http.sink(url).await.map_err(fail("kernel"))?;
     }
     lap(times);
     let ignition = script
@@ -793,6 +899,14 @@ async fn prerender(args: PrerenderArgs) -> Result<(), String> {
         std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))
     };
     write("boot.ipxe", boot.as_bytes())?;
+    // dnsmasq's dhcp-host lines: every machine's address pinned, 10.97.64.1 and up.
+    let hosts: String = (0..args.fleet.machines)
+        .map(|i| {
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 64, 1)) + i);
+            format!("{},{ip}\n", Machine::new(i, &args.fleet).mac_colons())
+        })
+        .collect();
+    write("dhcp-hosts", hosts.as_bytes())?;
     for i in 0..args.fleet.machines {
         let m = Machine::new(i, &args.fleet);
         let url = chain_url(&m.expand(&boot)).ok_or("no chain URL in the boot script")?;

@@ -40,7 +40,7 @@ use tower_http::services::ServeDir;
 const MIN_ZERO_COPY: u64 = 64 << 10;
 
 /// The placeholder chunks' memory; never written to the wire.
-static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
+static ZEROS: [u8; 2 << 20] = [0; 2 << 20];
 
 fn is_placeholder(buf: &[u8]) -> bool {
     !buf.is_empty() && ZEROS.as_ptr_range().contains(&buf.as_ptr())
