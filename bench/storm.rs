@@ -452,6 +452,8 @@ impl Http<'_> {
         let client = reqwest::Client::builder()
             .local_address(addr.map(IpAddr::V4))
             .connect_timeout(Duration::from_secs(10))
+            // One connection per request, as the big bodies get: a machine holds at most one.
+            .pool_max_idle_per_host(0)
             .read_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| e.to_string())?;

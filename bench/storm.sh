@@ -96,6 +96,7 @@ base_url = "http://10.97.0.1:8080"
 [http]
 listen = "10.97.0.1:8080"
 config_access = "$2"
+max_connections = 16384 # as nginx's worker_connections below; the default is 1024
 [paths]
 profiles = "$work/profiles"
 ipxe_scripts = "$PWD/ipxe"

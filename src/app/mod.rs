@@ -99,6 +99,9 @@ pub async fn run(
     let watcher = watch::watch(&sources(&config));
     let (ctx, machines, etcd) = load(config, base_url).await?;
     let sup = Supervisor::new(ctx.clone(), token.clone());
+    // DHCP and TFTP on a thread of their own (dropped last, after the writers' last ACKs).
+    let lane = supervisor::Lane::start("kindling-udp")
+        .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the UDP thread: {e}")))?;
     // The writers outlive the services: they stop after them, with a last commit.
     let stop_writers = CancellationToken::new();
     let mut writers = vec![start_inventory(&ctx, &sup, machines, &stop_writers)];
@@ -106,6 +109,7 @@ pub async fn run(
     let (dhcp, lease_writer) = start::start_dhcp(
         &ctx,
         &sup,
+        &lane,
         std::mem::take(&mut bound.dhcp),
         &stop_writers,
         etcd.as_ref(),
@@ -120,7 +124,7 @@ pub async fn run(
     }
     let http = start::http_state(&ctx, &sup, etcd.as_ref())?;
     if let Some(socket) = bound.tftp.take() {
-        start::start_tftp(&ctx, &sup, socket, http.clone())?;
+        start::start_tftp(&ctx, &sup, &lane, socket, http.clone())?;
     }
     if let Some(sockets) = bound.dns.take() {
         start::start_dns(&ctx, &sup, sockets, dhcp.as_ref())?;

@@ -9,7 +9,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::bind::{dup_tcp, dup_udp};
-use super::supervisor::Supervisor;
+use super::supervisor::{Lane, Supervisor};
 use crate::cluster::Etcd;
 use crate::config::DhcpMode;
 use crate::ctx::Ctx;
@@ -127,6 +127,7 @@ fn follow_remote_leases(
 pub(super) async fn start_dhcp(
     ctx: &Ctx,
     sup: &Supervisor,
+    lane: &Lane,
     listeners: Vec<Listener>,
     stop_writers: &CancellationToken,
     etcd: Option<&Etcd>,
@@ -192,19 +193,53 @@ pub(super) async fn start_dhcp(
     sup.background("dhcp profiles", move || {
         dhcp_server::run_profile_follower(s.clone(), live.clone(), token.clone())
     });
-    for listener in listeners {
-        let i = &listener.ingress;
+    for Listener { socket, ingress } in listeners {
+        let i = &ingress;
         tracing::info!(iface = %i.iface, port = i.port, addrs = ?i.addrs, mode = ?config.dhcp.mode, "listening for DHCP on {}", i.iface);
         let name = format!("dhcp {}:{}", i.iface, i.port);
+        let socket = LaneSocket::new(socket).context("DHCP socket")?;
         let (s, w, token) = (service.clone(), writes.clone(), ctx_token(sup));
-        sup.service(name, move || {
-            dhcp_server::run(s.clone(), listener.clone(), w.clone(), token.clone())
+        sup.service_in(lane, name, move || {
+            let (s, w, token, ingress) = (s.clone(), w.clone(), token.clone(), ingress.clone());
+            let dup = socket.dup();
+            async move {
+                let listener = Listener {
+                    socket: attach(dup)?,
+                    ingress,
+                };
+                dhcp_server::run(s, listener, w, token)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         });
     }
     Ok((Some(service), writer_task))
 }
 
-/// The shutdown token the services run under.
+/// A bound UDP socket for a service on the [`Lane`]: off this runtime's reactor, so that only
+/// the lane polls it; each run registers a `dup` of it there.
+struct LaneSocket(std::net::UdpSocket);
+
+impl LaneSocket {
+    fn new(socket: Arc<UdpSocket>) -> std::io::Result<LaneSocket> {
+        let socket =
+            Arc::try_unwrap(socket).map_err(|_| std::io::Error::other("the socket is shared"))?;
+        Ok(LaneSocket(socket.into_std()?))
+    }
+
+    /// A `dup` of the socket, for [`attach`] in a task on the lane.
+    fn dup(&self) -> std::io::Result<std::net::UdpSocket> {
+        self.0.try_clone()
+    }
+}
+
+/// `dup` registered with the reactor of the runtime this runs on (the lane's).
+fn attach(dup: std::io::Result<std::net::UdpSocket>) -> Result<Arc<UdpSocket>, String> {
+    dup.and_then(UdpSocket::from_std)
+        .map(Arc::new)
+        .map_err(|e| format!("cannot reuse the socket: {e}"))
+}
+
 fn ctx_token(sup: &Supervisor) -> CancellationToken {
     sup.token().clone()
 }
@@ -213,6 +248,7 @@ fn ctx_token(sup: &Supervisor) -> CancellationToken {
 pub(super) fn start_tftp(
     ctx: &Ctx,
     sup: &Supervisor,
+    lane: &Lane,
     socket: UdpSocket,
     http: crate::http::HttpState,
 ) -> anyhow::Result<()> {
@@ -239,9 +275,14 @@ pub(super) fn start_tftp(
         .with_grub_cfg(grub_cfg),
     );
     tracing::info!(ipxe_binaries = %config.paths.ipxe_binaries.display(), assets = %config.paths.assets.display(), "listening for TFTP on {addr}");
-    let (socket, token) = (Arc::new(socket), ctx_token(sup));
-    sup.service("tftp", move || {
-        service.clone().run(socket.clone(), token.clone())
+    let socket = LaneSocket::new(Arc::new(socket)).context("TFTP socket")?;
+    let token = ctx_token(sup);
+    sup.service_in(lane, "tftp", move || {
+        let (service, token, dup) = (service.clone(), token.clone(), socket.dup());
+        async move {
+            let socket = attach(dup)?;
+            service.run(socket, token).await.map_err(|e| e.to_string())
+        }
     });
     Ok(())
 }
