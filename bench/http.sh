@@ -3,10 +3,12 @@
 #
 #   bench/http.sh [rounds] [seconds-per-test]      (default: 5 rounds of 5 s)
 #
-# Measures with wrk (2 threads, 32 connections):
+# Measures with wrk (2 threads):
 #   - /ipxe and /ignition rendered per request by Kindling, against nginx serving the very
-#     same bytes as static files (the cost of choosing a profile and rendering templates);
-#   - a 30 MiB asset from Kindling's /assets/ and from nginx.
+#     same bytes as static files (the cost of choosing a profile and rendering templates),
+#     32 connections;
+#   - a 30 MiB asset from Kindling's /assets/ and from nginx (both with sendfile), at 10 and
+#     at 100 connections.
 # Each test runs once per round, alternating servers; the table shows medians and the
 # ratio Kindling/nginx (1.00 = as fast as nginx). Both servers and wrk share the machine's
 # cores, so absolute numbers depend on the machine; compare the ratios.
@@ -92,9 +94,9 @@ cmp -s <(curl -fs "http://127.0.0.1:$nport/ignition") <(curl -fs "http://127.0.0
   || { echo "nginx and Kindling do not serve the same bytes" >&2; exit 1; }
 
 # wrk → requests/s and MB/s
-run_wrk() {
+run_wrk() { # $1: URL, $2: connections
   local out
-  out=$(wrk -t2 -c32 -d"${secs}s" --latency "$1" 2>&1)
+  out=$(wrk -t2 -c"$2" -d"${secs}s" --latency "$1" 2>&1)
   local rps mbps
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   mbps=$(awk '/^Transfer\/sec:/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /MB/) {sub("MB","",v)} else if (v ~ /KB/) {sub("KB","",v); v/=1024} else {sub("B","",v); v/=1048576}; print v}' <<<"$out")
@@ -102,15 +104,16 @@ run_wrk() {
 }
 
 declare -A results
-tests=(ipxe ignition asset)
-kurl() { case $1 in ipxe) echo "http://127.0.0.1:$kport/ipxe?mac=$mac";; ignition) echo "http://127.0.0.1:$kport/ignition?mac=$mac";; asset) echo "http://127.0.0.1:$kport/assets/flatcar/big.img";; esac; }
-nurl() { case $1 in ipxe) echo "http://127.0.0.1:$nport/ipxe";; ignition) echo "http://127.0.0.1:$nport/ignition";; asset) echo "http://127.0.0.1:$nport/big.img";; esac; }
+tests=(ipxe ignition asset10 asset100)
+kurl() { case $1 in ipxe) echo "http://127.0.0.1:$kport/ipxe?mac=$mac";; ignition) echo "http://127.0.0.1:$kport/ignition?mac=$mac";; asset*) echo "http://127.0.0.1:$kport/assets/flatcar/big.img";; esac; }
+nurl() { case $1 in ipxe) echo "http://127.0.0.1:$nport/ipxe";; ignition) echo "http://127.0.0.1:$nport/ignition";; asset*) echo "http://127.0.0.1:$nport/big.img";; esac; }
+conns() { case $1 in asset10) echo 10;; asset100) echo 100;; *) echo 32;; esac; }
 
-echo "HTTP benchmark: $rounds rounds x ${secs}s per test, wrk -t2 -c32, $(nproc) cores"
+echo "HTTP benchmark: $rounds rounds x ${secs}s per test, wrk -t2, $(nproc) cores"
 for r in $(seq "$rounds"); do
   for t in "${tests[@]}"; do
-    results[k,$t]+="$(run_wrk "$(kurl "$t")");"
-    results[n,$t]+="$(run_wrk "$(nurl "$t")");"
+    results[k,$t]+="$(run_wrk "$(kurl "$t")" "$(conns "$t")");"
+    results[n,$t]+="$(run_wrk "$(nurl "$t")" "$(conns "$t")");"
   done
   echo "  round $r done"
 done
@@ -120,10 +123,10 @@ median() { tr ';' '\n' | awk 'NF' | awk -v f="$1" '{print $f}' | sort -g | awk '
 
 printf '\n%-34s %14s %14s %8s\n' "test (median of $rounds)" "kindling" "nginx" "ratio"
 for t in "${tests[@]}"; do
-  if [ "$t" = asset ]; then field=2; unit="MB/s"; else field=1; unit="req/s"; fi
+  if [[ $t == asset* ]]; then field=2; unit="MB/s"; else field=1; unit="req/s"; fi
   k=$(median $field <<<"${results[k,$t]}")
   n=$(median $field <<<"${results[n,$t]}")
-  label=$t; [ "$t" = asset ] && label="30 MiB asset"
+  label="$t ($(conns "$t") connections)"; [[ $t == asset* ]] && label="30 MiB asset, $(conns "$t") connections"
   [ "$t" = ipxe ] && label="/ipxe (rendered vs static)"
   [ "$t" = ignition ] && label="/ignition (rendered vs static)"
   printf '%-34s %10.0f %-4s %10.0f %-4s %7.2fx\n' "$label" "$k" "$unit" "$n" "$unit" "$(awk -v a="$k" -v b="$n" 'BEGIN {print (b > 0 ? a / b : 0)}')"

@@ -104,7 +104,7 @@ pub async fn run(
         .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the UDP thread: {e}")))?;
     // The writers outlive the services: they stop after them, with a last commit.
     let stop_writers = CancellationToken::new();
-    let mut writers = vec![start_inventory(&ctx, &sup, machines, &stop_writers)];
+    let mut writers = vec![start_inventory(&ctx, &sup, &lane, machines, &stop_writers)];
     start::follow_reload_errors(&ctx, &sup);
     let (dhcp, lease_writer) = start::start_dhcp(
         &ctx,
@@ -264,13 +264,16 @@ async fn connect_etcd(config: &crate::config::ClusterConfig) -> Result<Etcd, App
 fn start_inventory(
     ctx: &Ctx,
     sup: &Supervisor,
+    lane: &supervisor::Lane,
     machines: Arc<dyn MachineStore>,
     stop_writers: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let inventory = &ctx.inventory;
     inventory.share_next_boot(machines.clone());
     let token = sup.token();
-    let writer = sup.critical(
+    // On the lane: reports wait for its commits, and must not queue behind HTTP downloads.
+    let writer = sup.critical_in(
+        lane,
         "the inventory writer",
         stop_writers.clone(),
         inventory

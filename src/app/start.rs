@@ -176,7 +176,12 @@ pub(super) async fn start_dhcp(
         let writer = writer.with_health(ctx.health.clone());
         writes = Some(tx);
         let stop = stop_writers.clone();
-        writer_task = Some(sup.critical("the DHCP lease writer", stop.clone(), writer.run(stop)));
+        writer_task = Some(sup.critical_in(
+            lane,
+            "the DHCP lease writer",
+            stop.clone(),
+            writer.run(stop),
+        ));
         let (s, token) = (service.clone(), ctx_token(sup));
         sup.background("dhcp expiry", move || {
             dhcp_server::run_expiry(s.clone(), expiry.clone(), token.clone())

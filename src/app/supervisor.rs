@@ -173,9 +173,38 @@ impl Supervisor {
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.critical_on(&Handle::current(), name, stop, task)
+    }
+
+    /// [`Supervisor::critical`], the task on `lane` (the lease writer, whose commits the
+    /// DHCP ACKs wait for).
+    pub fn critical_in<Fut>(
+        &self,
+        lane: &Lane,
+        name: &'static str,
+        stop: CancellationToken,
+        task: Fut,
+    ) -> JoinHandle<()>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.critical_on(&lane.handle, name, stop, task)
+    }
+
+    fn critical_on<Fut>(
+        &self,
+        runtime: &Handle,
+        name: &'static str,
+        stop: CancellationToken,
+        task: Fut,
+    ) -> JoinHandle<()>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (token, fatal) = (self.token.clone(), self.fatal.clone());
+        let run = runtime.spawn(task);
         tokio::spawn(async move {
-            let outcome = tokio::spawn(task).await;
+            let outcome = run.await;
             if stop.is_cancelled() {
                 return;
             }
@@ -194,11 +223,11 @@ impl Supervisor {
 /// A runtime of its own on a thread of its own, for the services whose answers must not
 /// queue behind bulk work (DHCP and TFTP behind a thousand kernel downloads): the kernel's
 /// scheduler shares the CPU between this thread and the HTTP workers as it would between
-/// dnsmasq and nginx. In a 1,000-machine storm on one core (bench/storm.sh, one run each)
-/// the TFTP phase's median went from 16.6 s, its transfers one task among the HTTP
-/// connections, to 6.1 s, and the whole storm from 37 s to 33.5 s. Its sockets must be
-/// registered from a task on the lane, so that this thread's reactor polls them. The thread
-/// ends when the lane is dropped.
+/// dnsmasq and nginx. In a 1,000-machine storm on one core (bench/storm.sh) the TFTP phase's
+/// median went from 16.6 s, its transfers one task among the HTTP connections, to 4 s; with
+/// the lease and inventory writers here too, DHCP answered without a single retransmit
+/// (234 before). Its sockets must be registered from a task on the lane, so that this
+/// thread's reactor polls them. The thread ends when the lane is dropped.
 #[derive(Debug)]
 pub struct Lane {
     handle: Handle,
