@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 secs=${2:-5}
+source bench/lib.sh # nginx_conf
 
 scripts/setup.sh bench >/dev/null
 if [ -n "${KINDLING_BIN:-}" ]; then
@@ -65,28 +66,7 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$kport/healthz" >/dev/null &&
 curl -fs "http://127.0.0.1:$kport/ipxe?mac=$mac" > "$work/static/ipxe"
 curl -fs "http://127.0.0.1:$kport/ignition?mac=$mac" > "$work/static/ignition"
 cp "$work/assets/flatcar/big.img" "$work/static/big.img"
-cat > "$work/nginx.conf" <<CONF
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  default_type application/octet-stream;
-  client_body_temp_path $work/nginx-tmp;
-  proxy_temp_path $work/nginx-tmp;
-  fastcgi_temp_path $work/nginx-tmp;
-  uwsgi_temp_path $work/nginx-tmp;
-  scgi_temp_path $work/nginx-tmp;
-  server {
-    listen 127.0.0.1:$nport;
-    root $work/static;
-  }
-}
-CONF
-mkdir -p "$work/nginx-tmp"
+nginx_conf "$work" "127.0.0.1:$nport" "$work/static" 1024 ""
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$nport/ipxe" >/dev/null && break; sleep 0.1; done
@@ -119,13 +99,14 @@ for r in $(seq "$rounds"); do
 done
 krss=$(awk '/VmHWM/ {print $2}' "/proc/$kpid/status")
 
-median() { tr ';' '\n' | awk 'NF' | awk -v f="$1" '{print $f}' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+# The median of field $1 of the ';'-separated results on stdin.
+median_field() { tr ';' '\n' | awk -v f="$1" 'NF {print $f}' | median; }
 
 printf '\n%-34s %14s %14s %8s\n' "test (median of $rounds)" "kindling" "nginx" "ratio"
 for t in "${tests[@]}"; do
   if [[ $t == asset* ]]; then field=2; unit="MB/s"; else field=1; unit="req/s"; fi
-  k=$(median $field <<<"${results[k,$t]}")
-  n=$(median $field <<<"${results[n,$t]}")
+  k=$(median_field $field <<<"${results[k,$t]}")
+  n=$(median_field $field <<<"${results[n,$t]}")
   label="$t ($(conns "$t") connections)"; [[ $t == asset* ]] && label="30 MiB asset, $(conns "$t") connections"
   [ "$t" = ipxe ] && label="/ipxe (rendered vs static)"
   [ "$t" = ignition ] && label="/ignition (rendered vs static)"

@@ -27,6 +27,34 @@ stop_server() {
   fi
 }
 
+# $1/nginx.conf (pid, error log and temp files in $1): nginx serving $3 on $2 with sendfile,
+# at most $4 connections per worker, plus the server-block lines $5. Creates $1/nginx-tmp.
+nginx_conf() {
+  cat > "$1/nginx.conf" <<CONF
+worker_processes auto;
+pid $1/nginx.pid;
+error_log $1/nginx-error.log warn;
+events { worker_connections $4; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  client_body_temp_path $1/nginx-tmp;
+  proxy_temp_path $1/nginx-tmp;
+  fastcgi_temp_path $1/nginx-tmp;
+  uwsgi_temp_path $1/nginx-tmp;
+  scgi_temp_path $1/nginx-tmp;
+  server {
+    listen $2;
+    root $3;
+$5
+  }
+}
+CONF
+  mkdir -p "$1/nginx-tmp"
+}
+
 # The median of the numbers on stdin (separated by spaces or newlines).
 median() {
   tr -s ' \n' '\n\n' | awk 'NF' | sort -g |

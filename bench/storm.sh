@@ -148,32 +148,11 @@ start_kindling "$work/prerender" open
 ip netns exec "$cli" "$storm" prerender --boot-url http://10.97.0.1:8080/boot.ipxe \
   --machines "$machines" --bios-percent "$bios" --out "$work/static" >&2
 stop_server
-cat > "$work/nginx.conf" <<CONF
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  default_type application/octet-stream;
-  client_body_temp_path $work/nginx-tmp;
-  proxy_temp_path $work/nginx-tmp;
-  fastcgi_temp_path $work/nginx-tmp;
-  uwsgi_temp_path $work/nginx-tmp;
-  scgi_temp_path $work/nginx-tmp;
-  server {
-    listen 10.97.0.1:8080;
-    root $work/static;
+nginx_conf "$work" 10.97.0.1:8080 "$work/static" 16384 "\
     location = /ipxe { try_files /ipxe/\$arg_mac =404; }
     location = /ignition { try_files /ignition/\$arg_mac =404; }
     location = /api/v1/report { return 200 '{}'; }
-    location /assets/ { alias $root/assets/; }
-  }
-}
-CONF
-mkdir -p "$work/nginx-tmp"
+    location /assets/ { alias $root/assets/; }"
 chmod -R a+rX "$work/static"
 
 start_reference() { # $1: state directory

@@ -272,8 +272,8 @@ fn start_inventory(
     inventory.share_next_boot(machines.clone());
     let token = sup.token();
     // On the lane: reports wait for its commits, and must not queue behind HTTP downloads.
-    let writer = sup.critical_in(
-        lane,
+    let writer = sup.critical(
+        Some(lane),
         "the inventory writer",
         stop_writers.clone(),
         inventory

@@ -176,8 +176,8 @@ pub(super) async fn start_dhcp(
         let writer = writer.with_health(ctx.health.clone());
         writes = Some(tx);
         let stop = stop_writers.clone();
-        writer_task = Some(sup.critical_in(
-            lane,
+        writer_task = Some(sup.critical(
+            Some(lane),
             "the DHCP lease writer",
             stop.clone(),
             writer.run(stop),

@@ -163,9 +163,11 @@ impl Supervisor {
     }
 
     /// Run `task`, which keeps state durable and stops when `stop` is cancelled (after every
-    /// service has stopped). If it ends before that, the daemon shuts down and exits 1.
+    /// service has stopped), on `lane` if given (the writers whose commits DHCP ACKs and
+    /// reports wait for). If it ends before that, the daemon shuts down and exits 1.
     pub fn critical<Fut>(
         &self,
+        lane: Option<&Lane>,
         name: &'static str,
         stop: CancellationToken,
         task: Fut,
@@ -173,36 +175,11 @@ impl Supervisor {
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.critical_on(&Handle::current(), name, stop, task)
-    }
-
-    /// [`Supervisor::critical`], the task on `lane` (the lease writer, whose commits the
-    /// DHCP ACKs wait for).
-    pub fn critical_in<Fut>(
-        &self,
-        lane: &Lane,
-        name: &'static str,
-        stop: CancellationToken,
-        task: Fut,
-    ) -> JoinHandle<()>
-    where
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.critical_on(&lane.handle, name, stop, task)
-    }
-
-    fn critical_on<Fut>(
-        &self,
-        runtime: &Handle,
-        name: &'static str,
-        stop: CancellationToken,
-        task: Fut,
-    ) -> JoinHandle<()>
-    where
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+        let run = match lane {
+            Some(lane) => lane.handle.spawn(task),
+            None => tokio::spawn(task),
+        };
         let (token, fatal) = (self.token.clone(), self.fatal.clone());
-        let run = runtime.spawn(task);
         tokio::spawn(async move {
             let outcome = run.await;
             if stop.is_cancelled() {

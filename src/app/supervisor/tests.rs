@@ -149,7 +149,7 @@ async fn a_critical_task_that_ends_stops_the_daemon() {
     let token = CancellationToken::new();
     let sup = Supervisor::new(ctx, token.clone());
     let stop = CancellationToken::new();
-    let task = sup.critical("the inventory writer", stop.clone(), async {});
+    let task = sup.critical(None, "the inventory writer", stop.clone(), async {});
     task.await.unwrap();
     assert!(token.is_cancelled(), "the daemon shuts down");
     assert_eq!(
@@ -161,7 +161,7 @@ async fn a_critical_task_that_ends_stops_the_daemon() {
     let sup = Supervisor::new(self::ctx(), token.clone());
     let stop = CancellationToken::new();
     let s = stop.clone();
-    let task = sup.critical("the lease writer", stop.clone(), async move {
+    let task = sup.critical(None, "the lease writer", stop.clone(), async move {
         s.cancelled().await;
     });
     stop.cancel();
