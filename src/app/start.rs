@@ -245,6 +245,7 @@ fn attach(dup: std::io::Result<std::net::UdpSocket>) -> Result<Arc<UdpSocket>, S
         .map_err(|e| format!("cannot reuse the socket: {e}"))
 }
 
+/// The shutdown token the services run under.
 fn ctx_token(sup: &Supervisor) -> CancellationToken {
     sup.token().clone()
 }
