@@ -230,6 +230,18 @@ struct BootParts {
     args: Vec<String>,
 }
 
+/// What a document request renders, for whom, but the facts (which carry the boot secret the
+/// script cache puts in): the cache key's inputs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Doc<'a> {
+    pub(crate) profile: &'a Profile,
+    pub(crate) machine: Option<&'a Machine>,
+    pub(crate) base_url: &'a str,
+    pub(crate) what: &'a What,
+    /// The local-disk script.
+    pub(crate) local: bool,
+}
+
 impl ProfileSet {
     fn render_named(&self, name: &str, ctx: &Value) -> Result<String, DocumentError> {
         Ok(self.engine.render(name, ctx)?)
@@ -245,19 +257,29 @@ impl ProfileSet {
         base_url: &str,
         what: &What,
     ) -> Result<Rendered, DocumentError> {
-        self.boot_script(profile, machine, facts, base_url, what, true)
+        let doc = Doc {
+            profile,
+            machine,
+            base_url,
+            what,
+            local: true,
+        };
+        self.boot_script(doc, facts)
     }
 
     /// [`ProfileSet::boot_script`], rendered.
     pub(crate) fn boot_script_uncached(
         &self,
-        profile: &Profile,
-        machine: Option<&Machine>,
+        doc: Doc<'_>,
         facts: &Facts,
-        base_url: &str,
-        what: &What,
-        local: bool,
     ) -> Result<String, DocumentError> {
+        let Doc {
+            profile,
+            machine,
+            base_url,
+            what,
+            local,
+        } = doc;
         let ctx = Value::from(context(profile, machine, facts, base_url));
         let rendered = match what {
             What::Grub(via) => self.render_grub(profile, ctx, base_url, *via, local),
@@ -270,33 +292,17 @@ impl ProfileSet {
     ///
     /// Served from [`ScriptCache`] once the same inputs came a second time: everything but
     /// the boot secret is the same, and the secret is put into the cached text.
-    fn boot_script(
-        &self,
-        profile: &Profile,
-        machine: Option<&Machine>,
-        facts: &Facts,
-        base_url: &str,
-        what: &What,
-        local: bool,
-    ) -> Result<Rendered, DocumentError> {
-        let render = |facts: &Facts| {
-            self.boot_script_uncached(profile, machine, facts, base_url, what, local)
-        };
-        self.cached(profile, machine, facts, base_url, what, local, render)
+    fn boot_script(&self, doc: Doc<'_>, facts: &Facts) -> Result<Rendered, DocumentError> {
+        self.cached(doc, facts, |f| self.boot_script_uncached(doc, f))
             .map(script)
     }
 
     /// `render(facts)`, from [`ScriptCache`] once the same inputs came a second time:
     /// everything but the boot secret is the same, and the secret is put into the cached text.
-    #[allow(clippy::too_many_arguments)]
     fn cached(
         &self,
-        profile: &Profile,
-        machine: Option<&Machine>,
+        doc: Doc<'_>,
         facts: &Facts,
-        base_url: &str,
-        what: &What,
-        local: bool,
         render: impl Fn(&Facts) -> Result<String, DocumentError>,
     ) -> Result<String, DocumentError> {
         let cache = &self.scripts;
@@ -308,15 +314,15 @@ impl ProfileSet {
             return render(facts);
         }
         let key = ScriptKey {
-            profile: profile.name.clone(),
-            what: what.clone(),
-            local,
-            machine: machine.is_some(),
+            profile: doc.profile.name.clone(),
+            what: doc.what.clone(),
+            local: doc.local,
+            machine: doc.machine.is_some(),
             facts: Facts {
                 secret: None,
                 ..facts.clone()
             },
-            base_url: base_url.to_string(),
+            base_url: doc.base_url.to_string(),
         };
         match cache.get(&key) {
             Some(Cached::Parts(parts)) => return Ok(parts.join(secret)),
@@ -458,10 +464,15 @@ impl ProfileSet {
         what: &What,
     ) -> Result<Rendered, DocumentError> {
         let ctx = || context(profile, machine, facts, base_url);
+        let doc = Doc {
+            profile,
+            machine,
+            base_url,
+            what,
+            local: false,
+        };
         match what {
-            What::Ipxe | What::Grub(_) => {
-                self.boot_script(profile, machine, facts, base_url, what, false)
-            }
+            What::Ipxe | What::Grub(_) => self.boot_script(doc, facts),
             What::Ignition => {
                 let name = profile
                     .ignition
@@ -472,7 +483,7 @@ impl ProfileSet {
                     })?;
                 // Cached as boot scripts are: the secret is hex in a JSON string, so a text
                 // that validated with a stand-in secret validates with the real one.
-                let body = self.cached(profile, machine, facts, base_url, what, false, |f| {
+                let body = self.cached(doc, facts, |f| {
                     let ctx = Value::from(context(profile, machine, f, base_url));
                     Ok(self.engine.render_ignition(name, &ctx)?)
                 })?;

@@ -911,7 +911,16 @@ fn boot_scripts_are_cached_with_the_secret_put_in() {
             f.secret = Some(s.clone());
             let chosen = set.select(&f).unwrap();
             let fresh = set
-                .boot_script_uncached(chosen.profile, chosen.machine, &f, base, &what, false)
+                .boot_script_uncached(
+                    super::documents::Doc {
+                        profile: chosen.profile,
+                        machine: chosen.machine,
+                        base_url: base,
+                        what: &what,
+                        local: false,
+                    },
+                    &f,
+                )
                 .unwrap();
             assert_eq!(body, fresh, "{what:?} #{i}");
         }
