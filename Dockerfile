@@ -20,6 +20,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY ipxe ./ipxe
+# The dashboard (src/http/ui.rs embeds it).
+COPY ui ./ui
 RUN cargo build --release --locked \
  && strip target/release/kindling
 

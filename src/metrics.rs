@@ -73,11 +73,26 @@ pub struct ServiceLabels {
 }
 
 type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
+type PoolSource = Box<dyn Fn() -> Vec<PoolUsage> + Send + Sync>;
+
+/// A DHCP pool's size and use, for `/metrics` and the API's status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PoolUsage {
+    /// The subnet, e.g. `10.0.0.0/24`.
+    pub subnet: String,
+    /// Addresses in its range.
+    pub size: u32,
+    /// Addresses leased.
+    pub used: u32,
+    /// Addresses free.
+    pub free: u32,
+}
 
 /// Every metric Kindling exports.
 pub struct Metrics {
     registry: Registry,
     refreshers: Mutex<Vec<Refresher>>,
+    pool_sources: Mutex<Vec<PoolSource>>,
     /// DHCP requests by type and outcome.
     pub dhcp_messages: Family<DhcpLabels, Counter>,
     /// Addresses in each pool's range.
@@ -203,6 +218,7 @@ impl Default for Metrics {
             tftp_transfers,
             tftp_bytes,
             refreshers: Mutex::new(Vec::new()),
+            pool_sources: Mutex::new(Vec::new()),
             dhcp_messages,
             dhcp_pool_size,
             dhcp_pool_used,
@@ -258,8 +274,40 @@ impl Metrics {
             .push(Box::new(f));
     }
 
+    /// Ask `f` for pool usage at every scrape and [`Metrics::pools`] call.
+    pub fn on_pools(&self, f: impl Fn() -> Vec<PoolUsage> + Send + Sync + 'static) {
+        self.pool_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(f));
+    }
+
+    /// Every DHCP pool's size and use, now.
+    pub fn pools(&self) -> Vec<PoolUsage> {
+        self.pool_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|f| f())
+            .collect()
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
+        for pool in self.pools() {
+            let labels = PoolLabels {
+                subnet: pool.subnet,
+            };
+            self.dhcp_pool_size
+                .get_or_create(&labels)
+                .set(i64::from(pool.size));
+            self.dhcp_pool_used
+                .get_or_create(&labels)
+                .set(i64::from(pool.used));
+            self.dhcp_pool_free
+                .get_or_create(&labels)
+                .set(i64::from(pool.free));
+        }
         for f in self
             .refreshers
             .lock()

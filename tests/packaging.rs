@@ -67,6 +67,29 @@ fn dockerfile_copies_only_existing_files_and_is_multi_stage() {
         text.contains("--locked"),
         "reproducible build from Cargo.lock"
     );
+    // Every file the crate embeds (include_str!/include_bytes!) is in the build stage.
+    let build_stage = &text[..text.find(froms[1]).unwrap()];
+    let copied: Vec<&str> = build_stage
+        .lines()
+        .filter(|l| l.starts_with("COPY "))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[1..parts.len() - 1].to_vec()
+        })
+        .collect();
+    for embedded in embedded_files(&root().join("src")) {
+        let rel = embedded
+            .strip_prefix(root())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            copied
+                .iter()
+                .any(|c| rel == *c || rel.starts_with(&format!("{}/", c.trim_end_matches('/')))),
+            "the build stage does not COPY {rel}, which the crate embeds"
+        );
+    }
     // etcd-client's build script runs protoc on etcd's protos, which import Google's
     // well-known types: the build stage needs both packages.
     if read("Cargo.toml").contains("etcd-client") {
@@ -78,6 +101,32 @@ fn dockerfile_copies_only_existing_files_and_is_multi_stage() {
             );
         }
     }
+}
+
+/// The files `include_str!`/`include_bytes!` in `dir` (recursively) name, resolved.
+fn embedded_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(embedded_files(&path));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for macro_ in ["include_str!(\"", "include_bytes!(\""] {
+            for piece in text.split(macro_).skip(1) {
+                let rel = &piece[..piece.find('"').unwrap()];
+                let file = path.parent().unwrap().join(rel);
+                let file = std::fs::canonicalize(&file)
+                    .unwrap_or_else(|e| panic!("{}: {rel}: {e}", path.display()));
+                out.push(file);
+            }
+        }
+    }
+    out
 }
 
 #[test]

@@ -315,6 +315,12 @@ mod tests {
             next_boot: Some(crate::inventory::NextBoot::Install),
             labels: BTreeMap::new(),
             last_seen: crate::time_fmt::Stamp(t0),
+            arch: None,
+            platform: None,
+            hardware: BTreeMap::new(),
+            entered: BTreeMap::new(),
+            provisioned_at: None,
+            wake: None,
         };
         let text = table(&[m], t0 + Duration::from_secs(125));
         let lines: Vec<&str> = text.lines().collect();

@@ -36,7 +36,7 @@ use crate::config::{Config, DhcpMode, IpAddr};
 use crate::events::{Bus, LeaseChange, LeaseEvent};
 use crate::inventory::{DhcpClient, DhcpSeen, Inventory};
 use crate::mac::MacAddr;
-use crate::metrics::{Metrics, PoolLabels};
+use crate::metrics::{Metrics, PoolUsage};
 use crate::profiles::{Facts, ProfileSet};
 use crate::pxe::{self, BootFiles, ClientInfo, Decision};
 use crate::time_fmt::unix_now;
@@ -669,26 +669,27 @@ impl Service {
         }
     }
 
-    /// Each pool's size, used and free addresses, for `/metrics` at scrape time.
+    /// Each pool's size, used and free addresses, for `/metrics` and the API, when asked.
     pub fn export_pools(service: &Arc<Service>, metrics: &Metrics) {
         let weak = Arc::downgrade(service);
-        metrics.on_scrape(move |m| {
+        metrics.on_pools(move || {
             let Some(service) = weak.upgrade() else {
-                return;
+                return Vec::new();
             };
             let now = unix_now();
             let st = service.lock();
-            for s in &st.subnets {
-                let (size, used) = s.pool.usage(now);
-                let labels = PoolLabels {
-                    subnet: format!("{}/{}", s.network, s.prefix_len),
-                };
-                m.dhcp_pool_size.get_or_create(&labels).set(i64::from(size));
-                m.dhcp_pool_used.get_or_create(&labels).set(i64::from(used));
-                m.dhcp_pool_free
-                    .get_or_create(&labels)
-                    .set(i64::from(size - used));
-            }
+            st.subnets
+                .iter()
+                .map(|s| {
+                    let (size, used) = s.pool.usage(now);
+                    PoolUsage {
+                        subnet: format!("{}/{}", s.network, s.prefix_len),
+                        size,
+                        used,
+                        free: size - used,
+                    }
+                })
+                .collect()
         });
     }
 

@@ -42,6 +42,8 @@ pub(crate) const PATHS: &[&str] = &[
     "/api/v1/report",
     "/api/v1/openapi.json",
     "/api/v1/cluster",
+    "/api/v1/status",
+    "/api/v1/machines/{mac}/preview",
 ];
 
 /// Most machines one wake call may name, and the longest pause between two of them.
@@ -64,6 +66,114 @@ pub(super) fn routes() -> Router<HttpState> {
         .route(PATHS[8], post(report))
         .route(PATHS[9], get(openapi))
         .route(PATHS[10], get(cluster))
+        .route(PATHS[11], get(status))
+        .route(PATHS[12], get(preview))
+}
+
+/// `GET /api/v1/status`: what the dashboard shows on every page: the profiles' reload status
+/// (the last error with file:line until a good reload), each DHCP pool's use, and the
+/// machines per boot state.
+async fn status(State(st): State<HttpState>, _: Reader) -> Result<Response, HttpError> {
+    let mut states: BTreeMap<&'static str, usize> = crate::boot_state::BootState::ALL
+        .iter()
+        .map(|s| (s.as_str(), 0))
+        .collect();
+    let machines = st.inventory.list(&Filter::default());
+    for m in &machines {
+        *states.entry(m.state.as_str()).or_default() += 1;
+    }
+    Ok(tagged(
+        Json(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "now": crate::time_fmt::Stamp(st.inventory.now()),
+            "base_url": &*st.base_url,
+            "profiles": st.profiles.status(),
+            "profile_names": st.profiles.current().profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            "pools": st.metrics.pools(),
+            "machines": machines.len(),
+            "states": states,
+            "stall_limits": stall_limits(&st),
+            "wol": st.waker.is_some(),
+        })),
+        None,
+        "api: status",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewQuery {
+    what: Option<String>,
+}
+
+/// `GET /api/v1/machines/{mac}/preview?what=ipxe|grub|ignition`: what the machine would be
+/// served now, rendered through the same logic as its own request but changing nothing: its
+/// one-shot next boot stays set and no boot secret is minted (the secret's place shows zeros).
+async fn preview(
+    State(st): State<HttpState>,
+    _: Reader,
+    MacPath(mac): MacPath,
+    Query(q): Query<PreviewQuery>,
+) -> Result<Response, HttpError> {
+    use crate::profiles::{GrubVia, What};
+    let what = match q.what.as_deref().unwrap_or("ipxe") {
+        "ipxe" => What::Ipxe,
+        "grub" => What::Grub(GrubVia::Http),
+        "ignition" => What::Ignition,
+        other => {
+            return Err(bad(format!(
+                "what: {other:?} is not ipxe, grub or ignition"
+            )));
+        }
+    };
+    let mut facts = st.inventory.recall(crate::profiles::Facts::from_mac(mac));
+    let set = st.profiles.current();
+    let unprocessable = |msg: String| HttpError::api(StatusCode::UNPROCESSABLE_ENTITY, msg);
+    let Some(m) = set.select(&facts) else {
+        return Err(unprocessable(format!(
+            "no profile matches {mac} and there is no default profile: adopt it into one"
+        )));
+    };
+    let serve = st
+        .inventory
+        .plan_boot(
+            mac,
+            |view| crate::inventory::plan::serve(&set, m.profile, view, &what),
+            |_| false,
+        )
+        .map_err(|e| unprocessable(format!("{mac} {e}")))?;
+    if what.is_boot_script() && !serve.local {
+        facts.secret = Some("0".repeat(32));
+    }
+    let rendered = if serve.local {
+        set.render_local(serve.profile, m.machine, &facts, &st.base_url, &what)
+    } else {
+        set.render(serve.profile, m.machine, &facts, &st.base_url, &what)
+    };
+    let doc = rendered.map_err(|e| unprocessable(e.to_string()))?;
+    Ok(tagged(
+        Json(json!({
+            "mac": mac,
+            "what": what.label(),
+            "profile": serve.profile.name,
+            "reason": m.reason.to_string(),
+            "served": serve.served,
+            "uses_next_boot": serve.uses_next_boot,
+            "content_type": doc.content_type,
+            "body": doc.body,
+        })),
+        Some(mac),
+        "api: preview",
+    ))
+}
+
+/// Each in-progress state's stall limit in seconds, for the dashboard's "stalled soon" hints.
+fn stall_limits(st: &HttpState) -> BTreeMap<&'static str, f64> {
+    let limits = &st.config.inventory.stall_after;
+    crate::boot_state::BootState::ALL
+        .iter()
+        .filter_map(|&s| Some((s.as_str(), limits.limit(s)?.as_secs_f64())))
+        .collect()
 }
 
 /// `GET /api/v1/cluster`: this instance (its store, node name and profile digest) and, with

@@ -17,6 +17,7 @@
 mod api;
 mod query;
 pub mod server;
+mod ui;
 mod zero_copy;
 
 use std::sync::Arc;
@@ -237,6 +238,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api::routes())
+        .merge(ui::routes())
         .merge(signed)
         .nest_service("/assets", assets)
         .nest_service("/boot", binaries)

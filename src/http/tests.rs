@@ -1204,3 +1204,171 @@ async fn the_document_handler_future_stays_small() {
     let size = std::mem::size_of_val(&fut);
     assert!(size <= 2048, "machine_doc's future is {size} bytes");
 }
+
+#[tokio::test]
+async fn the_dashboard_is_embedded_with_a_content_security_policy() {
+    let f = fixture();
+    let (status, headers, body) = get(&f, "/ui").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("<script src=\"/ui/app.js\" defer></script>"),
+        "{body}"
+    );
+    // No inline script or style anywhere in the page: the policy would block it.
+    assert_eq!(body.matches("<script").count(), 1, "{body}");
+    assert!(
+        !body.contains("style=") && !body.contains("<style"),
+        "{body}"
+    );
+    let handlers = body.split(" on").skip(1).filter(|rest| {
+        let name: String = rest.chars().take_while(char::is_ascii_alphabetic).collect();
+        !name.is_empty() && rest[name.len()..].starts_with('=')
+    });
+    assert_eq!(handlers.count(), 0, "inline event handlers: {body}");
+    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let (status, headers, body) = get(&f, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
+        assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
+        assert!(body.len() > 1000, "{path}");
+    }
+    // The script never parses what it shows as HTML.
+    let (_, _, script) = get(&f, "/ui/app.js").await;
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(!script.contains(sink), "app.js uses {sink}");
+    }
+    // `/`: a browser goes to the dashboard, anything else gets a 404.
+    let req = Request::get("/")
+        .header(header::ACCEPT, "text/html,application/xhtml+xml")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, _) = request(&f, req).await;
+    assert!(status.is_redirection(), "{status}");
+    assert_eq!(headers[header::LOCATION], "/ui");
+    let (status, _, body) = get(&f, "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
+async fn the_status_shows_states_pools_and_the_last_reload_error() {
+    let f = fixture();
+    f.state.metrics.on_pools(|| {
+        vec![crate::metrics::PoolUsage {
+            subnet: "10.0.0.0/24".into(),
+            size: 100,
+            used: 3,
+            free: 97,
+        }]
+    });
+    let (status, v) = api(&f, "GET", "/api/v1/status", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["states"]["unknown"], 1, "{v}");
+    assert_eq!(v["states"]["provisioned"], 0, "{v}");
+    assert_eq!(v["machines"], 1, "{v}");
+    assert_eq!(v["pools"][0]["free"], 97, "{v}");
+    assert_eq!(v["stall_limits"]["kernel"], 600.0, "{v}");
+    assert!(v["profiles"]["last_error"].is_null(), "{v}");
+    let names: Vec<&str> = v["profile_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["broken", "node"]);
+    // The same pools in /metrics.
+    let (_, _, metrics) = get(&f, "/metrics").await;
+    assert!(
+        metrics.contains("kindling_dhcp_pool_free{subnet=\"10.0.0.0/24\"} 97"),
+        "{metrics}"
+    );
+    // A reload that fails is shown with its place until a good one.
+    std::fs::write(f.dir.path().join("profiles/node.toml"), "ignition = [\n").unwrap();
+    assert!(f.state.profiles.reload().is_err());
+    let (_, v) = api(&f, "GET", "/api/v1/status", None, None).await;
+    let err = v["profiles"]["last_error"][0].as_str().unwrap_or_default();
+    assert!(err.contains("node.toml:"), "{v}");
+}
+
+#[tokio::test]
+async fn a_preview_renders_what_the_machine_gets_and_changes_nothing() {
+    let f = fixture();
+    let uri = format!("/api/v1/machines/{N1}/preview");
+    let (status, v) = api(&f, "GET", &uri, None, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["profile"], "node");
+    let body = v["body"].as_str().unwrap();
+    assert!(body.starts_with("#!ipxe"), "{body}");
+    let (_, v) = api(&f, "GET", &format!("{uri}?what=ignition"), None, None).await;
+    assert!(v["body"].as_str().unwrap().contains("3.4.0"), "{v}");
+    let (status, v) = api(&f, "GET", &format!("{uri}?what=floppy"), None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    // A provisioned machine with a reinstall pending: the preview shows the install and
+    // leaves the reinstall set, with no state change and no boot secret minted.
+    let ign = "ignition.config.url={{ ignition_url }}";
+    let g = fixture_with(
+        "[http]\nconfig_access = \"open\"\n",
+        &format!("args = [\"{ign}\"]"),
+    );
+    let (_, v) = api(&g, "GET", &uri, None, None).await;
+    let body = v["body"].as_str().unwrap();
+    assert!(
+        body.contains(&format!("token={}", "0".repeat(32))),
+        "the secret's place shows zeros: {body}"
+    );
+    walk_boot_path(&f, N1).await;
+    let (_, v) = api(&f, "GET", &uri, None, None).await;
+    assert!(v["body"].as_str().unwrap().contains("\nexit"), "{v}");
+    let reinstall = format!("/api/v1/machines/{N1}/reinstall");
+    api(&f, "POST", &reinstall, Some("s3cret"), None).await;
+    let before = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None)
+        .await
+        .1;
+    for _ in 0..3 {
+        let (_, v) = api(&f, "GET", &uri, None, None).await;
+        assert!(
+            v["body"]
+                .as_str()
+                .unwrap()
+                .contains("kernel http://10.0.0.2:8080/assets/os/vmlinuz"),
+            "{v}"
+        );
+        assert_eq!(v["uses_next_boot"], true, "{v}");
+    }
+    let after = api(&f, "GET", &format!("/api/v1/machines/{N1}"), None, None)
+        .await
+        .1;
+    assert_eq!(before, after);
+    assert_eq!(after["next_boot"]["boot"], "install");
+    // An unknown machine with no default profile: the reason, not a panic.
+    let (status, v) = api(
+        &f,
+        "GET",
+        "/api/v1/machines/52:54:00:00:00:99/preview",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("adopt"), "{v}");
+}

@@ -244,6 +244,12 @@ impl Record {
             next_boot: self.next_boot.clone(),
             labels: self.labels.clone(),
             last_seen: self.last_seen,
+            arch: self.arch.clone(),
+            platform: self.platform.clone(),
+            hardware: self.hardware.clone(),
+            entered: self.entered.clone(),
+            provisioned_at: self.provisioned_at,
+            wake: self.wake.clone(),
         }
     }
 }
@@ -273,6 +279,24 @@ pub struct Summary {
     pub labels: BTreeMap<String, String>,
     /// When it was last seen.
     pub last_seen: Stamp,
+    /// Its CPU architecture, as iPXE reported it.
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// Its firmware (`pcbios`, `efi`), as iPXE reported it.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// Hardware facts it reported (manufacturer, product, serial, memory).
+    #[serde(default)]
+    pub hardware: BTreeMap<String, String>,
+    /// When it last entered each state (the dashboard's timeline and wake→provisioned times).
+    #[serde(default)]
+    pub entered: BTreeMap<BootState, Stamp>,
+    /// When it was last provisioned.
+    #[serde(default)]
+    pub provisioned_at: Option<Stamp>,
+    /// The last magic packet sent to it and what came of it.
+    #[serde(default)]
+    pub wake: Option<Wake>,
 }
 
 /// What a DHCP exchange tells the inventory.

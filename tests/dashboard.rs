@@ -1,0 +1,478 @@
+//! The dashboard at `/ui`, in a real headless Chromium driven through WebDriver, against the
+//! real daemon. Machines boot by curl from addresses of their own on loopback (127.6.0.0/24),
+//! along the path iPXE takes: `/ipxe` → `/assets/` → `/ignition` → report.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::browser::{self, Browser};
+use common::{Daemon, write};
+
+const TOKEN: &str = "dash-s3cret";
+/// Declared machines: (MAC, hostname in the profile, its address).
+const MACHINES: [(&str, &str, &str); 4] = [
+    ("52:54:00:da:00:01", "alpha", "127.6.0.1"),
+    ("52:54:00:da:00:02", "beta", "127.6.0.2"),
+    ("52:54:00:da:00:03", "", "127.6.0.3"),
+    ("52:54:00:da:00:04", "delta", "127.6.0.4"),
+];
+const XSS: &str = "<img src=x onerror=alert(1)>";
+
+fn lab(read_requires_token: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "kindling.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\
+             [api]\ntoken = \"{TOKEN}\"\nread_requires_token = {read_requires_token}\n\
+             [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n\
+             [inventory.stall_after]\nipxe = \"3s\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
+        ),
+    );
+    let mut machines = String::new();
+    for (mac, host, _) in MACHINES {
+        machines.push_str(&format!("[[machine]]\nmac = \"{mac}\"\n"));
+        if !host.is_empty() {
+            machines.push_str(&format!("hostname = \"{host}\"\n"));
+        }
+    }
+    write(
+        root,
+        "profiles/node.toml",
+        &format!(
+            "ignition = \"node.ign.j2\"\nafter_provision = \"local\"\n\
+             [boot]\nkernel = \"vmlinuz\"\n\
+             args = [\"ignition.config.url={{{{ ignition_url }}}}\", \"kindling.report={{{{ report_url }}}}\"]\n\
+             {machines}"
+        ),
+    );
+    write(
+        root,
+        "profiles/node.ign.j2",
+        "{\"ignition\": {\"version\": \"3.4.0\"}}",
+    );
+    write(root, "assets/vmlinuz", "a kernel");
+    dir
+}
+
+/// A machine's boot, by curl from its own address.
+struct Machine<'a> {
+    d: &'a Daemon,
+    mac: &'a str,
+    ip: &'a str,
+    token: String,
+}
+
+impl<'a> Machine<'a> {
+    fn new(d: &'a Daemon, i: usize) -> Machine<'a> {
+        Machine {
+            d,
+            mac: MACHINES[i].0,
+            ip: MACHINES[i].2,
+            token: String::new(),
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        common::curl(&["--interface", self.ip], &self.d.url(path))
+    }
+
+    /// `/ipxe` with extra facts (`&k=v...`): the script, whose secret the next steps use.
+    fn ipxe(&mut self, facts: &str) -> String {
+        let (code, script) = self.get(&format!(
+            "/ipxe?mac={}&arch=x86_64&platform=efi{facts}",
+            self.mac
+        ));
+        assert_eq!(code, 200, "{script}");
+        if let Some(at) = script.find("token=") {
+            self.token = script[at + 6..at + 38].to_string();
+        }
+        script
+    }
+
+    fn kernel(&self) {
+        assert_eq!(self.get("/assets/vmlinuz").0, 200);
+    }
+
+    fn ignition(&self) {
+        let (code, body) = self.get(&format!("/ignition?mac={}&token={}", self.mac, self.token));
+        assert_eq!(code, 200, "{body}");
+    }
+
+    fn report(&self) {
+        let (code, body) = common::curl(
+            &["--interface", self.ip, "-X", "POST"],
+            &self.d.url(&format!(
+                "/api/v1/report?mac={}&token={}&state=provisioned",
+                self.mac, self.token
+            )),
+        );
+        assert!((200..300).contains(&code), "report: {code} {body}");
+    }
+}
+
+fn skip(test: &str) -> bool {
+    if let Some(why) = browser::missing() {
+        eprintln!("SKIP {test}: {why}");
+        return true;
+    }
+    if !common::have("curl") {
+        eprintln!("SKIP {test}: curl is not installed");
+        return true;
+    }
+    false
+}
+
+/// The badge of `mac`'s row.
+fn badge(mac: &str) -> String {
+    format!("document.querySelector('#fleet tr[data-mac=\"{mac}\"] .badge')")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_view_follows_boots_live_and_acts_with_the_token() {
+    if skip("the_fleet_view_follows_boots_live_and_acts_with_the_token") {
+        return;
+    }
+    let dir = lab(false);
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    let b = Browser::start(1280, 800).await;
+
+    // `/` sends a browser to the dashboard.
+    b.client.goto(&d.url("/")).await.unwrap();
+    assert!(
+        b.client
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with("/ui")
+    );
+    // A marker that a reload would wipe out.
+    b.until(
+        10,
+        "document.querySelectorAll('#fleet tbody tr').length === 4",
+        "document.querySelector('#fleet tbody').innerText",
+    )
+    .await;
+    b.js(
+        "window.kindlingMarker = 42; window.alerts = 0; window.alert = () => { window.alerts++; };",
+    )
+    .await;
+
+    // Every declared machine is listed with `unknown`.
+    for (mac, host, _) in MACHINES {
+        assert_eq!(
+            b.js(&format!("return {}.textContent", badge(mac))).await,
+            "unknown"
+        );
+        if !host.is_empty() {
+            let cell = b.js(&format!("return document.querySelector('#fleet tr[data-mac=\"{mac}\"] .hostname').textContent")).await;
+            assert_eq!(cell, host);
+        }
+    }
+    assert_eq!(b.text("#count-unknown .n").await, "4");
+    b.until(
+        10,
+        "document.getElementById('live').textContent === 'live'",
+        "document.getElementById('live').textContent",
+    )
+    .await;
+
+    // A boot moves its row through its states, live.
+    let mut alpha = Machine::new(&d, 0);
+    alpha.ipxe("&manufacturer=QEMU&product=Standard%20PC&memory=2048");
+    b.until(
+        10,
+        &format!("{}.textContent === 'ipxe'", badge(alpha.mac)),
+        &format!("{}.textContent", badge(alpha.mac)),
+    )
+    .await;
+    // Facts come with the record the page fetches after the transition.
+    let cell = |c: &str| {
+        format!(
+            "document.querySelector('#fleet tr[data-mac=\"{}\"] .{c}').textContent",
+            alpha.mac
+        )
+    };
+    b.until(
+        10,
+        &format!("{} === 'QEMU Standard PC · 2 GiB'", cell("facts")),
+        &cell("facts"),
+    )
+    .await;
+    b.until(
+        10,
+        &format!("{} === 'UEFI x86_64'", cell("firmware")),
+        &cell("firmware"),
+    )
+    .await;
+    alpha.kernel();
+    b.until(
+        10,
+        &format!("{}.textContent === 'kernel'", badge(alpha.mac)),
+        &format!("{}.textContent", badge(alpha.mac)),
+    )
+    .await;
+    alpha.ignition();
+    b.until(
+        10,
+        &format!("{}.textContent === 'config'", badge(alpha.mac)),
+        &format!("{}.textContent", badge(alpha.mac)),
+    )
+    .await;
+    alpha.report();
+    b.until(
+        10,
+        &format!("{}.textContent === 'provisioned'", badge(alpha.mac)),
+        &format!("{}.textContent", badge(alpha.mac)),
+    )
+    .await;
+    assert_eq!(b.text("#count-provisioned .n").await, "1");
+    assert_eq!(b.text("#count-unknown .n").await, "3");
+
+    // The storm view follows too.
+    b.js("location.hash = '#/storm';").await;
+    b.until(10, "document.getElementById('storm-summary').textContent.startsWith('1 of 4 provisioned, 0 stalled')", "document.getElementById('storm-summary').textContent").await;
+    assert_eq!(
+        b.js("return document.getElementById('storm-progress').value")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        b.js("return document.getElementById('storm-progress').max")
+            .await,
+        4.0
+    );
+    b.until(
+        5,
+        "document.querySelectorAll('#histogram .bin').length > 0",
+        "document.getElementById('histogram-note').textContent",
+    )
+    .await;
+    b.js("location.hash = '#/';").await;
+
+    // A machine that never fetches its kernel stalls in `ipxe` (limit 3 s) and stands out.
+    let mut beta = Machine::new(&d, 1);
+    beta.ipxe("");
+    b.until(
+        15,
+        &format!("{}.textContent === 'stalled (ipxe)'", badge(beta.mac)),
+        &format!("{}.textContent", badge(beta.mac)),
+    )
+    .await;
+    let stalled_row = b.js(&format!("return document.querySelector('#fleet tr[data-mac=\"{}\"]').classList.contains('stalled')", beta.mac)).await;
+    assert_eq!(stalled_row, true);
+    assert_eq!(b.text("#count-stalled .n").await, "1");
+
+    // Whatever a machine reports is text. The daemon refuses a hostname that is not one at
+    // the gate (/ipxe, DHCP option 12 and the report all check it), so the page must also be
+    // safe with one that got into a record some other way (an older store, another
+    // instance): one arrives in a transition, as the stream would carry it. Hardware facts
+    // are free text from SMBIOS and reach the page through the daemon.
+    let mut gamma = Machine::new(&d, 2);
+    let (code, body) = gamma.get(&format!(
+        "/ipxe?mac={}&hostname=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E",
+        gamma.mac
+    ));
+    assert_eq!(code, 400, "{body}");
+    gamma.ipxe("&manufacturer=%3Cscript%3Ealert(2)%3C%2Fscript%3E&product=%3Cimg%20src%3Dx%20onerror%3Dalert(3)%3E");
+    let cell = |c: &str| {
+        format!(
+            "document.querySelector('#fleet tr[data-mac=\"{}\"] .{c}').textContent",
+            gamma.mac
+        )
+    };
+    b.until(
+        10,
+        &format!(
+            "{} === '<script>alert(2)</script> <img src=x onerror=alert(3)>'",
+            cell("facts")
+        ),
+        &cell("facts"),
+    )
+    .await;
+    b.js(&format!(
+        "apply({{mac: '{}', from: 'ipxe', to: 'kernel', stalled_in: null, at: new Date().toISOString(), \
+          source: 'http', event: 'asset', hostname: '{XSS}', profile: 'node'}});",
+        gamma.mac
+    ))
+    .await;
+    b.until(
+        10,
+        &format!("{} === '{XSS}'", cell("hostname")),
+        &cell("hostname"),
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelectorAll('main img, main script').length")
+            .await,
+        0
+    );
+
+    // Without the token the actions are disabled.
+    let reinstall = format!(
+        "#fleet tr[data-mac=\"{}\"] button[data-action=\"reinstall\"]",
+        alpha.mac
+    );
+    assert_eq!(
+        b.js(&format!(
+            "return document.querySelector('{reinstall}').disabled"
+        ))
+        .await,
+        true
+    );
+    // A wrong token enables them, and the API's refusal is shown.
+    b.type_into("#token", "not-the-token").await;
+    b.click("#token-use").await;
+    assert_eq!(
+        b.js(&format!(
+            "return document.querySelector('{reinstall}').disabled"
+        ))
+        .await,
+        false
+    );
+    b.click(&reinstall).await;
+    b.until(
+        10,
+        "!document.getElementById('action-result').hidden",
+        "document.getElementById('action-result').hidden",
+    )
+    .await;
+    let said = b.text("#action-result-text").await;
+    assert!(
+        said.contains("missing or wrong bearer token") && said.contains("401"),
+        "{said}"
+    );
+    // The right one: reinstall makes the next `/ipxe` serve the install, once.
+    assert!(
+        !alpha.ipxe("").contains("vmlinuz"),
+        "a provisioned machine boots from disk"
+    );
+    b.type_into("#token", TOKEN).await;
+    b.click("#token-use").await;
+    b.click(&reinstall).await;
+    b.until(10, &format!("document.getElementById('action-result-text').textContent === 'the next boot reinstalls {}'", alpha.mac), "document.getElementById('action-result-text').textContent").await;
+    let next = format!(
+        "document.querySelector('#fleet tr[data-mac=\"{}\"] .next').textContent",
+        alpha.mac
+    );
+    b.until(10, &format!("{next} === 'install'"), &next).await;
+    assert!(
+        alpha.ipxe("").contains("vmlinuz"),
+        "reinstall serves the install"
+    );
+    assert!(!alpha.ipxe("").contains("vmlinuz"), "once");
+    b.until(10, &format!("{next} === ''"), &next).await;
+    // The token lives in sessionStorage only.
+    assert_eq!(
+        b.js("return sessionStorage.getItem('kindling-api-token')")
+            .await,
+        TOKEN
+    );
+    assert_eq!(b.js("return localStorage.length").await, 0);
+
+    // No reload happened, no script of a machine's ran, no alert is open.
+    assert_eq!(b.js("return window.kindlingMarker").await, 42);
+    assert_eq!(b.js("return window.alerts").await, 0);
+    assert!(b.client.get_alert_text().await.is_err(), "an alert is open");
+
+    // The machine page: its timeline, facts and what it would get now.
+    b.js(&format!("location.hash = '#/m/{}';", alpha.mac)).await;
+    b.until(
+        10,
+        "document.querySelectorAll('#m-timeline tbody tr').length >= 4",
+        "document.getElementById('m-timeline').innerText",
+    )
+    .await;
+    b.until(
+        10,
+        "document.getElementById('m-preview').textContent.startsWith('#!ipxe')",
+        "document.getElementById('m-preview-note').textContent",
+    )
+    .await;
+    let facts = b.text("#m-facts").await;
+    assert!(facts.contains("QEMU") && facts.contains("2 GiB"), "{facts}");
+
+    // The artifact: the fleet view at 1280×800.
+    b.js("location.hash = '#/';").await;
+    b.until(
+        5,
+        "!document.getElementById('view-fleet').hidden",
+        "location.hash",
+    )
+    .await;
+    let png = b.client.screenshot().await.unwrap();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-fleet.png");
+    std::fs::write(&out, &png).unwrap();
+    eprintln!("screenshot: {}", out.display());
+    assert_eq!(&png[1..4], b"PNG");
+    assert_eq!(png_size(&png), (1280, 800));
+    b.close().await;
+    drop(d);
+}
+
+/// Width and height from a PNG's IHDR.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_read_requires_token_the_page_shows_nothing_until_the_token_is_given() {
+    if skip("with_read_requires_token_the_page_shows_nothing_until_the_token_is_given") {
+        return;
+    }
+    let dir = lab(true);
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    let b = Browser::start(1280, 800).await;
+    b.client.goto(&d.url("/ui")).await.unwrap();
+    b.until(
+        10,
+        "!document.getElementById('need-token').hidden",
+        "document.body.innerText",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelector('main').hidden").await,
+        true
+    );
+    assert_eq!(
+        b.js("return document.querySelectorAll('#fleet tbody tr').length")
+            .await,
+        0
+    );
+    b.type_into("#token", TOKEN).await;
+    b.click("#token-use").await;
+    b.until(
+        10,
+        "document.querySelectorAll('#fleet tbody tr').length === 4",
+        "document.body.innerText",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.querySelector('main').hidden").await,
+        false
+    );
+    // Live with the token too (the stream is read with the Authorization header).
+    b.until(
+        10,
+        "document.getElementById('live').textContent === 'live'",
+        "document.getElementById('live').textContent",
+    )
+    .await;
+    let mut delta = Machine::new(&d, 3);
+    delta.ipxe("");
+    b.until(
+        10,
+        &format!("{}.textContent === 'ipxe'", badge(delta.mac)),
+        &format!("{}.textContent", badge(delta.mac)),
+    )
+    .await;
+    b.close().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
