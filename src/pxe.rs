@@ -12,6 +12,7 @@
 //! | UEFI ia32 / arm32 / arm64 / riscv64 PXE | TFTP the iPXE EFI binary for that arch |
 //! | UEFI HTTP boot (`HTTPClient`, 93 = 15/16/18/19/…) | the http:// URL of that iPXE EFI binary, with option 60 `HTTPClient` echoed |
 //! | a machine whose profile boots from disk, or with no profile and no default | nothing: the firmware moves on to the next boot device |
+//! | no profile, `[discovery] enabled` | iPXE as above (`[dhcp.boot_files]`): it reports its facts and waits to be adopted |
 //! | not a PXE client (no option 60 `PXEClient`/`HTTPClient`, not iPXE) | nothing (an address only, in full mode) |
 //!
 //! File names come from `[dhcp.boot_files]` and a profile may override them per firmware
@@ -406,6 +407,19 @@ pub enum MachineBoot {
     },
     /// No profile matches and there is no default.
     NoProfile,
+    /// No profile matches, and `[discovery] enabled`: iPXE, so that the machine reports its
+    /// facts through `/boot.ipxe` and waits there to be adopted.
+    Discover,
+}
+
+impl MachineBoot {
+    /// [`MachineBoot::Discover`] instead of [`MachineBoot::NoProfile`] when `[discovery]` is on.
+    pub fn or_discover(self, discovery: bool) -> MachineBoot {
+        match self {
+            MachineBoot::NoProfile if discovery => MachineBoot::Discover,
+            other => other,
+        }
+    }
 }
 
 /// Where the boot file is fetched from.
@@ -543,6 +557,8 @@ fn classify(
         decision.vendor_class = None;
         return decision;
     }
+    // The stand-in "profile" of a machine being discovered: the default files.
+    static NO_FILES: BTreeMap<Firmware, String> = BTreeMap::new();
     let profile = match machine {
         MachineBoot::NoProfile => {
             why.note(|| {
@@ -559,7 +575,14 @@ fn classify(
             profile,
             files,
             loader,
-        } => (profile, files, *loader),
+        } => (profile.as_str(), files, *loader),
+        MachineBoot::Discover => {
+            why.note(|| {
+                "no profile matches this machine; [discovery] is on: iPXE, to report its facts and wait to be adopted"
+                    .into()
+            });
+            ("(discovery)", &NO_FILES, Loader::Ipxe)
+        }
     };
     why.note(|| format!("profile {:?}", profile.0));
     if ipxe {
@@ -875,6 +898,59 @@ mod tests {
         );
         assert_eq!(Loader::parse("grub"), Some(Loader::Grub));
         assert_eq!(Loader::parse("shim"), None);
+    }
+
+    /// With `[discovery]` on, a machine no profile knows gets iPXE (the default files, never
+    /// a profile's), then the boot script; without it, nothing.
+    #[test]
+    fn discovery_gives_unknown_machines_ipxe() {
+        assert_eq!(
+            MachineBoot::NoProfile.or_discover(false),
+            MachineBoot::NoProfile
+        );
+        assert_eq!(
+            MachineBoot::NoProfile.or_discover(true),
+            MachineBoot::Discover
+        );
+        let local = MachineBoot::LocalDisk {
+            profile: "installed".into(),
+        };
+        assert_eq!(
+            local.clone().or_discover(true),
+            local,
+            "a profile's choice stays"
+        );
+        let files = BootFiles::default();
+        let tftp = |f: &str| Some(BootFile::Tftp(f.into()));
+        for (arch, uc, want) in [
+            (Some(7), None, tftp(&files.uefi_x64)),
+            (Some(0), None, tftp(&files.bios)),
+            (
+                Some(7),
+                Some(&b"iPXE"[..]),
+                Some(BootFile::Http(format!("{BASE}/boot.ipxe"))),
+            ),
+        ] {
+            let (d, why) = explain(
+                &client(arch, "PXEClient", uc),
+                &MachineBoot::Discover,
+                &files,
+                BASE,
+            );
+            assert_eq!(d.boot_file, want, "{why:?}");
+            assert!(
+                why.iter().any(|w| w.contains("[discovery] is on")),
+                "{why:?}"
+            );
+        }
+        // Not a PXE client: an address only, as for everyone.
+        let d = decide(
+            &client(Some(7), "", None),
+            &MachineBoot::Discover,
+            &files,
+            BASE,
+        );
+        assert_eq!(d.boot_file, None);
     }
 
     #[test]

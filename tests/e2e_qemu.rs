@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::browser::Browser;
 use common::{Daemon, Netns, ip, write};
 
 /// One scenario at a time.
@@ -382,6 +383,40 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The dashboard, in a headless Chromium inside the lab's namespace, lists every one of
+    /// `macs` as `provisioned`.
+    fn check_dashboard(&self, macs: &[String]) {
+        if let Some(why) = common::browser::missing() {
+            eprintln!("dashboard check skipped: {why}");
+            return;
+        }
+        let (ns, port, macs) = (self.ns.clone(), self.http_port, macs.to_vec());
+        common::browser::in_netns(&self.ns.clone(), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let b = Browser::start_in(Some(&ns), KINDLING_IP, 1280, 800).await;
+                b.client
+                    .goto(&format!("http://{KINDLING_IP}:{port}/ui"))
+                    .await
+                    .unwrap();
+                for mac in &macs {
+                    let badge =
+                        format!("document.querySelector('#fleet tr[data-mac=\"{mac}\"] .badge')");
+                    b.until(
+                        20,
+                        &format!("{badge} && {badge}.textContent === 'provisioned'"),
+                        &format!("{badge} && {badge}.textContent"),
+                    )
+                    .await;
+                }
+                b.close().await;
+            });
+        });
+    }
+
     /// Every VM provisioned, with its own config, through exactly `states` (as the API's
     /// history records the transitions).
     fn check_provisioned(&self, macs: &[String], states: &[&str]) {
@@ -560,6 +595,110 @@ fn three_vms_boot_at_once_with_their_own_profiles() {
     for i in 0..3 {
         assert!(log.contains(&format!("profile=vm-{i}")), "{log}");
     }
+    lab.check_dashboard(&macs(1, 3));
+}
+
+/// Zero-touch discovery: a VM no profile declares PXE-boots with `[discovery]` on, gets iPXE,
+/// reports its facts and waits; the API lists it as `discovered` with QEMU's SMBIOS facts;
+/// adopted through the call the dashboard makes, its next ask boots its new profile through
+/// to `provisioned`, and the dashboard in a real browser says so.
+#[test]
+fn an_undeclared_vm_is_discovered_adopted_and_provisioned() {
+    skip_unless_lab!("an_undeclared_vm_is_discovered_adopted_and_provisioned");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mac = "52:54:00:99:0d:01";
+    let mut lab = Lab::new("ed", 1);
+    lab.extra_config =
+        "[discovery]\nenabled = true\nretry = \"3s\"\n[api]\ntoken = \"lab-token\"\n".into();
+    // The profile the rack is adopted into: no machine, no selector, no default.
+    write(
+        lab.dir.path(),
+        "profiles/rack.toml",
+        "ignition = \"templates/node.ign.j2\"\n[boot]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\n\
+         args = [\"console=ttyS0\", \"ignition.config.url={{ ignition_url }}\", \
+         \"kindling.report={{ report_url }}\"]\n",
+    );
+    lab.start_kindling("full", &[]);
+    let started = Instant::now();
+    lab.boot(0, mac, Firmware::Bios);
+    let end = Instant::now() + Duration::from_secs(120);
+    let rec = loop {
+        let rec = lab.record(mac);
+        if rec["state"] == "discovered" && rec["hardware"]["manufacturer"].is_string() {
+            break rec;
+        }
+        assert!(
+            Instant::now() < end,
+            "not discovered with its facts: {rec}\n--- kindling ---\n{}",
+            lab.daemon().log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("ed: discovered after {:?}: {rec}", started.elapsed());
+    assert_eq!(rec["hardware"]["manufacturer"], "QEMU", "{rec}");
+    assert!(
+        rec["hardware"]["product"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("Standard PC (Q35 + ICH9")),
+        "{rec}"
+    );
+    // (QEMU's iPXE ROM predates ${memsize}: no memory fact from it.)
+    assert_eq!(rec["platform"], "pcbios", "{rec}");
+    assert_eq!(rec["declared"], false, "{rec}");
+    // It waits in the loop, asking again: still discovered a few seconds later.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(lab.record(mac)["state"], "discovered");
+    let serial = std::fs::read_to_string(&lab.vms[0].1).unwrap_or_default();
+    assert!(serial.contains("is discovered"), "{serial}");
+
+    // Adopted, as the dashboard does it.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns,
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "Authorization: Bearer lab-token"])
+        .args(["-d", r#"{"profile": "rack", "hostname": "node-0"}"#])
+        .arg(format!(
+            "http://{KINDLING_IP}:{}/api/v1/machines/{mac}/adopt",
+            lab.http_port
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n201"), "adopt: {text}");
+    lab.wait_all(Duration::from_secs(180));
+    eprintln!("ed: provisioned {:?} after power-on", started.elapsed());
+    let serial = std::fs::read_to_string(&lab.vms[0].1).unwrap_or_default();
+    assert!(
+        serial.contains(&format!("KINDLING-LAB: DONE mac={mac} hostname=node-0")),
+        "{serial}"
+    );
+    let rec = lab.record(mac);
+    assert_eq!(rec["state"], "provisioned", "{rec}");
+    assert_eq!(rec["profile"], "rack", "{rec}");
+    let seen: Vec<&str> = rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h.get("from").is_some())
+        .filter_map(|h| h["state"].as_str())
+        .collect();
+    // DHCP already tells that no profile knows it.
+    assert_eq!(seen[0], "discovered", "{rec:#}");
+    assert_eq!(
+        seen[seen.len() - 4..],
+        ["ipxe", "kernel", "config", "provisioned"],
+        "{rec:#}"
+    );
+    lab.check_dashboard(&[mac.to_string()]);
 }
 
 /// An HTTP address that moves between instances, as keepalived's does: the boot URLs name it.

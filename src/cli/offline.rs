@@ -148,10 +148,14 @@ pub(super) fn explain(
         facts.platform = Some(fw.platform().to_string());
     }
     let (machine, chosen) = set.machine_boot(&facts);
+    let machine = machine.or_discover(config.discovery.enabled);
     let (decision, why) = pxe::explain(&client, &machine, &config.dhcp.boot_files, &base_url);
     println!("machine:    {mac}");
     match &chosen {
         Some(m) => println!("profile:    {} ({})", m.profile.name, m.reason),
+        None if config.discovery.enabled => println!(
+            "profile:    none (no selector matches, no default profile): discovered, waiting to be adopted"
+        ),
         None => println!("profile:    none (no selector matches and there is no default profile)"),
     }
     match &decision.boot_file {

@@ -151,6 +151,18 @@ impl Config {
                 "tftp.max_transfers_per_client and tftp.max_transfer_time must be above zero",
             ));
         }
+        let retry = self.discovery.retry;
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600))
+            .contains(&retry)
+        {
+            issues.push(Issue::new(
+                "discovery.retry",
+                format!(
+                    "discovery.retry = {}: must be 1s to 1h (how long a discovered machine waits before asking again)",
+                    humantime::format_duration(retry)
+                ),
+            ));
+        }
         issues.extend(self.cluster_issues());
         issues
     }
@@ -357,6 +369,15 @@ mod tests {
         assert!(err.contains(":2: dhcp.mode"), "{err}");
         let err = parse("[dhcp]\nmode = \"on\"\n").unwrap_err().to_string();
         assert!(err.contains(":2:"), "{err}");
+        let err = parse("[discovery]\nenabled = true\nretry = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":3: discovery.retry = 0s: must be 1s to 1h"),
+            "{err}"
+        );
+        let ok = parse("[discovery]\nenabled = true\nretry = \"5s\"\n").unwrap();
+        assert!(ok.discovery.enabled);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Boot-state tracking: stall limits, history length.
     pub inventory: InventoryConfig,
+    /// Zero-touch discovery of machines no profile knows.
+    pub discovery: DiscoveryConfig,
     /// Where leases and machine records live: this instance's files, or etcd shared with
     /// other instances.
     pub cluster: ClusterConfig,
@@ -449,6 +451,29 @@ impl Default for InventoryConfig {
             max_machines: 65_536,
             discovery_burst: 256,
             discovery_per_second: 32,
+        }
+    }
+}
+
+/// `[discovery]`: what a PXE client no profile knows gets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Off (the default): such a machine gets no boot file and its firmware moves on to the
+    /// next boot device. On: it gets iPXE, reports its facts through `/boot.ipxe`, shows as
+    /// `discovered`, and asks again every `retry` until an operator adopts it into a profile
+    /// (no OS is booted meanwhile).
+    pub enabled: bool,
+    /// How long a discovered machine waits between two asks.
+    #[serde(with = "humantime_serde")]
+    pub retry: std::time::Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            enabled: false,
+            retry: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -148,6 +148,8 @@ pub struct Service {
     bus: Arc<Bus>,
     boot_files: BootFiles,
     base_url: String,
+    /// `[discovery] enabled`: machines no profile knows get iPXE.
+    discovery: bool,
     advertise: Option<Ipv4Addr>,
     config_reservations: HashMap<MacAddr, Ipv4Addr>,
     /// `[dhcp] relays`: who may send relayed requests (empty: anyone).
@@ -241,6 +243,7 @@ impl Service {
             bus,
             boot_files: d.boot_files.clone(),
             base_url,
+            discovery: config.discovery.enabled,
             advertise,
             config_reservations,
             relays: d.relays.clone(),
@@ -441,6 +444,7 @@ impl Service {
             facts.platform = Some(fw.platform().to_string());
         }
         let (machine, chosen) = set.machine_boot(&facts);
+        let machine = machine.or_discover(self.discovery);
         let decision = pxe::decide(&info, &machine, &self.boot_files, &self.base_url);
         let hostname = chosen
             .as_ref()

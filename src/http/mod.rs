@@ -417,6 +417,9 @@ async fn machine_doc(
         if own {
             st.inventory.no_profile(mac, &what.label());
         }
+        if st.config.discovery.enabled && what == What::Ipxe {
+            return Ok(discovered(&st, mac));
+        }
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -533,6 +536,33 @@ async fn machine_doc(
         served: serve.served,
     });
     Ok(resp)
+}
+
+/// `/ipxe` of a machine no profile knows, with `[discovery]` on: it waits, shown as
+/// `discovered` with the facts its request reported, and asks again until it is adopted.
+fn discovered(st: &HttpState, mac: MacAddr) -> Response {
+    let retry = st.config.discovery.retry.as_secs().max(1);
+    let base = &st.base_url;
+    let body = format!(
+        "#!ipxe\n\
+         echo Kindling: ${{mac}} is discovered: no profile knows it yet.\n\
+         echo Adopt it into a profile at {base}/ui (or POST /api/v1/machines/{mac}/adopt); asking again in {retry} s\n\
+         sleep {retry}\n\
+         chain --autofree {base}/boot.ipxe\n"
+    );
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.extensions_mut().insert(Outcome {
+        mac: Some(mac),
+        profile: None,
+        served: "ipxe: discovered, waiting to be adopted".into(),
+    });
+    resp
 }
 
 /// After a successful `GET` of an iPXE binary (`/boot/`) or a boot asset (`/assets/`), note

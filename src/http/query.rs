@@ -2,6 +2,7 @@
 
 use crate::mac::{MacAddr, MacParseError};
 use crate::profiles::Facts;
+use std::borrow::Cow;
 
 /// Why a boot request's query is refused (400, with this as the reason).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +49,22 @@ pub(crate) const MAX_VALUE: usize = 128;
 /// any other value at most 128 characters without control characters. Nothing a request
 /// carries can reach a log line, a template, the DNS zone or a terminal as a line break or an
 /// escape sequence: such a request is refused with the reason.
+/// The query's `key=value` pairs, percent-decoded. A `+` stays a `+`: iPXE's `uristring`
+/// encodes a space as `%20` and leaves `+` alone (RFC 3986), so `Standard PC (Q35 + ICH9)`
+/// arrives as `...Q35%20+%20ICH9...`; form decoding would turn the `+` into a space.
+fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    fn decode(s: &str) -> Cow<'_, str> {
+        percent_encoding::percent_decode_str(s).decode_utf8_lossy()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(move |p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), Cow::Borrowed("")),
+        })
+}
+
 pub(crate) fn facts(query: &str) -> Result<Facts, QueryError> {
     if query.len() > MAX_QUERY {
         return Err(QueryError::TooLong);
@@ -56,7 +73,7 @@ pub(crate) fn facts(query: &str) -> Result<Facts, QueryError> {
     let mut facts = Facts::from_mac(MacAddr([0; 6]));
     // The first value refused; a missing MAC is said first.
     let mut refused = None;
-    for (n, (key, value)) in form_urlencoded::parse(query.as_bytes()).enumerate() {
+    for (n, (key, value)) in pairs(query).enumerate() {
         if n >= MAX_PARAMS {
             return Err(QueryError::TooMany);
         }
@@ -175,6 +192,13 @@ mod tests {
         assert_eq!(f.labels["serial"], "S 1");
         assert_eq!(f.labels["os"], "installed");
         assert_eq!(f.labels["mac"], "52:54:00:ab:cd:ef");
+    }
+
+    #[test]
+    fn a_plus_is_a_plus_as_ipxe_sends_it() {
+        let f = facts("mac=52:54:00:00:00:01&product=Standard%20PC%20(Q35%20+%20ICH9,%202009)")
+            .unwrap();
+        assert_eq!(f.labels["product"], "Standard PC (Q35 + ICH9, 2009)");
     }
 
     /// Values that could break a line (of a log, a script, a terminal) or bloat a record are

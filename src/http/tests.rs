@@ -1372,3 +1372,57 @@ async fn a_preview_renders_what_the_machine_gets_and_changes_nothing() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(v["error"].as_str().unwrap().contains("adopt"), "{v}");
 }
+
+/// `[discovery]` on: a machine no profile knows is told to wait and ask again, shows as
+/// `discovered` with its facts, and once adopted its next ask boots its profile.
+#[tokio::test]
+async fn a_discovered_machine_waits_until_it_is_adopted() {
+    let f = fixture_with(
+        "[http]\nconfig_access = \"open\"\n[discovery]\nenabled = true\nretry = \"7s\"\n",
+        "",
+    );
+    let m = "52:54:00:00:00:55";
+    let ipxe = format!(
+        "/ipxe?mac={m}&arch=x86_64&platform=efi&manufacturer=Acme&product=R1&serial=SN55&memory=65536"
+    );
+    let (status, body) = get_from(&f, &ipxe, [10, 0, 0, 55]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("#!ipxe\n"), "{body}");
+    assert!(body.contains("\nsleep 7\n"), "{body}");
+    assert!(
+        body.contains("\nchain --autofree http://10.0.0.2:8080/boot.ipxe\n"),
+        "{body}"
+    );
+    let (_, v) = api(&f, "GET", &format!("/api/v1/machines/{m}"), None, None).await;
+    assert_eq!(v["state"], "discovered", "{v}");
+    assert_eq!(v["hardware"]["manufacturer"], "Acme", "{v}");
+    assert_eq!(v["hardware"]["serial"], "SN55", "{v}");
+    assert_eq!(v["hardware"]["memory"], "65536", "{v}");
+    assert_eq!(v["arch"], "x86_64", "{v}");
+    // Other documents are still refused: there is nothing to configure yet.
+    let (status, _) = get_from(&f, &format!("/ignition?mac={m}"), [10, 0, 0, 55]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Adopted (as the dashboard does it): the next ask gets the profile's script.
+    let adopt = json!({"profile": "node", "hostname": "n55"});
+    let (status, v) = api(
+        &f,
+        "POST",
+        &format!("/api/v1/machines/{m}/adopt"),
+        Some("s3cret"),
+        Some(adopt),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (status, body) = get_from(&f, &ipxe, [10, 0, 0, 55]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("kernel http://10.0.0.2:8080/assets/os/vmlinuz"),
+        "{body}"
+    );
+    assert_eq!(state_of(&f, m).await, "ipxe");
+
+    // Without discovery: the 404 that sends iPXE to its own retry loop, as before.
+    let g = fixture();
+    let (status, _) = get_from(&g, &ipxe, [10, 0, 0, 55]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

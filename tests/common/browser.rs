@@ -32,14 +32,30 @@ pub fn missing() -> Option<&'static str> {
 }
 
 impl Browser {
-    /// Start chromedriver and a headless Chromium with a `width`×`height` window.
+    /// Start chromedriver and a headless Chromium with a `width`×`height` viewport.
     pub async fn start(width: u32, height: u32) -> Browser {
+        Browser::start_in(None, "127.0.0.1", width, height).await
+    }
+
+    /// The same inside network namespace `netns` (`ip netns exec` execs in place, so the
+    /// process group is chromedriver's). Call it on a thread that joined the namespace
+    /// ([`in_netns`]): the WebDriver connection goes to the namespace's loopback. The
+    /// browser resolves no name and reaches only `host` (an address).
+    pub async fn start_in(netns: Option<&str>, host: &str, width: u32, height: u32) -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new("chromedriver")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "chromedriver"]);
+                c
+            }
+            None => Command::new("chromedriver"),
+        };
+        let driver = cmd
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -62,7 +78,7 @@ impl Browser {
                     "--disable-sync",
                     "--disable-default-apps",
                     "--disable-extensions",
-                    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                    format!("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE {host}"),
                     format!("--window-size={width},{height}"),
                 ],
                 "binary": "/usr/bin/chromium",
@@ -177,6 +193,19 @@ impl Browser {
         let _ = self.client.clone().close().await;
         kill_group(&mut self.driver);
     }
+}
+
+/// Run `f` on a thread that joined network namespace `ns` (sockets it and a current-thread
+/// runtime on it create belong to the namespace).
+pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 fn kill_group(child: &mut Child) {
