@@ -21,14 +21,20 @@ const MACHINES: [(&str, &str, &str); 4] = [
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
 fn lab(read_requires_token: bool) -> tempfile::TempDir {
+    lab_with(&format!(
+        "[api]\ntoken = \"{TOKEN}\"\nread_requires_token = {read_requires_token}\n"
+    ))
+}
+
+/// The lab with `extra` config (which must set `[api]`).
+fn lab_with(extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     write(
         root,
         "kindling.toml",
         &format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n\
-             [api]\ntoken = \"{TOKEN}\"\nread_requires_token = {read_requires_token}\n\
+            "[http]\nlisten = \"127.0.0.1:0\"\n{extra}\
              [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n\
              [inventory.stall_after]\nipxe = \"3s\"\n",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
@@ -70,10 +76,15 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn new(d: &'a Daemon, i: usize) -> Machine<'a> {
+        Machine::other(d, MACHINES[i].0, MACHINES[i].2)
+    }
+
+    /// A machine no profile declares.
+    fn other(d: &'a Daemon, mac: &'a str, ip: &'a str) -> Machine<'a> {
         Machine {
             d,
-            mac: MACHINES[i].0,
-            ip: MACHINES[i].2,
+            mac,
+            ip,
             token: String::new(),
         }
     }
@@ -473,6 +484,187 @@ async fn with_read_requires_token_the_page_shows_nothing_until_the_token_is_give
         &format!("{}.textContent", badge(delta.mac)),
     )
     .await;
+    // A page that fell behind gets `resync` with every machine from the stream, and shows
+    // exactly that (here fed to the page's stream handler: a real lag needs more than the
+    // channel's capacity of transitions while this page stops reading).
+    b.js(&format!(
+        "const list = [...S.machines.values()].filter((m) => m.mac !== '{}')\
+           .map((m) => Object.assign({{}}, m, {{state: 'provisioned', state_since: new Date(Date.now() + 1000).toISOString()}}));\
+         event('event: resync\\ndata: ' + JSON.stringify({{missed: 7, machines: list}}));",
+        MACHINES[0].0
+    ))
+    .await;
+    b.until(
+        10,
+        "document.querySelectorAll('#fleet tbody tr').length === 3",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    assert_eq!(b.text("#count-provisioned .n").await, "3");
     b.close().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// `[discovery]` on: machines no profile knows show up as `discovered` with their facts, the
+/// operator adopts all of them from the page in one go, and their next ask boots the
+/// profile. A profile that stops loading is shown on every view until it loads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_machines_are_adopted_from_the_page_and_reload_errors_show() {
+    if skip("discovered_machines_are_adopted_from_the_page_and_reload_errors_show") {
+        return;
+    }
+    let dir = lab_with(&format!(
+        "[api]\ntoken = \"{TOKEN}\"\n[discovery]\nenabled = true\nretry = \"2s\"\n"
+    ));
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    let b = Browser::start(1280, 800).await;
+    b.client.goto(&d.url("/ui")).await.unwrap();
+    b.until(
+        10,
+        "document.getElementById('live').textContent === 'live'",
+        "document.getElementById('live').textContent",
+    )
+    .await;
+    let new = [
+        ("52:54:00:dd:00:01", "127.6.0.51"),
+        ("52:54:00:dd:00:02", "127.6.0.52"),
+        ("52:54:00:dd:00:03", "127.6.0.53"),
+    ];
+    for (i, (mac, ip)) in new.iter().enumerate() {
+        let script = Machine::other(&d, mac, ip)
+            .ipxe(&format!("&manufacturer=Acme&product=R{i}&serial=SN{i}"));
+        assert!(script.contains("is discovered"), "{script}");
+    }
+    b.until(
+        10,
+        "document.getElementById('count-discovered').querySelector('.n').textContent === '3'",
+        "document.getElementById('counts').innerText",
+    )
+    .await;
+    let facts = format!(
+        "document.querySelector('#fleet tr[data-mac=\"{}\"] .facts').textContent",
+        new[1].0
+    );
+    b.until(10, &format!("{facts} === 'Acme R1 · S/N SN1'"), &facts)
+        .await;
+    // Show only the discovered ones: the bulk bar offers to adopt the three.
+    b.click("#count-discovered").await;
+    b.until(
+        5,
+        "document.querySelectorAll('#fleet tbody tr').length === 3",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    b.until(
+        5,
+        "!document.getElementById('bulk').hidden",
+        "document.getElementById('bulk').hidden",
+    )
+    .await;
+    assert_eq!(
+        b.text("#bulk-text").await,
+        "3 machines shown belong to no profile:"
+    );
+    assert_eq!(
+        b.js("return document.getElementById('bulk-adopt').disabled")
+            .await,
+        true
+    );
+    b.type_into("#token", TOKEN).await;
+    b.click("#token-use").await;
+    b.click("#bulk-adopt").await;
+    assert!(
+        b.text("#bulk-adopt")
+            .await
+            .starts_with("Click again: adopt 3 into node")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(dir.path().join("profiles/node.toml")).unwrap();
+    assert!(!text.contains("52:54:00:dd"), "one click adopted: {text}");
+    b.click("#bulk-adopt").await;
+    b.until(
+        20,
+        "document.getElementById('action-result-text').textContent === 'adopted 3 of 3 into node'",
+        "document.getElementById('action-result-text').textContent",
+    )
+    .await;
+    for (mac, ip) in new {
+        let profile = format!(
+            "document.querySelector('#fleet tr[data-mac=\"{mac}\"] .profile')?.textContent"
+        );
+        b.until(10, &format!("{profile} === 'node'"), &profile)
+            .await;
+        let script = Machine::other(&d, mac, ip).ipxe("");
+        assert!(
+            script.contains("vmlinuz"),
+            "adopted {mac} boots its profile: {script}"
+        );
+    }
+    let text = std::fs::read_to_string(dir.path().join("profiles/node.toml")).unwrap();
+    for (mac, _) in new {
+        assert!(text.contains(&format!("mac = \"{mac}\"")), "{text}");
+    }
+
+    // A profile that does not load: the error with its place, on every view, until fixed.
+    let good = std::fs::read_to_string(dir.path().join("profiles/node.toml")).unwrap();
+    common::replace(
+        dir.path(),
+        "profiles/node.toml",
+        &format!("{good}\n[boot\n"),
+    );
+    b.until(
+        20,
+        "!document.getElementById('reload-error').hidden",
+        "document.getElementById('reload-error').hidden",
+    )
+    .await;
+    let shown = b.text("#reload-error-text").await;
+    assert!(shown.contains("node.toml:"), "{shown}");
+    b.js("location.hash = '#/storm';").await;
+    assert_eq!(
+        b.js("return document.getElementById('reload-error').hidden")
+            .await,
+        false
+    );
+    common::replace(dir.path(), "profiles/node.toml", &good);
+    b.until(
+        20,
+        "document.getElementById('reload-error').hidden",
+        "document.getElementById('reload-error-text').textContent",
+    )
+    .await;
+    b.close().await;
+}
+
+/// The boot storm view lists each DHCP pool's size and use (DHCP served on loopback only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storm_view_shows_the_dhcp_pools() {
+    if skip("the_storm_view_shows_the_dhcp_pools") {
+        return;
+    }
+    let dir = lab_with(&format!(
+        "[api]\ntoken = \"{TOKEN}\"\n[dhcp]\nmode = \"full\"\ninterfaces = [\"lo\"]\n\
+         [[dhcp.subnet]]\nnetwork = \"127.6.0.0/24\"\nrange = [\"127.6.0.100\", \"127.6.0.199\"]\n\
+         server_ip = \"127.6.0.1\"\n"
+    ));
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    let b = Browser::start(1280, 800).await;
+    b.client.goto(&d.url("/ui#/storm")).await.unwrap();
+    b.until(
+        10,
+        "document.querySelectorAll('#pools tbody tr').length === 1",
+        "document.getElementById('pools').innerText",
+    )
+    .await;
+    let cells = b.js("return [...document.querySelectorAll('#pools tbody td')].slice(0, 4).map((c) => c.textContent)").await;
+    assert_eq!(
+        cells,
+        serde_json::json!(["127.6.0.0/24", "100", "0", "100"])
+    );
+    assert_eq!(
+        b.js("return document.getElementById('no-pools').hidden")
+            .await,
+        true
+    );
+    b.close().await;
 }

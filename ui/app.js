@@ -30,6 +30,9 @@ const S = {
   view: null,
   machine: null, // the open machine page's record
   preview: 'ipxe',
+  rendered: false, // the fleet table was first drawn (performance mark)
+  orphans: [], // MACs shown that no profile knows
+  bulkArmed: false, // the bulk adoption awaits its second click
   live: false,
   canRead: true,
 };
@@ -199,6 +202,11 @@ function relist() {
   const frag = document.createDocumentFragment();
   for (const m of list) frag.appendChild(row(m));
   body.replaceChildren(frag);
+  if (list.length && !S.rendered) {
+    S.rendered = true;
+    performance.mark('kindling-first-render');
+  }
+  drawBulk(list);
   $('shown').textContent = list.length === S.machines.size ? S.machines.size + ' machines'
     : list.length + ' of ' + S.machines.size + ' machines';
   $('empty').hidden = S.machines.size > 0;
@@ -206,6 +214,48 @@ function relist() {
     th.classList.toggle('sorted', th.dataset.sort === key);
     th.classList.toggle('desc', th.dataset.sort === key && dir < 0);
   }
+}
+
+// Machines shown that no profile knows (discovered, or seen on the network): adopt them all
+// into one profile, as a rack powered on with only its MAC prefix known is enrolled.
+function drawBulk(list) {
+  const orphans = list.filter((m) => !m.profile);
+  S.orphans = orphans.map((m) => m.mac);
+  $('bulk').hidden = orphans.length === 0;
+  if (!orphans.length) return;
+  const n = orphans.length;
+  $('bulk-text').textContent = n + (n === 1 ? ' machine' : ' machines') + ' shown belong to no profile:';
+  fillSelect($('bulk-profile'), (S.status && S.status.profile_names) || [], null);
+  if (!S.bulkArmed) $('bulk-adopt').textContent = 'Adopt ' + (n === 1 ? 'it' : 'all ' + n);
+  lockButtons($('bulk'));
+}
+
+async function bulkAdopt() {
+  const macs = S.orphans || [];
+  const profile = $('bulk-profile').value;
+  if (!S.bulkArmed) {
+    // A second click does it: one click must not enroll a rack into the wrong profile.
+    S.bulkArmed = true;
+    $('bulk-adopt').textContent = 'Click again: adopt ' + macs.length + ' into ' + profile;
+    setTimeout(() => { S.bulkArmed = false; S.relist = true; schedule(); }, 5000);
+    return;
+  }
+  S.bulkArmed = false;
+  const failed = [];
+  let done = 0;
+  for (const mac of macs) {
+    say('adopting ' + (done + failed.length + 1) + ' of ' + macs.length + ' into ' + profile + '…', false);
+    try {
+      await api('POST', '/api/v1/machines/' + mac + '/adopt', { profile });
+      done++;
+      refreshMachine(mac);
+    } catch (e) {
+      failed.push(mac + ': ' + e.message + ' (HTTP ' + e.status + ')');
+    }
+  }
+  say('adopted ' + done + ' of ' + macs.length + ' into ' + profile +
+    (failed.length ? '; failed: ' + failed.join('; ') : ''), failed.length > 0);
+  loadStatus();
 }
 
 function counts() {
@@ -492,6 +542,7 @@ function apply(t) {
       mac: t.mac, state: t.to, stalled_in: t.stalled_in, state_since: t.at,
       hostname: t.hostname, profile: t.profile, labels: {}, entered: { [t.to]: t.at },
     });
+    S.relist = true;
     refreshMachine(t.mac);
   } else {
     if (ms(t.at) < ms(m.state_since)) return; // older than what the snapshot showed
@@ -773,6 +824,10 @@ function init() {
   $('m-actions').addEventListener('click', (e) => {
     const b = e.target.closest('button[data-action]');
     if (b && S.machine) act(b.dataset.action, S.machine.mac);
+  });
+  $('bulk').addEventListener('submit', (e) => {
+    e.preventDefault();
+    bulkAdopt();
   });
   $('m-adopt').addEventListener('submit', (e) => {
     e.preventDefault();
