@@ -187,6 +187,12 @@ async fn the_fleet_view_follows_boots_live_and_acts_with_the_token() {
         }
     }
     assert_eq!(b.text("#count-unknown .n").await, "4");
+    // Every machine has a profile: no bulk adoption bar (hidden means not displayed).
+    assert_eq!(
+        b.js("return getComputedStyle(document.getElementById('bulk')).display")
+            .await,
+        "none"
+    );
     b.until(
         10,
         "document.getElementById('live').textContent === 'live'",
@@ -391,6 +397,37 @@ async fn the_fleet_view_follows_boots_live_and_acts_with_the_token() {
     assert_eq!(b.js("return window.kindlingMarker").await, 42);
     assert_eq!(b.js("return window.alerts").await, 0);
     assert!(b.client.get_alert_text().await.is_err(), "an alert is open");
+
+    // The filter box looks through every column; headers sort.
+    b.type_into("#filter", "beta").await;
+    b.until(
+        5,
+        "document.querySelectorAll('#fleet tbody tr').length === 1",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    assert_eq!(b.text("#shown").await, "1 of 4 machines");
+    b.type_into("#filter", "acme").await; // no such fact
+    b.until(
+        5,
+        "document.querySelectorAll('#fleet tbody tr').length === 0",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    b.type_into("#filter", "").await;
+    b.js("const f = document.getElementById('filter'); f.dispatchEvent(new Event('input'));")
+        .await;
+    b.until(
+        5,
+        "document.querySelectorAll('#fleet tbody tr').length === 4",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    b.click("#fleet th[data-sort='hostname']").await;
+    b.click("#fleet th[data-sort='hostname']").await;
+    let order = "[...document.querySelectorAll('#fleet tbody tr')].map((r) => r.querySelector('.hostname').textContent).join(',')";
+    b.until(5, &format!("{order} === 'delta,beta,alpha,{XSS}'"), order)
+        .await;
 
     // The machine page: its timeline, facts and what it would get now.
     b.js(&format!("location.hash = '#/m/{}';", alpha.mac)).await;

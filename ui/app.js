@@ -33,6 +33,8 @@ const S = {
   rendered: false, // the fleet table was first drawn (performance mark)
   orphans: [], // MACs shown that no profile knows
   bulkArmed: false, // the bulk adoption awaits its second click
+  visible: new Set(), // MACs of the rows on screen
+  relisted: 0, // when the rows were last sorted and filtered (performance.now())
   live: false,
   canRead: true,
 };
@@ -87,8 +89,10 @@ function duration(msecs) {
   if (!isFinite(msecs)) return '';
   const s = Math.max(0, Math.round(msecs / 1000));
   if (s < 60) return s + 's';
+  // Minutes from here: a column of times that all change every second repaints the page
+  // every second.
   const m = Math.floor(s / 60);
-  if (m < 60) return m + 'm ' + (s % 60) + 's';
+  if (m < 60) return m + 'm';
   const h = Math.floor(m / 60);
   if (h < 48) return h + 'h ' + (m % 60) + 'm';
   return Math.floor(h / 24) + 'd ' + (h % 24) + 'h';
@@ -140,8 +144,32 @@ function row(m) {
     a.textContent = m.mac;
     a.href = '#/m/' + m.mac;
     S.rows.set(m.mac, tr);
+    onScreen.observe(tr);
   }
   return tr;
+}
+
+// The rows on screen: only their "in state" times move on every second (changing thousands of
+// cells a second would lay the whole table out again each time).
+const onScreen = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    const mac = e.target.dataset.mac;
+    if (e.isIntersecting) {
+      S.visible.add(mac);
+      const m = S.machines.get(mac);
+      since(e.target, m, now());
+      if (m && m.stale) refreshMachine(mac);
+    } else {
+      S.visible.delete(mac);
+    }
+  }
+}, { rootMargin: '200px 0px' });
+
+function since(tr, m, t) {
+  if (!m) return;
+  const text = duration(t - ms(m.state_since));
+  const c = tr.querySelector('.since');
+  if (c.textContent !== text) c.textContent = text;
 }
 
 function drawRow(m) {
@@ -556,11 +584,18 @@ function apply(t) {
       m.provisioned = true;
       m.provisioned_at = t.at;
     }
-    // Facts, address and next boot change with these steps: fetch them.
-    if (['discovered', 'dhcp', 'ipxe'].includes(t.to) || (m.next_boot && t.to === 'ipxe')) refreshMachine(t.mac);
+    // Facts, address and next boot change with these steps: fetch them now for a row on
+    // screen, else when it comes on screen.
+    if (['discovered', 'dhcp', 'ipxe'].includes(t.to)) {
+      if (S.visible.has(t.mac) || S.view !== 'fleet') refreshMachine(t.mac);
+      else m.stale = true;
+    }
   }
   S.dirty.add(t.mac);
-  S.relist = S.relist || S.sort.key === 'state' || S.sort.key === 'since' || !!$('state-filter').value;
+  // The order or the filter may change with the state: re-sort, but not on every event.
+  if (!S.relist && (S.sort.key === 'state' || S.sort.key === 'since' || $('state-filter').value)) {
+    S.relist = 'live';
+  }
   if (S.machine && S.machine.mac === t.mac) refreshMachine(t.mac);
   schedule();
 }
@@ -578,6 +613,7 @@ function refreshMachine(mac) {
       if (!m || ms(rec.state_since) >= ms(m.state_since)) {
         const short = Object.assign({}, rec);
         delete short.history;
+        short.stale = false;
         S.machines.set(mac, Object.assign(m || {}, short));
         S.dirty.add(mac);
         S.relist = S.relist || !m;
@@ -670,7 +706,10 @@ function replaceAll(list) {
   for (const mac of [...S.machines.keys()]) {
     if (!seen.has(mac)) {
       S.machines.delete(mac);
+      const tr = S.rows.get(mac);
+      if (tr) onScreen.unobserve(tr);
       S.rows.delete(mac);
+      S.visible.delete(mac);
     }
   }
   S.relist = true;
@@ -736,8 +775,12 @@ function draw() {
     if (m) drawRow(m);
   }
   S.dirty.clear();
-  if (S.relist) {
+  // A re-sort lays out every row: for live changes at most every 2 s.
+  if (S.relist === 'live' && performance.now() - S.relisted < 2000) {
+    schedule();
+  } else if (S.relist) {
     S.relist = false;
+    S.relisted = performance.now();
     relist();
   }
   drawCounts();
@@ -747,12 +790,9 @@ function draw() {
 function tick() {
   // Time in state moves on without events.
   const t = now();
-  for (const [mac, tr] of S.rows) {
-    if (!tr.isConnected) continue;
-    const m = S.machines.get(mac);
-    const text = duration(t - ms(m.state_since));
-    const c = tr.querySelector('.since');
-    if (c.textContent !== text) c.textContent = text;
+  for (const mac of S.visible) {
+    const tr = S.rows.get(mac);
+    if (tr && tr.isConnected) since(tr, S.machines.get(mac), t);
   }
   if (S.view === 'storm') drawStorm();
 }

@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 
 pub struct Browser {
     pub client: Client,
+    /// chromedriver's port on loopback (for commands fantoccini has no call for, such as the
+    /// DevTools protocol's `goog/cdp/execute`).
+    pub port: u16,
     driver: Child,
 }
 
@@ -104,6 +107,7 @@ impl Browser {
         };
         let b = Browser {
             client,
+            port,
             driver: driver.take().unwrap(),
         };
         b.viewport(width, height).await;
