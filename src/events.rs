@@ -139,7 +139,7 @@ pub struct ServiceFailed {
 }
 
 /// Events buffered per subscriber before it lags and must resync.
-const TRANSITIONS: usize = 4096;
+pub(crate) const TRANSITIONS: usize = 4096;
 const LEASES: usize = 4096;
 const RARE: usize = 64;
 

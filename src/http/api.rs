@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -737,8 +736,15 @@ struct EventsQuery {
     mac: Option<String>,
 }
 
+/// How long the event stream gathers transitions into one write: at a storm's rate every
+/// subscriber would otherwise cost a write per event.
+const EVENT_BATCH: Duration = Duration::from_millis(50);
+/// A comment line this often keeps idle streams (and proxies in between) open.
+const EVENT_KEEPALIVE: Duration = Duration::from_secs(15);
+
 /// `GET /api/v1/events[?mac=]`: Server-Sent Events. `ready` first, then one `transition` per
 /// change of boot state, in order; `resync` (with every machine) if this client fell behind.
+/// Transitions that arrive within [`EVENT_BATCH`] of each other go out in one write.
 async fn events(
     State(st): State<HttpState>,
     _: Reader,
@@ -746,44 +752,72 @@ async fn events(
 ) -> Result<Response, HttpError> {
     let only = q.mac.as_deref().map(parse_mac).transpose()?;
     let rx = st.inventory.subscribe();
-    let ready = Event::default()
-        .event("ready")
-        .json_data(json!({ "machines": st.inventory.len() }))
-        .unwrap_or_default();
+    let ready = sse_event(
+        "ready",
+        &json!({ "machines": st.inventory.len(), "batch_ms": EVENT_BATCH.as_millis() }),
+    );
     let shutdown = st.shutdown.clone();
     let inv = st.inventory.clone();
     let stream = futures_util::stream::unfold(
         (Some(ready), rx, inv, shutdown),
         move |(first, mut rx, inv, shutdown)| async move {
-            if let Some(ev) = first {
-                return Some((Ok::<_, Infallible>(ev), (None, rx, inv, shutdown)));
+            if let Some(ready) = first {
+                return Some((Ok::<_, Infallible>(ready), (None, rx, inv, shutdown)));
             }
+            let mut out = String::new();
+            let mut batch_ends = None;
             loop {
+                let wait = match batch_ends {
+                    Some(end) => tokio::time::sleep_until(end),
+                    None => tokio::time::sleep(EVENT_KEEPALIVE),
+                };
                 let got = tokio::select! {
                     _ = shutdown.cancelled() => return None,
+                    _ = wait => {
+                        if out.is_empty() {
+                            out.push_str(":\n\n");
+                        }
+                        break;
+                    }
                     r = rx.recv() => r,
                 };
-                let ev = match got {
-                    Ok(t) if only.is_some_and(|m| m != t.mac) => continue,
-                    Ok(t) => Event::default().event("transition").json_data(&t),
-                    Err(RecvError::Lagged(missed)) => {
-                        let machines = inv.list(&Filter::default());
-                        Event::default()
-                            .event("resync")
-                            .json_data(json!({ "missed": missed, "machines": machines }))
+                match got {
+                    Ok(t) if only.is_some_and(|m| m != t.mac) => {}
+                    Ok(t) => {
+                        out.push_str(&sse_event("transition", &t));
+                        batch_ends.get_or_insert(tokio::time::Instant::now() + EVENT_BATCH);
                     }
-                    Err(RecvError::Closed) => return None,
-                };
-                let ev = ev.unwrap_or_default();
-                return Some((Ok(ev), (None, rx, inv, shutdown)));
+                    Err(RecvError::Lagged(missed)) => {
+                        // What was gathered is older than the snapshot: send the snapshot.
+                        let machines = inv.list(&Filter::default());
+                        out =
+                            sse_event("resync", &json!({ "missed": missed, "machines": machines }));
+                        break;
+                    }
+                    Err(RecvError::Closed) if out.is_empty() => return None,
+                    Err(RecvError::Closed) => break,
+                }
             }
+            Some((Ok(out), (None, rx, inv, shutdown)))
         },
     );
-    Ok(tagged(
-        Sse::new(stream).keep_alive(KeepAlive::default()),
-        only,
-        "events",
-    ))
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    Ok(tagged(resp, only, "events"))
+}
+
+/// One Server-Sent Event: its name and its data as one line of JSON.
+fn sse_event(name: &str, data: &impl serde::Serialize) -> String {
+    let json = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
+    format!("event: {name}\ndata: {json}\n\n")
 }
 
 async fn openapi() -> Response {

@@ -1426,3 +1426,68 @@ async fn a_discovered_machine_waits_until_it_is_adopted() {
     let (status, _) = get_from(&g, &ipxe, [10, 0, 0, 55]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// The next chunk of an event stream, within 5 s.
+async fn next_chunk(
+    body: &mut (impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+) -> String {
+    use futures_util::StreamExt as _;
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+        .await
+        .expect("a chunk within 5 s")
+        .unwrap()
+        .unwrap();
+    String::from_utf8(chunk.to_vec()).unwrap()
+}
+
+/// Transitions close together go out in one write; a subscriber that falls more than the
+/// channel's capacity behind gets `resync` with every machine instead of what it missed.
+#[tokio::test]
+async fn events_are_batched_and_a_lagging_subscriber_resyncs() {
+    let f = fixture();
+    let resp = router(f.state.clone())
+        .oneshot(Request::get("/api/v1/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body().into_data_stream();
+    let ready = next_chunk(&mut body).await;
+    assert!(ready.starts_with("event: ready\n"), "{ready}");
+    let bus = f.state.profiles.bus();
+    let transition = |i: u32| crate::events::Transition {
+        mac: N1.parse().unwrap(),
+        from: crate::boot_state::BootState::Unknown,
+        to: crate::boot_state::BootState::Dhcp,
+        stalled_in: None,
+        at: crate::time_fmt::Stamp(std::time::SystemTime::now()),
+        source: "test".into(),
+        event: format!("n{i}"),
+        hostname: None,
+        profile: None,
+    };
+    for i in 0..10 {
+        bus.publish(transition(i));
+    }
+    let chunk = next_chunk(&mut body).await;
+    assert_eq!(
+        chunk.matches("event: transition\n").count(),
+        10,
+        "one write: {chunk}"
+    );
+    for i in 0..(crate::events::TRANSITIONS as u32 + 10) {
+        bus.publish(transition(i));
+    }
+    let chunk = next_chunk(&mut body).await;
+    assert!(chunk.starts_with("event: resync\n"), "{chunk}");
+    assert!(!chunk.contains("event: transition"), "{chunk}");
+    let v: serde_json::Value = serde_json::from_str(
+        chunk
+            .lines()
+            .nth(1)
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(v["missed"].as_u64().unwrap() >= 10, "{v}");
+    assert_eq!(v["machines"][0]["mac"], N1, "{v}");
+}
