@@ -10,7 +10,8 @@
 //!    machine).
 //! 3. [`events`]: typed events and the bus that carries them.
 //! 4. [`config`]: `kindling.toml`, plain types, defaults and range checks.
-//! 5. [`render`]: the template engine (minijinja, strict, sandboxed) and Ignition validation.
+//! 5. [`render`]: the template engine (minijinja, strict, sandboxed) and Ignition validation;
+//!    [`bmc`]: the Redfish client of machines' BMCs; [`cluster`]: etcd membership.
 //! 6. [`profiles`]: the model, loading, selectors, the documents a machine is served, hot
 //!    reload ([`profiles::watch`]) and adoption.
 //! 7. [`inventory`]: one durable record per machine, its boot state and history, what it is
@@ -22,6 +23,7 @@
 //! 11. [`cli`]: the command line and the API client.
 
 pub mod app;
+pub mod bmc;
 pub mod boot_state;
 pub mod cli;
 pub mod cluster;

@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     // kindling.toml: plain types, defaults, range checks
     &["config"],
     // a template engine that knows nothing of profiles; the connection to etcd
-    &["render", "cluster"],
+    &["render", "cluster", "bmc"],
     // profiles: model, load, resolve, select, documents, watch, adopt
     &["profiles"],
     // machines: record, feed, plan, writer, store

@@ -1,0 +1,609 @@
+//! The Redfish calls Kindling makes, typed: find the system, read its power state and boot
+//! override, reset it, set a one-time PXE boot.
+//!
+//! Every call runs under the client's timeout (connect and whole request), so an unreachable
+//! or hung BMC costs at most that; every failure is a [`BmcError`] naming the BMC, with its
+//! HTTP status and the Redfish message when it sent one. Nothing here panics on what a BMC
+//! sends: bodies are parsed into the few fields used, unknown fields ignored.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// How to reach and log in to one BMC.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `https://10.0.5.21` (or `http://` for an emulator); no path.
+    pub url: String,
+    /// The user for basic authentication.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// PEM certificates to trust for this BMC (its CA, or its self-signed certificate).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Accept any certificate (lab BMCs): off by default, logged when on.
+    pub insecure_tls: bool,
+    /// The longest one call may take, connecting included.
+    pub timeout: Duration,
+}
+
+/// A BMC's answer to what Kindling asked, or why there is none.
+#[derive(Debug, thiserror::Error)]
+pub enum BmcError {
+    /// No TCP connection or no answer within the timeout.
+    #[error("BMC {bmc}: {what}")]
+    Unreachable {
+        /// The BMC's URL.
+        bmc: String,
+        /// What happened (timed out after N s, connection refused, ...).
+        what: String,
+    },
+    /// The TLS handshake failed: the certificate is not trusted, or no TLS at all.
+    #[error(
+        "BMC {bmc}: TLS: {what}. Give its CA (or its own certificate) as bmc.ca_file, or for a lab BMC with a self-signed certificate set insecure_tls = true"
+    )]
+    Tls {
+        /// The BMC's URL.
+        bmc: String,
+        /// The TLS error.
+        what: String,
+    },
+    /// 401/403: wrong user or password, or a user without the privilege.
+    #[error("BMC {bmc}: {method} {path}: HTTP {status}: the user or password is wrong, or the user may not do this{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Auth {
+        /// The BMC's URL.
+        bmc: String,
+        /// The request.
+        method: &'static str,
+        /// Its path.
+        path: String,
+        /// 401 or 403.
+        status: u16,
+        /// The Redfish error message, if any.
+        message: Option<String>,
+    },
+    /// Another error status.
+    #[error("BMC {bmc}: {method} {path}: HTTP {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Status {
+        /// The BMC's URL.
+        bmc: String,
+        /// The request.
+        method: &'static str,
+        /// Its path.
+        path: String,
+        /// The status.
+        status: u16,
+        /// The Redfish error message, if any.
+        message: Option<String>,
+    },
+    /// A body that is not the JSON Redfish promises.
+    #[error("BMC {bmc}: {path}: not a Redfish answer: {what}")]
+    Invalid {
+        /// The BMC's URL.
+        bmc: String,
+        /// The resource.
+        path: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The BMC does not offer what was asked (no system, a reset type it does not allow).
+    #[error("BMC {bmc}: {what}")]
+    Unsupported {
+        /// The BMC's URL.
+        bmc: String,
+        /// What it lacks.
+        what: String,
+    },
+    /// The endpoint is unusable (bad URL, unreadable CA).
+    #[error("BMC {bmc}: {what}")]
+    Config {
+        /// The BMC's URL.
+        bmc: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// A system's power state as Redfish reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    /// `On`.
+    On,
+    /// `Off`.
+    Off,
+    /// `PoweringOn`.
+    PoweringOn,
+    /// `PoweringOff`.
+    PoweringOff,
+    /// Anything else (`Paused`, an OEM value), or none reported.
+    Other(String),
+}
+
+impl PowerState {
+    fn parse(s: Option<&str>) -> PowerState {
+        match s {
+            Some("On") => PowerState::On,
+            Some("Off") => PowerState::Off,
+            Some("PoweringOn") => PowerState::PoweringOn,
+            Some("PoweringOff") => PowerState::PoweringOff,
+            Some(other) => PowerState::Other(other.to_string()),
+            None => PowerState::Other("unknown".into()),
+        }
+    }
+
+    /// The name shown in the CLI and the API.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+            PowerState::PoweringOn => "powering_on",
+            PowerState::PoweringOff => "powering_off",
+            PowerState::Other(s) => s,
+        }
+    }
+}
+
+/// What to do to a system's power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    /// Power on.
+    On,
+    /// Cut the power now.
+    ForceOff,
+    /// Ask the OS to shut down.
+    GracefulShutdown,
+    /// Reset now.
+    ForceRestart,
+}
+
+impl PowerAction {
+    /// The Redfish `ResetType`.
+    pub fn reset_type(self) -> &'static str {
+        match self {
+            PowerAction::On => "On",
+            PowerAction::ForceOff => "ForceOff",
+            PowerAction::GracefulShutdown => "GracefulShutdown",
+            PowerAction::ForceRestart => "ForceRestart",
+        }
+    }
+
+    /// What else does the same where a BMC does not list this `ResetType` (older iLOs list
+    /// `PushPowerButton` but not `On`; some list `ForceOn`; `PowerCycle` restarts).
+    fn alternatives(self) -> &'static [&'static str] {
+        match self {
+            PowerAction::On => &["ForceOn", "PushPowerButton"],
+            PowerAction::ForceOff => &[],
+            PowerAction::GracefulShutdown => &[],
+            PowerAction::ForceRestart => &["PowerCycle", "GracefulRestart"],
+        }
+    }
+}
+
+/// A system's one-time boot override.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct BootOverride {
+    /// `BootSourceOverrideTarget` (`Pxe`, `Hdd`, `None`, ...).
+    pub target: Option<String>,
+    /// `BootSourceOverrideEnabled` (`Once`, `Continuous`, `Disabled`).
+    pub enabled: Option<String>,
+    /// `BootSourceOverrideMode` (`UEFI`, `Legacy`), when the system has one.
+    pub mode: Option<String>,
+    /// The targets the system allows, when it says.
+    #[serde(skip)]
+    pub allowed_targets: Vec<String>,
+}
+
+/// One `ComputerSystem`, the fields Kindling uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct System {
+    /// Its `@odata.id`, e.g. `/redfish/v1/Systems/437XR1138R2`.
+    pub path: String,
+    /// Its power state.
+    pub power: PowerState,
+    /// Its boot override.
+    pub boot: BootOverride,
+    /// Where `ComputerSystem.Reset` is posted.
+    pub reset_target: String,
+    /// The `ResetType`s it allows (empty: it does not say).
+    pub reset_types: Vec<String>,
+    /// `Manufacturer`.
+    pub manufacturer: Option<String>,
+    /// `Model`.
+    pub model: Option<String>,
+    /// `SerialNumber`.
+    pub serial: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawSystem {
+    #[serde(rename = "@odata.id")]
+    odata_id: Option<String>,
+    #[serde(rename = "PowerState")]
+    power_state: Option<String>,
+    #[serde(rename = "Boot")]
+    boot: Option<RawBoot>,
+    #[serde(rename = "Actions")]
+    actions: Option<RawActions>,
+    #[serde(rename = "Manufacturer")]
+    manufacturer: Option<String>,
+    #[serde(rename = "Model")]
+    model: Option<String>,
+    #[serde(rename = "SerialNumber")]
+    serial: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawBoot {
+    #[serde(rename = "BootSourceOverrideTarget")]
+    target: Option<String>,
+    #[serde(rename = "BootSourceOverrideEnabled")]
+    enabled: Option<String>,
+    #[serde(rename = "BootSourceOverrideMode")]
+    mode: Option<String>,
+    #[serde(rename = "BootSourceOverrideTarget@Redfish.AllowableValues", default)]
+    allowed: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawActions {
+    #[serde(rename = "#ComputerSystem.Reset")]
+    reset: Option<RawReset>,
+}
+
+#[derive(Deserialize)]
+struct RawReset {
+    target: Option<String>,
+    #[serde(rename = "ResetType@Redfish.AllowableValues", default)]
+    allowed: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawCollection {
+    #[serde(rename = "Members", default)]
+    members: Vec<RawLink>,
+}
+
+#[derive(Deserialize)]
+struct RawLink {
+    #[serde(rename = "@odata.id")]
+    odata_id: String,
+}
+
+impl System {
+    /// A `ComputerSystem` resource read from `path`.
+    pub fn from_json(path: &str, body: &[u8]) -> Result<System, String> {
+        let raw: RawSystem = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let path = raw
+            .odata_id
+            .unwrap_or_else(|| path.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        let (reset_target, reset_types) = match raw.actions.and_then(|a| a.reset) {
+            Some(r) => (
+                r.target
+                    .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset")),
+                r.allowed,
+            ),
+            None => (format!("{path}/Actions/ComputerSystem.Reset"), Vec::new()),
+        };
+        let boot = raw
+            .boot
+            .map_or_else(BootOverride::default, |b| BootOverride {
+                target: b.target,
+                enabled: b.enabled,
+                mode: b.mode,
+                allowed_targets: b.allowed,
+            });
+        Ok(System {
+            path,
+            power: PowerState::parse(raw.power_state.as_deref()),
+            boot,
+            reset_target,
+            reset_types,
+            manufacturer: raw.manufacturer,
+            model: raw.model,
+            serial: raw.serial,
+        })
+    }
+
+    /// The `ResetType` to post for `action`: its own when the system allows it (or does not
+    /// say), else an equivalent it allows.
+    pub fn reset_type_for(&self, action: PowerAction) -> Option<&str> {
+        let wanted = action.reset_type();
+        if self.reset_types.is_empty() || self.reset_types.iter().any(|t| t == wanted) {
+            return Some(wanted);
+        }
+        action
+            .alternatives()
+            .iter()
+            .copied()
+            .find(|alt| self.reset_types.iter().any(|t| t == alt))
+    }
+
+    /// The `PATCH` body that makes its next boot, once, from the network: UEFI mode where
+    /// the system reports a mode (a BMC without one refuses the property).
+    pub fn pxe_once_patch(&self) -> Value {
+        let mut boot = json!({
+            "BootSourceOverrideTarget": "Pxe",
+            "BootSourceOverrideEnabled": "Once",
+        });
+        if self.boot.mode.is_some() {
+            boot["BootSourceOverrideMode"] = json!("UEFI");
+        }
+        json!({ "Boot": boot })
+    }
+}
+
+/// The system paths a `Systems` collection lists.
+pub fn members(body: &[u8]) -> Result<Vec<String>, String> {
+    let c: RawCollection = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(c.members.into_iter().map(|m| m.odata_id).collect())
+}
+
+/// The message of a Redfish error body (`error.message`, or its first extended info).
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    let extended = e
+        .get("@Message.ExtendedInfo")
+        .and_then(|x| x.get(0))
+        .and_then(|x| x.get("Message"))
+        .and_then(Value::as_str);
+    let message = e.get("message").and_then(Value::as_str);
+    match (message, extended) {
+        (Some(m), Some(x)) if m != x => Some(format!("{m} {x}")),
+        (Some(m), _) => Some(m.to_string()),
+        (None, Some(x)) => Some(x.to_string()),
+        (None, None) => None,
+    }
+}
+
+/// A client of one BMC.
+#[derive(Debug, Clone)]
+pub struct Bmc {
+    endpoint: Endpoint,
+    http: reqwest::Client,
+}
+
+impl Bmc {
+    /// A client for `endpoint` (no request is made yet).
+    pub fn new(endpoint: Endpoint) -> Result<Bmc, BmcError> {
+        let bmc = endpoint.url.clone();
+        let config = |what: String| BmcError::Config {
+            bmc: bmc.clone(),
+            what,
+        };
+        let url =
+            reqwest::Url::parse(&endpoint.url).map_err(|e| config(format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+            return Err(config("the URL must be https://host[:port]".into()));
+        }
+        install_crypto();
+        let mut builder = reqwest::Client::builder()
+            .timeout(endpoint.timeout)
+            .connect_timeout(endpoint.timeout)
+            .pool_max_idle_per_host(1)
+            .user_agent(concat!("kindling/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &endpoint.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| config(format!("ca_file: not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(config("ca_file: no certificate in it".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if endpoint.insecure_tls {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Bmc { endpoint, http })
+    }
+
+    /// The BMC's URL, as configured.
+    pub fn url(&self) -> &str {
+        &self.endpoint.url
+    }
+
+    /// The system this BMC manages: the only member of `/redfish/v1/Systems` (a BMC that
+    /// manages several is refused: say which one in the URL instead, e.g.
+    /// `https://bmc/redfish/v1/Systems/2`).
+    pub async fn system(&self) -> Result<System, BmcError> {
+        let url = reqwest::Url::parse(&self.endpoint.url).map_err(|e| BmcError::Config {
+            bmc: self.endpoint.url.clone(),
+            what: e.to_string(),
+        })?;
+        let path = url.path().trim_end_matches('/');
+        let system_path = if path.starts_with("/redfish/v1/Systems/") {
+            path.to_string()
+        } else {
+            let body = self.get("/redfish/v1/Systems").await?;
+            let list = members(&body).map_err(|what| self.invalid("/redfish/v1/Systems", what))?;
+            match list.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(BmcError::Unsupported {
+                        bmc: self.endpoint.url.clone(),
+                        what: "/redfish/v1/Systems lists no system".into(),
+                    });
+                }
+                many => {
+                    return Err(BmcError::Unsupported {
+                        bmc: self.endpoint.url.clone(),
+                        what: format!(
+                            "it manages {} systems ({}): name one in the URL, e.g. {}{}",
+                            many.len(),
+                            many.join(", "),
+                            self.base(),
+                            many[0]
+                        ),
+                    });
+                }
+            }
+        };
+        let body = self.get(&system_path).await?;
+        System::from_json(&system_path, &body).map_err(|what| self.invalid(&system_path, what))
+    }
+
+    /// Power `system` with `action`.
+    pub async fn power(&self, system: &System, action: PowerAction) -> Result<(), BmcError> {
+        let Some(reset) = system.reset_type_for(action) else {
+            return Err(BmcError::Unsupported {
+                bmc: self.endpoint.url.clone(),
+                what: format!(
+                    "{} allows no {} reset (it allows {})",
+                    system.path,
+                    action.reset_type(),
+                    system.reset_types.join(", ")
+                ),
+            });
+        };
+        self.send(
+            reqwest::Method::POST,
+            "POST",
+            &system.reset_target,
+            &json!({ "ResetType": reset }),
+        )
+        .await
+    }
+
+    /// Make `system`'s next boot, once, from the network.
+    pub async fn pxe_once(&self, system: &System) -> Result<(), BmcError> {
+        if !system.boot.allowed_targets.is_empty()
+            && !system.boot.allowed_targets.iter().any(|t| t == "Pxe")
+        {
+            return Err(BmcError::Unsupported {
+                bmc: self.endpoint.url.clone(),
+                what: format!(
+                    "{} cannot boot from Pxe (it allows {})",
+                    system.path,
+                    system.boot.allowed_targets.join(", ")
+                ),
+            });
+        }
+        self.send(
+            reqwest::Method::PATCH,
+            "PATCH",
+            &system.path,
+            &system.pxe_once_patch(),
+        )
+        .await
+    }
+
+    fn base(&self) -> String {
+        reqwest::Url::parse(&self.endpoint.url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default()
+    }
+
+    fn invalid(&self, path: &str, what: String) -> BmcError {
+        BmcError::Invalid {
+            bmc: self.endpoint.url.clone(),
+            path: path.to_string(),
+            what,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Vec<u8>, BmcError> {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base()))
+            .header("Accept", "application/json");
+        self.exchange(req, "GET", path).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        name: &'static str,
+        path: &str,
+        body: &Value,
+    ) -> Result<(), BmcError> {
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.base()))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(body.to_string());
+        self.exchange(req, name, path).await.map(|_| ())
+    }
+
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &'static str,
+        path: &str,
+    ) -> Result<Vec<u8>, BmcError> {
+        let bmc = self.endpoint.url.clone();
+        let resp = req
+            .basic_auth(&self.endpoint.user, Some(&self.endpoint.password))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        let message = error_message(&body);
+        let path = path.to_string();
+        let status = status.as_u16();
+        Err(if status == 401 || status == 403 {
+            BmcError::Auth {
+                bmc,
+                method,
+                path,
+                status,
+                message,
+            }
+        } else {
+            BmcError::Status {
+                bmc,
+                method,
+                path,
+                status,
+                message,
+            }
+        })
+    }
+
+    fn transport(&self, e: reqwest::Error) -> BmcError {
+        let bmc = self.endpoint.url.clone();
+        // The whole chain: reqwest's own text says little ("error sending request").
+        let mut chain = Vec::new();
+        let mut cur: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(err) = cur {
+            chain.push(err.to_string());
+            cur = err.source();
+        }
+        let text = chain.join(": ");
+        let lower = text.to_ascii_lowercase();
+        if e.is_timeout() {
+            return BmcError::Unreachable {
+                bmc,
+                what: format!("no answer within {} s", self.endpoint.timeout.as_secs_f64()),
+            };
+        }
+        if lower.contains("certificate")
+            || lower.contains("tls")
+            || lower.contains("handshake")
+            || lower.contains("invalidcontenttype")
+        {
+            return BmcError::Tls { bmc, what: text };
+        }
+        BmcError::Unreachable { bmc, what: text }
+    }
+}
+
+/// rustls needs its cryptography chosen once per process: ring (etcd's TLS uses it too).
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests;

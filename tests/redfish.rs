@@ -1,0 +1,472 @@
+//! The Redfish client against the DMTF-conformant emulator sushy-tools (fake driver, on
+//! loopback; `scripts/sushy.sh` installs it), with basic authentication, with and without
+//! TLS; and against servers that misbehave (no answer, 500, not JSON).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kindling::bmc::{Bmc, BmcError, Endpoint, PowerAction, PowerState};
+
+const USER: &str = "admin";
+const PASSWORD: &str = "s3cret-bmc";
+
+fn sushy() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sushy/venv/bin/sushy-emulator");
+    p.exists().then_some(p)
+}
+
+/// A running emulator, killed (by its PID) on drop.
+struct Emulator {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+    https: bool,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Emulated systems' UUIDs.
+fn uuid(i: usize) -> String {
+    format!("c0ffee00-0000-4000-8000-{i:012}")
+}
+
+impl Emulator {
+    /// sushy-emulator --fake with `systems` systems (powered off), basic auth, and TLS when
+    /// `tls` names a certificate and key.
+    fn start(systems: usize, tls: Option<(&Path, &Path)>) -> Emulator {
+        let dir = tempfile::tempdir().unwrap();
+        let venv_py = sushy().unwrap().parent().unwrap().join("python");
+        let hash = Command::new(&venv_py)
+            .args([
+                "-c",
+                &format!(
+                    "import bcrypt; print(bcrypt.hashpw(b'{PASSWORD}', bcrypt.gensalt(4)).decode())"
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(hash.status.success(), "{hash:?}");
+        let auth = dir.path().join("htpasswd");
+        std::fs::write(
+            &auth,
+            format!("{USER}:{}", String::from_utf8_lossy(&hash.stdout).trim()),
+        )
+        .unwrap();
+        let list: Vec<String> = (0..systems)
+            .map(|i| {
+                format!(
+                    "{{'uuid': '{}', 'name': 'node-{i}', 'power_state': 'Off', 'nics': [{{'mac': '52:54:00:bb:00:{i:02x}', 'ip': '10.0.5.{i}'}}]}}",
+                    uuid(i)
+                )
+            })
+            .collect();
+        let config = dir.path().join("emulator.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "SUSHY_EMULATOR_AUTH_FILE = '{}'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{}]\nSUSHY_EMULATOR_STATE_DIR = '{}'\n",
+                auth.display(),
+                list.join(", "),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(sushy().unwrap());
+        cmd.args([
+            "--fake",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--config",
+        ])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some((cert, key)) = tls {
+            cmd.arg("--ssl-certificate")
+                .arg(cert)
+                .arg("--ssl-key")
+                .arg(key);
+        }
+        let child = cmd.spawn().expect("start sushy-emulator");
+        let emu = Emulator {
+            child,
+            port,
+            _dir: dir,
+            https: tls.is_some(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sushy-emulator did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        emu
+    }
+
+    fn url(&self, system: Option<usize>) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        match system {
+            Some(i) => format!(
+                "{scheme}://127.0.0.1:{}/redfish/v1/Systems/{}",
+                self.port,
+                uuid(i)
+            ),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
+        }
+    }
+}
+
+/// One request that went through a [`Recorder`].
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    body: String,
+}
+
+/// A recording proxy in front of the emulator: every request, as the BMC received it.
+struct Recorder {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    async fn start(upstream: String) -> Recorder {
+        use axum::body::Bytes;
+        use axum::extract::Request;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let http = reqwest::Client::new();
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let (http, log, upstream) = (http.clone(), log.clone(), upstream.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body: Bytes = axum::body::to_bytes(body, 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                log.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    path: path.clone(),
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+                let mut fwd = http.request(parts.method, format!("{upstream}{path}"));
+                for (k, v) in &parts.headers {
+                    if k != "host" {
+                        fwd = fwd.header(k, v);
+                    }
+                }
+                let resp = fwd.body(body).send().await.unwrap();
+                let status = resp.status();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                (status, bytes)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Recorder { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn endpoint(url: &str, password: &str) -> Endpoint {
+    Endpoint {
+        url: url.into(),
+        user: USER.into(),
+        password: password.into(),
+        ca_pem: None,
+        insecure_tls: false,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn skip(test: &str) -> bool {
+    if sushy().is_none() {
+        eprintln!(
+            "SKIP {test}: sushy-tools is not installed (scripts/sushy.sh; setup.sh test runs it)"
+        );
+        return true;
+    }
+    false
+}
+
+/// Poll the system until its power state is `want` (the fake driver applies a power change
+/// 1 to 11 s later, as real BMCs take their time).
+async fn until_power(bmc: &Bmc, want: PowerState) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = bmc.system().await.unwrap();
+        if s.power == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {:?}, not {want:?}",
+            s.power
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn power_and_a_one_time_pxe_boot_against_the_emulator() {
+    if skip("power_and_a_one_time_pxe_boot_against_the_emulator") {
+        return;
+    }
+    let emu = Emulator::start(1, None);
+    let rec = Recorder::start(emu.url(None)).await;
+    // One system: found through /redfish/v1/Systems.
+    let bmc = Bmc::new(endpoint(&format!("http://{}", rec.addr), PASSWORD)).unwrap();
+    let s = bmc.system().await.unwrap();
+    assert_eq!(s.path, format!("/redfish/v1/Systems/{}", uuid(0)));
+    assert_eq!(s.power, PowerState::Off);
+    assert_ne!(s.boot.target.as_deref(), Some("Pxe"));
+    bmc.pxe_once(&s).await.unwrap();
+    // The emulator keeps the target and mode; it always reports "Continuous" (its template
+    // does not keep BootSourceOverrideEnabled), so what it was sent is checked at the proxy.
+    let s = bmc.system().await.unwrap();
+    assert_eq!(s.boot.target.as_deref(), Some("Pxe"), "{s:?}");
+    assert_eq!(s.boot.mode.as_deref(), Some("UEFI"), "{s:?}");
+    let patch = rec
+        .seen()
+        .into_iter()
+        .find(|r| r.method == "PATCH")
+        .expect("a PATCH");
+    assert_eq!(patch.path, format!("/redfish/v1/Systems/{}", uuid(0)));
+    let body: serde_json::Value = serde_json::from_str(&patch.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"Boot": {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once", "BootSourceOverrideMode": "UEFI"}})
+    );
+    bmc.power(&s, PowerAction::On).await.unwrap();
+    until_power(&bmc, PowerState::On).await;
+    let s = bmc.system().await.unwrap();
+    bmc.power(&s, PowerAction::ForceRestart).await.unwrap();
+    until_power(&bmc, PowerState::On).await;
+    bmc.power(&s, PowerAction::ForceOff).await.unwrap();
+    until_power(&bmc, PowerState::Off).await;
+    let resets: Vec<String> = rec
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| {
+            assert!(r.path.ends_with("/Actions/ComputerSystem.Reset"), "{r:?}");
+            serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["ResetType"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(resets, ["On", "ForceRestart", "ForceOff"]);
+}
+
+#[tokio::test]
+async fn a_wrong_password_names_the_bmc_and_its_status() {
+    if skip("a_wrong_password_names_the_bmc_and_its_status") {
+        return;
+    }
+    let emu = Emulator::start(1, None);
+    let bmc = Bmc::new(endpoint(&emu.url(Some(0)), "wrong")).unwrap();
+    let err = bmc.system().await.unwrap_err();
+    assert!(matches!(err, BmcError::Auth { status: 401, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&emu.url(Some(0))) && text.contains("HTTP 401") && text.contains("password"),
+        "{text}"
+    );
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, with openssl.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Lab BMC CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "bmc.key",
+        "-out",
+        "bmc.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "bmc.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "bmc.pem",
+    ]);
+    (dir.join("ca.pem"), dir.join("bmc.pem"), dir.join("bmc.key"))
+}
+
+#[tokio::test]
+async fn tls_needs_the_bmcs_ca_or_an_explicit_insecure_setting() {
+    if skip("tls_needs_the_bmcs_ca_or_an_explicit_insecure_setting") {
+        return;
+    }
+    if !common::have("openssl") {
+        eprintln!("SKIP tls_needs_the_bmcs_ca_or_an_explicit_insecure_setting: no openssl");
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path());
+    let emu = Emulator::start(1, Some((&cert, &key)));
+    let url = emu.url(Some(0));
+    // Not trusted: a certificate error that says how to fix it.
+    let err = Bmc::new(endpoint(&url, PASSWORD))
+        .unwrap()
+        .system()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BmcError::Tls { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("ca_file") && text.contains("insecure_tls = true"),
+        "{text}"
+    );
+    // Its CA given: verified, works.
+    let mut with_ca = endpoint(&url, PASSWORD);
+    with_ca.ca_pem = Some(std::fs::read(&ca).unwrap());
+    let s = Bmc::new(with_ca).unwrap().system().await.unwrap();
+    assert_eq!(s.power, PowerState::Off);
+    // insecure_tls: accepted without the CA.
+    let mut insecure = endpoint(&url, PASSWORD);
+    insecure.insecure_tls = true;
+    assert!(Bmc::new(insecure).unwrap().system().await.is_ok());
+}
+
+/// A BMC that accepts the connection and never answers costs the timeout, no more; one that
+/// answers 500 or HTML is reported with what it said.
+#[tokio::test]
+async fn a_hung_or_broken_bmc_is_an_error_within_the_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s); // never answered
+        }
+    });
+    let mut ep = endpoint(&format!("http://{hung_addr}"), PASSWORD);
+    ep.timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let err = Bmc::new(ep).unwrap().system().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, BmcError::Unreachable { .. }), "{err:?}");
+    assert!(err.to_string().contains("no answer within 1 s"), "{err}");
+
+    let broken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broken_addr = broken.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = broken.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (status, body) = if req.starts_with("GET /redfish/v1/Systems ") {
+                    (
+                        "500 Internal Server Error",
+                        r#"{"error": {"message": "The BMC is rebooting."}}"#,
+                    )
+                } else {
+                    ("200 OK", "<html>Welcome to the BMC</html>")
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let bmc = Bmc::new(endpoint(&format!("http://{broken_addr}"), PASSWORD)).unwrap();
+    let err = bmc.system().await.unwrap_err().to_string();
+    assert!(
+        err.contains("HTTP 500") && err.contains("The BMC is rebooting."),
+        "{err}"
+    );
+    let bmc = Bmc::new(endpoint(
+        &format!("http://{broken_addr}/redfish/v1/Systems/1"),
+        PASSWORD,
+    ))
+    .unwrap();
+    let err = bmc.system().await.unwrap_err();
+    assert!(matches!(err, BmcError::Invalid { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a Redfish answer"), "{err}");
+    // Nothing listens: refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let bmc = Bmc::new(endpoint(&format!("http://{closed}"), PASSWORD)).unwrap();
+    let err = bmc.system().await.unwrap_err();
+    assert!(matches!(err, BmcError::Unreachable { .. }), "{err:?}");
+}
