@@ -391,7 +391,7 @@ impl Lab {
             return;
         }
         let (ns, port, macs) = (self.ns.clone(), self.http_port, macs.to_vec());
-        common::browser::in_netns(&self.ns.clone(), move || {
+        common::in_netns(&self.ns.clone(), move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -431,13 +431,7 @@ impl Lab {
             assert_eq!(rec["state"], "provisioned", "{rec}");
             assert_eq!(rec["hostname"], format!("node-{i}"), "{rec}");
             assert!(rec["provisioned_at"].is_string(), "{rec}");
-            let seen: Vec<&str> = rec["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|h| h.get("from").is_some())
-                .filter_map(|h| h["state"].as_str())
-                .collect();
+            let seen = states_seen(&rec);
             assert_eq!(seen, states, "VM {mac}'s boot states: {rec:#}");
             for s in states {
                 assert!(rec["entered"][s].is_string(), "no time for {s}: {rec}");
@@ -477,6 +471,19 @@ fn lab_profiles(root: &Path, macs: &[String], loaders: &[Option<&str>]) {
             ),
         );
     }
+}
+
+/// The states a record's history went through (its transitions, in order).
+fn states_seen(rec: &serde_json::Value) -> Vec<String> {
+    rec["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|h| h.get("from").is_some())
+                .filter_map(|h| h["state"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn macs(first: u8, n: u8) -> Vec<String> {
@@ -684,13 +691,7 @@ fn an_undeclared_vm_is_discovered_adopted_and_provisioned() {
     let rec = lab.record(mac);
     assert_eq!(rec["state"], "provisioned", "{rec}");
     assert_eq!(rec["profile"], "rack", "{rec}");
-    let seen: Vec<&str> = rec["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h.get("from").is_some())
-        .filter_map(|h| h["state"].as_str())
-        .collect();
+    let seen = states_seen(&rec);
     // DHCP already tells that no profile knows it.
     assert_eq!(seen[0], "discovered", "{rec:#}");
     assert_eq!(
@@ -892,17 +893,6 @@ fn four_vms_boot_from_two_instances_when_one_is_killed() {
         "four VMs on two instances, one killed: all provisioned {:?} after they started",
         started.elapsed()
     );
-    let states = |rec: &serde_json::Value| -> Vec<String> {
-        rec["history"]
-            .as_array()
-            .map(|h| {
-                h.iter()
-                    .filter(|e| e.get("from").is_some())
-                    .filter_map(|e| e["state"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let mut histories = Vec::new();
     for (i, mac) in macs.iter().enumerate() {
         let (_, serial) = lab.vms.iter().find(|(m, _)| m == mac).unwrap();
@@ -913,7 +903,7 @@ fn four_vms_boot_from_two_instances_when_one_is_killed() {
         );
         let rec = api(&spaces[1], &format!("/api/v1/machines/{mac}"));
         assert_eq!(rec["state"], "provisioned", "{rec:#}");
-        let seen = states(&rec);
+        let seen = states_seen(&rec);
         // In order, whatever a broken download repeated.
         let mut want = ["dhcp", "ipxe", "kernel", "config", "provisioned"]
             .iter()
@@ -945,7 +935,11 @@ fn four_vms_boot_from_two_instances_when_one_is_killed() {
         .unwrap_or_else(|| panic!("kindling-a did not start again:\n{}", again.log_text()));
     for (mac, seen) in macs.iter().zip(&histories) {
         let rec = api(&spaces[0], &format!("/api/v1/machines/{mac}"));
-        assert_eq!(&states(&rec), seen, "kindling-a after its restart: {rec:#}");
+        assert_eq!(
+            &states_seen(&rec),
+            seen,
+            "kindling-a after its restart: {rec:#}"
+        );
     }
     drop(again);
 }

@@ -17,18 +17,6 @@ use common::{Daemon, Netns, ip, write};
 use kindling::mac::MacAddr;
 use kindling::wol::{ETHERTYPE_WOL, magic_packet};
 
-/// Run `f` on a thread that joined namespace `ns` (sockets it opens stay there).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("netns thread")
-}
-
 #[test]
 fn wake_sends_the_magic_packet_as_udp_broadcast_and_raw_frame() {
     let uid = Command::new("id").arg("-u").output().unwrap();
@@ -67,7 +55,7 @@ fn wake_sends_the_magic_packet_as_udp_broadcast_and_raw_frame() {
     ip(&["-n", &c, "link", "set", "vc0", "up"]);
 
     // The sleeping machine's side: UDP port 9, and every frame on vc0.
-    let udp: UdpSocket = in_netns(&c, || {
+    let udp: UdpSocket = common::in_netns(&c, || {
         let s = UdpSocket::bind("0.0.0.0:9").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s
@@ -75,7 +63,7 @@ fn wake_sends_the_magic_packet_as_udp_broadcast_and_raw_frame() {
     let (frames_tx, frames) = mpsc::channel::<Vec<u8>>();
     let cns = c.clone();
     std::thread::spawn(move || {
-        in_netns(&cns, move || {
+        common::in_netns(&cns, move || {
             let nic = pnet_datalink::interfaces()
                 .into_iter()
                 .find(|i| i.name == "vc0")

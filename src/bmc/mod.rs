@@ -5,7 +5,7 @@
 //! The calls needed are few and stable since Redfish 1.0: the systems collection, one
 //! `ComputerSystem` (`PowerState`, `Boot`, the `ComputerSystem.Reset` action and its allowed
 //! values), a `POST` of the reset and a `PATCH` of the boot override. A typed module over
-//! reqwest (rustls) keeps every call under one timeout and every failure a clear error that
+//! hyper and rustls keeps every call under one timeout and every failure a clear error that
 //! names the BMC.
 
 pub mod redfish;

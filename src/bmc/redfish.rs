@@ -4,10 +4,21 @@
 //! Every call runs under the client's timeout (connect and whole request), so an unreachable
 //! or hung BMC costs at most that; every failure is a [`BmcError`] naming the BMC, with its
 //! HTTP status and the Redfish message when it sent one. Nothing here panics on what a BMC
-//! sends: bodies are parsed into the few fields used, unknown fields ignored.
+//! sends: bodies are parsed into the few fields used, unknown fields ignored. HTTP is hyper's
+//! client over rustls with ring; basic authentication on every request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::http::{self as http, HeaderValue, Method, Request, Uri, header};
+use base64::Engine as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -360,11 +371,25 @@ pub fn error_message(body: &[u8]) -> Option<String> {
     }
 }
 
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
 /// A client of one BMC.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Bmc {
     endpoint: Endpoint,
-    http: reqwest::Client,
+    /// `scheme://host:port` of the endpoint.
+    base: String,
+    /// `Basic …` for every request.
+    auth: HeaderValue,
+    http: Client<Https, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for Bmc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bmc")
+            .field("url", &self.endpoint.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bmc {
@@ -375,34 +400,76 @@ impl Bmc {
             bmc: bmc.clone(),
             what,
         };
-        let url =
-            reqwest::Url::parse(&endpoint.url).map_err(|e| config(format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+        let uri: Uri = endpoint
+            .url
+            .parse()
+            .map_err(|e| config(format!("not a URL: {e}")))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(config(
+                "not a URL: the URL must be https://host[:port]".into(),
+            ));
+        };
+        if !matches!(scheme, "https" | "http") {
             return Err(config("the URL must be https://host[:port]".into()));
         }
-        install_crypto();
-        let mut builder = reqwest::Client::builder()
-            .timeout(endpoint.timeout)
-            .connect_timeout(endpoint.timeout)
+        let base = format!("{scheme}://{authority}");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config(format!("TLS: {e}")))?;
+        let tls = if endpoint.insecure_tls {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &endpoint.ca_pem {
+                Some(pem) => {
+                    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| config(format!("ca_file: not PEM certificates: {e}")))?;
+                    if certs.is_empty() {
+                        return Err(config("ca_file: no certificate in it".into()));
+                    }
+                    for c in certs {
+                        roots.add(c).map_err(|e| config(format!("ca_file: {e}")))?;
+                    }
+                }
+                None => {
+                    // The system's trusted CAs (a BMC with a certificate from the site's PKI).
+                    for c in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(c);
+                    }
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_connect_timeout(Some(endpoint.timeout));
+        tcp.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1)
-            .user_agent(concat!("kindling/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &endpoint.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| config(format!("ca_file: not PEM certificates: {e}")))?;
-            if certs.is_empty() {
-                return Err(config("ca_file: no certificate in it".into()));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        if endpoint.insecure_tls {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Bmc { endpoint, http })
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        let secret = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", endpoint.user, endpoint.password));
+        let mut auth = HeaderValue::from_str(&format!("Basic {secret}")).map_err(|_| {
+            config("the user or password has characters a header cannot carry".into())
+        })?;
+        auth.set_sensitive(true);
+        Ok(Bmc {
+            endpoint,
+            base,
+            auth,
+            http,
+        })
     }
 
     /// The BMC's URL, as configured.
@@ -414,11 +481,15 @@ impl Bmc {
     /// manages several is refused: say which one in the URL instead, e.g.
     /// `https://bmc/redfish/v1/Systems/2`).
     pub async fn system(&self) -> Result<System, BmcError> {
-        let url = reqwest::Url::parse(&self.endpoint.url).map_err(|e| BmcError::Config {
-            bmc: self.endpoint.url.clone(),
-            what: e.to_string(),
-        })?;
-        let path = url.path().trim_end_matches('/');
+        let uri: Uri = self
+            .endpoint
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| BmcError::Config {
+                bmc: self.endpoint.url.clone(),
+                what: e.to_string(),
+            })?;
+        let path = uri.path().trim_end_matches('/');
         let system_path = if path.starts_with("/redfish/v1/Systems/") {
             path.to_string()
         } else {
@@ -439,7 +510,7 @@ impl Bmc {
                             "it manages {} systems ({}): name one in the URL, e.g. {}{}",
                             many.len(),
                             many.join(", "),
-                            self.base(),
+                            self.base,
                             many[0]
                         ),
                     });
@@ -464,8 +535,7 @@ impl Bmc {
             });
         };
         self.send(
-            reqwest::Method::POST,
-            "POST",
+            Method::POST,
             &system.reset_target,
             &json!({ "ResetType": reset }),
         )
@@ -486,19 +556,8 @@ impl Bmc {
                 ),
             });
         }
-        self.send(
-            reqwest::Method::PATCH,
-            "PATCH",
-            &system.path,
-            &system.pxe_once_patch(),
-        )
-        .await
-    }
-
-    fn base(&self) -> String {
-        reqwest::Url::parse(&self.endpoint.url)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_default()
+        self.send(Method::PATCH, &system.path, &system.pxe_once_patch())
+            .await
     }
 
     fn invalid(&self, path: &str, what: String) -> BmcError {
@@ -510,43 +569,63 @@ impl Bmc {
     }
 
     async fn get(&self, path: &str) -> Result<Vec<u8>, BmcError> {
-        let req = self
-            .http
-            .get(format!("{}{path}", self.base()))
-            .header("Accept", "application/json");
-        self.exchange(req, "GET", path).await
+        self.exchange(Method::GET, path, None).await
     }
 
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        name: &'static str,
-        path: &str,
-        body: &Value,
-    ) -> Result<(), BmcError> {
-        let req = self
-            .http
-            .request(method, format!("{}{path}", self.base()))
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json")
-            .body(body.to_string());
-        self.exchange(req, name, path).await.map(|_| ())
+    async fn send(&self, method: Method, path: &str, body: &Value) -> Result<(), BmcError> {
+        self.exchange(method, path, Some(body.to_string()))
+            .await
+            .map(|_| ())
     }
 
+    /// One request and its whole answer, within the endpoint's timeout.
     async fn exchange(
         &self,
-        req: reqwest::RequestBuilder,
-        method: &'static str,
+        method: Method,
         path: &str,
+        body: Option<String>,
     ) -> Result<Vec<u8>, BmcError> {
         let bmc = self.endpoint.url.clone();
-        let resp = req
-            .basic_auth(&self.endpoint.user, Some(&self.endpoint.password))
-            .send()
+        let name = method_name(&method);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::ACCEPT, "application/json")
+            .header(header::AUTHORIZATION, self.auth.clone())
+            .header(
+                header::USER_AGENT,
+                concat!("kindling/", env!("CARGO_PKG_VERSION")),
+            );
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| BmcError::Config {
+                bmc: bmc.clone(),
+                what: format!("{path}: {e}"),
+            })?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| self.transport(&e))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.transport(&e))?
+                .to_bytes();
+            Ok::<_, BmcError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.endpoint.timeout, exchange)
             .await
-            .map_err(|e| self.transport(e))?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+            .map_err(|_| BmcError::Unreachable {
+                bmc: bmc.clone(),
+                what: format!("no answer within {} s", self.endpoint.timeout.as_secs_f64()),
+            })??;
         if status.is_success() {
             return Ok(body.to_vec());
         }
@@ -556,7 +635,7 @@ impl Bmc {
         Err(if status == 401 || status == 403 {
             BmcError::Auth {
                 bmc,
-                method,
+                method: name,
                 path,
                 status,
                 message,
@@ -564,7 +643,7 @@ impl Bmc {
         } else {
             BmcError::Status {
                 bmc,
-                method,
+                method: name,
                 path,
                 status,
                 message,
@@ -572,18 +651,19 @@ impl Bmc {
         })
     }
 
-    fn transport(&self, e: reqwest::Error) -> BmcError {
+    fn transport(&self, e: &(dyn std::error::Error + 'static)) -> BmcError {
         let bmc = self.endpoint.url.clone();
-        // The whole chain: reqwest's own text says little ("error sending request").
+        // The whole chain: the outer errors say little ("client error (Connect)").
         let mut chain = Vec::new();
-        let mut cur: Option<&dyn std::error::Error> = Some(&e);
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = cur {
             chain.push(err.to_string());
             cur = err.source();
         }
+        chain.dedup();
         let text = chain.join(": ");
         let lower = text.to_ascii_lowercase();
-        if e.is_timeout() {
+        if lower.contains("timed out") {
             return BmcError::Unreachable {
                 bmc,
                 what: format!("no answer within {} s", self.endpoint.timeout.as_secs_f64()),
@@ -593,6 +673,7 @@ impl Bmc {
             || lower.contains("tls")
             || lower.contains("handshake")
             || lower.contains("invalidcontenttype")
+            || lower.contains("corrupt message")
         {
             return BmcError::Tls { bmc, what: text };
         }
@@ -600,9 +681,63 @@ impl Bmc {
     }
 }
 
-/// rustls needs its cryptography chosen once per process: ring (etcd's TLS uses it too).
-fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        _ => "request",
+    }
+}
+
+/// `insecure_tls = true`: any certificate is accepted (signatures are still checked, so the
+/// handshake is whole; only who signed the certificate is not).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]

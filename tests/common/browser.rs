@@ -42,7 +42,7 @@ impl Browser {
 
     /// The same inside network namespace `netns` (`ip netns exec` execs in place, so the
     /// process group is chromedriver's). Call it on a thread that joined the namespace
-    /// ([`in_netns`]): the WebDriver connection goes to the namespace's loopback. The
+    /// ([`super::in_netns`]): the WebDriver connection goes to the namespace's loopback. The
     /// browser resolves no name and reaches only `host` (an address).
     pub async fn start_in(netns: Option<&str>, host: &str, width: u32, height: u32) -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -197,19 +197,6 @@ impl Browser {
         let _ = self.client.clone().close().await;
         kill_group(&mut self.driver);
     }
-}
-
-/// Run `f` on a thread that joined network namespace `ns` (sockets it and a current-thread
-/// runtime on it create belong to the namespace).
-pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 fn kill_group(child: &mut Child) {

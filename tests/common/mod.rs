@@ -321,13 +321,24 @@ impl Drop for Etcd {
     }
 }
 
+/// Run `f` on a thread that joined network namespace `ns` (sockets it, and a current-thread
+/// runtime on it, create belong to the namespace).
+pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// A UDP socket created inside namespace `ns` (by a helper thread that joins it: a socket
 /// belongs to the namespace it was created in), bound to `dev` and `addr`, broadcast allowed.
 pub fn udp_in_netns(ns: &str, dev: &str, addr: std::net::SocketAddrV4) -> std::net::UdpSocket {
-    let (ns, dev) = (ns.to_string(), dev.to_string());
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let dev = dev.to_string();
+    in_netns(ns, move || {
         let s = socket2::Socket::new(
             socket2::Domain::IPV4,
             socket2::Type::DGRAM,
@@ -343,8 +354,6 @@ pub fn udp_in_netns(ns: &str, dev: &str, addr: std::net::SocketAddrV4) -> std::n
             .unwrap();
         s
     })
-    .join()
-    .expect("socket thread")
 }
 
 /// `curl -s ARGS URL` (5 s at most): the status code (0 when none came) and the body.
