@@ -59,6 +59,29 @@ pub(super) fn check(path: &Path) -> ExitCode {
                     ));
                 }
             }
+            // Every machine's BMC: its URL renders, its password and CA file are there.
+            let mut macs: Vec<_> = set.machines.keys().copied().collect();
+            macs.sort();
+            let mut insecure = 0;
+            for mac in macs {
+                match set.bmc(mac, std::time::Duration::from_secs(10)) {
+                    Some(Ok(ep)) => {
+                        if ep.insecure_tls {
+                            insecure += 1;
+                        }
+                        if let Err(e) = crate::bmc::Bmc::new(ep) {
+                            missing.push(format!("{mac}: {e}"));
+                        }
+                    }
+                    Some(Err(e)) => missing.push(e),
+                    None => {}
+                }
+            }
+            if insecure > 0 {
+                eprintln!(
+                    "warning: {insecure} machine(s) have insecure_tls = true: their BMCs' certificates are not checked"
+                );
+            }
             if !missing.is_empty() {
                 for m in &missing {
                     eprintln!("{}: {m}", path.display());

@@ -88,6 +88,37 @@ pub struct Profile {
     /// What its machines boot once they reported `provisioned` (`after_provision`): their
     /// local disk or another profile. `None`: this profile again (live systems).
     pub after_provision: Option<AfterProvision>,
+    /// The BMC of its machines that name none themselves (`redfish` usually a template
+    /// over their variables).
+    pub bmc: Option<BmcSettings>,
+}
+
+/// `bmc = { redfish, user, password_file | password_env, ca_file?, insecure_tls? }`: how to
+/// reach a machine's BMC. The password is never in the profile file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BmcSettings {
+    /// The Redfish URL (`https://10.0.5.21`, or a system's own URL), a template over the
+    /// machine's variables, `mac`, `hostname` and `ip`.
+    pub redfish: String,
+    /// The user.
+    pub user: String,
+    /// Where the password is.
+    pub password: BmcPassword,
+    /// PEM CA certificates to trust for the BMC (resolved against the profile's directory).
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (lab BMCs): logged when on.
+    pub insecure_tls: bool,
+    /// Where it is declared.
+    pub at: Location,
+}
+
+/// Where a BMC's password is read from, at each use (so a rotated secret needs no reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BmcPassword {
+    /// A file holding it (trailing newline ignored).
+    File(PathBuf),
+    /// An environment variable of the daemon.
+    Env(String),
 }
 
 /// What a profile says a machine boots once it is provisioned (`after_provision`).
@@ -140,6 +171,8 @@ pub struct Machine {
     pub labels: BTreeMap<String, String>,
     /// Its own `loader`, overriding its profile's (one Secure Boot machine in a rack).
     pub loader: Option<crate::pxe::Loader>,
+    /// Its BMC, over its profile's.
+    pub bmc: Option<BmcSettings>,
     /// Where it is declared.
     pub at: Location,
 }
@@ -247,11 +280,90 @@ impl ProfileSet {
         }
     }
 
+    /// How to reach `mac`'s BMC: its `[[machine]]` entry's `bmc`, else its profile's, with the
+    /// URL rendered for the machine and the password read now. `None`: no BMC is configured
+    /// (Wake-on-LAN it is); an error says what is missing.
+    pub fn bmc(
+        &self,
+        mac: MacAddr,
+        timeout: std::time::Duration,
+    ) -> Option<Result<crate::bmc::Endpoint, String>> {
+        let machine = self.machines.get(&mac)?;
+        let profile = &self.profiles[machine.profile];
+        let settings = machine.bmc.as_ref().or(profile.bmc.as_ref())?;
+        Some(bmc_endpoint(settings, profile, machine, timeout))
+    }
+
     /// A profile by name.
     pub fn profile(&self, name: &str) -> Option<&Profile> {
         self.profiles.iter().find(|p| p.name == name)
     }
 }
+fn bmc_endpoint(
+    settings: &BmcSettings,
+    profile: &Profile,
+    machine: &Machine,
+    timeout: std::time::Duration,
+) -> Result<crate::bmc::Endpoint, String> {
+    let mac = machine.mac;
+    let mut ctx: BTreeMap<String, Value> = profile.vars.clone();
+    ctx.extend(machine.vars.clone());
+    ctx.insert("mac".into(), Value::from(mac.to_string()));
+    if let Some(h) = &machine.hostname {
+        ctx.insert("hostname".into(), Value::from(h.clone()));
+    }
+    if let Some(ip) = machine.ip {
+        ctx.insert("ip".into(), Value::from(ip.to_string()));
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let url = env
+        .render_str(&settings.redfish, ctx)
+        .map_err(|e| format!("{mac}: bmc.redfish at {}: {e}", settings.at))?;
+    let url = url.trim().to_string();
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!(
+            "{mac}: bmc.redfish at {} is {url:?}: not an https:// URL",
+            settings.at
+        ));
+    }
+    let password = match &settings.password {
+        BmcPassword::File(p) => std::fs::read_to_string(p)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| {
+                format!(
+                    "{mac}: bmc.password_file {} (at {}): {e}",
+                    p.display(),
+                    settings.at
+                )
+            })?,
+        BmcPassword::Env(name) => std::env::var(name).map_err(|_| {
+            format!(
+                "{mac}: bmc.password_env {name} (at {}): the daemon has no such environment variable",
+                settings.at
+            )
+        })?,
+    };
+    let ca_pem = match &settings.ca_file {
+        Some(p) => Some(std::fs::read(p).map_err(|e| {
+            format!(
+                "{mac}: bmc.ca_file {} (at {}): {e}",
+                p.display(),
+                settings.at
+            )
+        })?),
+        None => None,
+    };
+    Ok(crate::bmc::Endpoint {
+        url,
+        user: settings.user.clone(),
+        password,
+        ca_pem,
+        insecure_tls: settings.insecure_tls,
+        timeout,
+    })
+}
+
 /// RFC 1123 host name or FQDN: labels of letters, digits and inner hyphens.
 pub(crate) fn valid_hostname(h: &str) -> bool {
     !h.is_empty()

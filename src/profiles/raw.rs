@@ -23,6 +23,20 @@ pub(super) struct RawProfile {
     pub(super) select: Vec<Spanned<RawSelector>>,
     #[serde(default, rename = "machine")]
     pub(super) machines: Vec<Spanned<RawMachine>>,
+    pub(super) bmc: Option<Spanned<RawBmc>>,
+}
+
+/// `bmc = { redfish = "https://…", user = "…", password_file = "…" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBmc {
+    pub(super) redfish: Spanned<String>,
+    pub(super) user: Spanned<String>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) insecure_tls: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -68,4 +82,5 @@ pub(super) struct RawMachine {
     #[serde(default)]
     pub(super) labels: BTreeMap<String, String>,
     pub(super) loader: Option<Spanned<String>>,
+    pub(super) bmc: Option<Spanned<RawBmc>>,
 }

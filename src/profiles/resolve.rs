@@ -8,10 +8,10 @@ use minijinja::Value;
 use toml::Spanned;
 
 use super::load::Loader;
-use super::raw::{RawBoot, RawMachine, RawProfile, RawSelector};
+use super::raw::{RawBmc, RawBoot, RawMachine, RawProfile, RawSelector};
 use super::{
-    AfterProvision, Boot, Conditions, Location, Machine, Profile, RESERVED_VARS, Selector, select,
-    valid_hostname,
+    AfterProvision, BmcPassword, BmcSettings, Boot, Conditions, Location, Machine, Profile,
+    RESERVED_VARS, Selector, select, valid_hostname,
 };
 use crate::diag::{self, Diagnostic};
 use crate::mac::{MacAddr, MacPrefix};
@@ -108,6 +108,7 @@ pub(super) fn resolve_profile(
 
     resolve_selectors(ld, f, &raw.select, selectors);
     resolve_machines(ld, f, &raw.machines, machines, selectors);
+    let bmc = raw.bmc.as_ref().and_then(|b| resolve_bmc(ld, f, b));
     Profile {
         name: name.to_string(),
         path: path.to_path_buf(),
@@ -124,7 +125,61 @@ pub(super) fn resolve_profile(
                 "local" => AfterProvision::Local,
                 other => AfterProvision::Profile(other.to_string()),
             }),
+        bmc,
     }
+}
+
+/// `bmc = {...}`: exactly one password source, a URL (or a template of one) with a scheme
+/// Redfish uses, files resolved against the profile's directory.
+fn resolve_bmc(ld: &mut Loader, f: &File<'_>, raw: &Spanned<RawBmc>) -> Option<BmcSettings> {
+    let (path, source) = (f.path, f.source);
+    let r = raw.get_ref();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut ok = true;
+    let redfish = r.redfish.get_ref().trim().to_string();
+    if let Err(e) = minijinja::Environment::new().template_from_str(&redfish) {
+        ld.err(
+            path,
+            source,
+            r.redfish.span().start,
+            format!("bmc.redfish: {e}"),
+        );
+        ok = false;
+    } else if !redfish.contains("{{")
+        && !(redfish.starts_with("https://") || redfish.starts_with("http://"))
+    {
+        ld.err(
+            path,
+            source,
+            r.redfish.span().start,
+            format!(
+                "bmc.redfish = {redfish:?}: a URL, https://host[:port] (http:// for an emulator)"
+            ),
+        );
+        ok = false;
+    }
+    let password = match (&r.password_file, &r.password_env) {
+        (Some(file), None) => Some(BmcPassword::File(dir.join(file.get_ref()))),
+        (None, Some(env)) => Some(BmcPassword::Env(env.get_ref().clone())),
+        _ => {
+            ld.err(
+                path,
+                source,
+                raw.span().start,
+                "bmc: give the password as password_file = \"…\" or password_env = \"VARIABLE\" (one of them; never in the profile itself)",
+            );
+            None
+        }
+    };
+    let password = password.filter(|_| ok)?;
+    Some(BmcSettings {
+        redfish,
+        user: r.user.get_ref().clone(),
+        password,
+        ca_file: r.ca_file.as_ref().map(|c| dir.join(c.get_ref())),
+        insecure_tls: r.insecure_tls,
+        at: f.at(raw.span().start),
+    })
 }
 
 /// The boot section: every string is a template, rendered per machine.
@@ -383,6 +438,7 @@ fn resolve_machines(
                 vars,
                 labels: r.labels.clone(),
                 loader,
+                bmc: r.bmc.as_ref().and_then(|b| resolve_bmc(ld, f, b)),
                 at: here.clone(),
             },
         );
