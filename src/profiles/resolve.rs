@@ -145,8 +145,9 @@ fn resolve_bmc(ld: &mut Loader, f: &File<'_>, raw: &Spanned<RawBmc>) -> Option<B
             format!("bmc.redfish: {e}"),
         );
         ok = false;
-    } else if !redfish.contains("{{")
-        && !(redfish.starts_with("https://") || redfish.starts_with("http://"))
+    } else if !(redfish.contains("{{")
+        || redfish.starts_with("https://")
+        || redfish.starts_with("http://"))
     {
         ld.err(
             path,
