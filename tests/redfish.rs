@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Daemon, write};
 use kindling::bmc::{Bmc, BmcError, Endpoint, PowerAction, PowerState};
 
 const USER: &str = "admin";
@@ -469,4 +470,133 @@ async fn a_hung_or_broken_bmc_is_an_error_within_the_timeout() {
     let bmc = Bmc::new(endpoint(&format!("http://{closed}"), PASSWORD)).unwrap();
     let err = bmc.system().await.unwrap_err();
     assert!(matches!(err, BmcError::Unreachable { .. }), "{err:?}");
+}
+
+/// `kindling power` through the daemon's API to machines whose BMCs the profiles name: a
+/// profile default whose URL is a template over each machine's variable, the password from a
+/// file; `status`, `pxe-once`, `on`, `off`; a machine without a BMC and a BMC with the wrong
+/// password fail with their reasons while the others go on; the API wants the token.
+#[test]
+fn kindling_power_through_the_api() {
+    if skip("kindling_power_through_the_api") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = Emulator::start(2, None);
+    let rec = rt.block_on(Recorder::start(emu.url(None)));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "kindling.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntoken = \"op\"\n[paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
+        ),
+    );
+    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
+    write(root, "profiles/secrets/wrong", "nope\n");
+    write(
+        root,
+        "profiles/rack.toml",
+        &format!(
+            "bmc = {{ redfish = \"http://{}/redfish/v1/Systems/{{{{ system }}}}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n\
+             [boot]\nkernel = \"vmlinuz\"\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:00\"\nvars = {{ system = \"{}\" }}\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:01\"\nvars = {{ system = \"{}\" }}\n\
+             bmc = {{ redfish = \"{}\", user = \"{USER}\", password_file = \"secrets/wrong\" }}\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:02\"\nvars = {{ system = \"none\" }}\n",
+            rec.addr,
+            uuid(0),
+            uuid(1),
+            emu.url(Some(1)),
+        ),
+    );
+    // The third machine's BMC (a system the emulator does not have) answers 404.
+    let d = Daemon::start(&root.join("kindling.toml"));
+    let power = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+            .arg("power")
+            .args(["--url", &d.url(""), "--token", "op"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = power(&["status", "52:54:00:bb:00:00"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("52:54:00:bb:00:00  off"), "{out}");
+    let (code, out, err) = power(&["pxe-once", "52:54:00:bb:00:00"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("boot override Pxe/"), "{out}");
+    let (code, out, err) = power(&["on", "52:54:00:bb:00:00"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = power(&["status", "52:54:00:bb:00:00"]);
+        if out.contains("  on ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not on: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let posted: Vec<String> = rec
+        .seen()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.body))
+        .collect();
+    assert_eq!(posted.len(), 2, "{posted:?}");
+    assert!(
+        posted[0].starts_with("PATCH ")
+            && posted[0].contains("\"BootSourceOverrideEnabled\":\"Once\""),
+        "{posted:?}"
+    );
+    assert_eq!(posted[1], "POST {\"ResetType\":\"On\"}");
+
+    // A group: the wrong password and the missing system are reported, the first goes on.
+    let (code, out, err) = power(&[
+        "off",
+        "52:54:00:bb:00:01",
+        "52:54:00:bb:00:02",
+        "52:54:00:bb:00:00",
+        "52:54:00:bb:00:99",
+    ]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("FAILED 52:54:00:bb:00:01") && out.contains("HTTP 401"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAILED 52:54:00:bb:00:02") && out.contains("HTTP 404"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAILED 52:54:00:bb:00:99") && out.contains("has no BMC"),
+        "{out}"
+    );
+    assert!(out.contains("52:54:00:bb:00:00  "), "{out}");
+    assert!(
+        rec.seen()
+            .iter()
+            .any(|r| r.body == "{\"ResetType\":\"ForceOff\"}")
+    );
+
+    // Without the token: refused before any BMC is asked.
+    let before = rec.seen().len();
+    let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+        .args(["power", "--url", &d.url(""), "on", "52:54:00:bb:00:00"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("401"),
+        "{out:?}"
+    );
+    assert_eq!(rec.seen().len(), before);
+    drop(d);
 }

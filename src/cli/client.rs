@@ -138,6 +138,19 @@ impl Client {
         self.json(r).await
     }
 
+    /// `GET` or `POST /api/v1/machines/{mac}/power`: the BMC's power state, or an action.
+    pub async fn power(&self, mac: &str, action: &str) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/api/v1/machines/{mac}/power");
+        let r = if action == "status" {
+            self.request(reqwest::Method::GET, &path)
+        } else {
+            self.request(reqwest::Method::POST, &path)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::json!({ "action": action }).to_string())
+        };
+        self.json(r).await
+    }
+
     /// Follow `GET /api/v1/events`, writing one line per transition (or the raw JSON with
     /// `json`), until the daemon ends the stream.
     pub async fn watch(

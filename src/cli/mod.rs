@@ -132,6 +132,18 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stagger_ms: u64,
     },
+    /// Power machines through their BMCs (Redfish): on, off, graceful-off, cycle, status,
+    /// pxe-once (a one-time network boot).
+    Power {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// on | off | graceful-off | cycle | status | pxe-once
+        #[arg(value_parser = ["on", "off", "graceful-off", "cycle", "status", "pxe-once"])]
+        action: String,
+        /// MAC addresses.
+        #[arg(required = true)]
+        macs: Vec<MacAddr>,
+    },
 }
 
 /// Where the API is and the token for it.
@@ -228,5 +240,6 @@ pub fn main() -> ExitCode {
             labels,
             stagger_ms,
         } => remote::wake(&api, macs, profile, labels, stagger_ms),
+        Command::Power { api, action, macs } => remote::power(&api, &action, macs),
     }
 }

@@ -77,6 +77,38 @@ pub(super) fn wake(
     })
 }
 
+/// `kindling power ACTION MAC...`: one line per machine (its power state and boot override
+/// after the action); a machine whose BMC failed is named with the error, and the others go
+/// on.
+pub(super) fn power(api: &ApiArgs, action: &str, macs: Vec<MacAddr>) -> ExitCode {
+    let action = action.to_string();
+    client_command(api, |c| async move {
+        let mut failed = 0;
+        for mac in &macs {
+            match c.power(&mac.to_string(), &action).await {
+                Ok(v) => println!(
+                    "{mac}  {:<12} boot override {}/{}  ({})",
+                    v["power_state"].as_str().unwrap_or("?"),
+                    v["boot_override"]["target"].as_str().unwrap_or("-"),
+                    v["boot_override"]["enabled"].as_str().unwrap_or("-"),
+                    v["bmc"].as_str().unwrap_or("?"),
+                ),
+                Err(e) => {
+                    failed += 1;
+                    println!("FAILED {mac}: {e}");
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(ClientError::Api {
+                status: 207,
+                message: format!("{failed} of {} machines failed", macs.len()),
+            });
+        }
+        Ok(())
+    })
+}
+
 /// Run one API client command; errors go to stderr with exit code 1.
 fn client_command<F, Fut>(api: &ApiArgs, f: F) -> ExitCode
 where

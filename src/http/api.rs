@@ -43,7 +43,11 @@ pub(crate) const PATHS: &[&str] = &[
     "/api/v1/cluster",
     "/api/v1/status",
     "/api/v1/machines/{mac}/preview",
+    "/api/v1/machines/{mac}/power",
 ];
+
+/// The longest one call to a BMC may take (connecting included).
+const BMC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most machines one wake call may name, and the longest pause between two of them.
 const MAX_WAKE: usize = 4096;
@@ -67,6 +71,107 @@ pub(super) fn routes() -> Router<HttpState> {
         .route(PATHS[10], get(cluster))
         .route(PATHS[11], get(status))
         .route(PATHS[12], get(preview))
+        .route(PATHS[13], get(power_status).post(power))
+}
+
+/// The BMC of `mac` and its system, or why not.
+async fn bmc_system(
+    st: &HttpState,
+    mac: MacAddr,
+) -> Result<(crate::bmc::Bmc, crate::bmc::System), HttpError> {
+    let set = st.profiles.current();
+    let endpoint = match set.bmc(mac, BMC_TIMEOUT) {
+        None => {
+            return Err(HttpError::api(
+                StatusCode::CONFLICT,
+                format!(
+                    "{mac} has no BMC: give its [[machine]] entry (or its profile) bmc = {{ redfish = \"https://…\", user = \"…\", password_file = \"…\" }}"
+                ),
+            ));
+        }
+        Some(Err(e)) => return Err(HttpError::api(StatusCode::CONFLICT, e)),
+        Some(Ok(ep)) => ep,
+    };
+    if endpoint.insecure_tls {
+        tracing::warn!(%mac, bmc = %endpoint.url, "insecure_tls: the BMC's certificate is not checked");
+    }
+    let bmc = crate::bmc::Bmc::new(endpoint).map_err(bmc_error)?;
+    let system = bmc.system().await.map_err(bmc_error)?;
+    Ok((bmc, system))
+}
+
+fn bmc_error(e: crate::bmc::BmcError) -> HttpError {
+    HttpError::api(StatusCode::BAD_GATEWAY, e.to_string())
+}
+
+fn power_json(mac: MacAddr, bmc: &crate::bmc::Bmc, s: &crate::bmc::System) -> serde_json::Value {
+    json!({
+        "mac": mac,
+        "bmc": bmc.url(),
+        "system": s.path,
+        "power_state": s.power.as_str(),
+        "boot_override": s.boot,
+    })
+}
+
+/// `GET /api/v1/machines/{mac}/power`: the power state and boot override its BMC reports.
+async fn power_status(
+    State(st): State<HttpState>,
+    _: Reader,
+    MacPath(mac): MacPath,
+) -> Result<Response, HttpError> {
+    let (bmc, system) = bmc_system(&st, mac).await?;
+    Ok(tagged(
+        Json(power_json(mac, &bmc, &system)),
+        Some(mac),
+        "api: power status",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PowerBody {
+    action: String,
+}
+
+/// `POST /api/v1/machines/{mac}/power` with `{"action": "on" | "off" | "graceful-off" |
+/// "cycle" | "pxe-once"}`: through the machine's BMC (Redfish). `cycle` restarts a machine
+/// that is on and powers on one that is off; `pxe-once` sets a one-time network boot.
+async fn power(
+    State(st): State<HttpState>,
+    _: Operator,
+    MacPath(mac): MacPath,
+    bytes: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    use crate::bmc::{PowerAction, PowerState};
+    let req: PowerBody = body(&bytes)?;
+    let (bmc, system) = bmc_system(&st, mac).await?;
+    let on = matches!(system.power, PowerState::On | PowerState::PoweringOn);
+    let action = match req.action.as_str() {
+        "on" => (!on).then_some(PowerAction::On),
+        "off" => Some(PowerAction::ForceOff),
+        "graceful-off" => Some(PowerAction::GracefulShutdown),
+        "cycle" if on => Some(PowerAction::ForceRestart),
+        "cycle" => Some(PowerAction::On),
+        "pxe-once" => None,
+        other => {
+            return Err(bad(format!(
+                "action: {other:?} is not on, off, graceful-off, cycle or pxe-once"
+            )));
+        }
+    };
+    if req.action == "pxe-once" {
+        bmc.pxe_once(&system).await.map_err(bmc_error)?;
+    }
+    if let Some(a) = action {
+        bmc.power(&system, a).await.map_err(bmc_error)?;
+    }
+    tracing::info!(%mac, bmc = %bmc.url(), action = %req.action, "power");
+    let after = bmc.system().await.map_err(bmc_error)?;
+    let mut v = power_json(mac, &bmc, &after);
+    v["action"] = json!(req.action);
+    v["reset"] = json!(action.map(|a| a.reset_type()));
+    Ok(tagged(Json(v), Some(mac), "api: power"))
 }
 
 /// `GET /api/v1/status`: what the dashboard shows on every page: the profiles' reload status
