@@ -139,12 +139,16 @@ struct Seen {
     method: String,
     path: String,
     body: String,
+    /// When it arrived.
+    at: Instant,
 }
 
 /// A recording proxy in front of the emulator: every request, as the BMC received it.
 struct Recorder {
     addr: std::net::SocketAddr,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    /// Requests being answered now, and the most there ever were.
+    in_flight: std::sync::Arc<std::sync::Mutex<(usize, usize)>>,
 }
 
 impl Recorder {
@@ -152,11 +156,19 @@ impl Recorder {
         use axum::body::Bytes;
         use axum::extract::Request;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let in_flight = std::sync::Arc::new(std::sync::Mutex::new((0, 0)));
         let http = reqwest::Client::new();
         let log = seen.clone();
+        let flight = in_flight.clone();
         let app = axum::Router::new().fallback(move |req: Request| {
             let (http, log, upstream) = (http.clone(), log.clone(), upstream.clone());
+            let flight = flight.clone();
             async move {
+                {
+                    let mut f = flight.lock().unwrap();
+                    f.0 += 1;
+                    f.1 = f.1.max(f.0);
+                }
                 let (parts, body) = req.into_parts();
                 let body: Bytes = axum::body::to_bytes(body, 1 << 20)
                     .await
@@ -170,6 +182,7 @@ impl Recorder {
                     method: parts.method.to_string(),
                     path: path.clone(),
                     body: String::from_utf8_lossy(&body).into_owned(),
+                    at: Instant::now(),
                 });
                 let mut fwd = http.request(parts.method, format!("{upstream}{path}"));
                 for (k, v) in &parts.headers {
@@ -180,13 +193,18 @@ impl Recorder {
                 let resp = fwd.body(body).send().await.unwrap();
                 let status = resp.status();
                 let bytes = resp.bytes().await.unwrap_or_default();
+                flight.lock().unwrap().0 -= 1;
                 (status, bytes)
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Recorder { addr, seen }
+        Recorder {
+            addr,
+            seen,
+            in_flight,
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -598,5 +616,141 @@ fn kindling_power_through_the_api() {
         "{out:?}"
     );
     assert_eq!(rec.seen().len(), before);
+    drop(d);
+}
+
+/// `kindling wake` of 20 machines with BMCs: each gets a one-time PXE boot and is powered on
+/// (its record says through the BMC), at most `--concurrency` at once and `--stagger-ms`
+/// apart, as the recording proxy in front of the emulator saw it.
+#[test]
+fn a_group_wake_through_bmcs_keeps_its_concurrency_and_stagger() {
+    if skip("a_group_wake_through_bmcs_keeps_its_concurrency_and_stagger") {
+        return;
+    }
+    const N: usize = 20;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = Emulator::start(N, None);
+    let rec = rt.block_on(Recorder::start(emu.url(None)));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "kindling.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntoken = \"op\"\n[paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
+        ),
+    );
+    let mut machines = String::new();
+    for i in 0..N {
+        machines.push_str(&format!(
+            "[[machine]]\nmac = \"52:54:00:bc:00:{i:02x}\"\nvars = {{ system = \"{}\" }}\nlabels = {{ rack = \"r1\" }}\n",
+            uuid(i)
+        ));
+    }
+    write(
+        root,
+        "profiles/rack.toml",
+        &format!(
+            "bmc = {{ redfish = \"http://{}/redfish/v1/Systems/{{{{ system }}}}\", user = \"{USER}\", password_env = \"KINDLING_TEST_BMC_PASSWORD\" }}\n\
+             [boot]\nkernel = \"vmlinuz\"\n{machines}",
+            rec.addr
+        ),
+    );
+    // The password in the daemon's environment (password_env).
+    let d = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kindling"));
+        cmd.env("KINDLING_TEST_BMC_PASSWORD", PASSWORD);
+        Daemon::spawn_cmd(cmd, &root.join("kindling.toml"))
+    };
+    let wake = |stagger: &str, concurrency: &str| {
+        rec.seen.lock().unwrap().clear();
+        *rec.in_flight.lock().unwrap() = (0, 0);
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+            .args([
+                "wake",
+                "--url",
+                &d.url(""),
+                "--token",
+                "op",
+                "--profile",
+                "rack",
+            ])
+            .args([
+                "--label",
+                "rack=r1",
+                "--stagger-ms",
+                stagger,
+                "--concurrency",
+                concurrency,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains("through its BMC"))
+                .count(),
+            N,
+            "{text}"
+        );
+        (
+            started.elapsed(),
+            rec.seen(),
+            rec.in_flight.lock().unwrap().1,
+        )
+    };
+    // All at once but at most 3 at a time: every system gets a PATCH (PXE once) then On.
+    let (_, seen, max) = wake("0", "3");
+    for i in 0..N {
+        let path = format!("/redfish/v1/Systems/{}", uuid(i));
+        let mine: Vec<&Seen> = seen.iter().filter(|r| r.path.starts_with(&path)).collect();
+        let patch = mine
+            .iter()
+            .position(|r| r.method == "PATCH")
+            .expect("PATCH");
+        let post = mine.iter().position(|r| r.method == "POST").expect("POST");
+        assert!(patch < post, "{mine:?}");
+        assert!(mine[patch].body.contains("\"Once\"") && mine[post].body.contains("\"On\""));
+    }
+    assert!(
+        (2..=3).contains(&max),
+        "at most 3 requests at once, saw {max}"
+    );
+    // Staggered by 100 ms (now on: restarted into PXE).
+    let (took, seen, _) = wake("100", "8");
+    assert!(seen.iter().any(|r| r.body.contains("ForceRestart")));
+    // The i-th system's first request comes no earlier than i × 100 ms after the first's
+    // (less a little for the proxy's own scheduling).
+    let mut firsts: Vec<Instant> = (0..N)
+        .map(|i| {
+            let path = format!("/redfish/v1/Systems/{}", uuid(i));
+            seen.iter().find(|r| r.path.starts_with(&path)).unwrap().at
+        })
+        .collect();
+    firsts.sort();
+    for (i, t) in firsts.iter().enumerate() {
+        let after = *t - firsts[0];
+        assert!(
+            after + Duration::from_millis(30) >= Duration::from_millis(100 * i as u64),
+            "machine {i} started {after:?} after the first"
+        );
+    }
+    assert!(
+        took >= Duration::from_millis(100 * (N as u64 - 1)),
+        "{took:?}"
+    );
+    // The record says how it was woken.
+    let out = Command::new("curl")
+        .args(["-s", &d.url("/api/v1/machines/52:54:00:bc:00:00")])
+        .output()
+        .unwrap();
+    let rec_json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        rec_json.contains("BMC http://") && rec_json.contains("PXE once, On"),
+        "{rec_json}"
+    );
     drop(d);
 }

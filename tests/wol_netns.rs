@@ -161,7 +161,11 @@ fn wake_sends_the_magic_packet_as_udp_broadcast_and_raw_frame() {
         "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(text.trim(), format!("woken  {other}"), "only rack b");
+    assert_eq!(
+        text.trim(),
+        format!("woken  {other} with Wake-on-LAN"),
+        "only rack b"
+    );
 
     // The woken machine boots: its DHCP DISCOVER (udhcpc with its MAC) arrives in time.
     ip(&["-n", &c, "link", "set", "vc0", "address", mac]);

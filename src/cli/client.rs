@@ -124,12 +124,14 @@ impl Client {
         profile: Option<&str>,
         labels: &BTreeMap<String, String>,
         stagger_ms: u64,
+        concurrency: Option<usize>,
     ) -> Result<serde_json::Value, ClientError> {
         let body = serde_json::json!({
             "macs": macs,
             "profile": profile,
             "labels": labels,
             "stagger_ms": stagger_ms,
+            "concurrency": concurrency,
         });
         let r = self
             .request(reqwest::Method::POST, "/api/v1/wake")

@@ -131,6 +131,9 @@ enum Command {
         /// Pause between machines, in milliseconds (power-on inrush), at most 5000.
         #[arg(long, default_value_t = 0)]
         stagger_ms: u64,
+        /// Machines being woken at once at most (BMC calls take seconds); default 8.
+        #[arg(long)]
+        concurrency: Option<usize>,
     },
     /// Power machines through their BMCs (Redfish): on, off, graceful-off, cycle, status,
     /// pxe-once (a one-time network boot).
@@ -239,7 +242,8 @@ pub fn main() -> ExitCode {
             profile,
             labels,
             stagger_ms,
-        } => remote::wake(&api, macs, profile, labels, stagger_ms),
+            concurrency,
+        } => remote::wake(&api, macs, profile, labels, stagger_ms, concurrency),
         Command::Power { api, action, macs } => remote::power(&api, &action, macs),
     }
 }

@@ -44,6 +44,7 @@ pub(super) fn wake(
     profile: Option<String>,
     labels: Vec<(String, String)>,
     stagger_ms: u64,
+    concurrency: Option<usize>,
 ) -> ExitCode {
     if macs.is_empty() && profile.is_none() && labels.is_empty() {
         eprintln!("kindling wake: name MACs, --profile or --label");
@@ -53,10 +54,18 @@ pub(super) fn wake(
         let macs: Vec<String> = macs.iter().map(ToString::to_string).collect();
         let labels = labels.into_iter().collect();
         let v = c
-            .wake(&macs, profile.as_deref(), &labels, stagger_ms)
+            .wake(&macs, profile.as_deref(), &labels, stagger_ms, concurrency)
             .await?;
         for w in v["woken"].as_array().into_iter().flatten() {
-            println!("woken  {}", w["mac"].as_str().unwrap_or("?"));
+            let how = match w["sent"]["method"].as_str() {
+                Some("bmc") => format!(
+                    "through its BMC {} ({})",
+                    w["sent"]["bmc"].as_str().unwrap_or("?"),
+                    w["sent"]["reset"].as_str().unwrap_or("?")
+                ),
+                _ => "with Wake-on-LAN".to_string(),
+            };
+            println!("woken  {} {how}", w["mac"].as_str().unwrap_or("?"));
         }
         let mut failed = false;
         for f in v["failed"].as_array().into_iter().flatten() {

@@ -725,11 +725,29 @@ async fn wake_one(
     ))
 }
 
-async fn wake(st: &HttpState, mac: MacAddr) -> Result<super::Woken, HttpError> {
+/// Wake `mac`: through its BMC when it has one (a one-time PXE boot, then power on, or a
+/// restart when it is on already), else with Wake-on-LAN. The record's history says which.
+async fn wake(st: &HttpState, mac: MacAddr) -> Result<serde_json::Value, HttpError> {
+    if st.profiles.current().bmc(mac, BMC_TIMEOUT).is_some() {
+        use crate::bmc::{PowerAction, PowerState};
+        let (bmc, system) = bmc_system(st, mac).await?;
+        bmc.pxe_once(&system).await.map_err(bmc_error)?;
+        let action = match system.power {
+            PowerState::On | PowerState::PoweringOn => PowerAction::ForceRestart,
+            _ => PowerAction::On,
+        };
+        bmc.power(&system, action).await.map_err(bmc_error)?;
+        let detail = format!("BMC {}: PXE once, {}", bmc.url(), action.reset_type());
+        st.inventory.woken(mac, &detail);
+        tracing::info!(%mac, bmc = %bmc.url(), reset = action.reset_type(), "woken through the BMC");
+        return Ok(json!({ "method": "bmc", "bmc": bmc.url(), "reset": action.reset_type() }));
+    }
     let Some(waker) = &st.waker else {
         return Err(HttpError::api(
             StatusCode::CONFLICT,
-            "Wake-on-LAN is off: set [wol] interface",
+            format!(
+                "{mac} has no BMC and Wake-on-LAN is off: set [wol] interface, or give it bmc = {{…}}"
+            ),
         ));
     };
     let sent = waker.wake(mac).await.map_err(|e| {
@@ -746,7 +764,9 @@ async fn wake(st: &HttpState, mac: MacAddr) -> Result<super::Woken, HttpError> {
     );
     st.inventory.woken(mac, &detail);
     tracing::info!(%mac, udp = ?sent.udp, raw = sent.raw, repeat = sent.repeat, "Wake-on-LAN sent");
-    Ok(sent)
+    let mut v = json!(sent);
+    v["method"] = json!("wol");
+    Ok(v)
 }
 
 #[derive(Debug, Deserialize)]
@@ -760,7 +780,13 @@ struct WakeBody {
     /// Pause between machines, so 300 power supplies do not start in the same second.
     #[serde(default)]
     stagger_ms: u64,
+    /// Machines being woken at once at most (BMC calls take a while); default 8.
+    concurrency: Option<usize>,
 }
+
+/// Machines woken at once by one group wake, by default and at most.
+const WAKE_CONCURRENCY: usize = 8;
+const MAX_WAKE_CONCURRENCY: usize = 64;
 
 /// `POST /api/v1/wake` with `{"macs": [...], "profile": "worker", "labels": {"rack": "a"},
 /// "stagger_ms": 200}`: wake the listed MACs plus every machine of the profile (and labels).
@@ -770,12 +796,6 @@ async fn wake_many(
     bytes: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
     let req: WakeBody = body(&bytes)?;
-    if st.waker.is_none() {
-        return Err(HttpError::api(
-            StatusCode::CONFLICT,
-            "Wake-on-LAN is off: set [wol] interface",
-        ));
-    }
     let mut targets = Vec::new();
     for m in &req.macs {
         targets.push(parse_mac(m)?);
@@ -812,13 +832,27 @@ async fn wake_many(
         return Err(bad(format!("at most {MAX_WAKE} machines per call")));
     }
     let stagger = Duration::from_millis(req.stagger_ms).min(MAX_STAGGER);
+    let limit = req
+        .concurrency
+        .unwrap_or(WAKE_CONCURRENCY)
+        .clamp(1, MAX_WAKE_CONCURRENCY);
+    // Machine i starts no earlier than i staggers from now, and no more than `limit` are
+    // being woken at any moment (a BMC call takes seconds; a magic packet none).
+    let permits = tokio::sync::Semaphore::new(limit);
+    let start = tokio::time::Instant::now();
+    let outcomes = futures_util::future::join_all(targets.iter().enumerate().map(|(i, mac)| {
+        let (st, permits) = (&st, &permits);
+        async move {
+            tokio::time::sleep_until(start + stagger * i as u32).await;
+            let _permit = permits.acquire().await;
+            (*mac, wake(st, *mac).await)
+        }
+    }))
+    .await;
     let mut woken = Vec::new();
     let mut failed = Vec::new();
-    for (i, mac) in targets.iter().enumerate() {
-        if i > 0 && !stagger.is_zero() {
-            tokio::time::sleep(stagger).await;
-        }
-        match wake(&st, *mac).await {
+    for (mac, outcome) in outcomes {
+        match outcome {
             Ok(sent) => woken.push(json!({ "mac": mac, "sent": sent })),
             Err(e) => failed.push(json!({ "mac": mac, "error": e.message })),
         }

@@ -59,6 +59,11 @@ impl Daemon {
         Daemon::spawn(cmd, config)
     }
 
+    /// `cmd` (kindling itself, with its own environment) as `serve --config config`.
+    pub fn spawn_cmd(cmd: Command, config: &Path) -> Daemon {
+        Daemon::spawn(cmd, config)
+    }
+
     fn spawn(mut cmd: Command, config: &Path) -> Daemon {
         let mut child = cmd
             .args(["serve", "--config"])
