@@ -459,11 +459,15 @@ fn two_instances_on_one_segment_split_the_clients() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let field = |name: &str| common::perfdhcp_field(&text, name);
-    assert_eq!(field("sent packets:"), vec![2000, 2000], "{text}");
+    // perfdhcp's rate control in multi-thread mode may start one exchange more than -n.
+    let sent = field("sent packets:");
+    let n = sent.first().copied().unwrap_or(0);
+    assert!((2000..=2001).contains(&n), "{text}");
+    assert_eq!(sent, vec![n, n], "{text}");
     // Exactly one answer per request: no client heard from both instances.
     assert_eq!(
         field("received packets:"),
-        vec![2000, 2000],
+        vec![n, n],
         "{text}\n--- a ---\n{}\n--- b ---\n{}",
         da.log_text(),
         db.log_text()
@@ -486,8 +490,8 @@ fn two_instances_on_one_segment_split_the_clients() {
             .unwrap_or(0)
     };
     let (na, nb) = (acks(a, da), acks(b, db));
-    eprintln!("2,000 clients: kindling-a acknowledged {na}, kindling-b {nb}");
-    assert_eq!(na + nb, 2000, "a {na} + b {nb}");
+    eprintln!("{n} clients: kindling-a acknowledged {na}, kindling-b {nb}");
+    assert_eq!(na + nb, n, "a {na} + b {nb}");
     assert!(na > 500 && nb > 500, "an uneven split: a {na}, b {nb}");
     // etcd holds every lease once, each client on one address.
     let leases = seg.leases();
@@ -496,10 +500,10 @@ fn two_instances_on_one_segment_split_the_clients() {
         .filter_map(|l| l.split("\"mac\":\"").nth(1)?.split('"').next())
         .collect();
     assert_eq!(
-        leases.lines().filter(|l| l.contains("\"ip\"")).count(),
-        2000
+        leases.lines().filter(|l| l.contains("\"ip\"")).count() as u64,
+        n
     );
-    assert_eq!(macs.len(), 2000);
+    assert_eq!(macs.len() as u64, n);
 }
 
 fn is_root() -> bool {
