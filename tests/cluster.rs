@@ -84,7 +84,10 @@ fn two_instances_share_one_inventory_through_etcd() {
     // A machine B discovers (no profile is for it: 404) shows on A.
     let other = "52:54:00:c1:00:02";
     assert_eq!(get(&b.url(&format!("/ipxe?mac={other}"))).0, 404);
-    let list = until(&a.url("/api/v1/machines"), |body| body.contains(other));
+    // (Its record may reach A before the transition to `discovered` does: wait for both.)
+    let list = until(&a.url("/api/v1/machines"), |body| {
+        body.contains(other) && body.contains("\"state\":\"discovered\"")
+    });
     assert!(list.contains(other) && list.contains(MAC), "{list}");
     // `kindling machines` prints the same table from either instance.
     let table = |d: &Daemon| -> String {
