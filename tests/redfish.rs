@@ -212,6 +212,21 @@ impl Recorder {
     }
 }
 
+/// A directory with the daemon's config (API token `op`), for profiles to be added.
+fn daemon_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "kindling.toml",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntoken = \"op\"\n[paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
+        ),
+    );
+    dir
+}
+
 fn endpoint(url: &str, password: &str) -> Endpoint {
     Endpoint {
         url: url.into(),
@@ -502,16 +517,8 @@ fn kindling_power_through_the_api() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = Emulator::start(2, None);
     let rec = rt.block_on(Recorder::start(emu.url(None)));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = daemon_dir();
     let root = dir.path();
-    write(
-        root,
-        "kindling.toml",
-        &format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntoken = \"op\"\n[paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
-        ),
-    );
     write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
     write(root, "profiles/secrets/wrong", "nope\n");
     write(
@@ -631,16 +638,8 @@ fn a_group_wake_through_bmcs_keeps_its_concurrency_and_stagger() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = Emulator::start(N, None);
     let rec = rt.block_on(Recorder::start(emu.url(None)));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = daemon_dir();
     let root = dir.path();
-    write(
-        root,
-        "kindling.toml",
-        &format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntoken = \"op\"\n[paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
-        ),
-    );
     let mut machines = String::new();
     for i in 0..N {
         machines.push_str(&format!(

@@ -521,8 +521,9 @@ impl Bmc {
         System::from_json(&system_path, &body).map_err(|what| self.invalid(&system_path, what))
     }
 
-    /// Power `system` with `action`.
-    pub async fn power(&self, system: &System, action: PowerAction) -> Result<(), BmcError> {
+    /// Power `system` with `action`; the `ResetType` it sent (an equivalent the system allows
+    /// when it does not list `action`'s own).
+    pub async fn power(&self, system: &System, action: PowerAction) -> Result<String, BmcError> {
         let Some(reset) = system.reset_type_for(action) else {
             return Err(BmcError::Unsupported {
                 bmc: self.endpoint.url.clone(),
@@ -539,7 +540,8 @@ impl Bmc {
             &system.reset_target,
             &json!({ "ResetType": reset }),
         )
-        .await
+        .await?;
+        Ok(reset.to_string())
     }
 
     /// Make `system`'s next boot, once, from the network.

@@ -163,14 +163,15 @@ async fn power(
     if req.action == "pxe-once" {
         bmc.pxe_once(&system).await.map_err(bmc_error)?;
     }
-    if let Some(a) = action {
-        bmc.power(&system, a).await.map_err(bmc_error)?;
-    }
+    let reset = match action {
+        Some(a) => Some(bmc.power(&system, a).await.map_err(bmc_error)?),
+        None => None,
+    };
     tracing::info!(%mac, bmc = %bmc.url(), action = %req.action, "power");
     let after = bmc.system().await.map_err(bmc_error)?;
     let mut v = power_json(mac, &bmc, &after);
     v["action"] = json!(req.action);
-    v["reset"] = json!(action.map(|a| a.reset_type()));
+    v["reset"] = json!(reset);
     Ok(tagged(Json(v), Some(mac), "api: power"))
 }
 
@@ -736,11 +737,11 @@ async fn wake(st: &HttpState, mac: MacAddr) -> Result<serde_json::Value, HttpErr
             PowerState::On | PowerState::PoweringOn => PowerAction::ForceRestart,
             _ => PowerAction::On,
         };
-        bmc.power(&system, action).await.map_err(bmc_error)?;
-        let detail = format!("BMC {}: PXE once, {}", bmc.url(), action.reset_type());
+        let reset = bmc.power(&system, action).await.map_err(bmc_error)?;
+        let detail = format!("BMC {}: PXE once, {reset}", bmc.url());
         st.inventory.woken(mac, &detail);
-        tracing::info!(%mac, bmc = %bmc.url(), reset = action.reset_type(), "woken through the BMC");
-        return Ok(json!({ "method": "bmc", "bmc": bmc.url(), "reset": action.reset_type() }));
+        tracing::info!(%mac, bmc = %bmc.url(), %reset, "woken through the BMC");
+        return Ok(json!({ "method": "bmc", "bmc": bmc.url(), "reset": reset }));
     }
     let Some(waker) = &st.waker else {
         return Err(HttpError::api(
