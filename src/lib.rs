@@ -39,6 +39,7 @@ pub mod inventory;
 pub mod mac;
 pub mod metrics;
 pub mod net;
+pub mod power;
 pub mod profiles;
 pub mod pxe;
 pub mod render;

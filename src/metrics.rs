@@ -65,6 +65,16 @@ pub struct StoreLabels {
     pub store: &'static str,
 }
 
+/// Labels of `kindling_bmc_calls_total` and `kindling_bmc_call_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BmcLabels {
+    /// `GET`, `POST`, `PATCH`, `DELETE` (a session's login is a `POST`).
+    pub method: &'static str,
+    /// `ok`, `auth` (401/403), `status` (another error status), `unreachable` (no connection
+    /// or no answer in time), `tls`, `invalid` (not Redfish JSON).
+    pub outcome: &'static str,
+}
+
 /// Labels of `kindling_service_failures_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -119,6 +129,10 @@ pub struct Metrics {
     pub store_errors: Family<StoreLabels, Counter>,
     /// Inventory records changed and not yet written (filled at scrape time).
     pub inventory_pending: Gauge,
+    /// Calls to BMCs, by method and outcome.
+    pub bmc_calls: Family<BmcLabels, Counter>,
+    /// How long calls to BMCs took, by method and outcome.
+    pub bmc_call_seconds: Family<BmcLabels, Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -206,8 +220,26 @@ impl Default for Metrics {
             "Inventory records changed and not yet written to the store",
             inventory_pending.clone(),
         );
+        let bmc_calls = Family::<BmcLabels, Counter>::default();
+        registry.register(
+            "bmc_calls",
+            "Redfish calls to BMCs, by method and outcome",
+            bmc_calls.clone(),
+        );
+        // 5 ms to about 20 s: a BMC answers in tens of milliseconds to seconds.
+        let bmc_call_seconds = Family::<BmcLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.005, 2.0, 12))) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "bmc_call",
+            "Time a Redfish call to a BMC took (connecting included), by method and outcome",
+            Unit::Seconds,
+            bmc_call_seconds.clone(),
+        );
         Metrics {
             registry,
+            bmc_calls,
+            bmc_call_seconds,
             service_failures,
             store_errors,
             inventory_pending,
@@ -231,6 +263,15 @@ impl Metrics {
     /// A shared, empty set of metrics.
     pub fn new() -> Arc<Metrics> {
         Arc::new(Metrics::default())
+    }
+
+    /// Count one call to a BMC and how long it took.
+    pub fn bmc_call(&self, method: &'static str, outcome: &'static str, took: std::time::Duration) {
+        let labels = BmcLabels { method, outcome };
+        self.bmc_calls.get_or_create(&labels).inc();
+        self.bmc_call_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
     /// Count one DHCP request.

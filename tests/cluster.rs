@@ -462,10 +462,11 @@ fn two_instances_on_one_segment_split_the_clients() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let field = |name: &str| common::perfdhcp_field(&text, name);
-    // perfdhcp's rate control in multi-thread mode may start one exchange more than -n.
+    // perfdhcp's rate control in multi-thread mode may start a few exchanges more than -n
+    // (2001 and 2002 seen on a loaded machine): every count below follows what it sent.
     let sent = field("sent packets:");
     let n = sent.first().copied().unwrap_or(0);
-    assert!((2000..=2001).contains(&n), "{text}");
+    assert!((2000..=2010).contains(&n), "{text}");
     assert_eq!(sent, vec![n, n], "{text}");
     // Exactly one answer per request: no client heard from both instances.
     assert_eq!(

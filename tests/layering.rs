@@ -29,6 +29,8 @@ const LAYERS: &[&[&str]] = &[
     &["profiles"],
     // machines: record, feed, plan, writer, store
     &["inventory"],
+    // power through BMCs: clients, polling, readings into the inventory
+    &["power"],
     // what every service is given
     &["ctx"],
     // the services

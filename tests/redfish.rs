@@ -149,20 +149,84 @@ struct Recorder {
     seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
     /// Requests being answered now, and the most there ever were.
     in_flight: std::sync::Arc<std::sync::Mutex<(usize, usize)>>,
+    /// With [`Recorder::with_sessions`]: the open sessions' tokens.
+    sessions: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// What a session-only BMC answers itself, before anything reaches the emulator.
+fn session_gate(
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    sessions: &std::sync::Mutex<Vec<String>>,
+) -> Option<(axum::http::StatusCode, axum::http::HeaderMap, Vec<u8>)> {
+    use axum::http::{HeaderMap, StatusCode};
+    let path = parts.uri.path();
+    let mut headers = HeaderMap::new();
+    if parts.method == "POST" && path == "/redfish/v1/SessionService/Sessions" {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if v["UserName"] != USER || v["Password"] != PASSWORD {
+            return Some((StatusCode::UNAUTHORIZED, headers, b"{}".to_vec()));
+        }
+        let mut open = sessions.lock().unwrap();
+        let token = format!("token-{}", open.len() + 1);
+        open.push(token.clone());
+        headers.insert("x-auth-token", token.parse().unwrap());
+        headers.insert(
+            "location",
+            format!("/redfish/v1/SessionService/Sessions/{}", open.len())
+                .parse()
+                .unwrap(),
+        );
+        return Some((StatusCode::CREATED, headers, b"{}".to_vec()));
+    }
+    if path == "/redfish/v1" || path == "/redfish/v1/" {
+        return None;
+    }
+    // Basic authentication is refused: only a session's token opens the door.
+    let token = parts
+        .headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok());
+    let open = token.is_some_and(|t| sessions.lock().unwrap().iter().any(|s| s == t));
+    if parts.headers.contains_key("authorization") || !open {
+        return Some((StatusCode::UNAUTHORIZED, headers, b"{}".to_vec()));
+    }
+    if parts.method == "DELETE" && path.starts_with("/redfish/v1/SessionService/Sessions/") {
+        sessions
+            .lock()
+            .unwrap()
+            .retain(|s| Some(s.as_str()) != token);
+        return Some((StatusCode::NO_CONTENT, headers, Vec::new()));
+    }
+    None
 }
 
 impl Recorder {
     async fn start(upstream: String) -> Recorder {
+        Recorder::start_with(upstream, false).await
+    }
+
+    /// A proxy that is a session-only BMC: the service root links a session collection, a
+    /// login there gives a token, and every other request needs a current token (basic
+    /// authentication is refused); the emulator behind it is asked with basic authentication.
+    async fn with_sessions(upstream: String) -> Recorder {
+        Recorder::start_with(upstream, true).await
+    }
+
+    async fn start_with(upstream: String, with_sessions: bool) -> Recorder {
         use axum::body::Bytes;
         use axum::extract::Request;
+        use axum::response::IntoResponse as _;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let in_flight = std::sync::Arc::new(std::sync::Mutex::new((0, 0)));
+        let sessions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let http = reqwest::Client::new();
         let log = seen.clone();
         let flight = in_flight.clone();
+        let open = sessions.clone();
         let app = axum::Router::new().fallback(move |req: Request| {
             let (http, log, upstream) = (http.clone(), log.clone(), upstream.clone());
-            let flight = flight.clone();
+            let (flight, open) = (flight.clone(), open.clone());
             async move {
                 {
                     let mut f = flight.lock().unwrap();
@@ -184,17 +248,31 @@ impl Recorder {
                     body: String::from_utf8_lossy(&body).into_owned(),
                     at: Instant::now(),
                 });
+                if with_sessions && let Some(answer) = session_gate(&parts, &body, &open) {
+                    flight.lock().unwrap().0 -= 1;
+                    return answer.into_response();
+                }
                 let mut fwd = http.request(parts.method, format!("{upstream}{path}"));
                 for (k, v) in &parts.headers {
-                    if k != "host" {
+                    if k != "host" && k != "x-auth-token" {
                         fwd = fwd.header(k, v);
                     }
                 }
+                if with_sessions {
+                    fwd = fwd.basic_auth(USER, Some(PASSWORD));
+                }
                 let resp = fwd.body(body).send().await.unwrap();
                 let status = resp.status();
-                let bytes = resp.bytes().await.unwrap_or_default();
+                let mut bytes = resp.bytes().await.unwrap_or_default().to_vec();
+                if with_sessions && path.trim_end_matches('/') == "/redfish/v1" {
+                    let mut root: serde_json::Value =
+                        serde_json::from_slice(&bytes).unwrap_or_default();
+                    root["Links"]["Sessions"] =
+                        serde_json::json!({ "@odata.id": "/redfish/v1/SessionService/Sessions" });
+                    bytes = root.to_string().into_bytes();
+                }
                 flight.lock().unwrap().0 -= 1;
-                (status, bytes)
+                (status, bytes).into_response()
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -204,6 +282,7 @@ impl Recorder {
             addr,
             seen,
             in_flight,
+            sessions,
         }
     }
 
@@ -212,15 +291,21 @@ impl Recorder {
     }
 }
 
-/// A directory with the daemon's config (API token `op`), for profiles to be added.
+/// A directory with the daemon's config (API token `op`, no power polling), for profiles to
+/// be added.
 fn daemon_dir() -> tempfile::TempDir {
+    daemon_dir_polling("0s")
+}
+
+/// [`daemon_dir`], reading every BMC each `poll`.
+fn daemon_dir_polling(poll: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     write(
         root,
         "kindling.toml",
         &format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntoken = \"op\"\n[paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n",
+            "[http]\nlisten = \"127.0.0.1:0\"\n[api]\ntoken = \"op\"\n[bmc]\npoll_interval = \"{poll}\"\n[paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\n",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("ipxe").display()
         ),
     );
@@ -235,6 +320,7 @@ fn endpoint(url: &str, password: &str) -> Endpoint {
         ca_pem: None,
         insecure_tls: false,
         timeout: Duration::from_secs(5),
+        auth: Default::default(),
     }
 }
 
@@ -619,7 +705,7 @@ fn kindling_power_through_the_api() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("401"),
+        String::from_utf8_lossy(&out.stderr).contains("401: missing or wrong bearer token"),
         "{out:?}"
     );
     assert_eq!(rec.seen().len(), before);
@@ -752,4 +838,326 @@ fn a_group_wake_through_bmcs_keeps_its_concurrency_and_stagger() {
         "{rec_json}"
     );
     drop(d);
+}
+
+/// The JSON of `GET /api/v1/machines` (reads need no token here).
+fn machines(d: &Daemon) -> serde_json::Value {
+    let (code, body) = common::curl(&[], &d.url("/api/v1/machines"));
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The `power` of `mac` in the machine list (`null` when it has none).
+fn power_of(list: &serde_json::Value, mac: &str) -> serde_json::Value {
+    list["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == mac)
+        .map(|m| m["power"].clone())
+        .unwrap_or_default()
+}
+
+/// `[bmc] poll_interval`: every BMC is read into the inventory (state and when; the error
+/// with its message for a wrong password and for a BMC that refuses connections), a change
+/// made behind Kindling's back shows at the next poll, `kindling machines` has the POWER
+/// column, and `/metrics` counts the calls by outcome with their latency.
+#[test]
+fn power_is_polled_into_the_inventory_with_errors_and_metrics() {
+    if skip("power_is_polled_into_the_inventory_with_errors_and_metrics") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = Emulator::start(2, None);
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = daemon_dir_polling("5s");
+    let root = dir.path();
+    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
+    write(root, "profiles/secrets/wrong", "nope\n");
+    write(
+        root,
+        "profiles/rack.toml",
+        &format!(
+            "bmc = {{ redfish = \"{}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n\
+             [boot]\nkernel = \"vmlinuz\"\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:00\"\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:01\"\n\
+             bmc = {{ redfish = \"{}\", user = \"{USER}\", password_file = \"secrets/wrong\" }}\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:03\"\n\
+             bmc = {{ redfish = \"http://{closed}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n",
+            emu.url(Some(0)),
+            emu.url(Some(1)),
+        ),
+    );
+    // Nothing listens on `closed` from here on.
+    let d = Daemon::start(&root.join("kindling.toml"));
+    // The first round starts with the daemon.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let list = loop {
+        let list = machines(&d);
+        let done = [
+            "52:54:00:bb:00:00",
+            "52:54:00:bb:00:01",
+            "52:54:00:bb:00:03",
+        ]
+        .iter()
+        .all(|m| !power_of(&list, m).is_null());
+        if done {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "not polled: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let good = power_of(&list, "52:54:00:bb:00:00");
+    assert_eq!(good["state"], "off", "{good}");
+    assert!(
+        good["read_at"].is_string() && good["error"].is_null(),
+        "{good}"
+    );
+    assert_eq!(good["bmc"], emu.url(Some(0)));
+    let wrong = power_of(&list, "52:54:00:bb:00:01");
+    let why = wrong["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("HTTP 401") && why.contains("user or password is wrong"),
+        "{wrong}"
+    );
+    assert!(wrong["state"].is_null() && wrong["error_at"].is_string());
+    let down = power_of(&list, "52:54:00:bb:00:03");
+    assert!(
+        down["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&closed.to_string())),
+        "{down}"
+    );
+
+    // Powered on behind Kindling's back: the next poll sees it.
+    let first_read = good["read_at"].as_str().unwrap().to_string();
+    rt.block_on(async {
+        let bmc = Bmc::new(endpoint(&emu.url(Some(0)), PASSWORD)).unwrap();
+        let s = bmc.system().await.unwrap();
+        bmc.power(&s, PowerAction::On).await.unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let p = power_of(&machines(&d), "52:54:00:bb:00:00");
+        if p["state"] == "on" {
+            assert!(p["read_at"].as_str().unwrap() > first_read.as_str(), "{p}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the poll never saw On: {p}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let one = {
+        let (code, body) = common::curl(&[], &d.url("/api/v1/machines/52:54:00:bb:00:00"));
+        assert_eq!(code, 200);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    assert_eq!(one["power"]["state"], "on", "{one}");
+
+    // The CLI table.
+    let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+        .args(["machines", "--url", &d.url("")])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = |mac: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(mac))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        table.lines().next().unwrap().ends_with("POWER (BMC)"),
+        "{table}"
+    );
+    assert!(line("52:54:00:bb:00:00").contains("on, read "), "{table}");
+    assert!(
+        line("52:54:00:bb:00:01").contains("ERROR BMC ")
+            && line("52:54:00:bb:00:01").contains("HTTP 401"),
+        "{table}"
+    );
+
+    // Metrics: calls by method and outcome, with their latency.
+    let (_, metrics) = common::curl(&[], &d.url("/metrics"));
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("kindling_bmc_calls_total{method=\"GET\",outcome=\"ok\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        value("kindling_bmc_calls_total{method=\"GET\",outcome=\"auth\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("kindling_bmc_calls_total{method=\"GET\",outcome=\"unreachable\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("kindling_bmc_call_seconds_count{method=\"GET\",outcome=\"ok\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "kindling_bmc_call_seconds_bucket{le=\"0.005\",method=\"GET\",outcome=\"ok\"}"
+        ) || metrics.contains(
+            "kindling_bmc_call_seconds_bucket{method=\"GET\",outcome=\"ok\",le=\"0.005\"}"
+        ),
+        "{metrics}"
+    );
+    drop(d);
+}
+
+/// `kindling reinstall --power-cycle`: the next boot is the install and the BMC boots the
+/// machine into it now (one-time PXE, then on); a machine without a BMC is refused before
+/// anything changes. `kindling power status --profile` reads the whole profile.
+#[test]
+fn reinstall_power_cycles_into_pxe_and_power_takes_a_profile() {
+    if skip("reinstall_power_cycles_into_pxe_and_power_takes_a_profile") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = Emulator::start(1, None);
+    let rec = rt.block_on(Recorder::start(emu.url(None)));
+    let dir = daemon_dir();
+    let root = dir.path();
+    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
+    write(
+        root,
+        "profiles/rack.toml",
+        &format!(
+            "[boot]\nkernel = \"vmlinuz\"\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:00\"\n\
+             bmc = {{ redfish = \"http://{}/redfish/v1/Systems/{}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:05\"\n",
+            rec.addr,
+            uuid(0)
+        ),
+    );
+    let d = Daemon::start(&root.join("kindling.toml"));
+    let kindling = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+            .arg(args[0])
+            .args(["--url", &d.url(""), "--token", "op"])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = kindling(&["reinstall", "--power-cycle", "52:54:00:bb:00:00"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("52:54:00:bb:00:00  next boot: install; booted through its BMC http://")
+            && out.contains("(On)"),
+        "{out}"
+    );
+    let sent: Vec<String> = rec
+        .seen()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.body))
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        sent[0].starts_with("PATCH ") && sent[0].contains("\"Once\""),
+        "{sent:?}"
+    );
+    assert_eq!(sent[1], "POST {\"ResetType\":\"On\"}");
+    let (_, body) = common::curl(&[], &d.url("/api/v1/machines/52:54:00:bb:00:00"));
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["next_boot"]["boot"], "install", "{m}");
+    assert!(body.contains("PXE once, On (reinstall)"), "{body}");
+    assert!(m["power"]["read_at"].is_string(), "{m}");
+
+    // No BMC: refused, and its next boot is left alone.
+    let (code, out) = kindling(&["reinstall", "--power-cycle", "52:54:00:bb:00:05"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("has no BMC, so it cannot be power-cycled"),
+        "{out}"
+    );
+    let (_, body) = common::curl(&[], &d.url("/api/v1/machines/52:54:00:bb:00:05"));
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(m["next_boot"].is_null(), "{m}");
+
+    // A whole profile at once: the machine with a BMC answers, the other is named.
+    let (code, out) = kindling(&["power", "status", "--profile", "rack"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("52:54:00:bb:00:00  "), "{out}");
+    assert!(
+        out.contains("FAILED 52:54:00:bb:00:05: 52:54:00:bb:00:05 has no BMC"),
+        "{out}"
+    );
+    drop(d);
+}
+
+/// A BMC that offers sessions gets one login, then its token on every call (it refuses basic
+/// authentication here); a session it ended is opened again once; `logout` ends it. Asking
+/// for a session from a BMC without them says how to fix it.
+#[tokio::test]
+async fn sessions_where_the_bmc_offers_them() {
+    if skip("sessions_where_the_bmc_offers_them") {
+        return;
+    }
+    use kindling::bmc::Auth;
+    let emu = Emulator::start(1, None);
+    let rec = Recorder::with_sessions(emu.url(None)).await;
+    let url = format!("http://{}/redfish/v1/Systems/{}", rec.addr, uuid(0));
+    let logins = || {
+        rec.seen()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/redfish/v1/SessionService/Sessions")
+            .count()
+    };
+    let bmc = Bmc::new(endpoint(&url, PASSWORD)).unwrap();
+    assert_eq!(bmc.system().await.unwrap().power, PowerState::Off);
+    assert!(bmc.has_session().await);
+    bmc.system().await.unwrap();
+    bmc.pxe_once(&bmc.system().await.unwrap()).await.unwrap();
+    assert_eq!(logins(), 1, "{:?}", rec.seen());
+    // The BMC ends every session (a reboot of the BMC, an idle timeout).
+    rec.sessions.lock().unwrap().clear();
+    assert_eq!(bmc.system().await.unwrap().power, PowerState::Off);
+    assert_eq!(logins(), 2);
+    assert_eq!(rec.sessions.lock().unwrap().len(), 1);
+    bmc.logout().await;
+    assert!(rec.sessions.lock().unwrap().is_empty());
+    assert!(rec.seen().iter().any(
+        |r| r.method == "DELETE" && r.path.starts_with("/redfish/v1/SessionService/Sessions/")
+    ));
+    assert!(!bmc.has_session().await);
+    // A wrong password: the login's 401, named.
+    let err = Bmc::new(endpoint(&url, "nope"))
+        .unwrap()
+        .system()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BmcError::Auth { status: 401, .. }), "{err}");
+    // Basic authentication only: this BMC refuses it.
+    let mut basic = endpoint(&url, PASSWORD);
+    basic.auth = Auth::Basic;
+    let err = Bmc::new(basic).unwrap().system().await.unwrap_err();
+    assert!(matches!(err, BmcError::Auth { .. }), "{err}");
+    // Sessions demanded of a BMC without them (the bare emulator).
+    let mut session = endpoint(&emu.url(Some(0)), PASSWORD);
+    session.auth = Auth::Session;
+    let err = Bmc::new(session).unwrap().system().await.unwrap_err();
+    assert!(
+        err.to_string().contains("links no session collection")
+            && err.to_string().contains("bmc.auth = \"basic\""),
+        "{err}"
+    );
 }

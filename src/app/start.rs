@@ -363,7 +363,16 @@ pub(super) fn http_state(
             "http.config_access = \"open\": anyone who names a MAC gets its configs and may report it installed"
         );
     }
+    let power = Arc::new(crate::power::Power::new(
+        config.bmc.clone(),
+        ctx.profiles.clone(),
+        ctx.inventory.clone(),
+        ctx.metrics.clone(),
+    ));
+    let (p, t) = (power.clone(), ctx_token(sup));
+    sup.background("bmc power poller", move || p.clone().run_poller(t.clone()));
     Ok(crate::http::HttpState::from(crate::http::HttpShared {
+        power,
         config: ctx.config.clone(),
         base_url: ctx.base_url.clone(),
         profiles: ctx.profiles.clone(),

@@ -10,4 +10,4 @@
 
 pub mod redfish;
 
-pub use redfish::{Bmc, BmcError, BootOverride, Endpoint, PowerAction, PowerState, System};
+pub use redfish::{Auth, Bmc, BmcError, BootOverride, Endpoint, PowerAction, PowerState, System};

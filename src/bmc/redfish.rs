@@ -5,13 +5,19 @@
 //! or hung BMC costs at most that; every failure is a [`BmcError`] naming the BMC, with its
 //! HTTP status and the Redfish message when it sent one. Nothing here panics on what a BMC
 //! sends: bodies are parsed into the few fields used, unknown fields ignored. HTTP is hyper's
-//! client over rustls with ring; basic authentication on every request.
+//! client over rustls with ring.
+//!
+//! Authentication ([`Auth`]): a Redfish session where the BMC offers one (`auto`, the
+//! default), else basic authentication. A session is one login (a BMC often takes a second
+//! to check a password, and counts its logins) and then a token on every request; a client
+//! kept between calls keeps its session, logs in again when the BMC has ended it (a 401 on
+//! the token), and [`Bmc::logout`] ends it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{self as http, HeaderValue, Method, Request, Uri, header};
+use axum::http::{self as http, HeaderName, HeaderValue, Method, Request, Uri, header};
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
@@ -37,6 +43,38 @@ pub struct Endpoint {
     pub insecure_tls: bool,
     /// The longest one call may take, connecting included.
     pub timeout: Duration,
+    /// How to log in.
+    pub auth: Auth,
+}
+
+/// `bmc.auth`: how Kindling logs in to a BMC.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// A session when the service root links a session collection, else basic.
+    #[default]
+    Auto,
+    /// Basic authentication on every request.
+    Basic,
+    /// A session, or an error when the BMC offers none.
+    Session,
+}
+
+/// How this client authenticates now.
+#[derive(Debug, Clone, Default)]
+enum Login {
+    /// Not decided yet (no request made, or the session ended).
+    #[default]
+    Unknown,
+    /// Basic authentication.
+    Basic,
+    /// A session: its token, and its URI to end it.
+    Session {
+        token: HeaderValue,
+        location: Option<String>,
+    },
 }
 
 /// A BMC's answer to what Kindling asked, or why there is none.
@@ -353,6 +391,15 @@ pub fn members(body: &[u8]) -> Result<Vec<String>, String> {
     Ok(c.members.into_iter().map(|m| m.odata_id).collect())
 }
 
+/// The session collection a service root links (`Links.Sessions`), if any.
+pub fn sessions_link(root: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(root).ok()?;
+    v.pointer("/Links/Sessions/@odata.id")
+        .and_then(Value::as_str)
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_string)
+}
+
 /// The message of a Redfish error body (`error.message`, or its first extended info).
 pub fn error_message(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
@@ -379,9 +426,13 @@ pub struct Bmc {
     endpoint: Endpoint,
     /// `scheme://host:port` of the endpoint.
     base: String,
-    /// `Basic …` for every request.
-    auth: HeaderValue,
+    /// `Basic …`, for basic authentication.
+    basic: HeaderValue,
+    /// The session or basic authentication in use (one login at a time).
+    login: Arc<tokio::sync::Mutex<Login>>,
     http: Client<Https, Full<Bytes>>,
+    /// Where each call's outcome and latency are counted.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Bmc {
@@ -460,16 +511,132 @@ impl Bmc {
             .build(https);
         let secret = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", endpoint.user, endpoint.password));
-        let mut auth = HeaderValue::from_str(&format!("Basic {secret}")).map_err(|_| {
+        let mut basic = HeaderValue::from_str(&format!("Basic {secret}")).map_err(|_| {
             config("the user or password has characters a header cannot carry".into())
         })?;
-        auth.set_sensitive(true);
+        basic.set_sensitive(true);
+        let login = match endpoint.auth {
+            Auth::Basic => Login::Basic,
+            Auth::Auto | Auth::Session => Login::Unknown,
+        };
         Ok(Bmc {
             endpoint,
             base,
-            auth,
+            basic,
+            login: Arc::new(tokio::sync::Mutex::new(login)),
             http,
+            metrics: None,
         })
+    }
+
+    /// Count every call's outcome and latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Bmc {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Whether a session is open now (else basic authentication, or not logged in yet).
+    pub async fn has_session(&self) -> bool {
+        matches!(*self.login.lock().await, Login::Session { .. })
+    }
+
+    /// End the session, if one is open (best effort: a BMC also ends idle sessions itself).
+    pub async fn logout(&self) {
+        let mut login = self.login.lock().await;
+        if let Login::Session {
+            token,
+            location: Some(location),
+        } = &*login
+        {
+            let path = self.path_of(location);
+            let auth = (HeaderName::from_static("x-auth-token"), token.clone());
+            if let Err(e) = self.call(Method::DELETE, &path, None, Some(auth)).await {
+                tracing::debug!(bmc = %self.endpoint.url, error = %e, "ending the Redfish session failed");
+            }
+        }
+        *login = match self.endpoint.auth {
+            Auth::Basic => Login::Basic,
+            Auth::Auto | Auth::Session => Login::Unknown,
+        };
+    }
+
+    /// The path of `uri` on this BMC (a session's `Location` may be absolute).
+    fn path_of(&self, uri: &str) -> String {
+        match uri.strip_prefix(&self.base) {
+            Some(rest) => rest.to_string(),
+            None if uri.starts_with('/') => uri.to_string(),
+            None => uri
+                .parse::<Uri>()
+                .ok()
+                .map(|u| u.path().to_string())
+                .unwrap_or_else(|| uri.to_string()),
+        }
+    }
+
+    /// The header that authenticates a request now: the session's token (logging in first
+    /// when none is open and the BMC offers sessions), else basic.
+    async fn authorization(&self) -> Result<(HeaderName, HeaderValue), BmcError> {
+        let mut login = self.login.lock().await;
+        if let Login::Unknown = *login {
+            *login = self.log_in().await?;
+        }
+        Ok(match &*login {
+            Login::Session { token, .. } => {
+                (HeaderName::from_static("x-auth-token"), token.clone())
+            }
+            _ => (header::AUTHORIZATION, self.basic.clone()),
+        })
+    }
+
+    /// Open a session: the service root names the session collection (no authentication
+    /// needed to read it); a `POST` of the user and password there answers the token.
+    /// With `auth = "auto"`, a BMC without sessions (no link, or the login refused with
+    /// 404/405/501) gets basic authentication instead.
+    async fn log_in(&self) -> Result<Login, BmcError> {
+        let auto = self.endpoint.auth == Auth::Auto;
+        let root = match self.call(Method::GET, "/redfish/v1", None, None).await {
+            Ok((_, body)) => body,
+            Err(e @ (BmcError::Auth { .. } | BmcError::Status { .. })) if auto => {
+                tracing::debug!(bmc = %self.endpoint.url, error = %e, "no readable service root: basic authentication");
+                return Ok(Login::Basic);
+            }
+            Err(e) => return Err(e),
+        };
+        let sessions = sessions_link(&root);
+        let Some(sessions) = sessions else {
+            if auto {
+                return Ok(Login::Basic);
+            }
+            return Err(BmcError::Unsupported {
+                bmc: self.endpoint.url.clone(),
+                what: "its service root links no session collection (Links.Sessions): set bmc.auth = \"basic\"".into(),
+            });
+        };
+        let body = json!({ "UserName": self.endpoint.user, "Password": self.endpoint.password });
+        match self
+            .call(Method::POST, &sessions, Some(body.to_string()), None)
+            .await
+        {
+            Ok((headers, _)) => {
+                let Some(mut token) = headers.get("x-auth-token").cloned() else {
+                    return Err(self.invalid(
+                        &sessions,
+                        "the login answered no X-Auth-Token header".into(),
+                    ));
+                };
+                token.set_sensitive(true);
+                let location = headers
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                tracing::debug!(bmc = %self.endpoint.url, "Redfish session opened");
+                Ok(Login::Session { token, location })
+            }
+            Err(BmcError::Status { status, .. }) if auto && matches!(status, 404 | 405 | 501) => {
+                Ok(Login::Basic)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The BMC's URL, as configured.
@@ -574,30 +741,91 @@ impl Bmc {
         self.exchange(Method::GET, path, None).await
     }
 
-    async fn send(&self, method: Method, path: &str, body: &Value) -> Result<(), BmcError> {
-        self.exchange(method, path, Some(body.to_string()))
-            .await
-            .map(|_| ())
-    }
-
-    /// One request and its whole answer, within the endpoint's timeout.
+    /// One authenticated request: a session the BMC has ended (401 on its token) is opened
+    /// again once and the request repeated.
     async fn exchange(
         &self,
         method: Method,
         path: &str,
         body: Option<String>,
     ) -> Result<Vec<u8>, BmcError> {
+        let auth = self.authorization().await?;
+        let with_token = auth.0 != header::AUTHORIZATION;
+        match self
+            .call(method.clone(), path, body.clone(), Some(auth.clone()))
+            .await
+        {
+            Err(BmcError::Auth { status: 401, .. }) if with_token => {
+                {
+                    let mut login = self.login.lock().await;
+                    // Another call may have logged in again meanwhile.
+                    if matches!(&*login, Login::Session { token, .. } if *token == auth.1) {
+                        *login = Login::Unknown;
+                    }
+                }
+                tracing::debug!(bmc = %self.endpoint.url, "the Redfish session ended: logging in again");
+                let auth = self.authorization().await?;
+                self.call(method, path, body, Some(auth))
+                    .await
+                    .map(|(_, b)| b)
+            }
+            other => other.map(|(_, b)| b),
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: &Value) -> Result<(), BmcError> {
+        self.exchange(method, path, Some(body.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    /// One request (authenticated with `auth`, if given) and its whole answer, within the
+    /// endpoint's timeout; counted in the metrics.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        auth: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<(http::HeaderMap, Vec<u8>), BmcError> {
+        let started = std::time::Instant::now();
+        let name = method_name(&method);
+        let got = self.call_once(method, path, body, auth).await;
+        if let Some(m) = &self.metrics {
+            let outcome = match &got {
+                Ok(_) => "ok",
+                Err(BmcError::Auth { .. }) => "auth",
+                Err(BmcError::Status { .. }) => "status",
+                Err(BmcError::Tls { .. }) => "tls",
+                Err(BmcError::Invalid { .. }) => "invalid",
+                Err(BmcError::Unreachable { .. }) => "unreachable",
+                Err(BmcError::Unsupported { .. } | BmcError::Config { .. }) => "refused",
+            };
+            m.bmc_call(name, outcome, started.elapsed());
+        }
+        got
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        auth: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<(http::HeaderMap, Vec<u8>), BmcError> {
         let bmc = self.endpoint.url.clone();
         let name = method_name(&method);
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header(header::ACCEPT, "application/json")
-            .header(header::AUTHORIZATION, self.auth.clone())
             .header(
                 header::USER_AGENT,
                 concat!("kindling/", env!("CARGO_PKG_VERSION")),
             );
+        if let Some((name, value)) = auth {
+            req = req.header(name, value);
+        }
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
@@ -614,22 +842,22 @@ impl Bmc {
                 .await
                 .map_err(|e| self.transport(&e))?;
             let status = resp.status();
-            let body = resp
-                .into_body()
+            let (parts, body) = resp.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| self.transport(&e))?
                 .to_bytes();
-            Ok::<_, BmcError>((status, body))
+            Ok::<_, BmcError>((status, parts.headers, body))
         };
-        let (status, body) = tokio::time::timeout(self.endpoint.timeout, exchange)
+        let (status, headers, body) = tokio::time::timeout(self.endpoint.timeout, exchange)
             .await
             .map_err(|_| BmcError::Unreachable {
                 bmc: bmc.clone(),
                 what: format!("no answer within {} s", self.endpoint.timeout.as_secs_f64()),
             })??;
         if status.is_success() {
-            return Ok(body.to_vec());
+            return Ok((headers, body.to_vec()));
         }
         let message = error_message(&body);
         let path = path.to_string();
@@ -688,6 +916,7 @@ fn method_name(m: &Method) -> &'static str {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
         _ => "request",
     }
 }

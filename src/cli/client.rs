@@ -140,16 +140,45 @@ impl Client {
         self.json(r).await
     }
 
-    /// `GET` or `POST /api/v1/machines/{mac}/power`: the BMC's power state, or an action.
-    pub async fn power(&self, mac: &str, action: &str) -> Result<serde_json::Value, ClientError> {
-        let path = format!("/api/v1/machines/{mac}/power");
-        let r = if action == "status" {
-            self.request(reqwest::Method::GET, &path)
-        } else {
-            self.request(reqwest::Method::POST, &path)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(serde_json::json!({ "action": action }).to_string())
-        };
+    /// `POST /api/v1/power`: an action (or `status`) for a group; the answer (`done`,
+    /// `failed`).
+    pub async fn power(
+        &self,
+        action: &str,
+        macs: &[String],
+        profile: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        stagger_ms: u64,
+        concurrency: Option<usize>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::json!({
+            "action": action,
+            "macs": macs,
+            "profile": profile,
+            "labels": labels,
+            "stagger_ms": stagger_ms,
+            "concurrency": concurrency,
+        });
+        let r = self
+            .request(reqwest::Method::POST, "/api/v1/power")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        self.json(r).await
+    }
+
+    /// `POST /api/v1/machines/{mac}/reinstall`, with `power_cycle`.
+    pub async fn reinstall(
+        &self,
+        mac: &str,
+        power_cycle: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let r = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/v1/machines/{mac}/reinstall"),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::json!({ "power_cycle": power_cycle }).to_string());
         self.json(r).await
     }
 
@@ -241,7 +270,9 @@ pub fn transition_line(t: &Transition) -> String {
 
 /// The machines as an aligned table.
 pub fn table(machines: &[Summary], now: SystemTime) -> String {
-    let mut rows = vec![[
+    // The POWER column only where some machine has a BMC.
+    let with_power = machines.iter().any(|m| m.power.is_some());
+    let mut head = vec![
         "MAC".to_string(),
         "HOSTNAME".into(),
         "PROFILE".into(),
@@ -249,7 +280,11 @@ pub fn table(machines: &[Summary], now: SystemTime) -> String {
         "STATE".into(),
         "SINCE".into(),
         "NEXT BOOT".into(),
-    ]];
+    ];
+    if with_power {
+        head.push("POWER (BMC)".into());
+    }
+    let mut rows = vec![head];
     for m in machines {
         let state = match m.stalled_in {
             Some(p) => format!("stalled ({p})"),
@@ -262,7 +297,7 @@ pub fn table(machines: &[Summary], now: SystemTime) -> String {
             Some(crate::inventory::NextBoot::Profile { profile }) => format!("profile {profile}"),
             None => "-".to_string(),
         };
-        rows.push([
+        let mut row = vec![
             m.mac.to_string(),
             m.hostname.clone().unwrap_or_else(|| "-".into()),
             m.profile.clone().unwrap_or_else(|| "-".into()),
@@ -273,7 +308,15 @@ pub fn table(machines: &[Summary], now: SystemTime) -> String {
                 humantime::format_duration(Duration::from_secs(ago.as_secs()))
             ),
             next,
-        ]);
+        ];
+        if with_power {
+            row.push(
+                m.power
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |p| power_cell(p, now)),
+            );
+        }
+        rows.push(row);
     }
     // What machines reported reaches the operator's terminal: no escape sequences.
     for r in rows.iter_mut().skip(1) {
@@ -281,7 +324,7 @@ pub fn table(machines: &[Summary], now: SystemTime) -> String {
             *cell = crate::diag::printable(cell);
         }
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -295,6 +338,22 @@ pub fn table(machines: &[Summary], now: SystemTime) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `On, read 12s ago`, or the BMC's error (after the last good reading, if any).
+fn power_cell(p: &crate::inventory::PowerReading, now: SystemTime) -> String {
+    let ago = |t: &crate::time_fmt::Stamp| {
+        let d = now.duration_since(t.0).unwrap_or_default();
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    };
+    let last = match (&p.state, &p.read_at) {
+        (Some(s), Some(t)) => format!("{s}, read {} ago", ago(t)),
+        _ => "never read".to_string(),
+    };
+    match &p.error {
+        Some(e) => format!("ERROR {e} ({last})"),
+        None => last,
+    }
 }
 
 #[cfg(test)]
@@ -336,8 +395,9 @@ mod tests {
             entered: BTreeMap::new(),
             provisioned_at: None,
             wake: None,
+            power: None,
         };
-        let text = table(&[m], t0 + Duration::from_secs(125));
+        let text = table(std::slice::from_ref(&m), t0 + Duration::from_secs(125));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(
@@ -349,5 +409,25 @@ mod tests {
             "{text}"
         );
         assert_eq!(lines[0].find("STATE"), lines[1].find("stalled"));
+        assert!(!text.contains("POWER"), "no BMC, no column: {text}");
+        let mut on = m.clone();
+        on.power = Some(crate::inventory::PowerReading {
+            bmc: "https://10.0.5.21".into(),
+            state: Some("On".into()),
+            read_at: Some(crate::time_fmt::Stamp(t0 + Duration::from_secs(113))),
+            error: None,
+            error_at: None,
+        });
+        let mut failing = on.clone();
+        failing.mac = "52:54:00:00:00:02".parse().unwrap();
+        failing.power.as_mut().unwrap().error = Some("BMC https://10.0.5.21: HTTP 401".into());
+        let text = table(&[on, failing], t0 + Duration::from_secs(125));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("POWER (BMC)"), "{text}");
+        assert!(lines[1].ends_with("On, read 12s ago"), "{text}");
+        assert!(
+            lines[2].ends_with("ERROR BMC https://10.0.5.21: HTTP 401 (On, read 12s ago)"),
+            "{text}"
+        );
     }
 }

@@ -136,16 +136,40 @@ enum Command {
         concurrency: Option<usize>,
     },
     /// Power machines through their BMCs (Redfish): on, off, graceful-off, cycle, status,
-    /// pxe-once (a one-time network boot).
+    /// pxe-once (a one-time network boot), pxe-boot (pxe-once, then on or a restart); by MAC,
+    /// or every machine of a profile (and labels).
     Power {
         #[command(flatten)]
         api: ApiArgs,
-        /// on | off | graceful-off | cycle | status | pxe-once
-        #[arg(value_parser = ["on", "off", "graceful-off", "cycle", "status", "pxe-once"])]
+        /// on | off | graceful-off | cycle | status | pxe-once | pxe-boot
+        #[arg(value_parser = ["on", "off", "graceful-off", "cycle", "status", "pxe-once", "pxe-boot"])]
         action: String,
+        /// MAC addresses.
+        macs: Vec<MacAddr>,
+        /// Every machine of this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Only machines with this label (key=value; repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Pause between machines, in milliseconds (power-on inrush), at most 5000.
+        #[arg(long, default_value_t = 0)]
+        stagger_ms: u64,
+        /// Machines handled at once at most (BMC calls take seconds); default 8.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Install machines again: their next boot serves their profile's install once; with
+    /// --power-cycle their BMCs boot them into it now.
+    Reinstall {
+        #[command(flatten)]
+        api: ApiArgs,
         /// MAC addresses.
         #[arg(required = true)]
         macs: Vec<MacAddr>,
+        /// Boot each into the install now through its BMC (one-time PXE, then a restart).
+        #[arg(long)]
+        power_cycle: bool,
     },
 }
 
@@ -244,6 +268,29 @@ pub fn main() -> ExitCode {
             stagger_ms,
             concurrency,
         } => remote::wake(&api, macs, profile, labels, stagger_ms, concurrency),
-        Command::Power { api, action, macs } => remote::power(&api, &action, macs),
+        Command::Power {
+            api,
+            action,
+            macs,
+            profile,
+            labels,
+            stagger_ms,
+            concurrency,
+        } => remote::power(
+            &api,
+            &action,
+            remote::Group {
+                macs,
+                profile,
+                labels,
+                stagger_ms,
+                concurrency,
+            },
+        ),
+        Command::Reinstall {
+            api,
+            macs,
+            power_cycle,
+        } => remote::reinstall(&api, macs, power_cycle),
     }
 }

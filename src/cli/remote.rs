@@ -1,4 +1,5 @@
-//! The commands that talk to a running daemon's API: `machines`, `watch`, `wake`.
+//! The commands that talk to a running daemon's API: `machines`, `watch`, `wake`, `power`,
+//! `reinstall`.
 
 use std::process::ExitCode;
 
@@ -67,41 +68,86 @@ pub(super) fn wake(
             };
             println!("woken  {} {how}", w["mac"].as_str().unwrap_or("?"));
         }
-        let mut failed = false;
-        for f in v["failed"].as_array().into_iter().flatten() {
-            failed = true;
-            println!(
-                "FAILED {}: {}",
-                f["mac"].as_str().unwrap_or("?"),
-                f["error"].as_str().unwrap_or("?")
-            );
-        }
-        if failed {
-            return Err(ClientError::Api {
-                status: 207,
-                message: "some machines were not woken".into(),
-            });
-        }
-        Ok(())
+        failures(&v, "machines were not woken")
     })
 }
 
-/// `kindling power ACTION MAC...`: one line per machine (its power state and boot override
-/// after the action); a machine whose BMC failed is named with the error, and the others go
-/// on.
-pub(super) fn power(api: &ApiArgs, action: &str, macs: Vec<MacAddr>) -> ExitCode {
+/// The machines a group command names, and its pace.
+pub(super) struct Group {
+    pub(super) macs: Vec<MacAddr>,
+    pub(super) profile: Option<String>,
+    pub(super) labels: Vec<(String, String)>,
+    pub(super) stagger_ms: u64,
+    pub(super) concurrency: Option<usize>,
+}
+
+/// `kindling power ACTION MAC... [--profile P] [--label k=v]`: one line per machine (its power
+/// state and boot override after the action); a machine whose BMC failed is named with the
+/// error, and the others go on.
+pub(super) fn power(api: &ApiArgs, action: &str, group: Group) -> ExitCode {
+    if group.macs.is_empty() && group.profile.is_none() && group.labels.is_empty() {
+        eprintln!("kindling power: name MACs, --profile or --label");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let action = action.to_string();
+    client_command(api, |c| async move {
+        let macs: Vec<String> = group.macs.iter().map(ToString::to_string).collect();
+        let labels = group.labels.into_iter().collect();
+        let v = c
+            .power(
+                &action,
+                &macs,
+                group.profile.as_deref(),
+                &labels,
+                group.stagger_ms,
+                group.concurrency,
+            )
+            .await?;
+        for d in v["done"].as_array().into_iter().flatten() {
+            println!(
+                "{}  {:<12} boot override {}/{}  ({})",
+                d["mac"].as_str().unwrap_or("?"),
+                d["power_state"].as_str().unwrap_or("?"),
+                d["boot_override"]["target"].as_str().unwrap_or("-"),
+                d["boot_override"]["enabled"].as_str().unwrap_or("-"),
+                d["bmc"].as_str().unwrap_or("?"),
+            );
+        }
+        failures(&v, "machines failed")
+    })
+}
+
+/// Print the `failed` entries of a group answer; an error (exit 1) when there are any.
+fn failures(v: &serde_json::Value, what: &str) -> Result<(), ClientError> {
+    let failed = v["failed"].as_array().map_or(0, Vec::len);
+    for f in v["failed"].as_array().into_iter().flatten() {
+        println!(
+            "FAILED {}: {}",
+            f["mac"].as_str().unwrap_or("?"),
+            f["error"].as_str().unwrap_or("?")
+        );
+    }
+    if failed > 0 {
+        return Err(ClientError::Api {
+            status: 207,
+            message: format!("{failed} {what}"),
+        });
+    }
+    Ok(())
+}
+
+/// `kindling reinstall MAC... [--power-cycle]`.
+pub(super) fn reinstall(api: &ApiArgs, macs: Vec<MacAddr>, power_cycle: bool) -> ExitCode {
     client_command(api, |c| async move {
         let mut failed = 0;
         for mac in &macs {
-            match c.power(&mac.to_string(), &action).await {
-                Ok(v) => println!(
-                    "{mac}  {:<12} boot override {}/{}  ({})",
-                    v["power_state"].as_str().unwrap_or("?"),
-                    v["boot_override"]["target"].as_str().unwrap_or("-"),
-                    v["boot_override"]["enabled"].as_str().unwrap_or("-"),
-                    v["bmc"].as_str().unwrap_or("?"),
+            match c.reinstall(&mac.to_string(), power_cycle).await {
+                Ok(v) if power_cycle => println!(
+                    "{mac}  next boot: install; booted through its BMC {} ({})",
+                    v["power"]["bmc"].as_str().unwrap_or("?"),
+                    v["power"]["reset"].as_str().unwrap_or("no reset"),
                 ),
+                Ok(_) => println!("{mac}  next boot: install"),
                 Err(e) => {
                     failed += 1;
                     println!("FAILED {mac}: {e}");

@@ -163,6 +163,36 @@ impl Config {
                 ),
             ));
         }
+        let b = &self.bmc;
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(120))
+            .contains(&b.timeout)
+        {
+            issues.push(Issue::new(
+                "bmc.timeout",
+                format!(
+                    "bmc.timeout = {}: must be 1s to 2m (the longest one Redfish call may take)",
+                    humantime::format_duration(b.timeout)
+                ),
+            ));
+        }
+        if !b.poll_interval.is_zero() && b.poll_interval < std::time::Duration::from_secs(5) {
+            issues.push(Issue::new(
+                "bmc.poll_interval",
+                format!(
+                    "bmc.poll_interval = {}: must be 0s (no polling) or at least 5s (BMCs are slow and count their logins)",
+                    humantime::format_duration(b.poll_interval)
+                ),
+            ));
+        }
+        if !(1..=64).contains(&b.poll_concurrency) {
+            issues.push(Issue::new(
+                "bmc.poll_concurrency",
+                format!(
+                    "bmc.poll_concurrency = {}: must be 1 to 64",
+                    b.poll_concurrency
+                ),
+            ));
+        }
         issues.extend(self.cluster_issues());
         issues
     }
@@ -376,6 +406,22 @@ mod tests {
             err.contains(":3: discovery.retry = 0s: must be 1s to 1h"),
             "{err}"
         );
+        let err = parse("[bmc]\npoll_interval = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":2: bmc.poll_interval = 1s: must be 0s (no polling) or at least 5s"),
+            "{err}"
+        );
+        let err = parse("[bmc]\ntimeout = \"0s\"\npoll_concurrency = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bmc.timeout = 0s: must be 1s to 2m"), "{err}");
+        assert!(
+            err.contains("bmc.poll_concurrency = 0: must be 1 to 64"),
+            "{err}"
+        );
+        assert!(parse("[bmc]\npoll_interval = \"0s\"\n").is_ok());
         let ok = parse("[discovery]\nenabled = true\nretry = \"5s\"\n").unwrap();
         assert!(ok.discovery.enabled);
     }

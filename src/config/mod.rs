@@ -44,6 +44,8 @@ pub struct Config {
     pub inventory: InventoryConfig,
     /// Zero-touch discovery of machines no profile knows.
     pub discovery: DiscoveryConfig,
+    /// Calls to BMCs, and how often their power state is read.
+    pub bmc: BmcConfig,
     /// Where leases and machine records live: this instance's files, or etcd shared with
     /// other instances.
     pub cluster: ClusterConfig,
@@ -474,6 +476,31 @@ impl Default for DiscoveryConfig {
         DiscoveryConfig {
             enabled: false,
             retry: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[bmc]`: how Kindling talks to the BMCs that machines' `bmc = {…}` settings name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BmcConfig {
+    /// The longest one Redfish call may take, connecting included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+    /// How often each BMC's power state is read into the inventory (`0s`: only after an
+    /// action).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: std::time::Duration,
+    /// BMCs read at once by one round of polling.
+    pub poll_concurrency: usize,
+}
+
+impl Default for BmcConfig {
+    fn default() -> Self {
+        BmcConfig {
+            timeout: std::time::Duration::from_secs(10),
+            poll_interval: std::time::Duration::from_secs(60),
+            poll_concurrency: 8,
         }
     }
 }

@@ -44,10 +44,8 @@ pub(crate) const PATHS: &[&str] = &[
     "/api/v1/status",
     "/api/v1/machines/{mac}/preview",
     "/api/v1/machines/{mac}/power",
+    "/api/v1/power",
 ];
-
-/// The longest one call to a BMC may take (connecting included).
-const BMC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most machines one wake call may name, and the longest pause between two of them.
 const MAX_WAKE: usize = 4096;
@@ -72,42 +70,21 @@ pub(super) fn routes() -> Router<HttpState> {
         .route(PATHS[11], get(status))
         .route(PATHS[12], get(preview))
         .route(PATHS[13], get(power_status).post(power))
+        .route(PATHS[14], post(power_many))
 }
 
-/// The BMC of `mac` and its system, or why not.
-async fn bmc_system(
-    st: &HttpState,
-    mac: MacAddr,
-) -> Result<(crate::bmc::Bmc, crate::bmc::System), HttpError> {
-    let set = st.profiles.current();
-    let endpoint = match set.bmc(mac, BMC_TIMEOUT) {
-        None => {
-            return Err(HttpError::api(
-                StatusCode::CONFLICT,
-                format!(
-                    "{mac} has no BMC: give its [[machine]] entry (or its profile) bmc = {{ redfish = \"https://…\", user = \"…\", password_file = \"…\" }}"
-                ),
-            ));
-        }
-        Some(Err(e)) => return Err(HttpError::api(StatusCode::CONFLICT, e)),
-        Some(Ok(ep)) => ep,
-    };
-    if endpoint.insecure_tls {
-        tracing::warn!(%mac, bmc = %endpoint.url, "insecure_tls: the BMC's certificate is not checked");
+fn power_error(e: crate::power::PowerError) -> HttpError {
+    use crate::power::PowerError;
+    match e {
+        PowerError::NoBmc(m) => HttpError::api(StatusCode::CONFLICT, m),
+        PowerError::Bmc(e) => HttpError::api(StatusCode::BAD_GATEWAY, e.to_string()),
     }
-    let bmc = crate::bmc::Bmc::new(endpoint).map_err(bmc_error)?;
-    let system = bmc.system().await.map_err(bmc_error)?;
-    Ok((bmc, system))
 }
 
-fn bmc_error(e: crate::bmc::BmcError) -> HttpError {
-    HttpError::api(StatusCode::BAD_GATEWAY, e.to_string())
-}
-
-fn power_json(mac: MacAddr, bmc: &crate::bmc::Bmc, s: &crate::bmc::System) -> serde_json::Value {
+fn power_json(mac: MacAddr, bmc: &str, s: &crate::bmc::System) -> serde_json::Value {
     json!({
         "mac": mac,
-        "bmc": bmc.url(),
+        "bmc": bmc,
         "system": s.path,
         "power_state": s.power.as_str(),
         "boot_override": s.boot,
@@ -120,9 +97,9 @@ async fn power_status(
     _: Reader,
     MacPath(mac): MacPath,
 ) -> Result<Response, HttpError> {
-    let (bmc, system) = bmc_system(&st, mac).await?;
+    let (bmc, system) = st.power.status(mac).await.map_err(power_error)?;
     Ok(tagged(
-        Json(power_json(mac, &bmc, &system)),
+        Json(power_json(mac, bmc.url(), &system)),
         Some(mac),
         "api: power status",
     ))
@@ -135,43 +112,27 @@ struct PowerBody {
 }
 
 /// `POST /api/v1/machines/{mac}/power` with `{"action": "on" | "off" | "graceful-off" |
-/// "cycle" | "pxe-once"}`: through the machine's BMC (Redfish). `cycle` restarts a machine
-/// that is on and powers on one that is off; `pxe-once` sets a one-time network boot.
+/// "cycle" | "pxe-once" | "pxe-boot"}`: through the machine's BMC (Redfish). `cycle`
+/// restarts a machine that is on and powers on one that is off; `pxe-once` sets a one-time
+/// network boot; `pxe-boot` does both.
 async fn power(
     State(st): State<HttpState>,
     _: Operator,
     MacPath(mac): MacPath,
     bytes: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
-    use crate::bmc::{PowerAction, PowerState};
     let req: PowerBody = body(&bytes)?;
-    let (bmc, system) = bmc_system(&st, mac).await?;
-    let on = matches!(system.power, PowerState::On | PowerState::PoweringOn);
-    let action = match req.action.as_str() {
-        "on" => (!on).then_some(PowerAction::On),
-        "off" => Some(PowerAction::ForceOff),
-        "graceful-off" => Some(PowerAction::GracefulShutdown),
-        "cycle" if on => Some(PowerAction::ForceRestart),
-        "cycle" => Some(PowerAction::On),
-        "pxe-once" => None,
-        other => {
-            return Err(bad(format!(
-                "action: {other:?} is not on, off, graceful-off, cycle or pxe-once"
-            )));
-        }
+    let Some(act) = crate::power::Act::parse(&req.action) else {
+        return Err(bad(format!(
+            "action: {:?} is not on, off, graceful-off, cycle, pxe-once or pxe-boot",
+            req.action
+        )));
     };
-    if req.action == "pxe-once" {
-        bmc.pxe_once(&system).await.map_err(bmc_error)?;
-    }
-    let reset = match action {
-        Some(a) => Some(bmc.power(&system, a).await.map_err(bmc_error)?),
-        None => None,
-    };
-    tracing::info!(%mac, bmc = %bmc.url(), action = %req.action, "power");
-    let after = bmc.system().await.map_err(bmc_error)?;
-    let mut v = power_json(mac, &bmc, &after);
+    let done = st.power.act(mac, act).await.map_err(power_error)?;
+    tracing::info!(%mac, bmc = %done.bmc, action = %req.action, reset = ?done.reset, "power");
+    let mut v = power_json(mac, &done.bmc, &done.after);
     v["action"] = json!(req.action);
-    v["reset"] = json!(reset);
+    v["reset"] = json!(done.reset);
     Ok(tagged(Json(v), Some(mac), "api: power"))
 }
 
@@ -488,7 +449,11 @@ async fn machine(
         Some(mut rec) => {
             // The boot secret is the machine's credential: never shown.
             rec.secret = None;
-            Ok(tagged(Json(rec), Some(mac), "api: machine"))
+            let mut v = serde_json::to_value(&rec).unwrap_or_default();
+            if let Some(p) = st.inventory.power(mac) {
+                v["power"] = json!(p);
+            }
+            Ok(tagged(Json(v), Some(mac), "api: machine"))
         }
         None => Err(HttpError::api(
             StatusCode::NOT_FOUND,
@@ -577,14 +542,74 @@ async fn clear_next_boot(
     next_boot(&st, mac, None, "api: next-boot").await
 }
 
-/// `POST /api/v1/machines/{mac}/reinstall`: its next `/ipxe` serves its own profile's
-/// install once, even though it is provisioned; after that, its after-install boot again.
+/// Boot `mac` from the network now through its BMC (one-time PXE, then on or a restart),
+/// and record it as a wake (`why` is added to the history's line).
+async fn pxe_boot(
+    st: &HttpState,
+    mac: MacAddr,
+    why: &str,
+) -> Result<crate::power::Acted, HttpError> {
+    let done = st
+        .power
+        .act(mac, crate::power::Act::PxeBoot)
+        .await
+        .map_err(power_error)?;
+    let reset = done.reset.as_deref().unwrap_or("no reset");
+    let detail = format!("BMC {}: PXE once, {reset}{why}", done.bmc);
+    st.inventory.woken(mac, &detail);
+    tracing::info!(%mac, bmc = %done.bmc, %reset, "booted from the network through the BMC{why}");
+    Ok(done)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReinstallBody {
+    /// Also boot it into the install now, through its BMC.
+    #[serde(default)]
+    power_cycle: bool,
+}
+
+/// `POST /api/v1/machines/{mac}/reinstall` (optionally `{"power_cycle": true}`): its next
+/// `/ipxe` serves its own profile's install once, even though it is provisioned; after that,
+/// its after-install boot again. With `power_cycle`, its BMC then boots it from the network
+/// now (one-time PXE, then a restart, or on when off).
 async fn reinstall(
     State(st): State<HttpState>,
     _: Operator,
     MacPath(mac): MacPath,
+    bytes: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
-    next_boot(&st, mac, Some(NextBoot::Install), "api: reinstall").await
+    let req: ReinstallBody = body(&bytes)?;
+    if req.power_cycle && !st.power.has_bmc(mac) {
+        return Err(HttpError::api(
+            StatusCode::CONFLICT,
+            format!(
+                "{mac} has no BMC, so it cannot be power-cycled: give it bmc = {{…}}, or reinstall without power_cycle and wake it"
+            ),
+        ));
+    }
+    let set = next_boot(&st, mac, Some(NextBoot::Install), "api: reinstall").await?;
+    if !req.power_cycle {
+        return Ok(set);
+    }
+    let done = pxe_boot(&st, mac, " (reinstall)").await.map_err(|e| {
+        HttpError::api(
+            e.status,
+            format!(
+                "{mac}: the next boot is set to install, but the power cycle failed: {}",
+                e.message
+            ),
+        )
+    })?;
+    let summary = st.inventory.summary(mac);
+    Ok(tagged(
+        Json(json!({
+            "machine": summary,
+            "power": { "bmc": done.bmc, "reset": done.reset, "power_state": done.after.power.as_str() },
+        })),
+        Some(mac),
+        "api: reinstall",
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -729,19 +754,9 @@ async fn wake_one(
 /// Wake `mac`: through its BMC when it has one (a one-time PXE boot, then power on, or a
 /// restart when it is on already), else with Wake-on-LAN. The record's history says which.
 async fn wake(st: &HttpState, mac: MacAddr) -> Result<serde_json::Value, HttpError> {
-    if st.profiles.current().bmc(mac, BMC_TIMEOUT).is_some() {
-        use crate::bmc::{PowerAction, PowerState};
-        let (bmc, system) = bmc_system(st, mac).await?;
-        bmc.pxe_once(&system).await.map_err(bmc_error)?;
-        let action = match system.power {
-            PowerState::On | PowerState::PoweringOn => PowerAction::ForceRestart,
-            _ => PowerAction::On,
-        };
-        let reset = bmc.power(&system, action).await.map_err(bmc_error)?;
-        let detail = format!("BMC {}: PXE once, {reset}", bmc.url());
-        st.inventory.woken(mac, &detail);
-        tracing::info!(%mac, bmc = %bmc.url(), %reset, "woken through the BMC");
-        return Ok(json!({ "method": "bmc", "bmc": bmc.url(), "reset": reset }));
+    if st.power.has_bmc(mac) {
+        let done = pxe_boot(st, mac, "").await?;
+        return Ok(json!({ "method": "bmc", "bmc": done.bmc, "reset": done.reset }));
     }
     let Some(waker) = &st.waker else {
         return Err(HttpError::api(
@@ -770,9 +785,12 @@ async fn wake(st: &HttpState, mac: MacAddr) -> Result<serde_json::Value, HttpErr
     Ok(v)
 }
 
+/// Which machines a group call is for, and how to pace it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WakeBody {
+struct GroupBody {
+    /// For `POST /api/v1/power`: what to do.
+    action: Option<String>,
     #[serde(default)]
     macs: Vec<String>,
     profile: Option<String>,
@@ -781,80 +799,98 @@ struct WakeBody {
     /// Pause between machines, so 300 power supplies do not start in the same second.
     #[serde(default)]
     stagger_ms: u64,
-    /// Machines being woken at once at most (BMC calls take a while); default 8.
+    /// Machines being handled at once at most (BMC calls take a while); default 8.
     concurrency: Option<usize>,
 }
 
-/// Machines woken at once by one group wake, by default and at most.
+/// Machines handled at once by one group call, by default and at most.
 const WAKE_CONCURRENCY: usize = 8;
 const MAX_WAKE_CONCURRENCY: usize = 64;
 
-/// `POST /api/v1/wake` with `{"macs": [...], "profile": "worker", "labels": {"rack": "a"},
-/// "stagger_ms": 200}`: wake the listed MACs plus every machine of the profile (and labels).
-async fn wake_many(
-    State(st): State<HttpState>,
-    _: Operator,
-    bytes: axum::body::Bytes,
-) -> Result<Response, HttpError> {
-    let req: WakeBody = body(&bytes)?;
-    let mut targets = Vec::new();
-    for m in &req.macs {
-        targets.push(parse_mac(m)?);
-    }
-    if req.profile.is_some() || !req.labels.is_empty() {
-        let set = st.profiles.current();
-        if let Some(p) = &req.profile
-            && set.profile(p).is_none()
-        {
-            return Err(HttpError::api(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("no profile named {p:?}"),
-            ));
+impl GroupBody {
+    /// The listed MACs plus every machine of the profile (and labels), each once.
+    fn targets(&self, st: &HttpState) -> Result<Vec<MacAddr>, HttpError> {
+        let mut targets = Vec::new();
+        for m in &self.macs {
+            targets.push(parse_mac(m)?);
         }
-        let filter = Filter {
-            state: None,
-            profile: req.profile.clone(),
-        };
-        for m in st.inventory.list(&filter) {
-            if req.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v)) {
-                targets.push(m.mac);
+        if self.profile.is_some() || !self.labels.is_empty() {
+            let set = st.profiles.current();
+            if let Some(p) = &self.profile
+                && set.profile(p).is_none()
+            {
+                return Err(HttpError::api(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("no profile named {p:?}"),
+                ));
+            }
+            let filter = Filter {
+                state: None,
+                profile: self.profile.clone(),
+            };
+            for m in st.inventory.list(&filter) {
+                if self.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v)) {
+                    targets.push(m.mac);
+                }
             }
         }
-    }
-    let mut seen = std::collections::HashSet::new();
-    targets.retain(|m| seen.insert(*m));
-    if targets.is_empty() {
-        return Err(HttpError::api(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no machine to wake: give macs, a profile or labels that match machines",
-        ));
-    }
-    if targets.len() > MAX_WAKE {
-        return Err(bad(format!("at most {MAX_WAKE} machines per call")));
-    }
-    let stagger = Duration::from_millis(req.stagger_ms).min(MAX_STAGGER);
-    let limit = req
-        .concurrency
-        .unwrap_or(WAKE_CONCURRENCY)
-        .clamp(1, MAX_WAKE_CONCURRENCY);
-    // Machine i starts no earlier than i staggers from now, and no more than `limit` are
-    // being woken at any moment (a BMC call takes seconds; a magic packet none).
-    let permits = tokio::sync::Semaphore::new(limit);
-    let start = tokio::time::Instant::now();
-    let outcomes = futures_util::future::join_all(targets.iter().enumerate().map(|(i, mac)| {
-        let (st, permits) = (&st, &permits);
-        async move {
-            tokio::time::sleep_until(start + stagger * i as u32).await;
-            let _permit = permits.acquire().await;
-            (*mac, wake(st, *mac).await)
+        let mut seen = std::collections::HashSet::new();
+        targets.retain(|m| seen.insert(*m));
+        if targets.is_empty() {
+            return Err(HttpError::api(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no machine named: give macs, a profile or labels that match machines",
+            ));
         }
-    }))
-    .await;
-    let mut woken = Vec::new();
+        if targets.len() > MAX_WAKE {
+            return Err(bad(format!("at most {MAX_WAKE} machines per call")));
+        }
+        Ok(targets)
+    }
+
+    /// `each` for every target: machine i starts no earlier than i staggers from now, and no
+    /// more than the concurrency limit are being handled at any moment (a BMC call takes
+    /// seconds; a magic packet none). What each gave, or its error, per machine.
+    async fn run<F, Fut>(
+        &self,
+        targets: &[MacAddr],
+        each: F,
+    ) -> Vec<(MacAddr, Result<serde_json::Value, HttpError>)>
+    where
+        F: Fn(MacAddr) -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, HttpError>>,
+    {
+        let stagger = Duration::from_millis(self.stagger_ms).min(MAX_STAGGER);
+        let limit = self
+            .concurrency
+            .unwrap_or(WAKE_CONCURRENCY)
+            .clamp(1, MAX_WAKE_CONCURRENCY);
+        let permits = tokio::sync::Semaphore::new(limit);
+        let start = tokio::time::Instant::now();
+        let each = &each;
+        futures_util::future::join_all(targets.iter().enumerate().map(|(i, mac)| {
+            let permits = &permits;
+            async move {
+                tokio::time::sleep_until(start + stagger * i as u32).await;
+                let _permit = permits.acquire().await;
+                (*mac, each(*mac).await)
+            }
+        }))
+        .await
+    }
+}
+
+/// The answer of a group call: `done` and `failed` machines, 207 when some failed.
+fn group_answer(
+    outcomes: Vec<(MacAddr, Result<serde_json::Value, HttpError>)>,
+    done_key: &str,
+    served: &str,
+) -> Response {
+    let mut done = Vec::new();
     let mut failed = Vec::new();
     for (mac, outcome) in outcomes {
         match outcome {
-            Ok(sent) => woken.push(json!({ "mac": mac, "sent": sent })),
+            Ok(v) => done.push(v),
             Err(e) => failed.push(json!({ "mac": mac, "error": e.message })),
         }
     }
@@ -863,11 +899,80 @@ async fn wake_many(
     } else {
         StatusCode::MULTI_STATUS
     };
-    Ok(tagged(
-        (status, Json(json!({ "woken": woken, "failed": failed }))),
+    let served = format!("{served} x{}", done.len());
+    tagged(
+        (status, Json(json!({ done_key: done, "failed": failed }))),
         None,
-        &format!("wake x{}", woken.len()),
-    ))
+        &served,
+    )
+}
+
+/// `POST /api/v1/wake` with `{"macs": [...], "profile": "worker", "labels": {"rack": "a"},
+/// "stagger_ms": 200, "concurrency": 8}`: wake the listed MACs plus every machine of the
+/// profile (and labels).
+async fn wake_many(
+    State(st): State<HttpState>,
+    _: Operator,
+    bytes: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    let req: GroupBody = body(&bytes)?;
+    if req.action.is_some() {
+        return Err(bad("request body: a wake takes no action"));
+    }
+    let targets = req.targets(&st)?;
+    let outcomes = req
+        .run(&targets, |mac| {
+            let st = &st;
+            async move {
+                let sent = wake(st, mac).await?;
+                Ok(json!({ "mac": mac, "sent": sent }))
+            }
+        })
+        .await;
+    Ok(group_answer(outcomes, "woken", "wake"))
+}
+
+/// `POST /api/v1/power` with `{"action": "status" | "on" | "off" | "graceful-off" | "cycle" |
+/// "pxe-once" | "pxe-boot", "macs": [...], "profile"?, "labels"?, "stagger_ms"?,
+/// "concurrency"?}`: a power action for a group of machines through their BMCs, paced like
+/// a group wake.
+async fn power_many(
+    State(st): State<HttpState>,
+    _: Operator,
+    bytes: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    let req: GroupBody = body(&bytes)?;
+    let word = req.action.as_deref().unwrap_or_default();
+    let act = match word {
+        "status" => None,
+        w => match crate::power::Act::parse(w) {
+            Some(a) => Some(a),
+            None => {
+                return Err(bad(format!(
+                    "action: {w:?} is not status, on, off, graceful-off, cycle, pxe-once or pxe-boot"
+                )));
+            }
+        },
+    };
+    let targets = req.targets(&st)?;
+    let outcomes = req
+        .run(&targets, |mac| {
+            let st = &st;
+            async move {
+                let Some(act) = act else {
+                    let (bmc, system) = st.power.status(mac).await.map_err(power_error)?;
+                    return Ok(power_json(mac, bmc.url(), &system));
+                };
+                let done = st.power.act(mac, act).await.map_err(power_error)?;
+                tracing::info!(%mac, bmc = %done.bmc, action = %word, reset = ?done.reset, "power");
+                let mut v = power_json(mac, &done.bmc, &done.after);
+                v["action"] = json!(word);
+                v["reset"] = json!(done.reset);
+                Ok(v)
+            }
+        })
+        .await;
+    Ok(group_answer(outcomes, "done", "api: power"))
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,6 +80,8 @@ pub struct HttpShared {
     pub inventory: Arc<Inventory>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Power through machines' BMCs.
+    pub power: Arc<crate::power::Power>,
     /// Sends magic packets (`[wol] interface` set).
     pub waker: Option<Arc<dyn Waker>>,
     /// Which services are failing (`/healthz`).

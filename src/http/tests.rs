@@ -82,12 +82,20 @@ fn fixture_with(config: &str, boot_args: &str) -> Fixture {
             .clone()
             .run_profile_sync(live.clone(), shutdown.clone()),
     );
+    let metrics = crate::metrics::Metrics::new();
+    let power = Arc::new(crate::power::Power::new(
+        config.bmc.clone(),
+        live.clone(),
+        inventory.clone(),
+        metrics.clone(),
+    ));
     let state = HttpState::from(crate::http::HttpShared {
+        power,
         config: Arc::new(config),
         base_url: base.clone().into(),
         profiles: live,
         inventory,
-        metrics: crate::metrics::Metrics::new(),
+        metrics,
         waker: None,
         health: Default::default(),
         api_token: Some("s3cret".into()),

@@ -45,8 +45,8 @@ use crate::time_fmt::Stamp;
 pub use plan::{BootView, Plan, Serve, ServeError, plan};
 use record::push_history;
 pub use record::{
-    BootSecret, DhcpSeen, Filter, HistoryEntry, NextBoot, Record, Summary, Wake, WakeOutcome,
-    is_ipxe_binary,
+    BootSecret, DhcpSeen, Filter, HistoryEntry, NextBoot, PowerReading, Record, Summary, Wake,
+    WakeOutcome, is_ipxe_binary,
 };
 
 /// Records kept at most by default (`[inventory] max_machines`); beyond, the least recently
@@ -103,6 +103,8 @@ struct Inner {
     undeclared: BTreeSet<(Stamp, MacAddr)>,
     /// Tokens for new undeclared records, per source: (tokens, when last refilled).
     budgets: HashMap<Option<IpAddr>, (f64, SystemTime)>,
+    /// What each machine's BMC last said about its power (not written to the store).
+    power: HashMap<MacAddr, PowerReading>,
 }
 
 /// What a request may do for a machine ([`Inventory::access`]).
@@ -441,7 +443,10 @@ impl Inventory {
                     .as_deref()
                     .is_none_or(|p| r.profile.as_deref() == Some(p))
             })
-            .map(Record::summary)
+            .map(|r| Summary {
+                power: inner.power.get(&r.mac).cloned(),
+                ..r.summary()
+            })
             .collect();
         drop(inner);
         out.sort_by(|a, b| (&a.hostname, a.mac).cmp(&(&b.hostname, b.mac)));
@@ -458,6 +463,66 @@ impl Inventory {
         macs.into_iter()
             .filter_map(|m| Some((*m, inner.machines.get(m)?.ip?)))
             .collect()
+    }
+
+    /// `mac`'s BMC (`bmc`) read its power state as `state` just now.
+    pub fn power_read(&self, mac: MacAddr, bmc: &str, state: &str) {
+        let now = Stamp(self.now());
+        let mut inner = self.lock();
+        let r = inner.power.entry(mac).or_insert_with(|| PowerReading {
+            bmc: bmc.to_string(),
+            state: None,
+            read_at: None,
+            error: None,
+            error_at: None,
+        });
+        if r.bmc != bmc {
+            r.bmc = bmc.to_string();
+        }
+        if r.state.as_deref() != Some(state) {
+            r.state = Some(state.to_string());
+        }
+        r.read_at = Some(now);
+        r.error = None;
+        r.error_at = None;
+    }
+
+    /// A call to `mac`'s BMC (`bmc`) failed with `error`: kept with the last good reading.
+    pub fn power_failed(&self, mac: MacAddr, bmc: &str, error: String) {
+        let now = Stamp(self.now());
+        let mut inner = self.lock();
+        let r = inner.power.entry(mac).or_insert_with(|| PowerReading {
+            bmc: bmc.to_string(),
+            state: None,
+            read_at: None,
+            error: None,
+            error_at: None,
+        });
+        if r.bmc != bmc {
+            r.bmc = bmc.to_string();
+        }
+        r.error = Some(error);
+        r.error_at = Some(now);
+    }
+
+    /// One machine as [`Inventory::list`] shows it.
+    pub fn summary(&self, mac: MacAddr) -> Option<Summary> {
+        let inner = self.lock();
+        let rec = inner.machines.get(&mac)?;
+        Some(Summary {
+            power: inner.power.get(&mac).cloned(),
+            ..rec.summary()
+        })
+    }
+
+    /// What `mac`'s BMC last said about its power.
+    pub fn power(&self, mac: MacAddr) -> Option<PowerReading> {
+        self.lock().power.get(&mac).cloned()
+    }
+
+    /// Forget the power readings of machines not in `keep` (their BMC setting is gone).
+    pub fn power_retain(&self, keep: &HashSet<MacAddr>) {
+        self.lock().power.retain(|m, _| keep.contains(m));
     }
 
     /// How many machines are in each state.

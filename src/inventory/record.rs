@@ -250,6 +250,7 @@ impl Record {
             entered: self.entered.clone(),
             provisioned_at: self.provisioned_at,
             wake: self.wake.clone(),
+            power: None,
         }
     }
 }
@@ -297,6 +298,27 @@ pub struct Summary {
     /// The last magic packet sent to it and what came of it.
     #[serde(default)]
     pub wake: Option<Wake>,
+    /// What its BMC last said about its power (machines with a BMC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerReading>,
+}
+
+/// What a machine's BMC last said about its power: read at `[bmc] poll_interval` and after
+/// every action. Kept in memory only (it is read again on every poll; writing it to the store
+/// would turn every poll into a write), so it starts empty after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerReading {
+    /// The BMC's URL.
+    pub bmc: String,
+    /// `On`, `Off`, `PoweringOn`, `PoweringOff` (or what else the BMC said), as last read;
+    /// `None` until a read succeeds.
+    pub state: Option<String>,
+    /// When `state` was read.
+    pub read_at: Option<Stamp>,
+    /// Why the last call to the BMC failed; `None` once one succeeds again.
+    pub error: Option<String>,
+    /// When it failed.
+    pub error_at: Option<Stamp>,
 }
 
 /// What a DHCP exchange tells the inventory.

@@ -93,7 +93,7 @@ pub struct Profile {
     pub bmc: Option<BmcSettings>,
 }
 
-/// `bmc = { redfish, user, password_file | password_env, ca_file?, insecure_tls? }`: how to
+/// `bmc = { redfish, user, password_file | password_env, ca_file?, insecure_tls?, auth? }`: how to
 /// reach a machine's BMC. The password is never in the profile file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BmcSettings {
@@ -108,6 +108,8 @@ pub struct BmcSettings {
     pub ca_file: Option<PathBuf>,
     /// Accept any certificate (lab BMCs): logged when on.
     pub insecure_tls: bool,
+    /// `auto` (a Redfish session where the BMC offers one, else basic), `session` or `basic`.
+    pub auth: crate::bmc::Auth,
     /// Where it is declared.
     pub at: Location,
 }
@@ -360,6 +362,7 @@ fn bmc_endpoint(
         password,
         ca_pem,
         insecure_tls: settings.insecure_tls,
+        auth: settings.auth,
         timeout,
     })
 }

@@ -37,6 +37,8 @@ pub(super) struct RawBmc {
     pub(super) ca_file: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) insecure_tls: bool,
+    #[serde(default)]
+    pub(super) auth: crate::bmc::Auth,
 }
 
 #[derive(Deserialize, Default)]

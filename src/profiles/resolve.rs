@@ -179,6 +179,7 @@ fn resolve_bmc(ld: &mut Loader, f: &File<'_>, raw: &Spanned<RawBmc>) -> Option<B
         password,
         ca_file: r.ca_file.as_ref().map(|c| dir.join(c.get_ref())),
         insecure_tls: r.insecure_tls,
+        auth: r.auth,
         at: f.at(raw.span().start),
     })
 }

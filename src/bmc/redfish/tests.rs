@@ -147,6 +147,7 @@ fn endpoints_are_checked() {
         ca_pem: None,
         insecure_tls: false,
         timeout: Duration::from_secs(1),
+        auth: Default::default(),
     };
     assert!(Bmc::new(ep("https://10.0.5.21")).is_ok());
     assert!(Bmc::new(ep("http://127.0.0.1:8000")).is_ok());
