@@ -1179,7 +1179,8 @@ fn every_instance_names_the_machines_of_the_cluster() {
     };
     assert_eq!(dig(), "", "not booted yet");
     assert_eq!(get(&a.url(&format!("/ipxe?mac={MAC}"))).0, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // A's write goes through etcd to B's watch: allow for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(15);
     while dig() != "127.0.0.1" {
         assert!(
             Instant::now() < deadline,

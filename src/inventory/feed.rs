@@ -616,7 +616,8 @@ impl Inventory {
     }
 
     /// Take records that other instances sharing the store wrote, until the store's stream
-    /// ends or `cancel`: each replaces the local record when it is newer (by `last_seen`), and
+    /// ends or `cancel`: each replaces the local record when it is newer (by `last_seen`, then
+    /// by `version`), and
     /// a changed boot state (or a machine new here) is announced like a local one.
     pub async fn run_remote_changes(
         self: Arc<Self>,
@@ -644,7 +645,9 @@ impl Inventory {
     pub fn merge_remote(&self, mut rec: Record) {
         let mut inner = self.lock();
         let from = match inner.machines.get(&rec.mac) {
-            Some(local) if local.last_seen >= rec.last_seen => return,
+            Some(local) if (local.last_seen, local.version) >= (rec.last_seen, rec.version) => {
+                return;
+            }
             Some(local) => {
                 // Where the store decides the next boot, its own key (followed apart) is the
                 // truth, not the copy in a record written a moment before it was used up.

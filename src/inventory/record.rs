@@ -147,6 +147,11 @@ pub struct Record {
     pub first_seen: Stamp,
     /// When it was last seen.
     pub last_seen: Stamp,
+    /// Bumped on every write to the store (by any instance): of two versions of a record with
+    /// the same `last_seen` (two writes within a millisecond, or a change that is not a
+    /// sighting, such as a wake), the higher is the later.
+    #[serde(default)]
+    pub version: u64,
     /// The latest events, oldest first.
     #[serde(default)]
     pub history: VecDeque<HistoryEntry>,
@@ -216,6 +221,7 @@ impl Record {
             dhcp_event: None,
             first_seen: Stamp(now),
             last_seen: Stamp(now),
+            version: 0,
             history: VecDeque::new(),
             dhcp_ip: None,
             secret: None,

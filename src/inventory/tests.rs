@@ -271,6 +271,46 @@ async fn records_changed_elsewhere_are_taken_and_announced() {
     follower.await.unwrap();
 }
 
+/// Two writes of one record within a millisecond (facts, then the transition they came with,
+/// as one `/ipxe` makes): another instance that took the first takes the second too, by its
+/// version; its own echo, and an older version, change nothing.
+#[tokio::test]
+async fn a_later_write_within_the_same_millisecond_is_taken() {
+    let inv = Arc::new(Inventory::default());
+    let mut events = inv.subscribe();
+    let m = mac(5);
+    inv.woken(m, "test");
+    let _ = events.recv().await;
+    let mut first = inv.get(m).unwrap();
+    first.last_seen = Stamp(first.last_seen.0 + Duration::from_secs(1));
+    first.version = 7;
+    first.hardware.insert("serial".into(), "SN-1".into());
+    let mut second = first.clone();
+    second.version = 8;
+    second.state = BootState::Ipxe;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    let follower = tokio::spawn(inv.clone().run_remote_changes(rx, |_| {}, cancel.clone()));
+    for r in [&first, &second, &first] {
+        tx.send(Remote::Record(Box::new(r.clone()))).await.unwrap();
+    }
+    let t = tokio::time::timeout(Duration::from_secs(2), events.recv())
+        .await
+        .expect("the second write was not taken")
+        .unwrap();
+    assert_eq!((t.from, t.to), (BootState::Waking, BootState::Ipxe));
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while inv.get(m).unwrap() != second {
+        assert!(std::time::Instant::now() < deadline, "{:?}", inv.get(m));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first came again after the second: still the second.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(inv.get(m).unwrap(), second);
+    cancel.cancel();
+    follower.await.unwrap();
+}
+
 #[test]
 fn discovered_machines_and_lan_noise() {
     let inv = Inventory::default();

@@ -42,10 +42,10 @@ impl Inventory {
                 let changes: Vec<Change> = dirty
                     .into_iter()
                     .map(|mac| {
-                        let bytes = inner
-                            .machines
-                            .get(&mac)
-                            .and_then(|r| serde_json::to_vec(r).ok());
+                        let bytes = inner.machines.get_mut(&mac).and_then(|r| {
+                            r.version += 1;
+                            serde_json::to_vec(r).ok()
+                        });
                         (mac, bytes)
                     })
                     .collect();
