@@ -407,14 +407,22 @@ mod contract {
                 );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let serve = |inv: Arc<Inventory>| async move {
-                let (plan, uses) = inv.take_plan(m, None);
-                assert_eq!((plan, uses), (Plan::Selected, true));
+            // Both plan the install from the choice they hold (before either claims: a claim
+            // that reached the other first would rightly leave it nothing to plan)...
+            for (name, inv) in [("a", &a), ("b", &b)] {
+                assert_eq!(
+                    inv.take_plan(m, None),
+                    (Plan::Selected, true),
+                    "round {round}: {name} has no next boot"
+                );
+            }
+            // ... and claim it at once.
+            let claim = |inv: Arc<Inventory>| async move {
                 inv.claim_next_boot(m, &NextBoot::Install).await.unwrap()
             };
             let (ga, gb) = tokio::join!(
-                tokio::spawn(serve(a.clone())),
-                tokio::spawn(serve(b.clone()))
+                tokio::spawn(claim(a.clone())),
+                tokio::spawn(claim(b.clone()))
             );
             let (ga, gb) = (ga.unwrap(), gb.unwrap());
             assert!(ga ^ gb, "round {round}: a got it {ga}, b got it {gb}");
