@@ -153,10 +153,7 @@ impl Power {
 
     /// Whether `mac` has a BMC setting (usable or not): its wake goes through the BMC.
     pub fn has_bmc(&self, mac: MacAddr) -> bool {
-        self.profiles
-            .current()
-            .bmc(mac, self.settings.timeout)
-            .is_some()
+        self.profiles.current().has_bmc(mac)
     }
 
     /// The client for `mac`'s BMC.

@@ -913,6 +913,15 @@ fn power_is_polled_into_the_inventory_with_errors_and_metrics() {
     };
     let good = power_of(&list, "52:54:00:bb:00:00");
     assert_eq!(good["state"], "off", "{good}");
+    // Each says it has a BMC (the dashboard offers its wake without Wake-on-LAN).
+    assert!(
+        list["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["bmc"] == true),
+        "{list}"
+    );
     assert!(
         good["read_at"].is_string() && good["error"].is_null(),
         "{good}"
@@ -1092,6 +1101,7 @@ fn reinstall_power_cycles_into_pxe_and_power_takes_a_profile() {
     let (_, body) = common::curl(&[], &d.url("/api/v1/machines/52:54:00:bb:00:05"));
     let m: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(m["next_boot"].is_null(), "{m}");
+    assert_eq!(m["bmc"], false, "{m}");
 
     // A whole profile at once: the machine with a BMC answers, the other is named.
     let (code, out) = kindling(&["power", "status", "--profile", "rack"]);

@@ -190,8 +190,21 @@ function drawRow(m) {
   tr.classList.toggle('discovered', m.state === 'discovered');
   tr.querySelector('[data-action="adopt-open"]').hidden = !!m.profile && m.state !== 'discovered';
   tr.querySelector('[data-action="reinstall"]').hidden = !m.profile;
-  tr.querySelector('[data-action="wake"]').hidden = !!S.status && !S.status.wol;
+  tr.querySelector('[data-action="wake"]').hidden = !canWake(m);
   lockButtons(tr);
+}
+
+// A machine is woken through its BMC when it has one, else with Wake-on-LAN (when it is on).
+function canWake(m) {
+  return !!m.bmc || !S.status || !!S.status.wol;
+}
+
+// What its BMC last said: "on, read 12:00:01", or the error after the last good reading.
+function powerText(p) {
+  if (!p) return '';
+  const last = p.state && p.read_at
+    ? p.state + ', read ' + new Date(ms(p.read_at)).toLocaleString() : 'never read';
+  return p.error ? 'ERROR ' + p.error + ' (' + last + ')' : last;
 }
 
 function matches(m, text, state, profile) {
@@ -435,7 +448,8 @@ function drawMachine() {
   $('m-title').textContent = m.mac + (m.hostname ? ' — ' + m.hostname : '');
   badge($('m-state'), m);
   $('m-adopt').hidden = !!(m.declared && m.profile);
-  $('m-actions').querySelector('[data-action="wake"]').hidden = !!S.status && !S.status.wol;
+  $('m-actions').querySelector('[data-action="wake"]').hidden = !canWake(m);
+  $('m-actions').querySelector('[data-action="reinstall-now"]').hidden = !m.bmc;
   const names = (S.status && S.status.profile_names) || [];
   fillSelect($('m-adopt-profile'), names, null);
   fillSelect($('m-next-profile'), names, null);
@@ -469,7 +483,8 @@ function drawMachine() {
   const rows = [
     ['profile', m.profile], ['declared', m.declared ? 'yes' : 'no (seen on the network)'],
     ['IP', m.ip], ['UUID', m.uuid], ['firmware', firmware(m)], ['vendor class', m.vendor_class],
-    ['next boot', nextBoot(m)], ['booting profile', m.booting_profile],
+    ['next boot', nextBoot(m)], ['power (BMC)', powerText(m.power)],
+    ['booting profile', m.booting_profile],
     ['last served', m.last_served], ['reported', m.reported],
     ['first seen', m.first_seen && new Date(ms(m.first_seen)).toLocaleString()],
     ['last seen', m.last_seen && new Date(ms(m.last_seen)).toLocaleString()],
@@ -535,6 +550,7 @@ async function act(action, mac) {
   const calls = {
     wake: () => api('POST', base + '/wake'),
     reinstall: () => api('POST', base + '/reinstall'),
+    'reinstall-now': () => api('POST', base + '/reinstall', { power_cycle: true }),
     local: () => api('PUT', base + '/next-boot', { boot: 'local' }),
     profile: () => api('PUT', base + '/next-boot', { boot: 'profile', profile: $('m-next-profile').value }),
     clear: () => api('DELETE', base + '/next-boot'),
@@ -546,7 +562,8 @@ async function act(action, mac) {
     },
   };
   const done = {
-    wake: 'magic packet sent to ', reinstall: 'the next boot reinstalls ',
+    wake: 'woken: ', reinstall: 'the next boot reinstalls ',
+    'reinstall-now': 'booted into the install through its BMC: ',
     local: 'the next boot is from local disk for ', profile: 'the next boot is profile ' +
       $('m-next-profile').value + ' for ', clear: 'next boot cleared for ', adopt: 'adopted ',
   };

@@ -396,6 +396,7 @@ mod tests {
             provisioned_at: None,
             wake: None,
             power: None,
+            bmc: false,
         };
         let text = table(std::slice::from_ref(&m), t0 + Duration::from_secs(125));
         let lines: Vec<&str> = text.lines().collect();

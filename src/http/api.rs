@@ -423,12 +423,26 @@ async fn machines(
             .map_err(|e: String| bad(format!("state: {e}")))?,
         profile: q.profile,
     };
-    let list = st.inventory.list(&filter);
+    let list = listed(&st.inventory, &st.profiles, &filter);
     Ok(tagged(
         Json(json!({ "count": list.len(), "machines": list })),
         None,
         "api: machines",
     ))
+}
+
+/// The machines `filter` picks, each saying whether it has a BMC.
+fn listed(
+    inventory: &crate::inventory::Inventory,
+    profiles: &crate::profiles::watch::Live,
+    filter: &Filter,
+) -> Vec<crate::inventory::Summary> {
+    let mut list = inventory.list(filter);
+    let set = profiles.current();
+    for m in &mut list {
+        m.bmc = set.has_bmc(m.mac);
+    }
+    list
 }
 
 /// Query strings without a new dependency: every key once, unknown keys refused.
@@ -453,6 +467,7 @@ async fn machine(
             if let Some(p) = st.inventory.power(mac) {
                 v["power"] = json!(p);
             }
+            v["bmc"] = json!(st.profiles.current().has_bmc(mac));
             Ok(tagged(Json(v), Some(mac), "api: machine"))
         }
         None => Err(HttpError::api(
@@ -1003,47 +1018,53 @@ async fn events(
     );
     let shutdown = st.shutdown.clone();
     let inv = st.inventory.clone();
+    let profiles = st.profiles.clone();
     let stream = futures_util::stream::unfold(
         (Some(ready), rx, inv, shutdown),
-        move |(first, mut rx, inv, shutdown)| async move {
-            if let Some(ready) = first {
-                return Some((Ok::<_, Infallible>(ready), (None, rx, inv, shutdown)));
-            }
-            let mut out = String::new();
-            let mut batch_ends = None;
-            loop {
-                let wait = match batch_ends {
-                    Some(end) => tokio::time::sleep_until(end),
-                    None => tokio::time::sleep(EVENT_KEEPALIVE),
-                };
-                let got = tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = wait => {
-                        if out.is_empty() {
-                            out.push_str(":\n\n");
-                        }
-                        break;
-                    }
-                    r = rx.recv() => r,
-                };
-                match got {
-                    Ok(t) if only.is_some_and(|m| m != t.mac) => {}
-                    Ok(t) => {
-                        out.push_str(&sse_event("transition", &t));
-                        batch_ends.get_or_insert(tokio::time::Instant::now() + EVENT_BATCH);
-                    }
-                    Err(RecvError::Lagged(missed)) => {
-                        // What was gathered is older than the snapshot: send the snapshot.
-                        let machines = inv.list(&Filter::default());
-                        out =
-                            sse_event("resync", &json!({ "missed": missed, "machines": machines }));
-                        break;
-                    }
-                    Err(RecvError::Closed) if out.is_empty() => return None,
-                    Err(RecvError::Closed) => break,
+        move |(first, mut rx, inv, shutdown)| {
+            let profiles = profiles.clone();
+            async move {
+                if let Some(ready) = first {
+                    return Some((Ok::<_, Infallible>(ready), (None, rx, inv, shutdown)));
                 }
+                let mut out = String::new();
+                let mut batch_ends = None;
+                loop {
+                    let wait = match batch_ends {
+                        Some(end) => tokio::time::sleep_until(end),
+                        None => tokio::time::sleep(EVENT_KEEPALIVE),
+                    };
+                    let got = tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = wait => {
+                            if out.is_empty() {
+                                out.push_str(":\n\n");
+                            }
+                            break;
+                        }
+                        r = rx.recv() => r,
+                    };
+                    match got {
+                        Ok(t) if only.is_some_and(|m| m != t.mac) => {}
+                        Ok(t) => {
+                            out.push_str(&sse_event("transition", &t));
+                            batch_ends.get_or_insert(tokio::time::Instant::now() + EVENT_BATCH);
+                        }
+                        Err(RecvError::Lagged(missed)) => {
+                            // What was gathered is older than the snapshot: send the snapshot.
+                            let machines = listed(&inv, &profiles, &Filter::default());
+                            out = sse_event(
+                                "resync",
+                                &json!({ "missed": missed, "machines": machines }),
+                            );
+                            break;
+                        }
+                        Err(RecvError::Closed) if out.is_empty() => return None,
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+                Some((Ok(out), (None, rx, inv, shutdown)))
             }
-            Some((Ok(out), (None, rx, inv, shutdown)))
         },
     );
     let mut resp = axum::body::Body::from_stream(stream).into_response();

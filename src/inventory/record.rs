@@ -257,6 +257,7 @@ impl Record {
             provisioned_at: self.provisioned_at,
             wake: self.wake.clone(),
             power: None,
+            bmc: false,
         }
     }
 }
@@ -307,6 +308,10 @@ pub struct Summary {
     /// What its BMC last said about its power (machines with a BMC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<PowerReading>,
+    /// Whether it has a BMC setting (its wake and power go through the BMC); filled by the
+    /// API from the profiles.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bmc: bool,
 }
 
 /// What a machine's BMC last said about its power: read at `[bmc] poll_interval` and after

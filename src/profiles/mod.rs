@@ -296,6 +296,14 @@ impl ProfileSet {
         Some(bmc_endpoint(settings, profile, machine, timeout))
     }
 
+    /// Whether `mac` has a BMC setting (its own or its profile's), usable or not: no file is
+    /// read.
+    pub fn has_bmc(&self, mac: MacAddr) -> bool {
+        self.machines
+            .get(&mac)
+            .is_some_and(|m| m.bmc.is_some() || self.profiles[m.profile].bmc.is_some())
+    }
+
     /// A profile by name.
     pub fn profile(&self, name: &str) -> Option<&Profile> {
         self.profiles.iter().find(|p| p.name == name)
