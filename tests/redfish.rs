@@ -668,6 +668,24 @@ fn kindling_power_through_the_api() {
         "{posted:?}"
     );
     assert_eq!(posted[1], "POST {\"ResetType\":\"On\"}");
+    // On now: `cycle` restarts it, `graceful-off` asks the OS to shut down.
+    for (action, reset) in [
+        ("cycle", "ForceRestart"),
+        ("graceful-off", "GracefulShutdown"),
+    ] {
+        let (code, out, err) = power(&[action, "52:54:00:bb:00:00"]);
+        assert_eq!(code, Some(0), "{action}: {out}{err}");
+        let last = rec
+            .seen()
+            .into_iter()
+            .rfind(|r| r.method == "POST")
+            .unwrap();
+        assert_eq!(
+            last.body,
+            format!("{{\"ResetType\":\"{reset}\"}}"),
+            "{action}"
+        );
+    }
 
     // A group: the wrong password and the missing system are reported, the first goes on.
     let (code, out, err) = power(&[
