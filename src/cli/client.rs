@@ -2,7 +2,6 @@
 //! `kindling wake`. Plain HTTP to the daemon's API (`--url`, `KINDLING_URL`), with the bearer
 //! token from `--token`/`KINDLING_TOKEN` or `--token-file`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
@@ -117,50 +116,20 @@ impl Client {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// `POST /api/v1/wake`: the answer (`woken`, `failed`).
-    pub async fn wake(
+    /// A group call (`POST /api/v1/wake`, `/api/v1/power` with `action`): the answer (`woken`
+    /// or `done`, and `failed`).
+    pub async fn group(
         &self,
-        macs: &[String],
-        profile: Option<&str>,
-        labels: &BTreeMap<String, String>,
-        stagger_ms: u64,
-        concurrency: Option<usize>,
+        path: &str,
+        action: Option<&str>,
+        group: &serde_json::Value,
     ) -> Result<serde_json::Value, ClientError> {
-        let body = serde_json::json!({
-            "macs": macs,
-            "profile": profile,
-            "labels": labels,
-            "stagger_ms": stagger_ms,
-            "concurrency": concurrency,
-        });
+        let mut body = group.clone();
+        if let Some(a) = action {
+            body["action"] = serde_json::json!(a);
+        }
         let r = self
-            .request(reqwest::Method::POST, "/api/v1/wake")
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string());
-        self.json(r).await
-    }
-
-    /// `POST /api/v1/power`: an action (or `status`) for a group; the answer (`done`,
-    /// `failed`).
-    pub async fn power(
-        &self,
-        action: &str,
-        macs: &[String],
-        profile: Option<&str>,
-        labels: &BTreeMap<String, String>,
-        stagger_ms: u64,
-        concurrency: Option<usize>,
-    ) -> Result<serde_json::Value, ClientError> {
-        let body = serde_json::json!({
-            "action": action,
-            "macs": macs,
-            "profile": profile,
-            "labels": labels,
-            "stagger_ms": stagger_ms,
-            "concurrency": concurrency,
-        });
-        let r = self
-            .request(reqwest::Method::POST, "/api/v1/power")
+            .request(reqwest::Method::POST, path)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
         self.json(r).await
@@ -359,6 +328,7 @@ fn power_cell(p: &crate::inventory::PowerReading, now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn sse_events_split_across_chunks() {

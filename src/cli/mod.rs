@@ -120,20 +120,8 @@ enum Command {
     Wake {
         #[command(flatten)]
         api: ApiArgs,
-        /// MAC addresses.
-        macs: Vec<MacAddr>,
-        /// Every machine of this profile.
-        #[arg(long)]
-        profile: Option<String>,
-        /// Only machines with this label (key=value; repeatable).
-        #[arg(long = "label", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Pause between machines, in milliseconds (power-on inrush), at most 5000.
-        #[arg(long, default_value_t = 0)]
-        stagger_ms: u64,
-        /// Machines being woken at once at most (BMC calls take seconds); default 8.
-        #[arg(long)]
-        concurrency: Option<usize>,
+        #[command(flatten)]
+        group: GroupArgs,
     },
     /// Power machines through their BMCs (Redfish): on, off, graceful-off, cycle, status,
     /// pxe-once (a one-time network boot), pxe-boot (pxe-once, then on or a restart); by MAC,
@@ -144,20 +132,8 @@ enum Command {
         /// on | off | graceful-off | cycle | status | pxe-once | pxe-boot
         #[arg(value_parser = ["on", "off", "graceful-off", "cycle", "status", "pxe-once", "pxe-boot"])]
         action: String,
-        /// MAC addresses.
-        macs: Vec<MacAddr>,
-        /// Every machine of this profile.
-        #[arg(long)]
-        profile: Option<String>,
-        /// Only machines with this label (key=value; repeatable).
-        #[arg(long = "label", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Pause between machines, in milliseconds (power-on inrush), at most 5000.
-        #[arg(long, default_value_t = 0)]
-        stagger_ms: u64,
-        /// Machines handled at once at most (BMC calls take seconds); default 8.
-        #[arg(long)]
-        concurrency: Option<usize>,
+        #[command(flatten)]
+        group: GroupArgs,
     },
     /// Install machines again: their next boot serves their profile's install once; with
     /// --power-cycle their BMCs boot them into it now.
@@ -171,6 +147,25 @@ enum Command {
         #[arg(long)]
         power_cycle: bool,
     },
+}
+
+/// The machines a group command names, and its pace.
+#[derive(clap::Args)]
+pub(crate) struct GroupArgs {
+    /// MAC addresses.
+    pub(crate) macs: Vec<MacAddr>,
+    /// Every machine of this profile.
+    #[arg(long)]
+    pub(crate) profile: Option<String>,
+    /// Only machines with this label (key=value; repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub(crate) labels: Vec<(String, String)>,
+    /// Pause between machines, in milliseconds (power-on inrush), at most 5000.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) stagger_ms: u64,
+    /// Machines handled at once at most (BMC calls take seconds); default 8.
+    #[arg(long)]
+    pub(crate) concurrency: Option<usize>,
 }
 
 /// Where the API is and the token for it.
@@ -260,33 +255,8 @@ pub fn main() -> ExitCode {
             json,
         } => remote::machines(&api, state, profile, json),
         Command::Watch { api, mac, json } => remote::watch(&api, mac, json),
-        Command::Wake {
-            api,
-            macs,
-            profile,
-            labels,
-            stagger_ms,
-            concurrency,
-        } => remote::wake(&api, macs, profile, labels, stagger_ms, concurrency),
-        Command::Power {
-            api,
-            action,
-            macs,
-            profile,
-            labels,
-            stagger_ms,
-            concurrency,
-        } => remote::power(
-            &api,
-            &action,
-            remote::Group {
-                macs,
-                profile,
-                labels,
-                stagger_ms,
-                concurrency,
-            },
-        ),
+        Command::Wake { api, group } => remote::wake(&api, group),
+        Command::Power { api, action, group } => remote::power(&api, &action, group),
         Command::Reinstall {
             api,
             macs,

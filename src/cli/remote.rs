@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use super::client::{Client, ClientError};
-use super::{ApiArgs, EXIT_CONFIG};
+use super::{ApiArgs, EXIT_CONFIG, GroupArgs};
 use crate::mac::MacAddr;
 
 /// `kindling machines`: the table (or JSON) of machines.
@@ -38,25 +38,13 @@ pub(super) fn watch(api: &ApiArgs, mac: Option<MacAddr>, json: bool) -> ExitCode
     })
 }
 
-/// `kindling wake`: magic packets to a list, a profile or labels.
-pub(super) fn wake(
-    api: &ApiArgs,
-    macs: Vec<MacAddr>,
-    profile: Option<String>,
-    labels: Vec<(String, String)>,
-    stagger_ms: u64,
-    concurrency: Option<usize>,
-) -> ExitCode {
-    if macs.is_empty() && profile.is_none() && labels.is_empty() {
-        eprintln!("kindling wake: name MACs, --profile or --label");
+/// `kindling wake`: magic packets (or the BMC) to a list, a profile or labels.
+pub(super) fn wake(api: &ApiArgs, group: GroupArgs) -> ExitCode {
+    if group.names_none("wake") {
         return ExitCode::from(EXIT_CONFIG);
     }
     client_command(api, |c| async move {
-        let macs: Vec<String> = macs.iter().map(ToString::to_string).collect();
-        let labels = labels.into_iter().collect();
-        let v = c
-            .wake(&macs, profile.as_deref(), &labels, stagger_ms, concurrency)
-            .await?;
+        let v = c.group("/api/v1/wake", None, &group.body()).await?;
         for w in v["woken"].as_array().into_iter().flatten() {
             let how = match w["sent"]["method"].as_str() {
                 Some("bmc") => format!(
@@ -72,36 +60,44 @@ pub(super) fn wake(
     })
 }
 
-/// The machines a group command names, and its pace.
-pub(super) struct Group {
-    pub(super) macs: Vec<MacAddr>,
-    pub(super) profile: Option<String>,
-    pub(super) labels: Vec<(String, String)>,
-    pub(super) stagger_ms: u64,
-    pub(super) concurrency: Option<usize>,
+impl GroupArgs {
+    /// Whether it names no machine (said on stderr for `command`).
+    fn names_none(&self, command: &str) -> bool {
+        let none = self.macs.is_empty() && self.profile.is_none() && self.labels.is_empty();
+        if none {
+            eprintln!("kindling {command}: name MACs, --profile or --label");
+        }
+        none
+    }
+
+    /// The group in a request body.
+    fn body(&self) -> serde_json::Value {
+        let labels: std::collections::BTreeMap<&str, &str> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        serde_json::json!({
+            "macs": self.macs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "profile": self.profile,
+            "labels": labels,
+            "stagger_ms": self.stagger_ms,
+            "concurrency": self.concurrency,
+        })
+    }
 }
 
 /// `kindling power ACTION MAC... [--profile P] [--label k=v]`: one line per machine (its power
 /// state and boot override after the action); a machine whose BMC failed is named with the
 /// error, and the others go on.
-pub(super) fn power(api: &ApiArgs, action: &str, group: Group) -> ExitCode {
-    if group.macs.is_empty() && group.profile.is_none() && group.labels.is_empty() {
-        eprintln!("kindling power: name MACs, --profile or --label");
+pub(super) fn power(api: &ApiArgs, action: &str, group: GroupArgs) -> ExitCode {
+    if group.names_none("power") {
         return ExitCode::from(EXIT_CONFIG);
     }
     let action = action.to_string();
     client_command(api, |c| async move {
-        let macs: Vec<String> = group.macs.iter().map(ToString::to_string).collect();
-        let labels = group.labels.into_iter().collect();
         let v = c
-            .power(
-                &action,
-                &macs,
-                group.profile.as_deref(),
-                &labels,
-                group.stagger_ms,
-                group.concurrency,
-            )
+            .group("/api/v1/power", Some(&action), &group.body())
             .await?;
         for d in v["done"].as_array().into_iter().flatten() {
             println!(

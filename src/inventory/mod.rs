@@ -467,28 +467,26 @@ impl Inventory {
 
     /// `mac`'s BMC (`bmc`) read its power state as `state` just now.
     pub fn power_read(&self, mac: MacAddr, bmc: &str, state: &str) {
-        let now = Stamp(self.now());
-        let mut inner = self.lock();
-        let r = inner.power.entry(mac).or_insert_with(|| PowerReading {
-            bmc: bmc.to_string(),
-            state: None,
-            read_at: None,
-            error: None,
-            error_at: None,
+        self.power_update(mac, bmc, |r, now| {
+            if r.state.as_deref() != Some(state) {
+                r.state = Some(state.to_string());
+            }
+            r.read_at = Some(now);
+            r.error = None;
+            r.error_at = None;
         });
-        if r.bmc != bmc {
-            r.bmc = bmc.to_string();
-        }
-        if r.state.as_deref() != Some(state) {
-            r.state = Some(state.to_string());
-        }
-        r.read_at = Some(now);
-        r.error = None;
-        r.error_at = None;
     }
 
     /// A call to `mac`'s BMC (`bmc`) failed with `error`: kept with the last good reading.
     pub fn power_failed(&self, mac: MacAddr, bmc: &str, error: String) {
+        self.power_update(mac, bmc, |r, now| {
+            r.error = Some(error);
+            r.error_at = Some(now);
+        });
+    }
+
+    /// `update` the power reading of `mac` (made for BMC `bmc` if it has none) at now.
+    fn power_update(&self, mac: MacAddr, bmc: &str, update: impl FnOnce(&mut PowerReading, Stamp)) {
         let now = Stamp(self.now());
         let mut inner = self.lock();
         let r = inner.power.entry(mac).or_insert_with(|| PowerReading {
@@ -501,8 +499,7 @@ impl Inventory {
         if r.bmc != bmc {
             r.bmc = bmc.to_string();
         }
-        r.error = Some(error);
-        r.error_at = Some(now);
+        update(r, now);
     }
 
     /// One machine as [`Inventory::list`] shows it.
