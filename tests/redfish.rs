@@ -1189,3 +1189,100 @@ async fn sessions_where_the_bmc_offers_them() {
         "{err}"
     );
 }
+
+/// The dashboard with BMCs: a machine with one can be woken without Wake-on-LAN, its page
+/// shows what its BMC last said, and "Reinstall now (BMC)" boots it into the install through
+/// the BMC (a machine without a BMC has neither).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
+    let test = "the_dashboard_shows_power_and_reinstalls_now_through_the_bmc";
+    if skip(test) {
+        return;
+    }
+    if let Some(why) = common::browser::missing() {
+        eprintln!("SKIP {test}: {why}");
+        return;
+    }
+    let emu = Emulator::start(1, None);
+    let rec = Recorder::start(emu.url(None)).await;
+    let dir = daemon_dir_polling("5s");
+    let root = dir.path();
+    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
+    write(
+        root,
+        "profiles/rack.toml",
+        &format!(
+            "[boot]\nkernel = \"vmlinuz\"\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:00\"\nhostname = \"bmc-node\"\n\
+             bmc = {{ redfish = \"http://{}/redfish/v1/Systems/{}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:05\"\nhostname = \"wol-node\"\n",
+            rec.addr,
+            uuid(0)
+        ),
+    );
+    let d = Daemon::start(&root.join("kindling.toml"));
+    let b = common::browser::Browser::start(1280, 800).await;
+    b.client.goto(&d.url("/ui")).await.unwrap();
+    b.until(
+        10,
+        "document.querySelectorAll('#fleet tbody tr').length === 2",
+        "document.querySelector('#fleet tbody').innerText",
+    )
+    .await;
+    // Wake-on-LAN is off here: only the machine with a BMC offers Wake.
+    let wake_hidden = |mac: &str| {
+        format!(
+            "return document.querySelector('#fleet tr[data-mac=\"{mac}\"] [data-action=\"wake\"]').hidden"
+        )
+    };
+    assert_eq!(b.js(&wake_hidden("52:54:00:bb:00:00")).await, false);
+    assert_eq!(b.js(&wake_hidden("52:54:00:bb:00:05")).await, true);
+
+    b.client
+        .goto(&d.url("/ui#/m/52:54:00:bb:00:05"))
+        .await
+        .unwrap();
+    b.until(
+        10,
+        "document.getElementById('m-title').textContent.includes('wol-node')",
+        "document.getElementById('m-title').textContent",
+    )
+    .await;
+    let now_hidden =
+        "return document.querySelector('#m-actions [data-action=\"reinstall-now\"]').hidden";
+    assert_eq!(b.js(now_hidden).await, true);
+
+    b.client
+        .goto(&d.url("/ui#/m/52:54:00:bb:00:00"))
+        .await
+        .unwrap();
+    // The first poll ran at start; the page shows its reading.
+    b.until(
+        15,
+        "document.getElementById('m-facts').innerText.includes('power (BMC)') && document.getElementById('m-facts').innerText.includes('off, read')",
+        "document.getElementById('m-facts').innerText",
+    )
+    .await;
+    assert_eq!(b.js(now_hidden).await, false);
+    b.type_into("#token", "op").await;
+    b.click("#token-use").await;
+    b.click("#m-actions [data-action=\"reinstall-now\"]").await;
+    b.until(
+        15,
+        "document.getElementById('action-result-text').textContent === 'booted into the install through its BMC: 52:54:00:bb:00:00'",
+        "document.getElementById('action-result-text').textContent",
+    )
+    .await;
+    let sent: Vec<String> = rec
+        .seen()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.body))
+        .collect();
+    assert!(
+        sent.len() == 2 && sent[0].contains("\"Once\"") && sent[1].contains("\"On\""),
+        "{sent:?}"
+    );
+    b.close().await;
+    drop(d);
+}
