@@ -178,7 +178,7 @@ impl Power {
         let client = match Bmc::new(endpoint) {
             Ok(c) => c.with_metrics(self.metrics.clone()),
             Err(e) => {
-                self.inventory.power_failed(mac, &url, e.to_string());
+                self.failed(mac, &url, &e);
                 return Err(e.into());
             }
         };
@@ -195,15 +195,25 @@ impl Power {
     ) -> Result<T, PowerError> {
         match got {
             Ok(v) => {
-                if let Some(s) = state(&v) {
-                    self.inventory.power_read(mac, bmc.url(), s.as_str());
+                if let Some(s) = state(&v)
+                    && self.inventory.power_read(mac, bmc.url(), s.as_str())
+                {
+                    tracing::info!(%mac, bmc = %bmc.url(), power = %s.as_str(), "BMC answers again");
                 }
                 Ok(v)
             }
             Err(e) => {
-                self.inventory.power_failed(mac, bmc.url(), e.to_string());
+                self.failed(mac, bmc.url(), &e);
                 Err(e.into())
             }
+        }
+    }
+
+    /// Record a failed call on `mac`; logged when it is news (not every poll of a BMC that
+    /// stays down).
+    fn failed(&self, mac: MacAddr, bmc: &str, e: &BmcError) {
+        if self.inventory.power_failed(mac, bmc, e.to_string()) {
+            tracing::warn!(%mac, %bmc, error = %e, "BMC call failed (recorded on the machine; logged again when it changes)");
         }
     }
 

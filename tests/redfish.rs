@@ -983,6 +983,13 @@ fn power_is_polled_into_the_inventory_with_errors_and_metrics() {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()
     };
     assert_eq!(one["power"]["state"], "on", "{one}");
+    // Polled more than once by now: a BMC that keeps failing the same way is logged once.
+    let warned = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("BMC call failed") && l.contains("52:54:00:bb:00:01"))
+        .count();
+    assert_eq!(warned, 1, "{}", d.log_text());
 
     // The CLI table.
     let out = Command::new(env!("CARGO_BIN_EXE_kindling"))

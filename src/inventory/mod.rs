@@ -465,28 +465,37 @@ impl Inventory {
             .collect()
     }
 
-    /// `mac`'s BMC (`bmc`) read its power state as `state` just now.
-    pub fn power_read(&self, mac: MacAddr, bmc: &str, state: &str) {
+    /// `mac`'s BMC (`bmc`) read its power state as `state` just now; whether the last call
+    /// before had failed (it answers again).
+    pub fn power_read(&self, mac: MacAddr, bmc: &str, state: &str) -> bool {
         self.power_update(mac, bmc, |r, now| {
             if r.state.as_deref() != Some(state) {
                 r.state = Some(state.to_string());
             }
             r.read_at = Some(now);
-            r.error = None;
             r.error_at = None;
-        });
+            r.error.take().is_some()
+        })
     }
 
     /// A call to `mac`'s BMC (`bmc`) failed with `error`: kept with the last good reading.
-    pub fn power_failed(&self, mac: MacAddr, bmc: &str, error: String) {
+    /// Whether this is news (the last call before did not fail the same way).
+    pub fn power_failed(&self, mac: MacAddr, bmc: &str, error: String) -> bool {
         self.power_update(mac, bmc, |r, now| {
+            let news = r.error.as_deref() != Some(error.as_str());
             r.error = Some(error);
             r.error_at = Some(now);
-        });
+            news
+        })
     }
 
     /// `update` the power reading of `mac` (made for BMC `bmc` if it has none) at now.
-    fn power_update(&self, mac: MacAddr, bmc: &str, update: impl FnOnce(&mut PowerReading, Stamp)) {
+    fn power_update<T>(
+        &self,
+        mac: MacAddr,
+        bmc: &str,
+        update: impl FnOnce(&mut PowerReading, Stamp) -> T,
+    ) -> T {
         let now = Stamp(self.now());
         let mut inner = self.lock();
         let r = inner.power.entry(mac).or_insert_with(|| PowerReading {
@@ -499,7 +508,7 @@ impl Inventory {
         if r.bmc != bmc {
             r.bmc = bmc.to_string();
         }
-        update(r, now);
+        update(r, now)
     }
 
     /// One machine as [`Inventory::list`] shows it.
