@@ -49,12 +49,21 @@ fn setup() -> &'static Setup {
         ));
         let inventory = Arc::new(Inventory::with_bus(Default::default(), None, bus));
         inventory.sync_profiles(&live.current());
+        let metrics = Metrics::new();
+        // No profile names a BMC here: power calls answer 409 without a network call.
+        let power = Arc::new(kindling::power::Power::new(
+            config.bmc.clone(),
+            live.clone(),
+            inventory.clone(),
+            metrics.clone(),
+        ));
         let state = HttpState::from(HttpShared {
+            power,
             config: Arc::new(config),
             base_url: "http://10.0.0.2:8080".into(),
             profiles: live,
             inventory,
-            metrics: Metrics::new(),
+            metrics,
             waker: None,
             health: Default::default(),
             // No token: every mutating call is refused, as for anyone without one.
