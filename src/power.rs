@@ -19,6 +19,9 @@ use crate::mac::MacAddr;
 use crate::metrics::Metrics;
 use crate::profiles::watch::Live;
 
+/// The `bmc` of a power reading whose BMC setting cannot be used.
+const UNUSABLE: &str = "(setting unusable)";
+
 /// Why a power call could not be made or did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum PowerError {
@@ -164,7 +167,10 @@ impl Power {
                     "{mac} has no BMC: give its [[machine]] entry (or its profile) bmc = {{ redfish = \"https://…\", user = \"…\", password_file = \"…\" }}"
                 )));
             }
-            Some(Err(e)) => return Err(PowerError::NoBmc(e)),
+            Some(Err(e)) => {
+                self.failed(mac, UNUSABLE, &e);
+                return Err(PowerError::NoBmc(e));
+            }
             Some(Ok(ep)) => ep,
         };
         let key = Key::of(&endpoint);
@@ -211,8 +217,9 @@ impl Power {
 
     /// Record a failed call on `mac`; logged when it is news (not every poll of a BMC that
     /// stays down).
-    fn failed(&self, mac: MacAddr, bmc: &str, e: &BmcError) {
-        if self.inventory.power_failed(mac, bmc, e.to_string()) {
+    fn failed(&self, mac: MacAddr, bmc: &str, e: &dyn std::fmt::Display) {
+        let e = e.to_string();
+        if self.inventory.power_failed(mac, bmc, e.clone()) {
             tracing::warn!(%mac, %bmc, error = %e, "BMC call failed (recorded on the machine; logged again when it changes)");
         }
     }
@@ -259,14 +266,25 @@ impl Power {
             let set = self.profiles.current();
             let mut keys = HashSet::new();
             let mut macs = Vec::new();
+            let mut unusable = HashSet::new();
             for mac in set.machines.keys() {
-                if let Some(Ok(ep)) = set.bmc(*mac, self.settings.timeout) {
-                    keys.insert(Key::of(&ep));
-                    macs.push(*mac);
+                match set.bmc(*mac, self.settings.timeout) {
+                    Some(Ok(ep)) => {
+                        keys.insert(Key::of(&ep));
+                        macs.push(*mac);
+                    }
+                    // A setting that cannot be used (its password file is gone, its URL does
+                    // not render): the machine shows why.
+                    Some(Err(e)) => {
+                        self.failed(*mac, UNUSABLE, &e);
+                        unusable.insert(*mac);
+                    }
+                    None => {}
                 }
             }
             drop(set);
-            self.inventory.power_retain(&macs.iter().copied().collect());
+            unusable.extend(macs.iter().copied());
+            self.inventory.power_retain(&unusable);
             let round = futures_util::stream::iter(macs).for_each_concurrent(
                 self.settings.poll_concurrency,
                 |mac| {

@@ -905,7 +905,9 @@ fn power_is_polled_into_the_inventory_with_errors_and_metrics() {
              [[machine]]\nmac = \"52:54:00:bb:00:01\"\n\
              bmc = {{ redfish = \"{}\", user = \"{USER}\", password_file = \"secrets/wrong\" }}\n\
              [[machine]]\nmac = \"52:54:00:bb:00:03\"\n\
-             bmc = {{ redfish = \"http://{closed}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n",
+             bmc = {{ redfish = \"http://{closed}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n\
+             [[machine]]\nmac = \"52:54:00:bb:00:04\"\n\
+             bmc = {{ redfish = \"http://{closed}\", user = \"{USER}\", password_file = \"secrets/gone\" }}\n",
             emu.url(Some(0)),
             emu.url(Some(1)),
         ),
@@ -920,6 +922,7 @@ fn power_is_polled_into_the_inventory_with_errors_and_metrics() {
             "52:54:00:bb:00:00",
             "52:54:00:bb:00:01",
             "52:54:00:bb:00:03",
+            "52:54:00:bb:00:04",
         ]
         .iter()
         .all(|m| !power_of(&list, m).is_null());
@@ -958,6 +961,15 @@ fn power_is_polled_into_the_inventory_with_errors_and_metrics() {
             .as_str()
             .is_some_and(|e| e.contains(&closed.to_string())),
         "{down}"
+    );
+
+    // A setting that cannot be used (its password file is missing) says so on the machine.
+    let unusable = power_of(&list, "52:54:00:bb:00:04");
+    assert!(
+        unusable["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bmc.password_file") && e.contains("secrets/gone")),
+        "{unusable}"
     );
 
     // Powered on behind Kindling's back: the next poll sees it.
