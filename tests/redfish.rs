@@ -822,9 +822,19 @@ fn a_group_wake_through_bmcs_keeps_its_concurrency_and_stagger() {
         (2..=3).contains(&max),
         "at most 3 requests at once, saw {max}"
     );
-    // Staggered by 100 ms (now on: restarted into PXE).
+    // Staggered by 100 ms. The fake driver applies a power change 1 to 11 s later: once the
+    // first system is on, it is restarted into PXE.
+    rt.block_on(until_power(
+        &Bmc::new(endpoint(&emu.url(Some(0)), PASSWORD)).unwrap(),
+        PowerState::On,
+    ));
     let (took, seen, _) = wake("100", "8");
-    assert!(seen.iter().any(|r| r.body.contains("ForceRestart")));
+    let first = format!("/redfish/v1/Systems/{}", uuid(0));
+    assert!(
+        seen.iter()
+            .any(|r| r.path.starts_with(&first) && r.body.contains("ForceRestart")),
+        "{seen:?}"
+    );
     // The i-th system's first request comes no earlier than i × 100 ms after the first's
     // (less a little for the proxy's own scheduling).
     let mut firsts: Vec<Instant> = (0..N)
