@@ -297,10 +297,13 @@ fn daemon_dir() -> tempfile::TempDir {
     daemon_dir_polling("0s")
 }
 
-/// [`daemon_dir`], reading every BMC each `poll`.
+/// [`daemon_dir`], reading every BMC each `poll`. Profiles find the BMCs' password as
+/// `secrets/bmc`, and a wrong one as `secrets/wrong`.
 fn daemon_dir_polling(poll: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
+    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
+    write(root, "profiles/secrets/wrong", "nope\n");
     write(
         root,
         "kindling.toml",
@@ -310,6 +313,21 @@ fn daemon_dir_polling(poll: &str) -> tempfile::TempDir {
         ),
     );
     dir
+}
+
+/// `kindling COMMAND --url <d> --token op ARGS...`: its exit code, stdout and stderr.
+fn cli(d: &Daemon, command: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
+        .arg(command)
+        .args(["--url", &d.url(""), "--token", "op"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn endpoint(url: &str, password: &str) -> Endpoint {
@@ -605,8 +623,6 @@ fn kindling_power_through_the_api() {
     let rec = rt.block_on(Recorder::start(emu.url(None)));
     let dir = daemon_dir();
     let root = dir.path();
-    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
-    write(root, "profiles/secrets/wrong", "nope\n");
     write(
         root,
         "profiles/rack.toml",
@@ -625,19 +641,7 @@ fn kindling_power_through_the_api() {
     );
     // The third machine's BMC (a system the emulator does not have) answers 404.
     let d = Daemon::start(&root.join("kindling.toml"));
-    let power = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
-            .arg("power")
-            .args(["--url", &d.url(""), "--token", "op"])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let power = |args: &[&str]| cli(&d, "power", args);
     let (code, out, err) = power(&["status", "52:54:00:bb:00:00"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.starts_with("52:54:00:bb:00:00  off"), "{out}");
@@ -903,8 +907,6 @@ fn power_is_polled_into_the_inventory_with_errors_and_metrics() {
         .unwrap();
     let dir = daemon_dir_polling("5s");
     let root = dir.path();
-    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
-    write(root, "profiles/secrets/wrong", "nope\n");
     write(
         root,
         "profiles/rack.toml",
@@ -1086,7 +1088,6 @@ fn reinstall_power_cycles_into_pxe_and_power_takes_a_profile() {
     let rec = rt.block_on(Recorder::start(emu.url(None)));
     let dir = daemon_dir();
     let root = dir.path();
-    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
     write(
         root,
         "profiles/rack.toml",
@@ -1101,17 +1102,8 @@ fn reinstall_power_cycles_into_pxe_and_power_takes_a_profile() {
     );
     let d = Daemon::start(&root.join("kindling.toml"));
     let kindling = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kindling"))
-            .arg(args[0])
-            .args(["--url", &d.url(""), "--token", "op"])
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let (code, out, err) = cli(&d, args[0], &args[1..]);
+        (code, out + &err)
     };
     let (code, out) = kindling(&["reinstall", "--power-cycle", "52:54:00:bb:00:00"]);
     assert_eq!(code, Some(0), "{out}");
@@ -1236,7 +1228,6 @@ async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
     let rec = Recorder::start(emu.url(None)).await;
     let dir = daemon_dir_polling("5s");
     let root = dir.path();
-    write(root, "profiles/secrets/bmc", &format!("{PASSWORD}\n"));
     write(
         root,
         "profiles/rack.toml",
