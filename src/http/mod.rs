@@ -36,10 +36,13 @@ use serde_json::json;
 use tower_http::services::ServeDir;
 
 use crate::config::{Config, ConfigAccess};
-use crate::inventory::{BootView, Inventory, plan};
+use crate::inventory::{
+    Ask, Asked, BootView, Decided, Inventory, NextBoot, Serve, ServeError, Served, mint_secret,
+    plan,
+};
 use crate::mac::MacAddr;
 use crate::profiles::watch::Live;
-use crate::profiles::{DocumentError, GrubVia, What};
+use crate::profiles::{DocumentError, GrubVia, Match, ProfileSet, What};
 
 /// What the HTTP handlers share: one pointer, cloned by every extractor and middleware of
 /// every request.
@@ -213,6 +216,13 @@ pub fn router(state: HttpState) -> Router {
             &grub,
             tower_http::services::ServeFile::new(&state.config.paths.grub),
         );
+    // The files machines fetch: each fetch is noted on the machine that made it (and only
+    // these requests pass through that).
+    let fetched = Router::new()
+        .merge(signed)
+        .nest_service("/assets", assets)
+        .nest_service("/boot", binaries)
+        .layer(middleware::from_fn_with_state(state.clone(), track_fetches));
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
         .route(
@@ -241,9 +251,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .merge(api::routes())
         .merge(ui::routes())
-        .merge(signed)
-        .nest_service("/assets", assets)
-        .nest_service("/boot", binaries)
+        .merge(fetched)
         .fallback(|req: Request| async move {
             if req.uri().path().starts_with("/api/") {
                 HttpError::api(
@@ -254,7 +262,6 @@ pub fn router(state: HttpState) -> Router {
                 HttpError::new(StatusCode::NOT_FOUND, "no such endpoint")
             }
         })
-        .layer(middleware::from_fn_with_state(state.clone(), track_fetches))
         .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }
@@ -379,43 +386,67 @@ async fn machine_doc(
     let mac = facts.mac;
     // The secret is a credential, not a label.
     let token = facts.labels.remove("token");
-    let access = st.inventory.access(
-        mac,
-        peer,
-        token.as_deref(),
-        st.config.dhcp.mode,
-        what.is_boot_script(),
-    );
-    let allowed = match (st.config.http.config_access, &what) {
-        (ConfigAccess::Open, _) => true,
-        // The boot script (and the secret in it) goes only to the machine itself.
-        (_, What::Ipxe | What::Grub(_)) => access.from_machine,
-        (ConfigAccess::TokenOrSource, _) => access.token_ok || access.from_machine,
-        (ConfigAccess::Token, _) => access.token_ok,
-    };
-    if !allowed {
-        tracing::warn!(%mac, peer = ?peer, served = %what.label(), "refused: not from the machine's address and without its boot secret");
-        return Err(HttpError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} of {mac}: only for the machine itself (its address, or its boot secret)",
-                what.label()
-            ),
-        )
-        .for_machine(mac, None));
-    }
-    // Only the machine's own requests change its record (with open access, every request
-    // counts as the machine's, as in Matchbox).
     let open = st.config.http.config_access == ConfigAccess::Open;
     let look_only = method == Method::HEAD && what.is_boot_script();
-    let own = (open || access.from_machine || access.token_ok) && !look_only;
-    let mut facts = if own {
-        st.inventory.observe_from(facts, peer)
-    } else {
-        st.inventory.recall(facts)
-    };
     let set = st.profiles.current();
-    let Some(m) = set.select(&facts) else {
+    let ask = Ask {
+        peer,
+        token: token.as_deref(),
+        dhcp: st.config.dhcp.mode,
+        boot_script: what.is_boot_script(),
+    };
+    // One look at the record: may it ask, is it the machine's own request (only those change
+    // its record; with open access every request counts as the machine's, as in Matchbox),
+    // its facts filled in, its profile, and what to serve it.
+    let asked = st.inventory.boot_request(
+        ask,
+        facts,
+        |access| {
+            let allowed = match (st.config.http.config_access, &what) {
+                (ConfigAccess::Open, _) => true,
+                // The boot script (and the secret in it) goes only to the machine itself.
+                (_, What::Ipxe | What::Grub(_)) => access.from_machine,
+                (ConfigAccess::TokenOrSource, _) => access.token_ok || access.from_machine,
+                (ConfigAccess::Token, _) => access.token_ok,
+            };
+            allowed.then_some((open || access.from_machine || access.token_ok) && !look_only)
+        },
+        |access, facts, view| {
+            let m = set.select(facts)?;
+            // The one-shot next boot is used up only by the machine's own boot script
+            // request; with instances sharing a store, only by the one whose claim there
+            // succeeds.
+            let may_use = (open || access.from_machine) && !look_only;
+            let decision = plan::serve(&set, m.profile, view, &what);
+            Some((m, decision, view.next_boot.clone(), may_use))
+        },
+        |d| {
+            d.as_ref().is_some_and(|(_, d, _, may_use)| {
+                *may_use && d.as_ref().is_ok_and(|s| s.uses_next_boot)
+            })
+        },
+    );
+    let Decided {
+        access,
+        mut facts,
+        own,
+        recorded,
+        decision,
+    } = match asked {
+        Asked::Decided(d) => d,
+        Asked::Refused(_) => {
+            tracing::warn!(%mac, peer = ?peer, served = %what.label(), "refused: not from the machine's address and without its boot secret");
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} of {mac}: only for the machine itself (its address, or its boot secret)",
+                    what.label()
+                ),
+            )
+            .for_machine(mac, None));
+        }
+    };
+    let Some((m, decision, taken, may_use)) = decision else {
         if own {
             st.inventory.no_profile(mac, &what.label());
         }
@@ -431,56 +462,24 @@ async fn machine_doc(
         )
         .for_machine(mac, None));
     };
-    // The one-shot next boot is used up only by the machine's own boot script request; with
-    // instances sharing a store, only by the one whose claim there succeeds.
-    let may_use = (open || access.from_machine) && !look_only;
-    let mut skip_next = false;
-    let mut tries = 0;
-    let (decision, taken) = loop {
-        let (decision, taken) = st.inventory.plan_boot(
-            mac,
-            |view| {
-                let without = BootView {
-                    next_boot: None,
-                    ..view.clone()
-                };
-                let view = if skip_next { &without } else { view };
-                (
-                    plan::serve(&set, m.profile, view, &what),
-                    view.next_boot.clone(),
-                )
-            },
-            |(d, _)| may_use && d.as_ref().is_ok_and(|s| s.uses_next_boot),
-        );
-        let used = may_use && decision.as_ref().is_ok_and(|s| s.uses_next_boot);
-        let Some(next) = taken.as_ref().filter(|_| used) else {
-            break (decision, taken);
-        };
-        tries += 1;
-        // Boxed: the shared store's claim is a large future, and rare.
-        match Box::pin(st.inventory.claim_next_boot(mac, next)).await {
-            Ok(true) => break (decision, taken),
-            Ok(false) if tries < CLAIM_TRIES => {}
-            Ok(false) => skip_next = true,
-            Err(e) => {
-                tracing::warn!(%mac, error = %e, "the next boot cannot be used up in the shared store: served without it; it stays set");
-                Box::pin(st.inventory.give_back(mac, next.clone(), false)).await;
-                skip_next = true;
-            }
-        }
+    let (decision, taken) = if may_use && decision.as_ref().is_ok_and(|s| s.uses_next_boot) {
+        use_next_boot(&st, mac, &set, &m, &what, decision, taken).await
+    } else {
+        (decision, taken)
     };
     let serve = decision.map_err(|e| {
         HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{mac} {e}"))
             .for_machine(mac, Some(&m.profile.name))
     })?;
-    facts.secret = if what.is_boot_script() && access.from_machine && !serve.local {
-        if look_only {
-            // As long as the secret the GET will mint.
-            Some("0".repeat(32))
-        } else {
-            // A new boot: a new secret, in every URL its script hands on.
-            st.inventory.begin_boot(mac, peer)
-        }
+    // A new boot: a new secret, in every URL its script hands on; kept with what was served,
+    // once the script rendered.
+    let begins = what.is_boot_script() && access.from_machine && !serve.local;
+    let secret = (begins && recorded && !look_only).then(mint_secret);
+    facts.secret = if begins && look_only {
+        // As long as the secret the GET will mint.
+        Some("0".repeat(32))
+    } else if secret.is_some() {
+        secret.clone()
     } else {
         access.secret.clone()
     };
@@ -515,13 +514,16 @@ async fn machine_doc(
         }
     };
     if !look_only {
-        st.inventory.served(
+        st.inventory.served_boot(
             mac,
-            name,
-            &serve.served,
-            serve.step,
-            serve.redirected.clone(),
-            what.transport(),
+            secret.map(|s| (s, peer)),
+            Served {
+                profile: name,
+                what: &serve.served,
+                step: serve.step,
+                booting_profile: serve.redirected.clone(),
+                source: what.transport(),
+            },
         );
     }
     tracing::debug!(%mac, profile = name, reason = %m.reason, "profile chosen");
@@ -538,6 +540,54 @@ async fn machine_doc(
         served: serve.served,
     });
     Ok(resp)
+}
+
+/// Use up the one-shot next boot that `decision` took off the record of `m`'s machine, in
+/// the shared store (when instances share one): plan again when another instance got it
+/// first or the operator changed it, and serve without it after [`CLAIM_TRIES`] or when the
+/// store fails (it then stays set).
+async fn use_next_boot<'a>(
+    st: &HttpState,
+    mac: MacAddr,
+    set: &'a ProfileSet,
+    m: &Match<'a>,
+    what: &What,
+    mut decision: Result<Serve<'a>, ServeError>,
+    mut taken: Option<NextBoot>,
+) -> (Result<Serve<'a>, ServeError>, Option<NextBoot>) {
+    let mut tries = 0;
+    loop {
+        let used = decision.as_ref().is_ok_and(|s| s.uses_next_boot);
+        let Some(next) = taken.as_ref().filter(|_| used) else {
+            return (decision, taken);
+        };
+        tries += 1;
+        // Boxed: the shared store's claim is a large future, and rare.
+        let skip_next = match Box::pin(st.inventory.claim_next_boot(mac, next)).await {
+            Ok(true) => return (decision, taken),
+            Ok(false) => tries >= CLAIM_TRIES,
+            Err(e) => {
+                tracing::warn!(%mac, error = %e, "the next boot cannot be used up in the shared store: served without it; it stays set");
+                Box::pin(st.inventory.give_back(mac, next.clone(), false)).await;
+                true
+            }
+        };
+        (decision, taken) = st.inventory.plan_boot(
+            mac,
+            |view| {
+                let without = BootView {
+                    next_boot: None,
+                    ..view.clone()
+                };
+                let view = if skip_next { &without } else { view };
+                (
+                    plan::serve(set, m.profile, view, what),
+                    view.next_boot.clone(),
+                )
+            },
+            |(d, _)| d.as_ref().is_ok_and(|s| s.uses_next_boot),
+        );
+    }
 }
 
 /// `/ipxe` of a machine no profile knows, with `[discovery]` on: it waits, shown as
@@ -651,51 +701,39 @@ async fn log_request(State(st): State<HttpState>, req: Request, next: Next) -> R
     use tracing::Instrument as _;
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+    // Cheap to keep (shared bytes): the path is formatted only into log lines that are on.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    // Routes, not raw paths, so a scan of made-up paths cannot grow the label set.
+    let endpoint = req.extensions().get::<MatchedPath>().cloned();
     let peer = peer_ipv4(req.extensions());
     // One span per request: what the handlers log carries the path and the client.
     let span = tracing::info_span!("http", %method, %path, peer = ?peer);
-    let resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
     let _in_request = span.enter();
     let status = resp.status().as_u16();
-    // Routes, not raw paths, so a scan of made-up paths cannot grow the label set.
-    let endpoint = match endpoint {
-        Some(e) => e,
-        None if path.starts_with("/assets/") => "/assets".to_string(),
-        None if path.starts_with("/boot/") => "/boot".to_string(),
-        None => "other".to_string(),
+    let endpoint = match &endpoint {
+        Some(e) => e.as_str(),
+        None if path.starts_with("/assets/") => "/assets",
+        None if path.starts_with("/boot/") => "/boot",
+        None => "other",
     };
-    st.metrics.http(&endpoint, status);
-    let outcome = resp
-        .extensions()
-        .get::<Outcome>()
-        .cloned()
-        .unwrap_or_else(|| Outcome {
-            served: if path.starts_with("/assets/") {
-                "asset".into()
-            } else if path.starts_with("/boot/") {
-                "ipxe-binary".into()
-            } else {
-                String::new()
-            },
-            ..Default::default()
-        });
-    let mac = outcome
-        .mac
-        .map_or_else(|| "-".to_string(), |m| m.to_string());
-    let profile = outcome.profile.as_deref().unwrap_or("-");
-    let bytes = resp.body().size_hint().exact().or_else(|| {
+    st.metrics.http(endpoint, status);
+    let outcome = resp.extensions_mut().remove::<Outcome>();
+    let (mac, profile, served) = match &outcome {
+        Some(o) => (o.mac, o.profile.as_deref(), o.served.as_str()),
+        None if path.starts_with("/assets/") => (None, None, "asset"),
+        None if path.starts_with("/boot/") => (None, None, "ipxe-binary"),
+        None => (None, None, ""),
+    };
+    let mac = Dash(mac);
+    let profile = profile.unwrap_or("-");
+    let bytes = Dash(resp.body().size_hint().exact().or_else(|| {
         resp.headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
-    });
-    let bytes = bytes.map_or_else(|| "-".to_string(), |b| b.to_string());
+    }));
     let ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-    let served = outcome.served;
     match status {
         500.. => {
             tracing::error!(%method, %path, status, %mac, %profile, %served, %bytes, ms, "http request")
@@ -708,6 +746,18 @@ async fn log_request(State(st): State<HttpState>, req: Request, next: Next) -> R
         }
     }
     resp
+}
+
+/// A value for a log field, or `-` without one (formatted only when the line is written).
+struct Dash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Dash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,19 +2,18 @@
 //! under the inventory's lock (record, state machine, history, transition), plus the sweeper
 //! that marks stalls and the follower that keeps declared machines in step with the profiles.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{BootView, Plan, plan};
-use super::record::merge;
+use super::plan::{Plan, plan};
 use super::store::{Claim, Remote, StoreError};
 use super::{
-    Access, AfterProvision, BootSecret, BootState, DhcpClient, DhcpSeen, HistoryEntry, Inventory,
-    NextBoot, Origin, Record, Step, Wake, WakeOutcome, is_ipxe_binary, push_history, state,
+    AfterProvision, BootState, DhcpClient, DhcpSeen, HistoryEntry, Inventory, NextBoot, Origin,
+    Record, Step, Wake, WakeOutcome, is_ipxe_binary, push_history, state,
 };
 use crate::events::ProfilesEvent;
 use crate::mac::MacAddr;
@@ -22,60 +21,11 @@ use crate::profiles::watch::Live;
 use crate::profiles::{Facts, ProfileSet};
 use crate::time_fmt::Stamp;
 
-/// Keys of the `/ipxe` request that are hardware facts (kept in the record).
-const HARDWARE_KEYS: &[&str] = &["serial", "manufacturer", "product", "memory"];
-
 impl Inventory {
     /// Merge what a request reports into the machine's record, and return the facts with
     /// gaps filled from what the machine reported before.
     pub fn observe(&self, facts: Facts) -> Facts {
         self.observe_from(facts, None)
-    }
-
-    /// [`Inventory::observe`], and remember that `peer` (the request's source address)
-    /// belongs to the machine: one lock for both. The record is marked for the writer only
-    /// when a fact it keeps changed.
-    pub fn observe_from(&self, mut facts: Facts, peer: Option<Ipv4Addr>) -> Facts {
-        let now = self.now();
-        let mac = facts.mac;
-        let mut inner = self.lock();
-        let origin = Origin::Network(peer.map(IpAddr::V4));
-        let Some(rec) = self.entry(&mut inner, mac, now, origin) else {
-            tracing::debug!(%mac, ?peer, "not recorded: too many new machines from this address");
-            return facts;
-        };
-        rec.last_seen = Stamp(now);
-        let mut changed = merge(&mut rec.uuid, &mut facts.uuid);
-        changed |= merge(&mut rec.arch, &mut facts.arch);
-        changed |= merge(&mut rec.platform, &mut facts.platform);
-        if rec.hostname.is_none() && facts.hostname.is_some() {
-            rec.hostname.clone_from(&facts.hostname);
-            changed = true;
-        }
-        for key in HARDWARE_KEYS {
-            if let Some(v) = facts.labels.get(*key)
-                && rec.hardware.get(*key) != Some(v)
-            {
-                rec.hardware.insert(key.to_string(), v.clone());
-                changed = true;
-            }
-        }
-        if let Some(ip) = peer
-            && rec.ip.is_none()
-        {
-            rec.ip = Some(ip);
-            changed = true;
-        }
-        if let Some(ip) = peer {
-            inner.by_ip.insert(ip, mac);
-        }
-        if changed {
-            inner.dirty.insert(mac);
-            inner.generation += 1;
-            drop(inner);
-            self.changed.notify_one();
-        }
-        facts
     }
 
     /// A DHCP message from `mac` (and what Kindling answered).
@@ -193,28 +143,6 @@ impl Inventory {
                 rec.last_served = Some(format!("http:{path}"));
             },
         );
-    }
-
-    /// `mac` was served `what` from `profile`; `step` is what that means for its boot.
-    pub fn served(
-        &self,
-        mac: MacAddr,
-        profile: &str,
-        what: &str,
-        step: Option<Step>,
-        booting_profile: Option<String>,
-        source: &'static str,
-    ) {
-        let event = format!("served {what} (profile {profile})");
-        self.apply_known(mac, source, event, step, |rec, _| {
-            if !rec.declared || rec.profile.is_none() {
-                rec.profile = Some(profile.to_string());
-            }
-            rec.last_served = Some(what.to_string());
-            if step == Some(Step::Script) || step == Some(Step::LocalBoot) {
-                rec.booting_profile = booting_profile;
-            }
-        });
     }
 
     /// `mac` asked for a profile and none matches: it is `discovered`.
@@ -366,35 +294,6 @@ impl Inventory {
         )
     }
 
-    /// Decide what `mac` is served with `decide` (a pure function of its record's boot
-    /// choices, [`super::plan::serve`]) and, when the decision `uses_next_boot`, take the
-    /// operator's one-shot choice off the record, all under one lock. [`Inventory::give_back`]
-    /// returns it when serving then fails.
-    pub fn plan_boot<T>(
-        &self,
-        mac: MacAddr,
-        decide: impl FnOnce(&BootView) -> T,
-        uses_next_boot: impl FnOnce(&T) -> bool,
-    ) -> T {
-        let mut inner = self.lock();
-        let Some(rec) = inner.machines.get_mut(&mac) else {
-            return decide(&BootView::default());
-        };
-        let view = BootView {
-            next_boot: rec.next_boot.clone(),
-            provisioned: rec.provisioned,
-            booting_profile: rec.booting_profile.clone(),
-        };
-        let decision = decide(&view);
-        if uses_next_boot(&decision) && rec.next_boot.take().is_some() {
-            inner.dirty.insert(mac);
-            inner.generation += 1;
-            drop(inner);
-            self.changed.notify_one();
-        }
-        decision
-    }
-
     /// Serving what [`Inventory::plan_boot`] decided failed: put the one-shot `next` back
     /// (in the shared store too, when it was claimed there), unless the operator chose
     /// something else meanwhile.
@@ -419,95 +318,6 @@ impl Inventory {
             drop(inner);
             self.changed.notify_one();
         }
-    }
-
-    /// What a request from `peer`, carrying `token`, may do for `mac`. It is the machine's
-    /// own when it comes from the address Kindling's DHCP gave the machine or saw it use.
-    /// Where Kindling's DHCP knows no address of the machine (DHCP off; proxy mode before the
-    /// machine talked to it from its address, as a UEFI HTTP boot client never does), from the
-    /// address its current boot's script went to, and, when `may_bind` (a boot script request)
-    /// and no boot is bound, from anywhere: the first such request binds the boot to its
-    /// address.
-    pub fn access(
-        &self,
-        mac: MacAddr,
-        peer: Option<Ipv4Addr>,
-        token: Option<&str>,
-        dhcp: crate::config::DhcpMode,
-        may_bind: bool,
-    ) -> Access {
-        let now = self.now();
-        let inner = self.lock();
-        let rec = inner.machines.get(&mac);
-        let dhcp_knows = match dhcp {
-            crate::config::DhcpMode::Full => true,
-            crate::config::DhcpMode::Proxy => rec.is_some_and(|r| r.dhcp_ip.is_some()),
-            crate::config::DhcpMode::Off => false,
-        };
-        let secret = rec.and_then(|r| r.secret.as_ref()).filter(|s| s.live(now));
-        let token_ok = match (token, secret) {
-            (Some(t), Some(s)) => same_secret(t, &s.token),
-            _ => false,
-        };
-        let from_machine = match (peer, rec) {
-            (None, _) => false,
-            (Some(p), Some(r)) if r.dhcp_ip == Some(p) => true,
-            (Some(p), _) if !dhcp_knows => match secret.and_then(|s| s.source) {
-                Some(bound) => bound == p,
-                None => may_bind,
-            },
-            _ => false,
-        };
-        let secret = (from_machine || token_ok)
-            .then(|| secret.map(|s| s.token.clone()))
-            .flatten();
-        Access {
-            from_machine,
-            token_ok,
-            secret,
-        }
-    }
-
-    /// A new boot of `mac` is being served its script at `peer`: mint its secret (the last
-    /// one stops counting) and return it.
-    pub fn begin_boot(&self, mac: MacAddr, peer: Option<Ipv4Addr>) -> Option<String> {
-        let mut bytes = [0u8; 16];
-        if let Err(e) = getrandom::fill(&mut bytes) {
-            tracing::error!(%mac, error = %e, "cannot draw a boot secret from the OS");
-            return None;
-        }
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let now = self.now();
-        let mut inner = self.lock();
-        let rec = inner.machines.get_mut(&mac)?;
-        rec.secret = Some(BootSecret {
-            token: token.clone(),
-            minted: Stamp(now),
-            source: peer,
-        });
-        inner.dirty.insert(mac);
-        inner.generation += 1;
-        drop(inner);
-        self.changed.notify_one();
-        Some(token)
-    }
-
-    /// `facts` with gaps filled from what the machine reported before, changing nothing: for
-    /// a request that is not the machine's own.
-    pub fn recall(&self, mut facts: Facts) -> Facts {
-        let inner = self.lock();
-        if let Some(rec) = inner.machines.get(&facts.mac) {
-            for (reported, stored) in [
-                (&mut facts.uuid, &rec.uuid),
-                (&mut facts.arch, &rec.arch),
-                (&mut facts.platform, &rec.platform),
-            ] {
-                if reported.is_none() {
-                    reported.clone_from(stored);
-                }
-            }
-        }
-        facts
     }
 
     /// Remember that `ip` belongs to `mac` (an HTTP request from `ip` named `mac`).
@@ -741,14 +551,4 @@ impl Inventory {
             }
         }
     }
-}
-
-/// Whether `given` is `secret`, compared without an early exit on the first difference.
-fn same_secret(given: &str, secret: &str) -> bool {
-    given.len() == secret.len()
-        && given
-            .bytes()
-            .zip(secret.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }

@@ -23,6 +23,7 @@
 mod feed;
 pub mod plan;
 mod record;
+mod request;
 pub mod store;
 pub mod store_etcd;
 mod writer;
@@ -48,6 +49,7 @@ pub use record::{
     BootSecret, DhcpSeen, Filter, HistoryEntry, NextBoot, PowerReading, Record, Summary, Wake,
     WakeOutcome, is_ipxe_binary,
 };
+pub use request::{Ask, Asked, Decided, Served, mint_secret};
 
 /// Records kept at most by default (`[inventory] max_machines`); beyond, the least recently
 /// seen machine that no profile declares is forgotten, so a flood of made-up MACs cannot grow

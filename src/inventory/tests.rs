@@ -668,3 +668,100 @@ fn proxy_mode_binds_the_boot_until_it_saw_the_machines_address() {
             .from_machine
     );
 }
+
+/// A boot request's look changes the record (and wakes the writer) only when it reports
+/// something new or uses up the next boot; what it was served, with its new secret, is one
+/// more change: a repeated `/ipxe` of a known machine is one change, not five.
+#[test]
+fn a_boot_request_marks_the_record_only_for_what_changed() {
+    let inv = Inventory::default();
+    let m = mac(9);
+    let ip = Some(Ipv4Addr::new(10, 0, 0, 9));
+    let generation = || inv.lock().generation;
+    let ask = Ask {
+        peer: ip,
+        token: None,
+        dhcp: DhcpMode::Off,
+        boot_script: true,
+    };
+    let mut facts = Facts::from_mac(m);
+    facts.arch = Some("x86_64".into());
+    let look = |facts: Facts, next: bool| match inv.boot_request(
+        ask,
+        facts,
+        |a| Some(a.from_machine),
+        |_, f, view| (f.arch.clone(), view.next_boot.clone()),
+        |_| next,
+    ) {
+        Asked::Decided(d) => d,
+        Asked::Refused(a) => panic!("refused: {a:?}"),
+    };
+    let first = look(facts.clone(), false);
+    assert!(first.own && first.recorded && first.access.from_machine);
+    let after_first = generation();
+    assert!(after_first > 0, "a new record with new facts is a change");
+
+    // The same facts again: a look, no change.
+    inv.lock().dirty.clear();
+    let again = look(Facts::from_mac(m), false);
+    assert_eq!(
+        again.facts.arch.as_deref(),
+        Some("x86_64"),
+        "filled in from the record"
+    );
+    assert_eq!(generation(), after_first, "nothing changed, nothing marked");
+    assert!(inv.lock().dirty.is_empty());
+
+    // What went out, and the secret it began: one change.
+    let secret = mint_secret();
+    assert_eq!(secret.len(), 32);
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(secret, mint_secret());
+    let served = Served {
+        profile: "worker",
+        what: "ipxe",
+        step: Some(Step::Script),
+        booting_profile: None,
+        source: "http",
+    };
+    inv.served_boot(m, Some((secret.clone(), ip)), served);
+    assert_eq!(generation(), after_first + 1);
+    assert!(inv.lock().dirty.contains(&m));
+    let rec = inv.get(m).unwrap();
+    assert_eq!(
+        rec.secret.as_ref().map(|s| s.token.as_str()),
+        Some(secret.as_str())
+    );
+    assert_eq!(rec.last_served.as_deref(), Some("ipxe"));
+    assert!(
+        inv.access(
+            m,
+            Some(Ipv4Addr::new(10, 0, 0, 66)),
+            Some(&secret),
+            DhcpMode::Off,
+            false
+        )
+        .token_ok
+    );
+
+    // Using up the next boot is a change, made in the same look.
+    inv.set_next_boot(m, Some(NextBoot::Install), "test");
+    let before = generation();
+    let used = look(Facts::from_mac(m), true);
+    assert_eq!(used.decision.1, Some(NextBoot::Install));
+    assert_eq!(generation(), before + 1);
+    assert_eq!(inv.get(m).unwrap().next_boot, None);
+
+    // Refused: nothing at all.
+    let before = generation();
+    let refused = inv.boot_request(
+        ask,
+        Facts::from_mac(mac(10)),
+        |_| None,
+        |_, _, _| (),
+        |_| false,
+    );
+    assert!(matches!(refused, Asked::Refused(_)));
+    assert_eq!(generation(), before);
+    assert!(inv.get(mac(10)).is_none());
+}

@@ -199,8 +199,27 @@ pub struct Match<'a> {
     pub profile: &'a Profile,
     /// The machine's entry, if it has one (in whichever profile declares it).
     pub machine: Option<&'a Machine>,
-    /// Why this profile: for logs and `kindling render`.
-    pub reason: String,
+    /// Why this profile: for logs and `kindling render` (formatted only when shown).
+    pub reason: Reason<'a>,
+}
+
+/// Why [`ProfileSet::select`] chose a profile.
+#[derive(Debug, Clone, Copy)]
+pub enum Reason<'a> {
+    /// The machine's own selector (its selector or its `[[machine]]` entry).
+    Selector(&'a Selector),
+    /// No selector matched: the default profile.
+    Default,
+}
+
+impl std::fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Selector(s) if s.machine_entry => write!(f, "machine entry at {}", s.at),
+            Reason::Selector(s) => write!(f, "selector {} at {}", s.conditions, s.at),
+            Reason::Default => f.write_str("default profile (no selector matched)"),
+        }
+    }
 }
 
 /// Every profile and template, validated; swapped whole on reload.
@@ -243,17 +262,13 @@ impl ProfileSet {
             return Some(Match {
                 profile: &self.profiles[s.profile],
                 machine,
-                reason: if s.machine_entry {
-                    format!("machine entry at {}", s.at)
-                } else {
-                    format!("selector {} at {}", s.conditions, s.at)
-                },
+                reason: Reason::Selector(s),
             });
         }
         self.default.map(|d| Match {
             profile: &self.profiles[d],
             machine,
-            reason: "default profile (no selector matched)".to_string(),
+            reason: Reason::Default,
         })
     }
 

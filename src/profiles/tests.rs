@@ -104,7 +104,7 @@ fn precedence_exact_uuid_prefix_arch_label_default() {
         "fallback"
     );
     let m = set.select(&facts("aa:00:00:00:00:01")).unwrap();
-    assert!(m.reason.contains("default"), "{}", m.reason);
+    assert!(m.reason.to_string().contains("default"), "{}", m.reason);
 }
 
 #[test]
