@@ -1187,3 +1187,341 @@ fn served_grub_cfg_via(rec: &serde_json::Value) -> String {
         .map(|h| h["source"].as_str().unwrap_or("").to_string())
         .unwrap_or_else(|| panic!("no grub.cfg in {rec:#}"))
 }
+
+/// The benchmark of `bench/lab.sh` (not run by `cargo test`): four UEFI VMs PXE-boot at once,
+/// `LAB_ROUNDS` times (default 5) from Kindling and as often from a reference stack serving the
+/// same files (dnsmasq for DHCP and TFTP of the same `ipxe.efi`, Python's standard-library
+/// HTTP server for per-MAC scripts written out beforehand, the same kernel, initrd and
+/// Ignition text), alternating. A capture on the bridge times each VM's phases the same way for
+/// both: power-on → the firmware's DHCP ACK (`dhcp`) → its first HTTP request (`firmware`:
+/// TFTP of iPXE, iPXE's DHCP) → the kernel's request (`script`) → the booted OS's DHCP
+/// DISCOVER (`kernel`: kernel and initrd downloads, kernel start) → its Ignition request
+/// (`config`) → its report (`report`), and power-on → report (`total`). Prints each round and
+/// the medians side by side.
+#[test]
+#[ignore = "a benchmark: bench/lab.sh runs it"]
+fn lab_phases_against_a_static_server() {
+    skip_unless_lab!("lab_phases_against_a_static_server");
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rounds: usize = std::env::var("LAB_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let macs = macs(0x41, 4);
+    // Per server, per round: each phase's median over the VMs (total: the last VM's).
+    let mut results: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for server in order {
+            let phases = lab_round(server == 1, &macs, &format!("lp{round}{server}"));
+            let name = ["kindling", "static"][server];
+            eprintln!(
+                "round {} {name:<8} {}",
+                round + 1,
+                PHASES
+                    .iter()
+                    .zip(&phases)
+                    .map(|(p, v)| format!("{p} {v:.2}s"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            );
+            results[server].push(phases);
+        }
+    }
+    println!(
+        "\n4 UEFI VMs at once, medians of {rounds} rounds (each round: the median VM per phase; total: the last VM)"
+    );
+    println!(
+        "{:<10} {:>10} {:>10} {:>8}",
+        "phase", "kindling", "static", "ratio"
+    );
+    for (i, phase) in PHASES.iter().enumerate() {
+        let k = median(results[0].iter().map(|r| r[i]).collect());
+        let s = median(results[1].iter().map(|r| r[i]).collect());
+        println!("{phase:<10} {k:>9.2}s {s:>9.2}s {:>7.2}x", k / s);
+    }
+}
+
+const PHASES: [&str; 7] = [
+    "dhcp", "firmware", "script", "kernel", "config", "report", "total",
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One round: the VMs boot from Kindling (or the static stack); each phase's median over the
+/// VMs, in seconds (total: the last VM's).
+fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
+    let mut lab = Lab::new(tag, macs.len());
+    let pcap = lab.dir.path().join("boot.pcap");
+    let mut capture = Command::new("ip")
+        .args([
+            "netns", "exec", &lab.ns, "tcpdump", "-i", "br0", "-U", "-s", "1500", "-w",
+        ])
+        .arg(&pcap)
+        .arg("udp port 67 or udp port 68 or (tcp dst port 8080 and tcp[tcpflags] & tcp-push != 0)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tcpdump");
+    if static_stack {
+        start_static_stack(&mut lab, macs);
+    } else {
+        lab.start_kindling("full", macs);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = std::time::SystemTime::now();
+    for (i, mac) in macs.iter().enumerate() {
+        lab.boot(i, mac, Firmware::Uefi);
+    }
+    lab.wait_all(Duration::from_secs(400));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-INT", &capture.id().to_string()])
+        .status();
+    let _ = capture.wait();
+    let t0 = t0
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let events = capture_events(&std::fs::read(&pcap).expect("the capture"));
+    let per_vm: Vec<Vec<f64>> = macs
+        .iter()
+        .map(|m| vm_phases(&events, m, t0).unwrap_or_else(|e| panic!("{tag} {m}: {e}")))
+        .collect();
+    (0..PHASES.len())
+        .map(|i| {
+            let v: Vec<f64> = per_vm.iter().map(|p| p[i]).collect();
+            if PHASES[i] == "total" {
+                v.iter().copied().fold(0.0, f64::max)
+            } else {
+                median(v)
+            }
+        })
+        .collect()
+}
+
+/// The reference stack on the lab's bridge: dnsmasq (DHCP, and TFTP of the same iPXE binary;
+/// iPXE is sent to a static boot.ipxe) and Python's static HTTP server with one script and one
+/// Ignition config per MAC, as Kindling would render them (without the boot secret).
+fn start_static_stack(lab: &mut Lab, macs: &[String]) {
+    let root = lab.dir.path().join("static");
+    let base = format!("http://{KINDLING_IP}:8080");
+    std::fs::create_dir_all(root.join("assets")).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::os::unix::fs::symlink(lab_dir().join("os").join(f), root.join("assets").join(f))
+            .unwrap();
+    }
+    write(
+        &root,
+        "boot.ipxe",
+        &format!("#!ipxe\nchain --autofree {base}/ipxe/${{mac:hexhyp}}\n"),
+    );
+    for (i, mac) in macs.iter().enumerate() {
+        let name = mac.replace(':', "-");
+        write(
+            &root,
+            &format!("ipxe/{name}"),
+            &format!(
+                "#!ipxe\nkernel {base}/assets/vmlinuz initrd=initrd.img console=ttyS0 \
+                 ignition.config.url={base}/ignition/{name} kindling.report={base}/report/{name}\n\
+                 initrd {base}/assets/initrd.img\nboot\n"
+            ),
+        );
+        write(
+            &root,
+            &format!("ignition/{name}"),
+            &format!(
+                "{{\"ignition\": {{\"version\": \"3.3.0\"}},\n \"storage\": {{\"files\": [{{\"path\": \"/etc/hostname\", \
+                 \"mode\": 420, \"contents\": {{\"source\": \"data:,node-{i}\"}}}}]}}}}\n"
+            ),
+        );
+    }
+    let leases = lab.dir.path().join("dnsmasq.leases");
+    let ns = lab.ns.clone();
+    lab.net.dnsmasq(
+        &ns,
+        "br0",
+        "10.99.0.100,10.99.0.150,255.255.255.0,10m",
+        &leases,
+        &[
+            "--enable-tftp",
+            "--tftp-root=/usr/lib/ipxe",
+            "--dhcp-userclass=set:ipxe,iPXE",
+            "--dhcp-boot=tag:!ipxe,ipxe.efi",
+            &format!("--dhcp-boot=tag:ipxe,{base}/boot.ipxe"),
+        ],
+    );
+    let server = Command::new("ip")
+        .args(["netns", "exec", &ns, "python3"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/static_http.py"))
+        .args([KINDLING_IP, "8080"])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the static HTTP server");
+    lab.net.children.push(server);
+    let up = Instant::now();
+    while Command::new("ip")
+        .args(["netns", "exec", &ns, "curl", "-fs", "-o", "/dev/null"])
+        .arg(format!("{base}/boot.ipxe"))
+        .status()
+        .is_ok_and(|s| !s.success())
+    {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "the static server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the capture saw: DHCP messages and HTTP request lines, with their times.
+#[derive(Debug)]
+enum Seen {
+    /// A DHCP message: its type (option 53), client MAC, `yiaddr`, option 60.
+    Dhcp {
+        at: f64,
+        kind: u8,
+        mac: String,
+        yiaddr: [u8; 4],
+        vendor: String,
+    },
+    /// An HTTP request from `src`: its method and path.
+    Http {
+        at: f64,
+        src: [u8; 4],
+        method: String,
+        path: String,
+    },
+}
+
+/// The DHCP messages and HTTP request lines of a pcap file (Ethernet, IPv4).
+fn capture_events(pcap: &[u8]) -> Vec<Seen> {
+    let mut out = Vec::new();
+    assert!(pcap.len() >= 24, "empty capture");
+    let nanos = u32::from_le_bytes(pcap[0..4].try_into().unwrap()) == 0xa1b2_3c4d;
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let word = |i: usize| u32::from_le_bytes(pcap[at + i..at + i + 4].try_into().unwrap());
+        let time = f64::from(word(0)) + f64::from(word(4)) / if nanos { 1e9 } else { 1e6 };
+        let len = word(8) as usize;
+        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
+        at += 16 + len;
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let src: [u8; 4] = ip[12..16].try_into().unwrap();
+        let Some(l4) = ip.get(ihl..) else { continue };
+        match ip[9] {
+            17 if l4.len() > 8 + 240 => {
+                let b = &l4[8..];
+                let mac = b[28..34]
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                let (mut kind, mut vendor, mut o) = (0, String::new(), 240);
+                while o + 1 < b.len() && b[o] != 255 {
+                    if b[o] == 0 {
+                        o += 1;
+                        continue;
+                    }
+                    let (code, n) = (b[o], usize::from(b[o + 1]));
+                    let val = b.get(o + 2..o + 2 + n).unwrap_or_default();
+                    match code {
+                        53 => kind = val.first().copied().unwrap_or(0),
+                        60 => vendor = String::from_utf8_lossy(val).into_owned(),
+                        _ => {}
+                    }
+                    o += 2 + n;
+                }
+                out.push(Seen::Dhcp {
+                    at: time,
+                    kind,
+                    mac,
+                    yiaddr: b[16..20].try_into().unwrap(),
+                    vendor,
+                });
+            }
+            6 if l4.len() >= 20 => {
+                let payload = &l4[usize::from(l4[12] >> 4) * 4..];
+                let line = String::from_utf8_lossy(&payload[..payload.len().min(200)]);
+                let mut words = line.split(' ');
+                if let (Some(method @ ("GET" | "POST" | "HEAD")), Some(path)) =
+                    (words.next(), words.next())
+                {
+                    out.push(Seen::Http {
+                        at: time,
+                        src,
+                        method: method.to_string(),
+                        path: path.to_string(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The phases of the VM with `mac` (see [`PHASES`]), in seconds, from power-on at `t0`.
+fn vm_phases(events: &[Seen], mac: &str, t0: f64) -> Result<Vec<f64>, String> {
+    let mut ack = None;
+    let mut ips = Vec::new();
+    let mut os_dhcp = None;
+    for e in events {
+        if let Seen::Dhcp {
+            at,
+            kind,
+            mac: m,
+            yiaddr,
+            vendor,
+        } = e
+            && m == mac
+        {
+            if *kind == 5 {
+                ack.get_or_insert(*at);
+                ips.push(*yiaddr);
+            }
+            if *kind == 1 && vendor.starts_with("udhcp") {
+                os_dhcp.get_or_insert(*at);
+            }
+        }
+    }
+    let ack = ack.ok_or("no DHCP ACK")?;
+    let os_dhcp = os_dhcp.ok_or("no DHCP DISCOVER from the OS")?;
+    let request = |what: &dyn Fn(&str, &str) -> bool| {
+        events.iter().find_map(|e| match e {
+            Seen::Http {
+                at,
+                src,
+                method,
+                path,
+            } if ips.contains(src) && what(method, path) => Some(*at),
+            _ => None,
+        })
+    };
+    let first = request(&|_, _| true).ok_or("no HTTP request")?;
+    let kernel = request(&|_, p| p.contains("vmlinuz")).ok_or("no kernel request")?;
+    let config = request(&|_, p| p.contains("ignition")).ok_or("no Ignition request")?;
+    let report = request(&|m, p| m == "POST" && p.contains("report")).ok_or("no report")?;
+    Ok(vec![
+        ack - t0,
+        first - ack,
+        kernel - first,
+        os_dhcp - kernel,
+        config - os_dhcp,
+        report - config,
+        report - t0,
+    ])
+}
