@@ -149,6 +149,8 @@ pub struct Inventory {
     metrics: Option<Arc<Metrics>>,
     /// Wakes the writer.
     changed: Notify,
+    /// Someone waits for the next commit ([`Inventory::flushed`]): the writer stops gathering.
+    waited_on: Notify,
     /// The generation the writer last committed.
     committed: watch::Sender<u64>,
     /// Why the last write to the store failed, while it keeps failing (`/healthz`).
@@ -190,6 +192,7 @@ impl Inventory {
             settings,
             metrics,
             changed: Notify::new(),
+            waited_on: Notify::new(),
             committed: watch::Sender::new(0),
             store_trouble: Mutex::new(None),
             persistent: std::sync::atomic::AtomicBool::new(false),

@@ -765,3 +765,49 @@ fn a_boot_request_marks_the_record_only_for_what_changed() {
     assert_eq!(generation(), before);
     assert!(inv.get(mac(10)).is_none());
 }
+
+/// A store that keeps the batches it is given, at once.
+#[derive(Default)]
+struct Batches(std::sync::Mutex<Vec<usize>>);
+
+#[async_trait::async_trait]
+impl MachineStore for Batches {
+    async fn load(&self) -> Result<Vec<Record>, store::StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn write(&self, changes: Vec<store::Change>) -> Result<(), store::StoreError> {
+        self.0.lock().unwrap().push(changes.len());
+        Ok(())
+    }
+}
+
+/// A report waits for its change to be on disk: the writer, gathering changes after its last
+/// commit, writes at once what gathered so far instead of finishing its pause.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_report_ends_the_writers_pause() {
+    let store = Arc::new(Batches::default());
+    let inv = Arc::new(Inventory::default());
+    let cancel = CancellationToken::new();
+    let writer = tokio::spawn(inv.clone().run_writer(store.clone(), cancel.clone()));
+    tokio::task::yield_now().await;
+    walk_install(&inv, mac(1));
+    inv.flushed().await;
+    // The writer now pauses; a change that nobody waits for gathers, then a report comes.
+    inv.woken(mac(2), "test");
+    let started = tokio::time::Instant::now();
+    inv.report(mac(1), "provisioned", None);
+    inv.flushed().await;
+    assert!(
+        started.elapsed() < writer::WRITE_GATHER,
+        "the report waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        store.0.lock().unwrap().last(),
+        Some(&2),
+        "both gathered changes in one batch"
+    );
+    cancel.cancel();
+    writer.await.unwrap();
+}

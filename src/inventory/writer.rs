@@ -12,8 +12,8 @@ use crate::mac::MacAddr;
 
 /// The writer's pause after a commit, so a burst of changes is written as one batch. Leases
 /// are durable before their ACK on their own; the OS's report and API changes wait for the
-/// commit (`flushed`).
-const WRITE_GATHER: Duration = Duration::from_millis(100);
+/// commit (`flushed`), and end the pause: what gathered so far is written at once.
+pub(super) const WRITE_GATHER: Duration = Duration::from_millis(100);
 /// The first pause before retrying a failed commit, doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -97,10 +97,13 @@ impl Inventory {
                 return;
             }
             // Let changes gather: in a boot storm one record changes several times a second
-            // (offer, ack, iPXE's exchange), and is then serialised and written once.
+            // (offer, ack, iPXE's exchange), and is then serialised and written once. Unless
+            // a request waits for its change to be on disk (a report): then at once, with
+            // everything gathered so far (and what comes meanwhile gathers for the next).
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = tokio::time::sleep(WRITE_GATHER) => {}
+                _ = self.waited_on.notified() => {}
             }
         }
     }
@@ -112,6 +115,7 @@ impl Inventory {
         }
         let want = self.lock().generation;
         self.changed.notify_one();
+        self.waited_on.notify_one();
         let mut rx = self.committed.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|g| *g >= want)).await;
     }
