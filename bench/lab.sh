@@ -8,6 +8,7 @@
 # and initrd downloads, kernel start, until the OS asks DHCP), config, report, total.
 #
 #   bench/lab.sh [rounds]       (default: 5; about 2 minutes a round on 2 cores)
+#   LAB_PCAP_DIR=DIR            (keep each round's capture of the bridge there)
 #
 # Needs root (network namespaces, tap devices). Everything runs in a namespace the test makes.
 set -euo pipefail

@@ -1265,7 +1265,7 @@ fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
             "netns", "exec", &lab.ns, "tcpdump", "-i", "br0", "-U", "-s", "1500", "-w",
         ])
         .arg(&pcap)
-        .arg("udp port 67 or udp port 68 or (tcp dst port 8080 and tcp[tcpflags] & tcp-push != 0)")
+        .arg("icmp6 or arp or udp port 67 or udp port 68 or udp port 69 or (tcp dst port 8080 and tcp[tcpflags] & tcp-push != 0)")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1290,6 +1290,9 @@ fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
+    if let Ok(keep) = std::env::var("LAB_PCAP_DIR") {
+        let _ = std::fs::copy(&pcap, Path::new(&keep).join(format!("{tag}.pcap")));
+    }
     let events = capture_events(&std::fs::read(&pcap).expect("the capture"));
     // A VM the capture missed a step of (it happens, rarely, on the loaded machine) is left
     // out of the round, said, and its capture kept.
