@@ -848,10 +848,22 @@ fn an_instance_cut_off_from_etcd_stops_answering() {
             l.contains("cluster member left")
         })
         .unwrap_or_else(|| panic!("a did not see b leave:\n{}", seg.a.log_text()));
-    // member_ttl 2 s + takeover 1 s, and a little.
-    std::thread::sleep(
-        Duration::from_secs(4).saturating_sub(cut.elapsed()) + Duration::from_millis(500),
-    );
+    // member_ttl 2 s + takeover 1 s after a saw b leave (later than that on a loaded
+    // machine): until then nobody answers b's clients; never both.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let from = offers_for(&sock, of_b[0], 0x4d20_0000, Duration::from_millis(700));
+        assert!(from.len() <= 1, "two offers while b is cut off: {from:?}");
+        if from == ["10.78.0.2"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a did not take b's clients over {:?} after the cut: {from:?}\n{}",
+            cut.elapsed(),
+            seg.a.log_text()
+        );
+    }
     for (i, mac) in of_b.iter().enumerate() {
         let from = offers_for(
             &sock,
