@@ -24,7 +24,7 @@ for purpose in "${@:-test}"; do
     # protoc and its well-known types: the build of etcd-client compiles etcd's gRPC API.
     run) want+=(ipxe ca-certificates protobuf-compiler libprotobuf-dev) ;;
     # etcd-server/etcd-client: the tests start their own etcd members (never the service).
-    test) want+=(ipxe curl ca-certificates protobuf-compiler libprotobuf-dev iproute2 isc-dhcp-client isc-dhcp-relay busybox kea-admin dnsmasq-base tftp-hpa bind9-dnsutils g++ python3 etcd-server etcd-client chromium chromium-driver python3-venv openssl)
+    test) want+=(ipxe curl ca-certificates protobuf-compiler libprotobuf-dev iproute2 isc-dhcp-client isc-dhcp-relay busybox ndisc6 kea-admin dnsmasq-base tftp-hpa bind9-dnsutils g++ python3 etcd-server etcd-client chromium chromium-driver python3-venv openssl)
           want+=("${lab[@]}") ;;
     lab) want+=("${lab[@]}") ;;
     bench) want+=(ipxe curl protobuf-compiler libprotobuf-dev etcd-server wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa dnsperf tcpdump) ;;

@@ -110,7 +110,8 @@ impl std::str::FromStr for BootState {
 }
 
 /// Which DHCP client sent a message: tells a new boot from a later stage of the same one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DhcpClient {
     /// A PXE ROM or UEFI network stack (vendor class `PXEClient`/`HTTPClient`, not iPXE).
     Firmware,

@@ -34,6 +34,14 @@ pub struct TftpLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `kindling_router_solicitations_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SolicitationLabels {
+    /// `answered` (a machine Kindling is booting, before its OS), `ignored` (anyone else, or
+    /// answering is off), `rate_limited`, `dropped` (malformed, or not from the link).
+    pub outcome: &'static str,
+}
+
 /// Labels of the per-pool gauges.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -111,6 +119,8 @@ pub struct Metrics {
     pub dhcp_pool_used: Family<PoolLabels, Gauge>,
     /// Addresses free to hand out.
     pub dhcp_pool_free: Family<PoolLabels, Gauge>,
+    /// IPv6 router solicitations by outcome.
+    pub router_solicitations: Family<SolicitationLabels, Counter>,
     /// TFTP requests by outcome.
     pub tftp_transfers: Family<TftpLabels, Counter>,
     /// Bytes sent by completed TFTP transfers.
@@ -167,6 +177,12 @@ impl Default for Metrics {
             "dhcp_pool_free",
             "Addresses free to hand out",
             dhcp_pool_free.clone(),
+        );
+        let router_solicitations = Family::<SolicitationLabels, Counter>::default();
+        registry.register(
+            "router_solicitations",
+            "IPv6 router solicitations received on the DHCP interfaces, by outcome",
+            router_solicitations.clone(),
         );
         let tftp_transfers = Family::<TftpLabels, Counter>::default();
         registry.register(
@@ -249,6 +265,7 @@ impl Default for Metrics {
             reload_errors,
             tftp_transfers,
             tftp_bytes,
+            router_solicitations,
             refreshers: Mutex::new(Vec::new()),
             pool_sources: Mutex::new(Vec::new()),
             dhcp_messages,
@@ -278,6 +295,13 @@ impl Metrics {
     pub fn dhcp(&self, r#type: &'static str, outcome: &'static str) {
         self.dhcp_messages
             .get_or_create(&DhcpLabels { r#type, outcome })
+            .inc();
+    }
+
+    /// Count one IPv6 router solicitation's outcome.
+    pub fn router_solicitation(&self, outcome: &'static str) {
+        self.router_solicitations
+            .get_or_create(&SolicitationLabels { outcome })
             .inc();
     }
 

@@ -30,6 +30,42 @@ pub fn udp_on_interface(iface: &str, port: u16) -> io::Result<UdpSocket> {
     Ok(sock.into())
 }
 
+/// A raw ICMPv6 socket that receives and sends only through `iface`, in the all-routers group
+/// (`ff02::2`, where router solicitations go), sending with hop limit 255 as NDP requires and
+/// telling each received message's hop limit; with the interface's index.
+pub fn icmpv6_on_interface(iface: &str) -> io::Result<(Socket, u32)> {
+    let index = nix::net::if_::if_nametoindex(iface).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("no interface {iface:?}: {e}"),
+        )
+    })?;
+    let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    sock.bind_device(Some(iface.as_bytes()))?;
+    sock.set_unicast_hops_v6(255)?;
+    sock.set_multicast_hops_v6(255)?;
+    sock.set_multicast_loop_v6(false)?;
+    sock.set_recv_hoplimit_v6(true)?;
+    let all_routers = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    sock.join_multicast_v6(&all_routers, index).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot join ff02::2 on {iface}: {e} (is IPv6 off on it?)"),
+        )
+    })?;
+    sock.set_nonblocking(true)?;
+    Ok((sock, index))
+}
+
+/// The MAC address of an interface (`None` for one without an Ethernet address).
+pub fn mac_of(iface: &str) -> Option<[u8; 6]> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs.filter(|a| a.interface_name == iface).find_map(|a| {
+        a.address
+            .and_then(|s| s.as_link_addr().and_then(|l| l.addr()))
+    })
+}
+
 /// The IPv4 addresses of an interface.
 pub fn ipv4_addrs(iface: &str) -> io::Result<Vec<Ipv4Addr>> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;

@@ -16,7 +16,7 @@ use dhcproto::v4::{
 };
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
-use common::{Daemon, Netns, have, ip, udp_in_netns, write};
+use common::{Daemon, Netns, have, in_netns, ip, udp_in_netns, write};
 
 const RESERVED_MAC: &str = "52:54:00:77:00:50";
 const RESERVED_IP: &str = "10.77.0.50";
@@ -1397,4 +1397,191 @@ fn a_reserved_machine_completes_every_dora_while_pxe_clients_flood_at_the_record
         handled * 10 >= u64::from(sent) * 9,
         "only {handled} of {sent} flood DISCOVERs handled"
     );
+}
+
+/// Wait (at most 5 s) until `dev` in `ns` has a link-local address that finished duplicate
+/// address detection (a tentative one cannot send or be answered).
+fn wait_link_local(ns: &str, dev: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-6", "addr", "show", "dev", dev])
+            .output()
+            .expect("ip addr");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("fe80::") && !text.contains("tentative") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no link-local address on {dev}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// rdisc6 (a real router-discovery client) on the client's vc0: one solicitation, a short
+/// wait; what it printed.
+fn rdisc6(lab: &Lab) -> String {
+    let out = lab.client_run(10, &["rdisc6", "-1", "-n", "-r", "2", "-w", "400", "vc0"]);
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The value rdisc6 printed for `field` (`Router lifetime   :   0 (0x00000000) seconds`).
+fn rdisc6_field<'a>(text: &'a str, field: &str) -> Option<&'a str> {
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim())
+}
+
+fn ra_count(text: &str, outcome: &str) -> u64 {
+    metric(
+        text,
+        &format!("kindling_router_solicitations_total{{outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0)
+}
+
+/// A router solicitation sent from the client namespace's vc0 with hop limit `hops`.
+fn send_rs(ns: &str, msg: Vec<u8>, hops: u32) {
+    in_netns(ns, move || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV6),
+        )
+        .unwrap();
+        s.bind_device(Some(b"vc0")).unwrap();
+        s.set_multicast_hops_v6(hops).unwrap();
+        let index = nix::net::if_::if_nametoindex("vc0").unwrap();
+        let to = std::net::SocketAddrV6::new("ff02::2".parse().unwrap(), 0, 0, index);
+        s.send_to(&msg, &to.into()).unwrap();
+    });
+}
+
+/// iPXE waits about 16 s for an IPv6 router on a LAN without one. Kindling answers the router
+/// solicitations of a machine in its firmware with "no router here" (rdisc6 as the client):
+/// not before the machine's PXE ROM asked for an address, then at once, with router lifetime
+/// 0, no prefix and neither M nor O; no longer once its OS asked for an address.
+/// Solicitations routed from off the link or malformed are dropped and counted. With
+/// `answer_router_solicitations = false`, nothing is answered.
+#[test]
+fn router_solicitations_of_booting_machines_get_an_empty_answer() {
+    let test = "router_solicitations_of_booting_machines_get_an_empty_answer";
+    if skip(test, &[("rdisc6", "ndisc6")]) {
+        return;
+    }
+    let Some(Setup { lab, dir, cfg, d }) = start(test, "r", |t| t) else {
+        return;
+    };
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("answering IPv6 router solicitations of booting machines on vs0")
+    })
+    .unwrap_or_else(|| panic!("no responder:\n{}", d.log_text()));
+    lab.set_client_mac(RESERVED_MAC);
+    wait_link_local(&lab.server, "vs0");
+    wait_link_local(&lab.client, "vc0");
+
+    // 1. Not booting (no DHCP seen from it): no answer.
+    let text = rdisc6(&lab);
+    assert!(rdisc6_field(&text, "Router lifetime").is_none(), "{text}");
+    let m = metrics_until(&lab.server, &d, |t| ra_count(t, "ignored") >= 1);
+    assert!(ra_count(&m, "ignored") >= 1, "{m}");
+    assert_eq!(ra_count(&m, "answered"), 0, "{m}");
+
+    // 2. Its UEFI PXE ROM asks for an address: now answered, with nothing in the answer.
+    let mac: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0x00, 0x50];
+    let sock = udp_in_netns(
+        &lab.client,
+        "vc0",
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+    );
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let offers = exchange(
+        &sock,
+        &pxe_request(MessageType::Discover, mac, 41, false),
+        bcast,
+        3,
+        |g| !g.is_empty(),
+    );
+    assert!(!offers.is_empty(), "no offer:\n{}", d.log_text());
+    let text = rdisc6(&lab);
+    let lifetime = rdisc6_field(&text, "Router lifetime")
+        .unwrap_or_else(|| panic!("no answer:\n{text}\n--- kindling ---\n{}", d.log_text()));
+    assert!(lifetime.starts_with("0 ("), "not a default router: {text}");
+    assert_eq!(
+        rdisc6_field(&text, "Stateful address conf."),
+        Some("No"),
+        "{text}"
+    );
+    assert_eq!(
+        rdisc6_field(&text, "Stateful other conf."),
+        Some("No"),
+        "{text}"
+    );
+    assert!(!text.contains("Prefix"), "no prefix: {text}");
+    assert!(
+        text.contains(" from fe80::"),
+        "from the link-local address: {text}"
+    );
+    let m = metrics_in(&lab.server, &d);
+    assert_eq!(ra_count(&m, "answered"), 1, "{m}");
+
+    // 3. Routed from off the link (hop limit 64), and malformed (an option of length 0):
+    //    dropped and counted; the responder goes on.
+    let rs = vec![133, 0, 0, 0, 0, 0, 0, 0];
+    send_rs(&lab.client, rs.clone(), 64);
+    send_rs(
+        &lab.client,
+        [rs, vec![1, 0, 0, 0, 0, 0, 0, 0]].concat(),
+        255,
+    );
+    let m = metrics_until(&lab.server, &d, |t| ra_count(t, "dropped") >= 2);
+    assert_eq!(ra_count(&m, "dropped"), 2, "{m}");
+    assert!(
+        rdisc6_field(&rdisc6(&lab), "Router lifetime").is_some(),
+        "still answering"
+    );
+
+    // 4. Its OS asks for an address (udhcpc): no longer answered.
+    assert_eq!(
+        udhcpc(&lab).as_deref(),
+        Some(RESERVED_IP),
+        "{}",
+        d.log_text()
+    );
+    let text = rdisc6(&lab);
+    assert!(
+        rdisc6_field(&text, "Router lifetime").is_none(),
+        "answered an OS: {text}"
+    );
+
+    // 5. Turned off: not even a booting machine is answered.
+    assert!(d.terminate().success());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "lease_time = \"10m\"\n",
+        "lease_time = \"10m\"\nanswer_router_solicitations = false\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start_in(&lab.server, &cfg);
+    d.wait_log(Duration::from_secs(5), |l| {
+        l.contains("listening for DHCP on vs0")
+    })
+    .expect("DHCP listening");
+    let offers = exchange(
+        &sock,
+        &pxe_request(MessageType::Discover, mac, 42, false),
+        bcast,
+        3,
+        |g| !g.is_empty(),
+    );
+    assert!(!offers.is_empty(), "no offer:\n{}", d.log_text());
+    let text = rdisc6(&lab);
+    assert!(
+        rdisc6_field(&text, "Router lifetime").is_none(),
+        "answered while off: {text}"
+    );
+    assert!(!d.log_text().contains("answering IPv6 router solicitations"));
+    drop(dir);
 }

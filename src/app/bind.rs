@@ -19,6 +19,8 @@ pub struct Bound {
     pub http: TcpListener,
     /// DHCP sockets: per configured interface, port 67 (and 4011 in proxy mode).
     pub dhcp: Vec<Listener>,
+    /// Router-solicitation responders: one per DHCP interface that has IPv6.
+    pub ndp: Vec<crate::dhcp::ndp::Responder>,
     /// The TFTP socket, when enabled.
     pub tftp: Option<UdpSocket>,
     /// DNS: UDP and TCP on one port, when enabled.
@@ -32,6 +34,7 @@ impl Bound {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let mut dhcp = Vec::new();
+        let mut ndp = Vec::new();
         let ports: &[u16] = match config.dhcp.mode {
             DhcpMode::Off => &[],
             DhcpMode::Full => &[crate::dhcp::reply::SERVER_PORT],
@@ -53,6 +56,15 @@ impl Bound {
                         addrs: addrs.clone(),
                     },
                 });
+            }
+            if config.dhcp.mode != DhcpMode::Off && config.dhcp.answer_router_solicitations {
+                match crate::dhcp::ndp::Responder::open(iface) {
+                    Ok(r) => ndp.push(r),
+                    // Not a start-up error: iPXE only boots slower.
+                    Err(e) => {
+                        tracing::warn!(iface = %iface, error = %e, "cannot answer IPv6 router solicitations here: iPXE on this LAN waits about 16 s for an IPv6 router on every boot")
+                    }
+                }
             }
             if addrs.is_empty() {
                 let advertised = matches!(config.server.advertise_ip, Some(IpAddr::V4(_)));
@@ -89,6 +101,7 @@ impl Bound {
         Ok(Bound {
             http,
             dhcp,
+            ndp,
             tftp,
             dns,
         })

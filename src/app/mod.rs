@@ -111,6 +111,7 @@ pub async fn run(
         &sup,
         &lane,
         std::mem::take(&mut bound.dhcp),
+        std::mem::take(&mut bound.ndp),
         &stop_writers,
         etcd.as_ref(),
     )

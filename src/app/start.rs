@@ -129,6 +129,7 @@ pub(super) async fn start_dhcp(
     sup: &Supervisor,
     lane: &Lane,
     listeners: Vec<Listener>,
+    responders: Vec<crate::dhcp::ndp::Responder>,
     stop_writers: &CancellationToken,
     etcd: Option<&Etcd>,
 ) -> anyhow::Result<(Option<Arc<Dhcp>>, Option<tokio::task::JoinHandle<()>>)> {
@@ -216,6 +217,15 @@ pub(super) async fn start_dhcp(
                     .await
                     .map_err(|e| e.to_string())
             }
+        });
+    }
+    for responder in responders {
+        tracing::info!(iface = %responder.iface, "answering IPv6 router solicitations of booting machines on {}", responder.iface);
+        let name = format!("router solicitations {}", responder.iface);
+        let (s, token) = (service.clone(), ctx_token(sup));
+        sup.service(name, move || {
+            let (s, token, dup) = (s.clone(), token.clone(), responder.dup());
+            async move { crate::dhcp::ndp::run(s, dup?, token).await }
         });
     }
     Ok((Some(service), writer_task))

@@ -215,6 +215,10 @@ pub struct DhcpConfig {
     /// matched to a served subnet by its giaddr); set it so that nobody else on the LAN can
     /// pose as a relay.
     pub relays: Vec<ipnet::Ipv4Net>,
+    /// Answer the IPv6 router solicitations of machines in their firmware or iPXE (on the
+    /// DHCP interfaces) with "no IPv6 router here", so that iPXE does not wait about 16 s for
+    /// one. Turn off on a LAN whose IPv6 router must be the only one that answers.
+    pub answer_router_solicitations: bool,
 }
 
 impl Default for DhcpConfig {
@@ -228,6 +232,7 @@ impl Default for DhcpConfig {
             subnets: Vec::new(),
             reservations: Vec::new(),
             relays: Vec::new(),
+            answer_router_solicitations: true,
         }
     }
 }

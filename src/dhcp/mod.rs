@@ -10,11 +10,14 @@
 //!   (the PXE classifier is [`crate::pxe`]), decide; no sockets.
 //! - [`server`]: the receive loops, the lease writer (group commit before the ACK), lease
 //!   expiry and the profile follower.
+//! - [`ndp`]: answers the IPv6 router solicitations of machines in their firmware, so that
+//!   iPXE does not wait out its IPv6 configuration.
 //! - [`store`]: durable leases behind the `LeaseStore` trait (redb), claimed before the ACK.
 
 pub mod check;
 pub mod decide;
 pub mod leases;
+pub mod ndp;
 pub mod proxy;
 pub mod reply;
 pub mod server;

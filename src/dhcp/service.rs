@@ -64,6 +64,17 @@ pub struct Ingress {
     pub addrs: Vec<Ipv4Addr>,
 }
 
+/// What to do with an IPv6 router solicitation (see [`super::ndp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Solicited {
+    /// Answer: a machine this instance boots, in its firmware or iPXE.
+    Answer,
+    /// Not a machine being booted here, or its OS may be running.
+    Ignore,
+    /// Over its packet budget.
+    RateLimited,
+}
+
 /// What to do with one decision.
 #[derive(Debug)]
 pub enum Out {
@@ -394,6 +405,25 @@ impl Service {
             tracing::warn!(%mac, "DHCP rate limit: dropping this client's packets for the rest of {RATE_WINDOW:?}");
         }
         entry.1 <= RATE_LIMIT
+    }
+
+    /// Whether to answer a router solicitation from `mac`: only a machine whose DHCP this
+    /// instance answers and whose record says its firmware or iPXE runs
+    /// ([`crate::inventory::Record::in_firmware`]), within its packet budget (shared with its
+    /// DHCP packets).
+    pub fn solicited(&self, mac: MacAddr) -> Solicited {
+        let booting = self.share.load().answers(mac)
+            && self
+                .inventory
+                .read(mac, |r| r.in_firmware())
+                .unwrap_or(false);
+        if !booting {
+            Solicited::Ignore
+        } else if !self.allow(mac, unix_now()) {
+            Solicited::RateLimited
+        } else {
+            Solicited::Answer
+        }
     }
 
     /// Decode and rate-limit one datagram: the request and its client's MAC.

@@ -65,6 +65,7 @@ impl Inventory {
         };
         self.apply_from(mac, origin, "dhcp", event, step, |rec, now| {
             rec.dhcp_event = Some(seen.event.to_string());
+            rec.dhcp_client = Some(seen.client);
             if let Some(ip) = seen.ip
                 && !matches!(seen.event, "release" | "decline" | "nak")
             {

@@ -430,6 +430,11 @@ impl Inventory {
         });
     }
 
+    /// What `f` reads from one machine's record, without copying it.
+    pub fn read<T>(&self, mac: MacAddr, f: impl FnOnce(&Record) -> T) -> Option<T> {
+        self.lock().machines.get(&mac).map(f)
+    }
+
     /// A copy of one machine's record.
     pub fn get(&self, mac: MacAddr) -> Option<Record> {
         self.lock().machines.get(&mac).cloned()

@@ -143,6 +143,9 @@ pub struct Record {
     pub last_served: Option<String>,
     /// The last DHCP event (`discover`, `offer`, `ack`, `nak`, `decline`, `release`, ...).
     pub dhcp_event: Option<String>,
+    /// Who sent the last DHCP message: the firmware, iPXE or an OS.
+    #[serde(default)]
+    pub dhcp_client: Option<DhcpClient>,
     /// When Kindling first heard of it.
     pub first_seen: Stamp,
     /// When it was last seen.
@@ -191,6 +194,24 @@ impl BootSecret {
 }
 
 impl Record {
+    /// Whether its firmware or iPXE runs now, not an OS: it is in `dhcp`, `firmware` or
+    /// `discovered` (or stalled in one of the first two), and its last DHCP message came from
+    /// its firmware or iPXE. A machine that fetched its kernel, or was served its script, may
+    /// run its OS at any moment; so may one whose OS asked for an address.
+    pub fn in_firmware(&self) -> bool {
+        let phase = match self.state {
+            BootState::Stalled => self.stalled_in.unwrap_or(BootState::Stalled),
+            state => state,
+        };
+        matches!(
+            self.dhcp_client,
+            Some(DhcpClient::Firmware | DhcpClient::Ipxe)
+        ) && matches!(
+            phase,
+            BootState::Dhcp | BootState::Firmware | BootState::Discovered
+        )
+    }
+
     pub(super) fn new(mac: MacAddr, now: SystemTime) -> Record {
         Record {
             mac,
@@ -219,6 +240,7 @@ impl Record {
             booting_profile: None,
             last_served: None,
             dhcp_event: None,
+            dhcp_client: None,
             first_seen: Stamp(now),
             last_seen: Stamp(now),
             version: 0,

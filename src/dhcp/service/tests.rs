@@ -9,6 +9,7 @@ use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode};
 
 use super::*;
 use crate::dhcp::testkit::{pxe_request, request};
+use crate::inventory::BootState;
 use crate::profiles::Sources;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -351,4 +352,65 @@ fn a_lease_committed_by_another_instance_is_honoured_here() {
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr(), lease.ip);
     assert_eq!(renewed.map(|(_, c)| c), Some(LeaseChange::Renewed));
+}
+
+#[test]
+fn router_solicitations_are_answered_only_while_the_firmware_or_ipxe_runs() {
+    let (_dir, set) = profiles("worker-1", "10.0.0.50");
+    let svc = service("full", set);
+    // Not seen yet: nothing says it is booting.
+    assert_eq!(svc.solicited(MAC), Solicited::Ignore);
+    // Its PXE ROM asked for an address, then it fetched iPXE, then iPXE asked: answered.
+    svc.process(&bytes(&uefi(MessageType::Discover)), peer(), &ingress(67))
+        .unwrap();
+    assert_eq!(svc.solicited(MAC), Solicited::Answer, "in dhcp");
+    svc.inventory.tftp_fetched(MAC, "ipxe.efi");
+    assert_eq!(svc.solicited(MAC), Solicited::Answer, "in firmware");
+    let mut ipxe = uefi(MessageType::Discover);
+    ipxe.opts_mut()
+        .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    svc.process(&bytes(&ipxe), peer(), &ingress(67)).unwrap();
+    let rec = svc.inventory.get(MAC).unwrap();
+    assert_eq!(
+        (rec.state, rec.dhcp_client),
+        (BootState::Firmware, Some(DhcpClient::Ipxe))
+    );
+    assert_eq!(svc.solicited(MAC), Solicited::Answer, "iPXE's own DHCP");
+    // It fetched its kernel: its OS may run any moment.
+    svc.inventory.asset(MAC, "/assets/vmlinuz");
+    assert_eq!(svc.solicited(MAC), Solicited::Ignore, "in kernel");
+
+    // A new boot; then its OS asks for an address in the same phase: no longer answered.
+    svc.process(&bytes(&uefi(MessageType::Discover)), peer(), &ingress(67))
+        .unwrap();
+    assert_eq!(svc.solicited(MAC), Solicited::Answer);
+    svc.process(
+        &bytes(&request(MessageType::Discover, MAC)),
+        peer(),
+        &ingress(67),
+    )
+    .unwrap();
+    let rec = svc.inventory.get(MAC).unwrap();
+    assert_eq!(
+        (rec.state, rec.dhcp_client),
+        (BootState::Dhcp, Some(DhcpClient::Os))
+    );
+    assert_eq!(svc.solicited(MAC), Solicited::Ignore, "an OS asked last");
+
+    // Another instance answers this machine: so does it its solicitations.
+    svc.process(&bytes(&uefi(MessageType::Discover)), peer(), &ingress(67))
+        .unwrap();
+    assert_eq!(svc.solicited(MAC), Solicited::Answer);
+    svc.use_share(crate::cluster::buckets::Share::none());
+    assert_eq!(svc.solicited(MAC), Solicited::Ignore, "not this instance's");
+    svc.use_share(crate::cluster::buckets::Share::all());
+
+    // A flood from one MAC is cut off with its DHCP budget.
+    let answered = (0..100)
+        .filter(|_| svc.solicited(MAC) == Solicited::Answer)
+        .count();
+    assert!(answered < RATE_LIMIT as usize, "{answered} answered");
+    assert_eq!(svc.solicited(MAC), Solicited::RateLimited);
+    // A machine no one knows is never answered.
+    assert_eq!(svc.solicited(mac(9)), Solicited::Ignore);
 }
