@@ -383,6 +383,24 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// How many IPv6 router solicitations Kindling answered (`/metrics`).
+    fn solicitations_answered(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sf"])
+            .arg(format!("http://{KINDLING_IP}:{}/metrics", self.http_port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("kindling_router_solicitations_total{outcome=\"answered\"}")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
     /// The dashboard, in a headless Chromium inside the lab's namespace, lists every one of
     /// `macs` as `provisioned`.
     fn check_dashboard(&self, macs: &[String]) {
@@ -522,6 +540,15 @@ fn scenario(tag: &str, fw: Firmware, mode: &str, vms: u8, limit: Duration) -> La
         ],
     };
     lab.check_provisioned(&macs, states);
+    if fw != Firmware::SecureBoot && fw != Firmware::SecureBootHttp {
+        // iPXE solicits an IPv6 router while it asks DHCP; the answer ends its wait.
+        let answered = lab.solicitations_answered();
+        assert!(
+            answered >= macs.len() as u64,
+            "{answered} router solicitations answered for {} iPXE VMs",
+            macs.len()
+        );
+    }
     lab
 }
 
