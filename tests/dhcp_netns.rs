@@ -1582,6 +1582,16 @@ fn router_solicitations_of_booting_machines_get_an_empty_answer() {
         rdisc6_field(&text, "Router lifetime").is_none(),
         "answered while off: {text}"
     );
-    assert!(!d.log_text().contains("answering IPv6 router solicitations"));
+    assert!(
+        !d.log_text()
+            .contains("answering IPv6 router solicitations of")
+    );
+    assert!(
+        d.log_text().contains(
+            "not answering IPv6 router solicitations: [dhcp] answer_router_solicitations = false"
+        ),
+        "{}",
+        d.log_text()
+    );
     drop(dir);
 }

@@ -57,13 +57,16 @@ impl Bound {
                     },
                 });
             }
-            if config.dhcp.mode != DhcpMode::Off && config.dhcp.answer_router_solicitations {
-                match crate::dhcp::ndp::Responder::open(iface) {
+            match crate::dhcp::ndp::wanted(config) {
+                Ok(()) => match crate::dhcp::ndp::Responder::open(iface) {
                     Ok(r) => ndp.push(r),
                     // Not a start-up error: iPXE only boots slower.
                     Err(e) => {
                         tracing::warn!(iface = %iface, error = %e, "cannot answer IPv6 router solicitations here: iPXE on this LAN waits about 16 s for an IPv6 router on every boot")
                     }
+                },
+                Err(why) => {
+                    tracing::info!(iface = %iface, "not answering IPv6 router solicitations: {why}")
                 }
             }
             if addrs.is_empty() {

@@ -34,6 +34,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn6};
 use tokio_util::sync::CancellationToken;
 
 use super::service::{Service, Solicited};
+use crate::config::{Config, DhcpMode};
 use crate::mac::MacAddr;
 
 /// ICMPv6 router solicitation.
@@ -44,6 +45,21 @@ pub const ROUTER_ADVERTISEMENT: u8 = 134;
 const OPT_SOURCE_LL: u8 = 1;
 /// The hop limit of every NDP message that stayed on its link.
 pub const LINK_HOP_LIMIT: i32 = 255;
+
+/// Whether to answer router solicitations on the DHCP interfaces; if not, why. Not when
+/// machines fetch their boot script from an IPv6 base URL: iPXE then needs the LAN's own
+/// router advertisements (its prefix) to reach it, and it takes only the first one it gets.
+pub fn wanted(config: &Config) -> Result<(), &'static str> {
+    if config.dhcp.mode == DhcpMode::Off {
+        Err("DHCP is off")
+    } else if !config.dhcp.answer_router_solicitations {
+        Err("[dhcp] answer_router_solicitations = false")
+    } else if config.base_url(config.http.listen).contains("://[") {
+        Err("the base URL is IPv6: iPXE needs the LAN's own router advertisements to reach it")
+    } else {
+        Ok(())
+    }
+}
 
 /// A router solicitation worth deciding on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,6 +414,26 @@ mod tests {
         assert_eq!(&ra[16..18], &[OPT_SOURCE_LL, 1]);
         assert_eq!(&ra[18..24], &MAC.0);
         assert_eq!(advertisement(None).len(), 16);
+    }
+
+    #[test]
+    fn answering_is_wanted_unless_off_or_the_boot_goes_over_ipv6() {
+        let config = |extra: &str| {
+            let text = format!(
+                "[http]\nlisten = \"10.0.0.2:8080\"\n[dhcp]\nmode = \"proxy\"\ninterfaces = [\"vs0\"]\n{extra}"
+            );
+            Config::parse(std::path::Path::new("/k.toml"), &text).unwrap()
+        };
+        assert_eq!(wanted(&config("")), Ok(()));
+        assert!(wanted(&config("answer_router_solicitations = false\n")).is_err());
+        let v6 = "[server]\nbase_url = \"http://[fd00::2]:8080\"\nadvertise_ip = \"10.0.0.2\"\n";
+        let text = format!("{v6}[dhcp]\nmode = \"proxy\"\ninterfaces = [\"vs0\"]\n");
+        let c = Config::parse(std::path::Path::new("/k.toml"), &text).unwrap();
+        assert!(wanted(&c).unwrap_err().contains("IPv6"));
+        assert_eq!(
+            wanted(&Config::parse(std::path::Path::new("/k.toml"), "").unwrap()),
+            Err("DHCP is off")
+        );
     }
 
     #[test]
