@@ -1497,15 +1497,14 @@ fn router_solicitations_of_booting_machines_get_an_empty_answer() {
         "vc0",
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
     );
-    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-    let offers = exchange(
-        &sock,
-        &pxe_request(MessageType::Discover, mac, 41, false),
-        bcast,
-        3,
-        |g| !g.is_empty(),
-    );
-    assert!(!offers.is_empty(), "no offer:\n{}", d.log_text());
+    // Its PXE ROM's DISCOVER (transaction `xid`), offered an address by `d`.
+    let rom_discover = |xid: u32, d: &Daemon| {
+        let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+        let discover = pxe_request(MessageType::Discover, mac, xid, false);
+        let offers = exchange(&sock, &discover, bcast, 3, |g| !g.is_empty());
+        assert!(!offers.is_empty(), "no offer:\n{}", d.log_text());
+    };
+    rom_discover(41, &d);
     let text = rdisc6(&lab);
     let lifetime = rdisc6_field(&text, "Router lifetime")
         .unwrap_or_else(|| panic!("no answer:\n{text}\n--- kindling ---\n{}", d.log_text()));
@@ -1569,14 +1568,7 @@ fn router_solicitations_of_booting_machines_get_an_empty_answer() {
         l.contains("listening for DHCP on vs0")
     })
     .expect("DHCP listening");
-    let offers = exchange(
-        &sock,
-        &pxe_request(MessageType::Discover, mac, 42, false),
-        bcast,
-        3,
-        |g| !g.is_empty(),
-    );
-    assert!(!offers.is_empty(), "no offer:\n{}", d.log_text());
+    rom_discover(42, &d);
     let text = rdisc6(&lab);
     assert!(
         rdisc6_field(&text, "Router lifetime").is_none(),
