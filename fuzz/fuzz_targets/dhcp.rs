@@ -1,5 +1,6 @@
 //! A datagram on the DHCP ports: decode, rate-limit, classify against the profiles, decide (full
-//! mode on 67, proxy mode on 67 and 4011, relayed or not), encode the reply.
+//! mode on 67, proxy mode on 67 and 4011, relayed or not), encode the reply. The same bytes as
+//! an ICMPv6 message on the DHCP interfaces: a router solicitation, parsed and decided on.
 #![no_main]
 
 #[path = "common.rs"]
@@ -66,4 +67,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         SocketAddr::from(([10, 0, 0, 77], 4011)),
         &ingress(4011),
     );
+    let link_local = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0x5054, 0xff, 0xfe00, 1);
+    let rs = [&[kindling::dhcp::ndp::ROUTER_SOLICITATION][..], data].concat();
+    for msg in [data, &rs[..]] {
+        if let Ok(rs) = kindling::dhcp::ndp::parse(msg, link_local, Some(255))
+            && let Some(mac) = rs.mac
+        {
+            let _ = s.full.solicited(mac);
+        }
+    }
 });
