@@ -9,6 +9,7 @@
 #
 #   bench/lab.sh [rounds]       (default: 5; about 2 minutes a round on 2 cores)
 #   LAB_PCAP_DIR=DIR            (keep each round's capture of the bridge there)
+#   LAB_ROUTER_SOLICITATIONS=off  (Kindling does not answer iPXE's IPv6 router solicitations)
 #
 # Needs root (network namespaces, tap devices). Everything runs in a namespace the test makes.
 set -euo pipefail

@@ -1300,6 +1300,10 @@ fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
     if static_stack {
         start_static_stack(&mut lab, macs);
     } else {
+        if std::env::var("LAB_ROUTER_SOLICITATIONS").as_deref() == Ok("off") {
+            // Kindling as before it answered them: iPXE waits for an IPv6 router.
+            lab.extra_config = "answer_router_solicitations = false\n".into();
+        }
         lab.start_kindling("full", macs);
     }
     std::thread::sleep(Duration::from_secs(1));

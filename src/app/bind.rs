@@ -65,9 +65,10 @@ impl Bound {
                         tracing::warn!(iface = %iface, error = %e, "cannot answer IPv6 router solicitations here: iPXE on this LAN waits about 16 s for an IPv6 router on every boot")
                     }
                 },
-                Err(why) => {
+                Err(why) if config.dhcp.mode != DhcpMode::Off => {
                     tracing::info!(iface = %iface, "not answering IPv6 router solicitations: {why}")
                 }
+                Err(_) => {}
             }
             if addrs.is_empty() {
                 let advertised = matches!(config.server.advertise_ip, Some(IpAddr::V4(_)));
