@@ -107,6 +107,8 @@ struct Lab {
     loaders: Vec<Option<&'static str>>,
     /// Appended to Kindling's config.
     extra_config: String,
+    /// Appended to Kindling's `[dhcp]` section.
+    dhcp_config: String,
     /// Kindling's HTTP port.
     http_port: u16,
     /// The signed GRUB Kindling serves (Debian 12's 2.06 unless a scenario needs 2.12).
@@ -143,6 +145,7 @@ impl Lab {
             reboot_on_failure: false,
             loaders: Vec::new(),
             extra_config: String::new(),
+            dhcp_config: String::new(),
             http_port: 8080,
             grub: lab_dir().join("secureboot/grubx64.efi"),
         };
@@ -218,10 +221,11 @@ impl Lab {
                 // secret their iPXE script handed them, or not at all.
                 "[server]\nbase_url = \"http://{KINDLING_IP}:{port}\"\n[http]\nlisten = \"{KINDLING_IP}:{port}\"\nconfig_access = \"token\"\n\
                  [paths]\nipxe_scripts = \"{}\"\nstate = \"state\"\nshim = \"{}\"\ngrub = \"{}\"\n\
-                 [tftp]\nenabled = true\n[dhcp]\n{dhcp}{}",
+                 [tftp]\nenabled = true\n[dhcp]\n{}{dhcp}{}",
                 scripts.display(),
                 lab_dir().join("secureboot/shimx64.efi").display(),
                 self.grub.display(),
+                self.dhcp_config,
                 self.extra_config,
             ),
         );
@@ -1302,7 +1306,7 @@ fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
     } else {
         if std::env::var("LAB_ROUTER_SOLICITATIONS").as_deref() == Ok("off") {
             // Kindling as before it answered them: iPXE waits for an IPv6 router.
-            lab.extra_config = "answer_router_solicitations = false\n".into();
+            lab.dhcp_config = "answer_router_solicitations = false\n".into();
         }
         lab.start_kindling("full", macs);
     }
