@@ -13,8 +13,10 @@
 //! - Options: `blksize` (clamped to `tftp.max_block_size` and the path MTU), `tsize`, `timeout`
 //!   (1..255 s), `windowsize` (RFC 7440, clamped to `tftp.max_window_size`).
 //! - A silent client's transfer ends after `tftp.retries` retransmissions of its window.
-//! - At most `tftp.max_transfers` transfers at once; a request beyond that gets an ERROR
-//!   ("busy") and the client retries.
+//! - At most `tftp.max_transfers` transfers at once; a request beyond that waits for a free
+//!   slot, first come first served, for up to [`SLOT_WAIT`], and is then dropped without an
+//!   answer. Never an ERROR: a PXE ROM gives up its boot on an ERROR, but sends its request
+//!   again after a silence. A repeated request of a waiting client keeps its place.
 //! - Write requests, `..` and netascii mode are refused with a TFTP ERROR; a leading `/` is the
 //!   TFTP root (GRUB asks for `/grub/grub.cfg`).
 //! - Files up to 8 MiB (iPXE binaries) are cached in memory, keyed by path, size and
@@ -133,11 +135,16 @@ const WINDOW_BYTES_WITHOUT_READ_AHEAD: usize = 64 << 10;
 /// held that long for two packets is a denial of service). A longer one is not acknowledged,
 /// and the server's own timeout applies.
 const MAX_CLIENT_TIMEOUT_S: u8 = 5;
+/// How long a request waits for a transfer slot when all are taken. PXE ROMs ask again after
+/// a few seconds of silence for about half a minute; their repeats keep the first one's place.
+pub const SLOT_WAIT: Duration = Duration::from_secs(30);
 
 /// Running transfers.
 #[derive(Default)]
 struct Active {
-    by_peer: HashMap<SocketAddr, (u64, CancellationToken)>,
+    /// Per client: its transfer's id, its cancel token, and while it waits for a slot the file
+    /// it asked for.
+    by_peer: HashMap<SocketAddr, (u64, CancellationToken, Option<String>)>,
     per_ip: HashMap<IpAddr, usize>,
 }
 
@@ -306,8 +313,16 @@ impl Service {
         let cancel = token.child_token();
         let admitted = {
             let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            if active
+                .by_peer
+                .get(&peer)
+                .is_some_and(|(_, _, waiting)| waiting.as_deref() == Some(&req.filename))
+            {
+                // Its request again while it waits for a slot: it keeps its place.
+                return;
+            }
             let replaced = active.by_peer.remove(&peer);
-            if let Some((_, old)) = &replaced {
+            if let Some((_, old, _)) = &replaced {
                 // The client started over (a ROM after its tsize probe): serve the new request
                 // now; the old transfer's count is handed on to this one.
                 old.cancel();
@@ -319,7 +334,9 @@ impl Service {
                 if replaced.is_none() {
                     *count += 1;
                 }
-                active.by_peer.insert(peer, (id, cancel.clone()));
+                active
+                    .by_peer
+                    .insert(peer, (id, cancel.clone(), Some(req.filename.clone())));
                 true
             }
         };
@@ -330,19 +347,15 @@ impl Service {
             let _ = socket.send_to(&msg, peer).await;
             return;
         }
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, file = %req.filename, max = self.config.max_transfers, "TFTP busy: request refused");
-            self.metrics.tftp("busy");
-            let msg = packet::error(ErrorCode::Undefined, "server busy, try again");
-            let _ = socket.send_to(&msg, peer).await;
-            self.forget(peer, id);
-            return;
-        };
         let this = self.clone();
         // One span per transfer: everything logged about it carries the client and the file.
         let span = tracing::info_span!("tftp", %peer, file = %req.filename);
         tokio::spawn(
             async move {
+                let Some(permit) = this.slot(peer, id, &cancel).await else {
+                    this.forget(peer, id);
+                    return;
+                };
                 this.transfer(peer, req, local, cancel).await;
                 drop(permit);
                 this.forget(peer, id);
@@ -351,11 +364,46 @@ impl Service {
         );
     }
 
+    /// A transfer slot for request `id` of `peer`: at once, or in turn once one frees up; `None`
+    /// when the client started over meanwhile, or after [`SLOT_WAIT`] (logged and counted as
+    /// `busy`; the client asks again after its timeout).
+    async fn slot(
+        &self,
+        peer: SocketAddr,
+        id: u64,
+        cancel: &CancellationToken,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::debug!(
+                    max = self.config.max_transfers,
+                    "TFTP: every slot taken; the request waits for one"
+                );
+                tokio::select! {
+                    permit = self.slots.clone().acquire_owned() => permit.ok()?,
+                    () = cancel.cancelled() => return None,
+                    () = tokio::time::sleep(SLOT_WAIT) => {
+                        tracing::warn!(max = self.config.max_transfers, "TFTP busy: no slot came free in {SLOT_WAIT:?}; request dropped (the client asks again)");
+                        self.metrics.tftp("busy");
+                        return None;
+                    }
+                }
+            }
+        };
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        match active.by_peer.get_mut(&peer) {
+            Some((i, _, waiting)) if *i == id => *waiting = None,
+            _ => return None,
+        }
+        Some(permit)
+    }
+
     /// Transfer `id` of `peer` is over: free its place (unless a newer request of the same
     /// client took it over).
     fn forget(&self, peer: SocketAddr, id: u64) {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        if active.by_peer.get(&peer).is_some_and(|(i, _)| *i == id) {
+        if active.by_peer.get(&peer).is_some_and(|(i, _, _)| *i == id) {
             active.by_peer.remove(&peer);
             if let Some(n) = active.per_ip.get_mut(&peer.ip()) {
                 *n = n.saturating_sub(1);
