@@ -506,18 +506,30 @@ impl Http<'_> {
                     .get(url)
                     .send()
                     .await
-                    .map_err(|e| (true, format!("GET {url}: {e}")))?;
+                    .map_err(|e| (true, format!("GET {url}: {}", chain(&e))))?;
                 let status = resp.status();
                 if !status.is_success() {
                     return Err((status.is_server_error(), format!("GET {url}: {status}")));
                 }
                 resp.bytes()
                     .await
-                    .map_err(|e| (true, format!("GET {url}: {e}")))
+                    .map_err(|e| (true, format!("GET {url}: {}", chain(&e))))
             })
             .await?;
         String::from_utf8(body.to_vec()).map_err(|_| format!("GET {url}: not UTF-8"))
     }
+}
+
+/// An error with its causes: reqwest's own message says only "error sending request".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// One GET of `url` from `local`, the body spliced to /dev/null; its length.
@@ -720,7 +732,7 @@ async fn http_boot(
         .body(body)
         .send()
         .await
-        .map_err(|e| fail("report")(format!("POST {report}: {e}")))?;
+        .map_err(|e| fail("report")(format!("POST {report}: {}", chain(&e))))?;
     if !resp.status().is_success() {
         return Err(fail("report")(format!("POST {report}: {}", resp.status())));
     }

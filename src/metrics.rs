@@ -127,6 +127,10 @@ pub struct Metrics {
     pub tftp_bytes: Counter,
     /// HTTP requests by endpoint and status.
     pub http_requests: Family<HttpLabels, Counter>,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// Times every HTTP connection place was in use (new connections then wait).
+    pub http_full: Counter,
     /// Machines in each boot state (filled at scrape time).
     pub machines: Family<StateLabels, Gauge>,
     /// Seconds from a magic packet to the machine's `provisioned`.
@@ -202,6 +206,18 @@ impl Default for Metrics {
             "HTTP requests, by endpoint and status",
             http_requests.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            http_connections.clone(),
+        );
+        let http_full = Counter::default();
+        registry.register(
+            "http_connections_full",
+            "Times every HTTP connection place (http.max_connections) was in use; new connections then waited in the listen backlog",
+            http_full.clone(),
+        );
         let machines = Family::<StateLabels, Gauge>::default();
         registry.register("machines", "Machines in each boot state", machines.clone());
         // 30 s to about 4 h: a PXE install takes minutes, a slow one an hour or more.
@@ -260,6 +276,8 @@ impl Default for Metrics {
             store_errors,
             inventory_pending,
             http_requests,
+            http_connections,
+            http_full,
             machines,
             wake_to_provisioned,
             reload_errors,

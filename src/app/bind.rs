@@ -30,8 +30,7 @@ pub struct Bound {
 impl Bound {
     /// Bind every socket the config asks for.
     pub async fn bind(config: &Config) -> anyhow::Result<Bound> {
-        let http = TcpListener::bind(config.http.listen)
-            .await
+        let http = crate::http::server::listen(config.http.listen)
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let mut dhcp = Vec::new();
         let mut ndp = Vec::new();

@@ -7,9 +7,12 @@
 //! - **Header-read timeout** (`http.header_timeout`): a request's headers must arrive within
 //!   it. hyper starts the timer whenever it waits for a request head, so it is also the idle
 //!   timeout of a kept-alive connection.
-//! - **Connection caps**: at most `http.max_connections` at once, and
-//!   `http.max_connections_per_client` from one address; a connection beyond either is closed
-//!   at once (and counted).
+//! - **Connection caps**: at most `http.max_connections` at once. While all are in use, no
+//!   connection is accepted: new ones wait in the listen backlog (up to [`LISTEN_BACKLOG`]) and
+//!   are served in turn as places free, as a TFTP request waits for a slot. A booting machine
+//!   whose connection were closed would count a failed download and give up its boot. A
+//!   connection beyond `http.max_connections_per_client` from one address is closed at once
+//!   (and counted): one client cannot take everyone's places.
 //! - **Accept errors** (out of file descriptors) back off instead of spinning.
 //! - **Shutdown**: no new connections; the open ones finish their request in flight (the
 //!   event stream ends on the same token).
@@ -17,19 +20,24 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::zero_copy::{Outbox, ZeroCopyStream};
 use crate::metrics::Metrics;
 use crate::net::Backoff;
+
+/// How often "every place is in use" is logged while it lasts.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The limits of the HTTP service (`[http]`).
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +51,24 @@ pub struct Limits {
     pub max_per_client: usize,
 }
 
+/// Connections the kernel holds for Kindling, handshake done, while every place is in use
+/// (the kernel caps it at `net.core.somaxconn`, 4096 by default). tokio's own `bind` asks
+/// for 1,024; a boot storm's machines would then wait for their SYN to be sent again.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with a [`LISTEN_BACKLOG`] backlog (and `SO_REUSEADDR`, as
+/// tokio's `bind`).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Open connections per client address; a std mutex held for one map update.
 #[derive(Debug, Default)]
 struct Open {
@@ -50,15 +76,30 @@ struct Open {
     per_client: HashMap<IpAddr, usize>,
 }
 
+/// The open connections and the accept loop's wake-up when a place frees.
+#[derive(Debug, Default)]
+struct Places {
+    open: Mutex<Open>,
+    freed: Notify,
+    /// `kindling_http_connections`.
+    gauge: Gauge,
+}
+
+impl Places {
+    fn total(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
 /// One admitted connection's place, given back when it closes.
 struct Place {
-    open: Arc<Mutex<Open>>,
+    places: Arc<Places>,
     ip: IpAddr,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.places.open.lock().unwrap_or_else(|e| e.into_inner());
         open.total = open.total.saturating_sub(1);
         if let Some(n) = open.per_client.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
@@ -66,6 +107,10 @@ impl Drop for Place {
                 open.per_client.remove(&self.ip);
             }
         }
+        drop(open);
+        self.places.gauge.dec();
+        // A permit is kept if the accept loop is not waiting yet: no wake-up is lost.
+        self.places.freed.notify_one();
     }
 }
 
@@ -77,10 +122,29 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    let open = Arc::new(Mutex::new(Open::default()));
+    let places = Arc::new(Places {
+        gauge: metrics.http_connections.clone(),
+        ..Places::default()
+    });
     let graceful = GracefulShutdown::new();
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let mut full_logged: Option<Instant> = None;
     loop {
+        if places.total() >= limits.max_connections {
+            // Leave new connections in the listen backlog until one closes.
+            if full_logged.is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "every HTTP connection place is in use: new connections wait in the listen backlog"
+                );
+                full_logged = Some(Instant::now());
+            }
+            metrics.http_full.inc();
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = places.freed.notified() => continue,
+            }
+        }
         let accepted = tokio::select! {
             _ = token.cancelled() => break,
             a = listener.accept() => a,
@@ -100,8 +164,8 @@ pub async fn serve(
                 }
             }
         };
-        let Some(place) = admit(&open, peer.ip(), &limits) else {
-            tracing::debug!(%peer, "HTTP connection refused: too many open");
+        let Some(place) = admit(&places, peer.ip(), &limits) else {
+            tracing::debug!(%peer, "HTTP connection refused: too many open from its address");
             metrics.http("refused", 503);
             drop(stream);
             continue;
@@ -168,16 +232,17 @@ fn merge_slashes<B>(req: &mut hyper::Request<B>) {
 }
 
 /// A place for a connection from `ip`, within the caps.
-fn admit(open: &Arc<Mutex<Open>>, ip: IpAddr, limits: &Limits) -> Option<Place> {
-    let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+fn admit(places: &Arc<Places>, ip: IpAddr, limits: &Limits) -> Option<Place> {
+    let mut o = places.open.lock().unwrap_or_else(|e| e.into_inner());
     let mine = o.per_client.get(&ip).copied().unwrap_or(0);
     if o.total >= limits.max_connections || mine >= limits.max_per_client {
         return None;
     }
     o.total += 1;
     *o.per_client.entry(ip).or_default() += 1;
+    places.gauge.inc();
     Some(Place {
-        open: open.clone(),
+        places: places.clone(),
         ip,
     })
 }
@@ -186,9 +251,60 @@ fn admit(open: &Arc<Mutex<Open>>, ip: IpAddr, limits: &Limits) -> Option<Place> 
 mod tests {
     use super::*;
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn beyond_max_connections_a_connection_waits_and_is_served_when_a_place_frees() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let token = CancellationToken::new();
+        let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        let limits = Limits {
+            header_timeout: Duration::from_secs(30),
+            max_connections: 1,
+            max_per_client: 10,
+        };
+        let server = tokio::spawn(serve(listener, app, limits, metrics.clone(), token.clone()));
+
+        // The first connection takes the only place and idles.
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        first.write_all(b"GET / HT").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(metrics.http_connections.get(), 1);
+
+        // The second is neither served nor closed while it is taken.
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        second
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+        assert!(
+            early.is_err(),
+            "neither answered nor closed while every place is in use: {early:?}"
+        );
+        assert!(metrics.http_full.get() >= 1);
+
+        // Once the first closes, the second is accepted and answered.
+        drop(first);
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut out))
+            .await
+            .expect("answered within 5 s")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.ends_with("hello"), "{answer:?}");
+
+        token.cancel();
+        server.await.unwrap().unwrap();
+    }
+
     #[test]
     fn caps_per_client_and_in_all_and_places_are_given_back() {
-        let open = Arc::new(Mutex::new(Open::default()));
+        let places = Arc::new(Places::default());
         let limits = Limits {
             header_timeout: Duration::from_secs(1),
             max_connections: 3,
@@ -196,14 +312,16 @@ mod tests {
         };
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
-        let p1 = admit(&open, a, &limits).unwrap();
-        let _p2 = admit(&open, a, &limits).unwrap();
-        assert!(admit(&open, a, &limits).is_none(), "two per client");
-        let _p3 = admit(&open, b, &limits).unwrap();
-        assert!(admit(&open, b, &limits).is_none(), "three in all");
+        let p1 = admit(&places, a, &limits).unwrap();
+        let _p2 = admit(&places, a, &limits).unwrap();
+        assert!(admit(&places, a, &limits).is_none(), "two per client");
+        let _p3 = admit(&places, b, &limits).unwrap();
+        assert!(admit(&places, b, &limits).is_none(), "three in all");
+        assert_eq!(places.gauge.get(), 3);
         drop(p1);
+        assert_eq!(places.gauge.get(), 2);
         assert!(
-            admit(&open, a, &limits).is_some(),
+            admit(&places, a, &limits).is_some(),
             "a closed connection frees its place"
         );
     }
