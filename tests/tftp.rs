@@ -309,6 +309,42 @@ fn a_vanished_client_ends_its_transfer_and_frees_the_slot() {
     drop(gone);
 }
 
+/// A client that goes silent after the first block: the server sends the block again after
+/// 200 ms, then waits twice as long each time (400, 800, 1,600, 1,600 ms), and ends the
+/// transfer after its retries, as dnsmasq backs off. A constant timeout fails it.
+#[test]
+fn retransmissions_back_off() {
+    let lab = lab("timeout = \"200ms\"\nretries = 4\n");
+    let s = client();
+    s.send_to(&packet::rrq("ipxe.efi", &[]), lab.tftp).unwrap();
+    let (first, _, _) = recv(&s);
+    assert!(matches!(first, Packet::Other(packet::DATA)));
+    let start = Instant::now();
+    let mut at = Vec::new();
+    let mut buf = [0u8; 1024];
+    s.set_read_timeout(Some(Duration::from_secs(4))).unwrap();
+    while let Ok((n, _)) = s.recv_from(&mut buf) {
+        assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), packet::DATA, "{n}");
+        at.push(start.elapsed());
+    }
+    assert_eq!(at.len(), 4, "4 retransmissions: {at:?}");
+    let gaps: Vec<Duration> = std::iter::once(at[0])
+        .chain(at.windows(2).map(|w| w[1] - w[0]))
+        .collect();
+    let ms = Duration::from_millis;
+    for (gap, want) in gaps.iter().zip([ms(200), ms(400), ms(800), ms(1600)]) {
+        assert!(
+            *gap >= want - ms(30) && *gap < want + ms(400),
+            "gaps {gaps:?}, wanted about 200, 400, 800, 1600 ms"
+        );
+    }
+    lab.daemon
+        .wait_log(Duration::from_secs(5), |l| {
+            l.contains("TFTP transfer abandoned")
+        })
+        .unwrap_or_else(|| panic!("{}", lab.daemon.log_text()));
+}
+
 /// Real clients: curl at two block sizes and tftp-hpa.
 #[test]
 fn curl_and_tftp_hpa_download_byte_identical_files() {
@@ -392,16 +428,17 @@ fn a_huge_client_timeout_is_not_granted() {
         .unwrap();
     let (_, raw, _) = recv(&s2);
     assert!(oack_fields(&raw).contains(&("timeout".into(), "3".into())));
-    // The first client never answers: its transfer is given up after 1 s x 2 retries.
+    // The first client never answers: its transfer is given up after 1 + 2 + 4 s (2 retries,
+    // backing off).
     let gone = Instant::now();
     lab.daemon
-        .wait_log(Duration::from_secs(8), |l| {
+        .wait_log(Duration::from_secs(12), |l| {
             l.contains("TFTP transfer abandoned")
                 && l.contains(&s.local_addr().unwrap().to_string())
         })
         .expect("the silent transfer ends");
     assert!(
-        gone.elapsed() < Duration::from_secs(6),
+        gone.elapsed() < Duration::from_secs(9),
         "{:?}",
         gone.elapsed()
     );

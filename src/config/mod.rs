@@ -278,7 +278,7 @@ pub struct TftpConfig {
     pub enabled: bool,
     /// Listen address.
     pub listen: SocketAddr,
-    /// Transfers served at once; requests beyond get a TFTP error and retry.
+    /// Transfers served at once; requests beyond wait in turn for a slot (up to 30 s).
     pub max_transfers: usize,
     /// Transfers served at once to one client address (a PXE ROM needs one or two).
     pub max_transfers_per_client: usize,

@@ -12,7 +12,10 @@
 //! - An ERROR from the client ends its transfer at once.
 //! - Options: `blksize` (clamped to `tftp.max_block_size` and the path MTU), `tsize`, `timeout`
 //!   (1..255 s), `windowsize` (RFC 7440, clamped to `tftp.max_window_size`).
-//! - A silent client's transfer ends after `tftp.retries` retransmissions of its window.
+//! - A silent client's transfer ends after `tftp.retries` retransmissions of its window. The
+//!   wait before each doubles (up to 8 times the timeout, at most [`MAX_BACKOFF`]), as
+//!   dnsmasq's does: in a boot storm a slow client is not dropped after a few seconds while
+//!   its ROM still waits, and a congested server does not add a retransmission every second.
 //! - At most `tftp.max_transfers` transfers at once; a request beyond that waits for a free
 //!   slot, first come first served, for up to [`SLOT_WAIT`], and is then dropped without an
 //!   answer. Never an ERROR: a PXE ROM gives up its boot on an ERROR, but sends its request
@@ -135,6 +138,16 @@ const WINDOW_BYTES_WITHOUT_READ_AHEAD: usize = 64 << 10;
 /// held that long for two packets is a denial of service). A longer one is not acknowledged,
 /// and the server's own timeout applies.
 const MAX_CLIENT_TIMEOUT_S: u8 = 5;
+/// The longest wait between two retransmissions of a window (unless the timeout itself is
+/// longer). With the default timeout of 1 s and 5 retries, a silent client's transfer ends
+/// after 1 + 2 + 4 + 8 + 8 + 8 = 31 s, as dnsmasq's ends after about 29 s.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// The wait for an ACK after the `tries`-th retransmission (0: after the first send).
+fn retransmit_wait(timeout: Duration, tries: u32) -> Duration {
+    (timeout * (1 << tries.min(3))).min(timeout.max(MAX_BACKOFF))
+}
+
 /// How long a request waits for a transfer slot when all are taken. PXE ROMs ask again after
 /// a few seconds of silence for about half a minute; their repeats keep the first one's place.
 pub const SLOT_WAIT: Duration = Duration::from_secs(30);
@@ -683,7 +696,7 @@ async fn send_file(
         let mut tries = 0;
         loop {
             sock.send(&oack).await.map_err(Ended::Io)?;
-            match recv_ack(sock, &mut buf, timeout).await? {
+            match recv_ack(sock, &mut buf, retransmit_wait(timeout, tries)).await? {
                 Some(0) => break,
                 Some(_) => continue,
                 None => {
@@ -720,7 +733,7 @@ async fn send_file(
         }
         // Wait for an ACK inside the window; ignore stale ones.
         let acked = loop {
-            match recv_ack(sock, &mut buf, timeout).await? {
+            match recv_ack(sock, &mut buf, retransmit_wait(timeout, tries)).await? {
                 Some(n) => {
                     if let Some(k) = (base..=end).find(|k| *k as u16 == n) {
                         break Some(k);
@@ -771,6 +784,22 @@ async fn recv_ack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retransmissions_back_off_to_eight_times_the_timeout_or_the_cap() {
+        let s = Duration::from_secs;
+        let waits: Vec<_> = (0..6).map(|t| retransmit_wait(s(1), t)).collect();
+        assert_eq!(waits, [s(1), s(2), s(4), s(8), s(8), s(8)]);
+        // A client's timeout of 5 s: the cap of 8 s.
+        let waits: Vec<_> = (0..3).map(|t| retransmit_wait(s(5), t)).collect();
+        assert_eq!(waits, [s(5), s(8), s(8)]);
+        // A timeout above the cap stays as it is.
+        assert_eq!(retransmit_wait(s(10), 4), s(10));
+        let ms = Duration::from_millis;
+        let waits: Vec<_> = (0..5).map(|t| retransmit_wait(ms(200), t)).collect();
+        assert_eq!(waits, [ms(200), ms(400), ms(800), ms(1600), ms(1600)]);
+        assert_eq!(retransmit_wait(s(1), u32::MAX), s(8), "no overflow");
+    }
 
     #[test]
     fn paths_are_relative_and_never_escape() {
