@@ -345,6 +345,59 @@ fn retransmissions_back_off() {
         .unwrap_or_else(|| panic!("{}", lab.daemon.log_text()));
 }
 
+/// A client's repeat of its request that reaches the server after the transfer began (queued
+/// behind a storm) does not replace the transfer: the client took that transfer's port as its
+/// transfer ID and goes on answering it. The same request after 3 s of silence is a client
+/// that started over, and gets a new transfer.
+#[test]
+fn a_late_repeat_of_a_running_request_does_not_replace_it() {
+    let lab = lab("timeout = \"1s\"\n");
+    let rrq = packet::rrq("ipxe.efi", &[("blksize", "1024")]);
+    let s = client();
+    s.send_to(&rrq, lab.tftp).unwrap();
+    let (oack, _, tid) = recv(&s);
+    assert!(matches!(oack, Packet::Other(packet::OACK)));
+    s.send_to(&packet::ack(0), tid).unwrap();
+    let (data, raw, from) = recv(&s);
+    assert!(matches!(data, Packet::Other(packet::DATA)) && raw[3] == 1 && from == tid);
+    // The repeat, then the transfer goes on from the same port.
+    s.send_to(&rrq, lab.tftp).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.send_to(&packet::ack(1), tid).unwrap();
+    let (data, raw, from) = recv(&s);
+    assert_eq!(
+        from, tid,
+        "answered from another port: the transfer was replaced"
+    );
+    assert!(
+        matches!(data, Packet::Other(packet::DATA)) && raw[3] == 2,
+        "{data:?} {:?}",
+        &raw[..4]
+    );
+
+    // Silent for 3.5 s after its last ACK, the client asks again: a new transfer.
+    let again = client();
+    again.send_to(&rrq, lab.tftp).unwrap();
+    let (_, _, old) = recv(&again);
+    again.send_to(&packet::ack(0), old).unwrap();
+    let _ = recv(&again); // DATA 1
+    std::thread::sleep(Duration::from_millis(3500));
+    again.send_to(&rrq, lab.tftp).unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut fresh = None;
+    while Instant::now() < until {
+        let (p, _, from) = recv(&again);
+        if from != old {
+            fresh = Some(p);
+            break;
+        }
+    }
+    assert!(
+        matches!(fresh, Some(Packet::Other(packet::OACK))),
+        "a new transfer for a client that started over: {fresh:?}"
+    );
+}
+
 /// Real clients: curl at two block sizes and tftp-hpa.
 #[test]
 fn curl_and_tftp_hpa_download_byte_identical_files() {

@@ -8,7 +8,12 @@
 //!
 //! - One listening socket; each transfer gets its own socket connected to the client (its
 //!   transfer ID), so stray datagrams never reach it.
-//! - A new RRQ from the same address and port as a running transfer replaces it at once.
+//! - A new RRQ from the same address and port as a running transfer replaces it at once,
+//!   unless it is the same request while the client is still busy with the transfer (it sent
+//!   nothing yet, or an ACK within [`RESTART_SILENCE`]): that is the client's own repeat of its
+//!   request, sent before the transfer's first packet reached it and queued behind a storm.
+//!   The client has taken the running transfer's port as its transfer ID; a new transfer from
+//!   another port would be ignored by it while the one it answers was gone.
 //! - An ERROR from the client ends its transfer at once.
 //! - Options: `blksize` (clamped to `tftp.max_block_size` and the path MTU), `tsize`, `timeout`
 //!   (1..255 s), `windowsize` (RFC 7440, clamped to `tftp.max_window_size`).
@@ -148,6 +153,11 @@ fn retransmit_wait(timeout: Duration, tries: u32) -> Duration {
     (timeout * (1 << tries.min(3))).min(timeout.max(MAX_BACKOFF))
 }
 
+/// A client silent this long towards its running transfer that sends the same request again
+/// has started over (a ROM retrying its boot from the same port): it gets a new transfer.
+/// Sooner, the request is its old repeat and is ignored.
+pub const RESTART_SILENCE: Duration = Duration::from_secs(3);
+
 /// How long a request waits for a transfer slot when all are taken. PXE ROMs ask again after
 /// a few seconds of silence for about half a minute; their repeats keep the first one's place.
 pub const SLOT_WAIT: Duration = Duration::from_secs(30);
@@ -155,10 +165,57 @@ pub const SLOT_WAIT: Duration = Duration::from_secs(30);
 /// Running transfers.
 #[derive(Default)]
 struct Active {
-    /// Per client: its transfer's id, its cancel token, and while it waits for a slot the file
-    /// it asked for.
-    by_peer: HashMap<SocketAddr, (u64, CancellationToken, Option<String>)>,
+    /// Per client address and port: its transfer.
+    by_peer: HashMap<SocketAddr, Running>,
     per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A client's request, waiting for a slot or served.
+struct Running {
+    id: u64,
+    cancel: CancellationToken,
+    request: Request,
+    /// Whether it still waits for a slot.
+    waiting: bool,
+    heard: Arc<Heard>,
+}
+
+/// When a transfer last heard from its client.
+#[derive(Debug)]
+struct Heard {
+    epoch: Instant,
+    /// Milliseconds after `epoch` + 1; 0 before the first packet.
+    at_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Heard {
+        Heard {
+            epoch: Instant::now(),
+            at_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.at_ms
+            .store(ms + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the client is still busy with the transfer: it sent nothing yet (the transfer's
+    /// first packets or their retransmissions are on their way), or something within `within`.
+    fn busy(&self, within: Duration) -> bool {
+        match self.at_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => true,
+            at => {
+                let since = self
+                    .epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at - 1));
+                since < within
+            }
+        }
+    }
 }
 
 /// The bytes of a transfer: the whole cached file, or a read-ahead window of a big one.
@@ -324,21 +381,26 @@ impl Service {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cancel = token.child_token();
+        let heard = Arc::new(Heard::new());
         let admitted = {
             let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            if active
-                .by_peer
-                .get(&peer)
-                .is_some_and(|(_, _, waiting)| waiting.as_deref() == Some(&req.filename))
-            {
-                // Its request again while it waits for a slot: it keeps its place.
-                return;
+            if let Some(running) = active.by_peer.get(&peer) {
+                if running.waiting && running.request.filename == req.filename {
+                    // Its request again while it waits for a slot: it keeps its place.
+                    return;
+                }
+                if !running.waiting && running.request == req && running.heard.busy(RESTART_SILENCE)
+                {
+                    // Its old repeat, queued: the client answers the running transfer.
+                    tracing::debug!(%peer, file = %req.filename, "TFTP: a repeated request of a running transfer ignored");
+                    return;
+                }
             }
             let replaced = active.by_peer.remove(&peer);
-            if let Some((_, old, _)) = &replaced {
+            if let Some(old) = &replaced {
                 // The client started over (a ROM after its tsize probe): serve the new request
                 // now; the old transfer's count is handed on to this one.
-                old.cancel();
+                old.cancel.cancel();
             }
             let count = active.per_ip.entry(peer.ip()).or_default();
             if replaced.is_none() && *count >= self.config.max_transfers_per_client {
@@ -347,9 +409,16 @@ impl Service {
                 if replaced.is_none() {
                     *count += 1;
                 }
-                active
-                    .by_peer
-                    .insert(peer, (id, cancel.clone(), Some(req.filename.clone())));
+                active.by_peer.insert(
+                    peer,
+                    Running {
+                        id,
+                        cancel: cancel.clone(),
+                        request: req.clone(),
+                        waiting: true,
+                        heard: heard.clone(),
+                    },
+                );
                 true
             }
         };
@@ -369,7 +438,7 @@ impl Service {
                     this.forget(peer, id);
                     return;
                 };
-                this.transfer(peer, req, local, cancel).await;
+                this.transfer(peer, req, local, cancel, &heard).await;
                 drop(permit);
                 this.forget(peer, id);
             }
@@ -406,7 +475,7 @@ impl Service {
         };
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         match active.by_peer.get_mut(&peer) {
-            Some((i, _, waiting)) if *i == id => *waiting = None,
+            Some(running) if running.id == id => running.waiting = false,
             _ => return None,
         }
         Some(permit)
@@ -416,7 +485,7 @@ impl Service {
     /// client took it over).
     fn forget(&self, peer: SocketAddr, id: u64) {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        if active.by_peer.get(&peer).is_some_and(|(i, _, _)| *i == id) {
+        if active.by_peer.get(&peer).is_some_and(|r| r.id == id) {
             active.by_peer.remove(&peer);
             if let Some(n) = active.per_ip.get_mut(&peer.ip()) {
                 *n = n.saturating_sub(1);
@@ -433,6 +502,7 @@ impl Service {
         req: Request,
         local: Option<SocketAddr>,
         cancel: CancellationToken,
+        heard: &Heard,
     ) {
         let started = Instant::now();
         let bind_ip = match local {
@@ -476,7 +546,7 @@ impl Service {
         let result = tokio::select! {
             _ = cancel.cancelled() => Err(Ended::Replaced),
             _ = tokio::time::sleep(self.config.max_transfer_time) => Err(Ended::TooLong),
-            r = send_file(&sock, reader, &granted, block_size, window, timeout, self.config.retries) => r,
+            r = send_file(&sock, reader, &granted, Pace { block_size, window, timeout, retries: self.config.retries }, heard) => r,
         };
         drop(read_ahead);
         let ms = started.elapsed().as_millis();
@@ -680,23 +750,35 @@ fn path_mtu(sock: &UdpSocket) -> Option<u32> {
         .and_then(|m| u32::try_from(m).ok())
 }
 
+/// A transfer's block and window sizes and its retransmission timing.
+struct Pace {
+    block_size: usize,
+    window: usize,
+    timeout: Duration,
+    retries: u32,
+}
+
 /// Send the OACK (if any option was granted) and every block, windowed; the bytes sent.
 async fn send_file(
     sock: &UdpSocket,
     mut reader: Reader<'_>,
     granted: &Options,
-    block_size: usize,
-    window: usize,
-    timeout: Duration,
-    retries: u32,
+    pace: Pace,
+    heard: &Heard,
 ) -> Result<u64, Ended> {
+    let Pace {
+        block_size,
+        window,
+        timeout,
+        retries,
+    } = pace;
     let mut buf = [0u8; 1024];
     if granted.any() {
         let oack = packet::oack(granted);
         let mut tries = 0;
         loop {
             sock.send(&oack).await.map_err(Ended::Io)?;
-            match recv_ack(sock, &mut buf, retransmit_wait(timeout, tries)).await? {
+            match recv_ack(sock, &mut buf, retransmit_wait(timeout, tries), heard).await? {
                 Some(0) => break,
                 Some(_) => continue,
                 None => {
@@ -733,7 +815,7 @@ async fn send_file(
         }
         // Wait for an ACK inside the window; ignore stale ones.
         let acked = loop {
-            match recv_ack(sock, &mut buf, retransmit_wait(timeout, tries)).await? {
+            match recv_ack(sock, &mut buf, retransmit_wait(timeout, tries), heard).await? {
                 Some(n) => {
                     if let Some(k) = (base..=end).find(|k| *k as u16 == n) {
                         break Some(k);
@@ -763,6 +845,7 @@ async fn recv_ack(
     sock: &UdpSocket,
     buf: &mut [u8],
     timeout: Duration,
+    heard: &Heard,
 ) -> Result<Option<u16>, Ended> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -774,7 +857,10 @@ async fn recv_ack(
             Ok(Ok(n)) => n,
         };
         match packet::parse(&buf[..n]) {
-            Ok(Packet::Ack(b)) => return Ok(Some(b)),
+            Ok(Packet::Ack(b)) => {
+                heard.mark();
+                return Ok(Some(b));
+            }
             Ok(Packet::Error(code, msg)) => return Err(Ended::ClientError(code, msg)),
             _ => {}
         }
@@ -784,6 +870,16 @@ async fn recv_ack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transfer_is_busy_until_its_client_has_been_silent() {
+        let heard = Heard::new();
+        assert!(heard.busy(Duration::ZERO), "nothing heard yet: busy");
+        heard.mark();
+        assert!(heard.busy(RESTART_SILENCE));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!heard.busy(Duration::from_millis(2)), "silent since");
+    }
 
     #[test]
     fn retransmissions_back_off_to_eight_times_the_timeout_or_the_cap() {
