@@ -398,6 +398,24 @@ fn a_late_repeat_of_a_running_request_does_not_replace_it() {
     );
 }
 
+/// TFTP runs on a thread of its own, apart from DHCP's: thousands of transfers at once cannot
+/// hold up DHCP answers (the 10,000-machine storm of bench/storm.sh shows the effect).
+#[test]
+fn tftp_and_dhcp_have_threads_of_their_own() {
+    let lab = lab("");
+    let s = client();
+    s.send_to(&packet::rrq("ipxe.efi", &[]), lab.tftp).unwrap();
+    assert!(matches!(recv(&s).0, Packet::Other(packet::DATA)));
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", lab.daemon.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    for want in ["kindling-tftp", "kindling-dhcp"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+}
+
 /// Real clients: curl at two block sizes and tftp-hpa.
 #[test]
 fn curl_and_tftp_hpa_download_byte_identical_files() {

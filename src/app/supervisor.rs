@@ -198,7 +198,8 @@ impl Supervisor {
 }
 
 /// A runtime of its own on a thread of its own, for the services whose answers must not
-/// queue behind bulk work (DHCP and TFTP behind a thousand kernel downloads): the kernel's
+/// queue behind bulk work (DHCP and TFTP behind a thousand kernel downloads, and DHCP behind
+/// thousands of TFTP transfers: each has a lane of its own): the kernel's
 /// scheduler shares the CPU between this thread and the HTTP workers as it would between
 /// dnsmasq and nginx. In a 1,000-machine storm on one core (bench/storm.sh) the TFTP phase's
 /// median went from 16.6 s, its transfers one task among the HTTP connections, to 4 s; with
