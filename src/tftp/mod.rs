@@ -180,41 +180,22 @@ struct Running {
     heard: Arc<Heard>,
 }
 
-/// When a transfer last heard from its client.
-#[derive(Debug)]
-struct Heard {
-    epoch: Instant,
-    /// Milliseconds after `epoch` + 1; 0 before the first packet.
-    at_ms: std::sync::atomic::AtomicU64,
-}
+/// When a transfer last heard from its client (an ACK); `None` before the first.
+#[derive(Debug, Default)]
+struct Heard(Mutex<Option<Instant>>);
 
 impl Heard {
-    fn new() -> Heard {
-        Heard {
-            epoch: Instant::now(),
-            at_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
     fn mark(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.at_ms
-            .store(ms + 1, std::sync::atomic::Ordering::Relaxed);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
     /// Whether the client is still busy with the transfer: it sent nothing yet (the transfer's
     /// first packets or their retransmissions are on their way), or something within `within`.
     fn busy(&self, within: Duration) -> bool {
-        match self.at_ms.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => true,
-            at => {
-                let since = self
-                    .epoch
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(at - 1));
-                since < within
-            }
-        }
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|at| at.elapsed() < within)
     }
 }
 
@@ -381,7 +362,7 @@ impl Service {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cancel = token.child_token();
-        let heard = Arc::new(Heard::new());
+        let heard = Arc::new(Heard::default());
         let admitted = {
             let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(running) = active.by_peer.get(&peer) {
@@ -873,7 +854,7 @@ mod tests {
 
     #[test]
     fn a_transfer_is_busy_until_its_client_has_been_silent() {
-        let heard = Heard::new();
+        let heard = Heard::default();
         assert!(heard.busy(Duration::ZERO), "nothing heard yet: busy");
         heard.mark();
         assert!(heard.busy(RESTART_SILENCE));
