@@ -176,7 +176,12 @@ fn tsize_probe_then_error_then_rrq_again_is_served_at_once() {
     assert!(got == lab.small, "content differs");
     lab.daemon
         .wait_log(Duration::from_secs(3), |l| {
-            l.contains("TFTP sent") && l.contains("file=ipxe.efi") && l.contains("window=4")
+            // Each window of 4 left in one segmented send (UDP GSO), and still arrived as 4
+            // DATA packets (download_windowed checks every block number and size).
+            l.contains("TFTP sent")
+                && l.contains("file=ipxe.efi")
+                && l.contains("window=4")
+                && l.contains("sends=segmented")
         })
         .unwrap_or_else(|| panic!("{}", lab.daemon.log_text()));
     eprintln!("1 MB at blksize 1468 windowsize 4: {:?}", started.elapsed());

@@ -27,6 +27,10 @@
 //!   again after a silence. A repeated request of a waiting client keeps its place.
 //! - Write requests, `..` and netascii mode are refused with a TFTP ERROR; a leading `/` is the
 //!   TFTP root (GRUB asks for `/grub/grub.cfg`).
+//! - A window of several blocks leaves in one `send` where the kernel segments UDP
+//!   (`UDP_SEGMENT`, generic segmentation offload): one DATA packet per block on the wire,
+//!   one trip through the socket and IP layers for all of them. A device or path that
+//!   refuses it (no checksum offload, IPsec) gets one `send` per block.
 //! - Files up to 8 MiB (iPXE binaries) are cached in memory, keyed by path, size and
 //!   modification time. Bigger files are read per window.
 //! - Each completed transfer is logged and recorded against the machine. TFTP knows only the
@@ -537,8 +541,8 @@ impl Service {
         };
         let mac_text = mac.map_or_else(|| "-".to_string(), |m| m.to_string());
         match result {
-            Ok(bytes) => {
-                tracing::info!(%peer, mac = %mac_text, %file, bytes, ms, block_size, window, "TFTP sent");
+            Ok((bytes, sends)) => {
+                tracing::info!(%peer, mac = %mac_text, %file, bytes, ms, block_size, window, sends = %sends.as_str(), "TFTP sent");
                 self.metrics.tftp("completed");
                 self.metrics.tftp_bytes.inc_by(bytes);
                 if let Some(mac) = mac {
@@ -731,6 +735,120 @@ fn path_mtu(sock: &UdpSocket) -> Option<u32> {
         .and_then(|m| u32::try_from(m).ok())
 }
 
+/// Ask the kernel to cut every datagram of `sock` into segments of `size` bytes (one TFTP
+/// DATA packet each); false where it cannot (kernels before 4.18, other systems).
+fn segment_sends(sock: &UdpSocket, size: usize) -> bool {
+    let Ok(size) = i32::try_from(size) else {
+        return false;
+    };
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::UdpGsoSegment, &size).is_ok()
+}
+
+/// Whether a segmented send failed because the path cannot segment (checksum offload missing:
+/// `EIO`; a socket without UDP checksums: `EINVAL`; `EMSGSIZE` when the MTU shrank).
+fn segmenting_refused(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error()
+        .map(Errno::from_raw)
+        .is_some_and(|n| matches!(n, Errno::EIO | Errno::EINVAL | Errno::EMSGSIZE))
+}
+
+/// The most segments the kernel takes in one send (`UDP_MAX_SEGMENTS`, 64 before Linux 6.9).
+const MAX_SEGMENTS: usize = 64;
+/// The most bytes in one segmented send (a UDP datagram's payload is at most 65,507).
+const MAX_SEGMENTED_BYTES: usize = 65_000;
+
+/// One window's DATA packets: blocks `first`, `first + 1`, … (`count` of them), their
+/// payloads cut from `data` every `block_size` bytes (the file's last may be short or empty).
+struct Window<'a> {
+    first: u64,
+    data: &'a [u8],
+    block_size: usize,
+    count: usize,
+}
+
+impl Window<'_> {
+    fn payload(&self, i: usize) -> &[u8] {
+        let from = (i * self.block_size).min(self.data.len());
+        let to = ((i + 1) * self.block_size).min(self.data.len());
+        &self.data[from..to]
+    }
+}
+
+/// Send a window's packets, straight from the file's bytes (each packet a header and its
+/// payload in one vectored send, no copy): while `sends` is [`Sends::Segmented`], as few
+/// segmented sends as the kernel's limits allow, else one send per packet. A segmented send
+/// the path refuses turns the socket's segmenting off and sends the rest one by one (`sends`
+/// becomes [`Sends::FellBack`]).
+async fn send_window(sock: &UdpSocket, w: &Window<'_>, sends: &mut Sends) -> std::io::Result<()> {
+    let segment = 4 + w.block_size;
+    let per_send = (MAX_SEGMENTED_BYTES / segment).clamp(1, MAX_SEGMENTS);
+    let headers: Vec<[u8; 4]> = (0..w.count as u64)
+        .map(|i| {
+            let [op_hi, op_lo] = packet::DATA.to_be_bytes();
+            let [hi, lo] = ((w.first + i) as u16).to_be_bytes();
+            [op_hi, op_lo, hi, lo]
+        })
+        .collect();
+    let mut i = 0;
+    while i < w.count {
+        let n = per_send.min(w.count - i);
+        if *sends == Sends::Segmented && n > 1 {
+            match send_packets(sock, &headers[i..i + n], w, i).await {
+                Ok(()) => {
+                    i += n;
+                    continue;
+                }
+                Err(e) if segmenting_refused(&e) => {
+                    tracing::debug!(error = %e, "TFTP: the path does not segment UDP; one send per block");
+                    let _ = nix::sys::socket::setsockopt(
+                        sock,
+                        nix::sys::socket::sockopt::UdpGsoSegment,
+                        &0,
+                    );
+                    *sends = Sends::FellBack;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        send_packets(sock, &headers[i..=i], w, i).await?;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// One send of the packets with `headers`, the first being the window's packet `from`.
+async fn send_packets(
+    sock: &UdpSocket,
+    headers: &[[u8; 4]],
+    w: &Window<'_>,
+    from: usize,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let slices: Vec<std::io::IoSlice<'_>> = headers
+        .iter()
+        .enumerate()
+        .flat_map(|(k, h)| {
+            [
+                std::io::IoSlice::new(h),
+                std::io::IoSlice::new(w.payload(from + k)),
+            ]
+        })
+        .collect();
+    sock.async_io(tokio::io::Interest::WRITABLE, || {
+        nix::sys::socket::sendmsg::<()>(
+            sock.as_raw_fd(),
+            &slices,
+            &[],
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .map_err(std::io::Error::from)
+    })
+    .await?;
+    Ok(())
+}
+
 /// A transfer's block and window sizes and its retransmission timing.
 struct Pace {
     block_size: usize,
@@ -739,14 +857,36 @@ struct Pace {
     retries: u32,
 }
 
-/// Send the OACK (if any option was granted) and every block, windowed; the bytes sent.
+/// How a transfer's DATA packets went out: whether its windows were sent segmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sends {
+    /// One `send` per block.
+    Single,
+    /// One segmented `send` per window.
+    Segmented,
+    /// Segmenting was refused on the way, then one `send` per block.
+    FellBack,
+}
+
+impl Sends {
+    fn as_str(self) -> &'static str {
+        match self {
+            Sends::Single => "single",
+            Sends::Segmented => "segmented",
+            Sends::FellBack => "fell-back",
+        }
+    }
+}
+
+/// Send the OACK (if any option was granted) and every block, windowed; the bytes sent and
+/// how they were sent.
 async fn send_file(
     sock: &UdpSocket,
     mut reader: Reader<'_>,
     granted: &Options,
     pace: Pace,
     heard: &Heard,
-) -> Result<u64, Ended> {
+) -> Result<(u64, Sends), Ended> {
     let Pace {
         block_size,
         window,
@@ -776,7 +916,12 @@ async fn send_file(
     let last = len / block_size as u64 + 1;
     let mut base: u64 = 1;
     let mut tries = 0;
-    let mut out = Vec::with_capacity(4 + block_size);
+    // Every packet but a file's last is 4 + block_size bytes: the segment size.
+    let mut sends = if window > 1 && segment_sends(sock, 4 + block_size) {
+        Sends::Segmented
+    } else {
+        Sends::Single
+    };
     while base <= last {
         let end = (base + window as u64 - 1).min(last);
         let offset = (base - 1) * block_size as u64;
@@ -784,16 +929,15 @@ async fn send_file(
             .fetch(offset, (end - base + 1) as usize * block_size)
             .await
             .map_err(Ended::Io)?;
-        let held = &reader.held;
-        for (i, block) in (base..=end).enumerate() {
-            let from = (start + i * block_size).min(held.len());
-            let to = (start + (i + 1) * block_size).min(held.len());
-            out.clear();
-            out.extend_from_slice(&packet::DATA.to_be_bytes());
-            out.extend_from_slice(&(block as u16).to_be_bytes());
-            out.extend_from_slice(&held[from..to]);
-            sock.send(&out).await.map_err(Ended::Io)?;
-        }
+        let window = Window {
+            first: base,
+            data: &reader.held[start.min(reader.held.len())..],
+            block_size,
+            count: (end - base + 1) as usize,
+        };
+        send_window(sock, &window, &mut sends)
+            .await
+            .map_err(Ended::Io)?;
         // Wait for an ACK inside the window; ignore stale ones.
         let acked = loop {
             match recv_ack(sock, &mut buf, retransmit_wait(timeout, tries), heard).await? {
@@ -818,7 +962,7 @@ async fn send_file(
             }
         }
     }
-    Ok(len)
+    Ok((len, sends))
 }
 
 /// The next ACK's block number, `None` on timeout; a client ERROR ends the transfer.
@@ -876,6 +1020,73 @@ mod tests {
         let waits: Vec<_> = (0..5).map(|t| retransmit_wait(ms(200), t)).collect();
         assert_eq!(waits, [ms(200), ms(400), ms(800), ms(1600), ms(1600)]);
         assert_eq!(retransmit_wait(s(1), u32::MAX), s(8), "no overflow");
+    }
+
+    /// What `rx` receives until 300 ms pass without a datagram.
+    async fn datagrams(rx: &UdpSocket) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(300), rx.recv(&mut buf)).await
+        {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_window_leaves_as_one_datagram_per_packet_segmented_or_not() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        tx.connect(rx.local_addr().unwrap()).await.unwrap();
+        // 150 blocks of 8 bytes (more than one segmented send takes) and a short last one,
+        // block numbers wrapping past 65,535.
+        let data: Vec<u8> = (0..150u8).flat_map(|i| [i; 8]).chain([200; 5]).collect();
+        let w = Window {
+            first: 65_500,
+            data: &data,
+            block_size: 8,
+            count: 151,
+        };
+        let expected: Vec<Vec<u8>> = data
+            .chunks(8)
+            .enumerate()
+            .map(|(i, payload)| {
+                let mut p = vec![0, 3];
+                p.extend(((65_500 + i as u64) as u16).to_be_bytes());
+                p.extend(payload);
+                p
+            })
+            .collect();
+
+        assert!(segment_sends(&tx, 12), "loopback segments UDP");
+        let mut sends = Sends::Segmented;
+        send_window(&tx, &w, &mut sends).await.unwrap();
+        assert_eq!(sends, Sends::Segmented);
+        assert_eq!(datagrams(&rx).await, expected);
+
+        // A segmented send the kernel refuses (here: 2-byte segments, more of them than it
+        // takes in one send) falls back to one send per packet, for the rest of the transfer.
+        nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::UdpGsoSegment, &2).unwrap();
+        send_window(&tx, &w, &mut sends).await.unwrap();
+        assert_eq!(sends, Sends::FellBack);
+        assert_eq!(datagrams(&rx).await, expected);
+        send_window(&tx, &w, &mut sends).await.unwrap();
+        assert_eq!(datagrams(&rx).await, expected);
+
+        // An empty last block (a file that is a multiple of the block size) is a bare header.
+        let w = Window {
+            first: 1,
+            data: &data[..16],
+            block_size: 8,
+            count: 3,
+        };
+        let mut sends = Sends::Segmented;
+        assert!(segment_sends(&tx, 12));
+        send_window(&tx, &w, &mut sends).await.unwrap();
+        let got = datagrams(&rx).await;
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [12, 12, 4]);
+        assert_eq!(got[2], [0, 3, 0, 3]);
     }
 
     #[test]
