@@ -198,6 +198,18 @@ cpu_rss() {
   awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v r="$rss" 'BEGIN {printf "%.1f %d\n", t / hz, r}'
 }
 
+# user+system seconds per thread name (Kindling's kindling-tftp, kindling-dhcp and
+# tokio-rt-worker; dnsmasq; nginx) of the given processes and their children: "name=s ...".
+cpu_split() {
+  local all=("$@") p
+  for p in "$@"; do all+=($(cat /proc/"$p"/task/*/children 2>/dev/null)); done
+  for p in "${all[@]}"; do cat /proc/"$p"/task/*/stat 2>/dev/null; done |
+    awk -v hz="$(getconf CLK_TCK)" '{
+        rest = $0; sub(/^[^(]*\(/, "", rest); name = rest; sub(/\).*/, "", name); sub(/^.*\) /, "", rest)
+        split(rest, f, " "); t[name] += f[12] + f[13]
+      } END {for (n in t) printf "%s=%.1f ", n, t[n] / hz}'
+}
+
 read -r -a servers <<<"${BENCH_SERVERS:-kindling reference}"
 declare -A res
 for r in $(seq "$rounds"); do
@@ -208,6 +220,7 @@ for r in $(seq "$rounds"); do
     out=$(taskset -c 1 ip netns exec "$cli" "$storm" run --server 10.97.0.1 --relay 10.97.0.2 \
       --machines "$machines" --ramp-ms "$ramp" --bios-percent "$bios" --deadline-s 900 2>&1 || true)
     read -r cpu1 rss < <(cpu_rss "$pid" "${extra_pids[@]}")
+    split=$(cpu_split "$pid" "${extra_pids[@]}")
     api=""
     if [ "$name" = kindling ]; then
       api=$(ip netns exec "$srv" curl -fsS http://10.97.0.1:8080/api/v1/machines |
@@ -220,7 +233,7 @@ for r in $(seq "$rounds"); do
     fi
     stop_all
     [ -n "${STORM_LOGS:-}" ] && mkdir -p "$STORM_LOGS" && cp "$state/log" "$STORM_LOGS/$name-round$r.log"
-    echo "== round $r: $name (API: ${api:-n/a})" >&2
+    echo "== round $r: $name (API: ${api:-n/a}; CPU s per thread: $split)" >&2
     echo "$out" >&2
     last=$(grep -E '^(ok|fail) machines=' <<<"$out" || echo "fail all_ms=0")
     field() { grep -o "$1=[0-9.]*" <<<"$last" | cut -d= -f2; }
