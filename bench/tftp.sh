@@ -59,6 +59,9 @@ level = "warn"
 [tftp]
 enabled = true
 listen = "127.0.0.1:69"
+# The load client is one address standing for up to 200 machines; the default cap of 8
+# transfers per address would refuse the rest (dnsmasq and tftpd-hpa have no such cap).
+max_transfers_per_client = 1024
 CONF
 
 start_server() {

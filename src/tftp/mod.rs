@@ -775,30 +775,34 @@ impl Window<'_> {
     }
 }
 
-/// Send a window's packets, straight from the file's bytes (each packet a header and its
-/// payload in one vectored send, no copy): while `sends` is [`Sends::Segmented`], as few
-/// segmented sends as the kernel's limits allow, else one send per packet. A segmented send
-/// the path refuses turns the socket's segmenting off and sends the rest one by one (`sends`
-/// becomes [`Sends::FellBack`]).
-async fn send_window(sock: &UdpSocket, w: &Window<'_>, sends: &mut Sends) -> std::io::Result<()> {
-    let segment = 4 + w.block_size;
-    let per_send = (MAX_SEGMENTED_BYTES / segment).clamp(1, MAX_SEGMENTS);
-    let headers: Vec<[u8; 4]> = (0..w.count as u64)
-        .map(|i| {
-            let [op_hi, op_lo] = packet::DATA.to_be_bytes();
-            let [hi, lo] = ((w.first + i) as u16).to_be_bytes();
-            [op_hi, op_lo, hi, lo]
-        })
-        .collect();
+/// Send a window's packets: while `sends` is [`Sends::Segmented`], as few segmented sends as
+/// the kernel's limits allow, straight from the file's bytes (each packet a header and its
+/// payload in one vectored send, no copy); else one send per packet, copied into `scratch`
+/// (cheaper than a vectored send for one packet). A segmented send the path refuses turns
+/// the socket's segmenting off and sends the rest one by one (`sends` becomes
+/// [`Sends::FellBack`]).
+async fn send_window(
+    sock: &UdpSocket,
+    w: &Window<'_>,
+    sends: &mut Sends,
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let header = |i: usize| {
+        let [op_hi, op_lo] = packet::DATA.to_be_bytes();
+        let [hi, lo] = ((w.first + i as u64) as u16).to_be_bytes();
+        [op_hi, op_lo, hi, lo]
+    };
     let mut i = 0;
-    while i < w.count {
-        let n = per_send.min(w.count - i);
-        if *sends == Sends::Segmented && n > 1 {
+    if *sends == Sends::Segmented && w.count > 1 {
+        let per_send = (MAX_SEGMENTED_BYTES / (4 + w.block_size)).clamp(1, MAX_SEGMENTS);
+        let headers: Vec<[u8; 4]> = (0..w.count).map(header).collect();
+        while i < w.count {
+            let n = per_send.min(w.count - i);
+            if n == 1 {
+                break;
+            }
             match send_packets(sock, &headers[i..i + n], w, i).await {
-                Ok(()) => {
-                    i += n;
-                    continue;
-                }
+                Ok(()) => i += n,
                 Err(e) if segmenting_refused(&e) => {
                     tracing::debug!(error = %e, "TFTP: the path does not segment UDP; one send per block");
                     let _ = nix::sys::socket::setsockopt(
@@ -807,12 +811,17 @@ async fn send_window(sock: &UdpSocket, w: &Window<'_>, sends: &mut Sends) -> std
                         &0,
                     );
                     *sends = Sends::FellBack;
+                    break;
                 }
                 Err(e) => return Err(e),
             }
         }
-        send_packets(sock, &headers[i..=i], w, i).await?;
-        i += 1;
+    }
+    for k in i..w.count {
+        scratch.clear();
+        scratch.extend_from_slice(&header(k));
+        scratch.extend_from_slice(w.payload(k));
+        sock.send(scratch).await?;
     }
     Ok(())
 }
@@ -922,6 +931,7 @@ async fn send_file(
     } else {
         Sends::Single
     };
+    let mut scratch = Vec::with_capacity(4 + block_size);
     while base <= last {
         let end = (base + window as u64 - 1).min(last);
         let offset = (base - 1) * block_size as u64;
@@ -935,7 +945,7 @@ async fn send_file(
             block_size,
             count: (end - base + 1) as usize,
         };
-        send_window(sock, &window, &mut sends)
+        send_window(sock, &window, &mut sends, &mut scratch)
             .await
             .map_err(Ended::Io)?;
         // Wait for an ACK inside the window; ignore stale ones.
@@ -1061,17 +1071,23 @@ mod tests {
 
         assert!(segment_sends(&tx, 12), "loopback segments UDP");
         let mut sends = Sends::Segmented;
-        send_window(&tx, &w, &mut sends).await.unwrap();
+        send_window(&tx, &w, &mut sends, &mut Vec::new())
+            .await
+            .unwrap();
         assert_eq!(sends, Sends::Segmented);
         assert_eq!(datagrams(&rx).await, expected);
 
         // A segmented send the kernel refuses (here: 2-byte segments, more of them than it
         // takes in one send) falls back to one send per packet, for the rest of the transfer.
         nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::UdpGsoSegment, &2).unwrap();
-        send_window(&tx, &w, &mut sends).await.unwrap();
+        send_window(&tx, &w, &mut sends, &mut Vec::new())
+            .await
+            .unwrap();
         assert_eq!(sends, Sends::FellBack);
         assert_eq!(datagrams(&rx).await, expected);
-        send_window(&tx, &w, &mut sends).await.unwrap();
+        send_window(&tx, &w, &mut sends, &mut Vec::new())
+            .await
+            .unwrap();
         assert_eq!(datagrams(&rx).await, expected);
 
         // An empty last block (a file that is a multiple of the block size) is a bare header.
@@ -1083,7 +1099,9 @@ mod tests {
         };
         let mut sends = Sends::Segmented;
         assert!(segment_sends(&tx, 12));
-        send_window(&tx, &w, &mut sends).await.unwrap();
+        send_window(&tx, &w, &mut sends, &mut Vec::new())
+            .await
+            .unwrap();
         let got = datagrams(&rx).await;
         assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [12, 12, 4]);
         assert_eq!(got[2], [0, 3, 0, 3]);
