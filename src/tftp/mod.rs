@@ -753,7 +753,8 @@ fn segmenting_refused(e: &std::io::Error) -> bool {
         .is_some_and(|n| matches!(n, Errno::EIO | Errno::EINVAL | Errno::EMSGSIZE))
 }
 
-/// The most segments the kernel takes in one send (`UDP_MAX_SEGMENTS`, 64 before Linux 6.9).
+/// The most segments the kernel takes in one send (`UDP_MAX_SEGMENTS`: 64 in older kernels,
+/// more in newer ones).
 const MAX_SEGMENTS: usize = 64;
 /// The most bytes in one segmented send (a UDP datagram's payload is at most 65,507).
 const MAX_SEGMENTED_BYTES: usize = 65_000;
