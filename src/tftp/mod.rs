@@ -736,7 +736,8 @@ fn path_mtu(sock: &UdpSocket) -> Option<u32> {
 }
 
 /// Ask the kernel to cut every datagram of `sock` into segments of `size` bytes (one TFTP
-/// DATA packet each); false where it cannot (kernels before 4.18, other systems).
+/// DATA packet each; 0 turns it off); false where it cannot (kernels before 4.18, other
+/// systems).
 fn segment_sends(sock: &UdpSocket, size: usize) -> bool {
     let Ok(size) = i32::try_from(size) else {
         return false;
@@ -788,11 +789,7 @@ async fn send_window(
     sends: &mut Sends,
     scratch: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    let header = |i: usize| {
-        let [op_hi, op_lo] = packet::DATA.to_be_bytes();
-        let [hi, lo] = ((w.first + i as u64) as u16).to_be_bytes();
-        [op_hi, op_lo, hi, lo]
-    };
+    let header = |i: usize| packet::data_header((w.first + i as u64) as u16);
     let mut i = 0;
     if *sends == Sends::Segmented && w.count > 1 {
         let per_send = (MAX_SEGMENTED_BYTES / (4 + w.block_size)).clamp(1, MAX_SEGMENTS);
@@ -806,11 +803,7 @@ async fn send_window(
                 Ok(()) => i += n,
                 Err(e) if segmenting_refused(&e) => {
                     tracing::debug!(error = %e, "TFTP: the path does not segment UDP; one send per block");
-                    let _ = nix::sys::socket::setsockopt(
-                        sock,
-                        nix::sys::socket::sockopt::UdpGsoSegment,
-                        &0,
-                    );
+                    segment_sends(sock, 0);
                     *sends = Sends::FellBack;
                     break;
                 }

@@ -188,11 +188,17 @@ pub fn oack(o: &Options) -> Vec<u8> {
     out
 }
 
+/// A DATA packet's header: opcode and block number.
+pub fn data_header(block: u16) -> [u8; 4] {
+    let [op_hi, op_lo] = DATA.to_be_bytes();
+    let [hi, lo] = block.to_be_bytes();
+    [op_hi, op_lo, hi, lo]
+}
+
 /// A DATA packet header followed by `data`.
 pub fn data(block: u16, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + data.len());
-    out.extend_from_slice(&DATA.to_be_bytes());
-    out.extend_from_slice(&block.to_be_bytes());
+    out.extend_from_slice(&data_header(block));
     out.extend_from_slice(data);
     out
 }
