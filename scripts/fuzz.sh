@@ -32,6 +32,11 @@ seeds=target/fuzz-seeds
 rm -rf "$seeds"
 python3 fuzz/make-seeds.py "$seeds"
 
+# The targets' scratch files (fuzz/fuzz_targets/common.rs: std::env::temp_dir()) and the logs
+# go to a directory of this run, removed at its end.
+scratch=$(mktemp -d -t kindling-fuzz.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+
 failed=0
 for t in "${targets[@]}"; do
   bin=target/fuzz/$host/release/$t
@@ -39,10 +44,10 @@ for t in "${targets[@]}"; do
   corpus=target/fuzz-corpus/$t
   artifacts=target/fuzz-artifacts/$t
   mkdir -p "$corpus" "$artifacts" "$seeds/$t"
-  log=$(mktemp)
+  log=$scratch/$t.log
   dirs=("$corpus" "$seeds/$t")
   [ -d "fuzz/regressions/$t" ] && dirs+=("fuzz/regressions/$t")
-  if "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  if TMPDIR=$scratch "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$artifacts/" "${dirs[@]}" >"$log" 2>&1; then
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)

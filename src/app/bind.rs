@@ -80,11 +80,12 @@ impl Bound {
             }
         }
         let tftp = if config.tftp.enabled {
-            Some(
-                UdpSocket::bind(config.tftp.listen)
-                    .await
-                    .with_context(|| format!("cannot listen for TFTP on {}", config.tftp.listen))?,
-            )
+            let sock = UdpSocket::bind(config.tftp.listen)
+                .await
+                .with_context(|| format!("cannot listen for TFTP on {}", config.tftp.listen))?;
+            // A storm's read requests arrive together, as its DISCOVERs do.
+            crate::net::hold_bursts(&sock);
+            Some(sock)
         } else {
             None
         };
@@ -92,6 +93,7 @@ impl Bound {
             let udp = UdpSocket::bind(config.dns.listen)
                 .await
                 .with_context(|| format!("cannot listen for DNS on {} (UDP)", config.dns.listen))?;
+            crate::net::hold_bursts(&udp);
             // Port 0: TCP on the port UDP got.
             let addr = udp.local_addr()?;
             let tcp = TcpListener::bind(addr)

@@ -585,7 +585,7 @@ impl Service {
                 return None;
             }
         };
-        tracing::info!(mac = %client.mac, xid = req.xid(), profile = %client.profile_text(), boot = %client.boot_text(), %to, port = ingress.port, "proxy DHCP {event}");
+        tracing::info!(mac = %client.mac, xid = req.xid(), profile = %client.profile_text(), boot = %client.boot_text(), %to, iface = %ingress.iface, port = ingress.port, "proxy DHCP {event}");
         let outcome = if event == "ack" {
             "proxy_ack"
         } else {
@@ -616,7 +616,7 @@ impl Service {
             }
             let Some(i) = decide::choose_subnet(&st.subnets, req.giaddr(), &ingress.addrs) else {
                 drop(st);
-                tracing::warn!(%mac, xid, giaddr = %req.giaddr(), "no [[dhcp.subnet]] for this interface or relay: not answered");
+                tracing::warn!(%mac, xid, iface = %ingress.iface, giaddr = %req.giaddr(), "no [[dhcp.subnet]] for this interface or relay: not answered");
                 self.metrics.dhcp(type_name(client.kind), "ignored");
                 return None;
             };
@@ -649,7 +649,7 @@ impl Service {
                 } else {
                     ("release", LeaseChange::Released)
                 };
-                tracing::info!(%mac, xid, ip = %lease.ip, %event, "DHCP {event}");
+                tracing::info!(%mac, xid, ip = %lease.ip, iface = %ingress.iface, %event, "DHCP {event}");
                 self.metrics.dhcp(name, event);
                 self.inventory.dhcp(mac, client.seen(event, Some(lease.ip)));
                 // No reply waits for it.
@@ -680,7 +680,7 @@ impl Service {
                 if kind == MessageType::Offer {
                     tracing::debug!(%mac, xid, ip = %ip_text, profile = %client.profile_text(), boot = %client.boot_text(), %event, "DHCP {event}");
                 } else {
-                    tracing::info!(%mac, xid, ip = %ip_text, profile = %client.profile_text(), boot = %client.boot_text(), %event, "DHCP {event}");
+                    tracing::info!(%mac, xid, ip = %ip_text, profile = %client.profile_text(), boot = %client.boot_text(), iface = %ingress.iface, %event, "DHCP {event}");
                 }
                 self.metrics.dhcp(name, event);
                 let seen = DhcpSeen {

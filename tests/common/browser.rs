@@ -4,6 +4,8 @@
 //! kills that group (chromedriver and the Chromium it started), also when a test fails.
 //! Chromium is told not to reach out to anything (no background networking, no component
 //! updates, every host name unresolvable): the pages under test are on 127.0.0.1.
+//! Both keep their scratch files (profiles, `scoped_dir`s) in a temporary directory of the
+//! handle's own (`TMPDIR`), removed with it: test runs leave nothing in /tmp.
 
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +21,9 @@ pub struct Browser {
     /// DevTools protocol's `goog/cdp/execute`).
     pub port: u16,
     driver: Child,
+    /// chromedriver's and Chromium's `TMPDIR`; declared after `driver`, removed after the
+    /// group is killed.
+    _scratch: tempfile::TempDir,
 }
 
 /// Why a browser test cannot run here, if it cannot.
@@ -58,8 +63,13 @@ impl Browser {
             }
             None => Command::new("chromedriver"),
         };
+        let scratch = tempfile::Builder::new()
+            .prefix("kindling-browser-")
+            .tempdir()
+            .expect("a scratch directory for the browser");
         let driver = cmd
             .arg(format!("--port={port}"))
+            .env("TMPDIR", scratch.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -109,6 +119,7 @@ impl Browser {
             client,
             port,
             driver: driver.take().unwrap(),
+            _scratch: scratch,
         };
         b.viewport(width, height).await;
         b
