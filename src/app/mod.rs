@@ -107,6 +107,14 @@ pub async fn run(
         .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the DHCP thread: {e}")))?;
     let tftp_lane = supervisor::Lane::start("kindling-tftp")
         .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the TFTP thread: {e}")))?;
+    // HTTP connections on threads of their own, one per core (see http::server): dropped
+    // after the services, when their connections have finished.
+    let http_lanes = (0..http_workers())
+        .map(|i| supervisor::Lane::start(&format!("kindling-http-{i}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the HTTP threads: {e}")))?;
+    let workers =
+        crate::http::server::Workers::new(http_lanes.iter().map(|l| l.handle()).collect());
     // The writers outlive the services: they stop after them, with a last commit.
     let stop_writers = CancellationToken::new();
     let mut writers = vec![start_inventory(&ctx, &sup, &lane, machines, &stop_writers)];
@@ -136,7 +144,7 @@ pub async fn run(
         start::start_dns(&ctx, &sup, sockets, dhcp.as_ref())?;
     }
     start_watcher(&ctx, &sup, watcher);
-    start::start_http(&ctx, &sup, bound.http, http)?;
+    start::start_http(&ctx, &sup, bound.http, http, workers)?;
     sup.tracker().close();
 
     token.cancelled().await;
@@ -157,6 +165,11 @@ pub async fn run(
         Some(why) => Err(AppError::Runtime(anyhow::anyhow!(why))),
         None => Ok(()),
     }
+}
+
+/// HTTP worker threads: one per core the process may use (cgroup quotas count), at most 16.
+fn http_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
 }
 
 /// Load the profiles and the inventory: the shared state every service is given, the

@@ -401,6 +401,7 @@ pub(super) fn start_http(
     sup: &Supervisor,
     listener: TcpListener,
     state: crate::http::HttpState,
+    workers: crate::http::server::Workers,
 ) -> anyhow::Result<()> {
     let config = &ctx.config;
     let app = crate::http::router(state);
@@ -414,10 +415,11 @@ pub(super) fn start_http(
     let (metrics, token) = (ctx.metrics.clone(), ctx_token(sup));
     sup.service("http", move || {
         let (app, metrics, token) = (app.clone(), metrics.clone(), token.clone());
+        let workers = workers.clone();
         let listener = dup_tcp(&listener);
         async move {
             let listener = listener.map_err(|e| format!("cannot reuse the HTTP socket: {e}"))?;
-            crate::http::server::serve(listener, app, limits, metrics, token)
+            crate::http::server::serve(listener, app, limits, metrics, token, workers)
                 .await
                 .map_err(|e| format!("HTTP server: {e}"))
         }

@@ -233,6 +233,13 @@ impl Lane {
     }
 }
 
+impl Lane {
+    /// The lane's runtime, to spawn on.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+}
+
 impl Drop for Lane {
     fn drop(&mut self) {
         self.stop.cancel();
