@@ -205,7 +205,8 @@ impl Supervisor {
 /// median went from 16.6 s, its transfers one task among the HTTP connections, to 4 s; with
 /// the lease and inventory writers here too, DHCP answered without a single retransmit
 /// (234 before). Its sockets must be registered from a task on the lane, so that this
-/// thread's reactor polls them. The thread ends when the lane is dropped.
+/// thread's reactor polls them. The thread ends when the lane is dropped. HTTP connections
+/// are served on lanes too, one per core (`http::server`'s workers).
 #[derive(Debug)]
 pub struct Lane {
     handle: Handle,
@@ -231,9 +232,7 @@ impl Lane {
             thread: Some(thread),
         })
     }
-}
 
-impl Lane {
     /// The lane's runtime, to spawn on.
     pub fn handle(&self) -> Handle {
         self.handle.clone()
