@@ -339,26 +339,43 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn beyond_max_connections_a_connection_waits_and_is_served_when_a_place_frees() {
+    /// `app` served on an ephemeral loopback port with these caps (30 s header timeout): its
+    /// address, the token that stops it, and the server's task.
+    fn start(
+        app: Router,
+        max_connections: usize,
+        max_per_client: usize,
+        metrics: Arc<Metrics>,
+        workers: Workers,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = Metrics::new();
         let token = CancellationToken::new();
-        let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
         let limits = Limits {
             header_timeout: Duration::from_secs(30),
-            max_connections: 1,
-            max_per_client: 10,
+            max_connections,
+            max_per_client,
         };
         let server = tokio::spawn(serve(
             listener,
             app,
             limits,
-            metrics.clone(),
+            metrics,
             token.clone(),
-            Workers::default(),
+            workers,
         ));
+        (addr, token, server)
+    }
+
+    #[tokio::test]
+    async fn beyond_max_connections_a_connection_waits_and_is_served_when_a_place_frees() {
+        let metrics = Metrics::new();
+        let app = Router::new().route("/", axum::routing::get(|| async { "hello" }));
+        let (addr, token, server) = start(app, 1, 10, metrics.clone(), Workers::default());
 
         // The first connection takes the only place and idles.
         let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -437,9 +454,6 @@ mod tests {
         // Two worker threads, as the daemon starts one per core.
         let lanes: Vec<TestLane> = (0..2).map(TestLane::start).collect();
         let workers = Workers::new(lanes.iter().map(|l| l.handle.clone()).collect());
-        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
         // Each answer names the thread that served it.
         let app = Router::new().route(
             "/",
@@ -447,19 +461,7 @@ mod tests {
                 std::thread::current().name().unwrap_or("?").to_string()
             }),
         );
-        let limits = Limits {
-            header_timeout: Duration::from_secs(30),
-            max_connections: 100,
-            max_per_client: 100,
-        };
-        let server = tokio::spawn(serve(
-            listener,
-            app,
-            limits,
-            Metrics::new(),
-            token.clone(),
-            workers.clone(),
-        ));
+        let (addr, token, server) = start(app, 100, 100, Metrics::new(), workers.clone());
 
         // Four kept-alive connections, opened one after another: two on each worker, and
         // every request of a connection on its worker.
