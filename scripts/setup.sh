@@ -27,7 +27,7 @@ for purpose in "${@:-test}"; do
     test) want+=(ipxe curl ca-certificates protobuf-compiler libprotobuf-dev iproute2 isc-dhcp-client isc-dhcp-relay busybox ndisc6 kea-admin dnsmasq-base tftp-hpa bind9-dnsutils g++ python3 etcd-server etcd-client chromium chromium-driver python3-venv openssl)
           want+=("${lab[@]}") ;;
     lab) want+=("${lab[@]}") ;;
-    bench) want+=(ipxe curl protobuf-compiler libprotobuf-dev etcd-server wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa dnsperf tcpdump) ;;
+    bench) want+=(ipxe curl gcc libc6-dev protobuf-compiler libprotobuf-dev etcd-server wrk nginx-light python3 iproute2 kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa dnsperf tcpdump) ;;
     *) echo "setup.sh: unknown purpose '$purpose' (run, test, lab, bench)" >&2; exit 64 ;;
   esac
 done
