@@ -12,11 +12,11 @@
 # offered rate that rises from 1000/s (doubling to 4,000, then +2,000) until it answers less
 # than 95% and completes no more than at the step before (or answers less than 80%): its peak
 # is the most four-way exchanges completed per second, its clean rate the most completed at a
-# step it answered at 99% or more (perfdhcp sends at most about 16,000/s here, so past that
-# "offered" is what was asked, not what was sent); each step prints the server's CPU (percent of one core,
-# and microseconds per completed exchange). The table shows medians over the rounds and the
-# ratio of Kindling's peak to each server's (above 1.00 = Kindling faster). perfdhcp
-# (single-threaded mode) shares the 2 cores with the server. Its socket gets an 8 MiB receive
+# step it answered at 99% or more (perfdhcp sends at most about 16,000/s here: past that,
+# "offered" is what was asked, not what was sent); each step prints the server's CPU (percent
+# of one core, and microseconds per completed exchange). The table shows medians over the
+# rounds and the ratio of Kindling's peak to each server's (above 1.00 = Kindling faster).
+# perfdhcp (single-threaded mode) shares the 2 cores with the server. Its socket gets an 8 MiB receive
 # buffer (bench/rcvbuf.c, preloaded): with the 208 KiB default it dropped answers from about
 # 12,000/s on and capped every server's peak there. Each step also prints the datagrams each
 # side's socket dropped for a full buffer (UDP RcvbufErrors in its namespace).
@@ -185,8 +185,9 @@ measure() {
   # -g single: perfdhcp's receiving thread of the default mode took more than a core of the
   # two from 10,000/s on, and its own receive buffer overflowed: it, not the server, set the
   # peak.
-  out=$(timeout $((secs + 30)) ip netns exec "$cli" env LD_PRELOAD="$work/rcvbuf.so" perfdhcp -g single -4 -l vc0 -r "$1" \
-    -R "$clients" -p "$secs" -W 1000000 10.88.0.2 2>&1 || true)
+  out=$(timeout $((secs + 30)) ip netns exec "$cli" env LD_PRELOAD="$work/rcvbuf.so" \
+    perfdhcp -g single -4 -l vc0 -r "$1" -R "$clients" -p "$secs" -W 1000000 10.88.0.2 2>&1 ||
+    true)
   # Two statistics blocks: DISCOVER-OFFER, then REQUEST-ACK.
   t1=$(server_ticks)
   s1=$(rcvbuf_errors "$srv")
