@@ -16,10 +16,10 @@
 # "offered" is what was asked, not what was sent); each step prints the server's CPU (percent
 # of one core, and microseconds per completed exchange). The table shows medians over the
 # rounds and the ratio of Kindling's peak to each server's (above 1.00 = Kindling faster).
-# perfdhcp (single-threaded mode) shares the 2 cores with the server. Its socket gets an 8 MiB receive
-# buffer (bench/rcvbuf.c, preloaded): with the 208 KiB default it dropped answers from about
-# 12,000/s on and capped every server's peak there. Each step also prints the datagrams each
-# side's socket dropped for a full buffer (UDP RcvbufErrors in its namespace).
+# perfdhcp (single-threaded mode) shares the 2 cores with the server. Its socket gets an 8 MiB
+# receive buffer (bench/rcvbuf.c, preloaded): with the 208 KiB default it dropped answers from
+# about 12,000/s on and capped every server's peak there. Each step also prints the datagrams
+# each side's socket dropped for a full buffer (UDP RcvbufErrors in its namespace).
 #
 # `kindling-etcd` is Kindling with `[cluster] store = "etcd"` on one local etcd member (Debian's
 # etcd 3.4, started fresh in the server namespace for every step, data on the same disk): every
