@@ -12,8 +12,8 @@
 # offered rate that rises from 1000/s (doubling to 4,000, then +2,000) until it answers less
 # than 95% and completes no more than at the step before (or answers less than 80%): its peak
 # is the most four-way exchanges completed per second, its clean rate the most completed at a
-# step it answered at 99% or more (perfdhcp sends at most about 16,000/s here: past that,
-# "offered" is what was asked, not what was sent); each step prints the server's CPU (percent
+# step it answered at 99% or more (perfdhcp does not always send at the offered rate: 16,000
+# to 20,000/s at most here, with the hour); each step prints the server's CPU (percent
 # of one core, and microseconds per completed exchange). The table shows medians over the
 # rounds and the ratio of Kindling's peak to each server's (above 1.00 = Kindling faster).
 # perfdhcp (single-threaded mode) shares the 2 cores with the server. Its socket gets an 8 MiB
