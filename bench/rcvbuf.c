@@ -9,12 +9,15 @@
 #include <dlfcn.h>
 #include <sys/socket.h>
 
+/* The socket type without SOCK_NONBLOCK / SOCK_CLOEXEC (Linux's SOCK_TYPE_MASK). */
+#define TYPE_MASK 0xf
+
 int socket(int domain, int type, int protocol) {
   static int (*real)(int, int, int);
   if (!real)
     real = (int (*)(int, int, int))dlsym(RTLD_NEXT, "socket");
   int fd = real(domain, type, protocol);
-  if (fd >= 0 && (type & 0xf) == SOCK_DGRAM) {
+  if (fd >= 0 && (type & TYPE_MASK) == SOCK_DGRAM) {
     int size = 8 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
   }
