@@ -113,8 +113,14 @@ pub async fn run(
         .map(|i| supervisor::Lane::start(&format!("kindling-http-{i}")))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the HTTP threads: {e}")))?;
+    // Each with a bulk lane that sends its connections' asset files (see http::zero_copy).
+    let bulk_lanes = (0..http_lanes.len())
+        .map(|i| supervisor::Lane::start(&format!("kindling-bulk-{i}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the HTTP threads: {e}")))?;
     let workers =
-        crate::http::server::Workers::new(http_lanes.iter().map(|l| l.handle()).collect());
+        crate::http::server::Workers::new(http_lanes.iter().map(|l| l.handle()).collect())
+            .with_bulk_lanes(bulk_lanes.iter().map(|l| l.handle()).collect());
     // The writers outlive the services: they stop after them, with a last commit.
     let stop_writers = CancellationToken::new();
     let mut writers = vec![start_inventory(&ctx, &sup, &lane, machines, &stop_writers)];

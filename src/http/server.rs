@@ -21,7 +21,9 @@
 //!   open connections), as nginx's worker processes each serve their own connections. On
 //!   tokio's shared multi-threaded runtime the workers woke each other for every request
 //!   (futex, context switches: 10% of the time of `/ipxe`), and one thread served as many
-//!   requests a second as two.
+//!   requests a second as two. Each worker has a *bulk lane*, a thread that sends the
+//!   asset files' bytes of its connections (`zero_copy`): the worker itself only reads
+//!   requests and writes answers, so a short request is not queued behind the downloads.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -127,32 +129,52 @@ impl Drop for Place {
 #[derive(Debug, Clone, Default)]
 pub struct Workers {
     handles: Vec<Handle>,
+    /// The bulk lanes file bodies are sent on: worker `i`'s is `bulk[i % len]`.
+    bulk: Vec<Handle>,
     open: Arc<Vec<AtomicUsize>>,
+}
+
+/// The worker a connection is served on.
+struct Picked {
+    handle: Handle,
+    bulk: Option<Handle>,
+    load: WorkerLoad,
 }
 
 impl Workers {
     /// Serve on the runtimes of `handles` (none: on the runtime that accepts).
     pub fn new(handles: Vec<Handle>) -> Workers {
         let open = Arc::new(handles.iter().map(|_| AtomicUsize::new(0)).collect());
-        Workers { handles, open }
+        Workers {
+            handles,
+            bulk: Vec::new(),
+            open,
+        }
+    }
+
+    /// Send the workers' file bodies on the runtimes of `bulk` (none: on the workers).
+    pub fn with_bulk_lanes(mut self, bulk: Vec<Handle>) -> Workers {
+        self.bulk = bulk;
+        self
     }
 
     /// The worker with the fewest open connections (the first of equals), counted as having
-    /// one more until the returned guard drops.
-    fn pick(&self) -> Option<(Handle, WorkerLoad)> {
+    /// one more until its `load` drops.
+    fn pick(&self) -> Option<Picked> {
         let (i, _) = self
             .open
             .iter()
             .enumerate()
             .min_by_key(|(_, n)| n.load(Ordering::Relaxed))?;
         self.open[i].fetch_add(1, Ordering::Relaxed);
-        Some((
-            self.handles[i].clone(),
-            WorkerLoad {
+        Some(Picked {
+            handle: self.handles[i].clone(),
+            bulk: (!self.bulk.is_empty()).then(|| self.bulk[i % self.bulk.len()].clone()),
+            load: WorkerLoad {
                 open: self.open.clone(),
                 index: i,
             },
-        ))
+        })
     }
 }
 
@@ -229,18 +251,27 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let watcher = graceful.watcher();
-        let Some((worker, load)) = workers.pick() else {
-            tokio::spawn(serve_connection(stream, peer, app, limits, watcher, place));
+        let Some(worker) = workers.pick() else {
+            let conn = Conn {
+                peer,
+                limits,
+                bulk: None,
+            };
+            tokio::spawn(serve_connection(stream, conn, app, watcher, place));
             continue;
         };
+        let conn = Conn {
+            peer,
+            limits,
+            bulk: worker.bulk,
+        };
+        let load = worker.load;
         // Off this runtime's reactor, onto the worker's (registered there, by its task).
         match stream.into_std() {
             Ok(stream) => {
-                worker.spawn(async move {
+                worker.handle.spawn(async move {
                     match tokio::net::TcpStream::from_std(stream) {
-                        Ok(stream) => {
-                            serve_connection(stream, peer, app, limits, watcher, place).await;
-                        }
+                        Ok(stream) => serve_connection(stream, conn, app, watcher, place).await,
                         Err(e) => tracing::warn!(%peer, error = %e, "HTTP connection lost"),
                     }
                     drop(load);
@@ -254,19 +285,27 @@ pub async fn serve(
     Ok(())
 }
 
+/// What a connection is served with, besides its stream.
+struct Conn {
+    peer: std::net::SocketAddr,
+    limits: Limits,
+    /// The bulk lane its file bodies are sent on (`None`: its own task sends them).
+    bulk: Option<Handle>,
+}
+
 /// Serve one connection until it closes (or, after shutdown began, its request in flight is
 /// answered); its `place` is given back then.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
+    conn: Conn,
     app: Router,
-    limits: Limits,
     watcher: hyper_util::server::graceful::Watcher,
     place: Place,
 ) {
+    let Conn { peer, limits, bulk } = conn;
     // Asset bodies go out with sendfile through the connection's outbox.
     let outbox = Outbox::default();
-    let stream = ZeroCopyStream::new(stream, outbox.clone());
+    let stream = ZeroCopyStream::new(stream, outbox.clone(), bulk);
     // Handlers and middleware read the client's address from `ConnectInfo`.
     let service = tower::ServiceExt::map_request(
         app,
@@ -508,6 +547,136 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         while workers.open.iter().any(|n| n.load(Ordering::Relaxed) > 0) {
             assert!(Instant::now() < deadline, "connections still counted open");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        token.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// Read from `c` until the end of an answer's head; the head and what came after it.
+    async fn read_head(c: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_string();
+                return (head, got[end + 4..].to_vec());
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .expect("a head within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed before the head's end");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn file_bodies_go_out_on_the_bulk_lane_and_short_requests_do_not_wait_for_them() {
+        // A 1 MiB asset, its bytes all different from the placeholders' zeros.
+        let dir = tempfile::tempdir().unwrap();
+        let file: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251 + 1) as u8).collect();
+        std::fs::write(dir.path().join("big"), &file).unwrap();
+        let assets = super::super::zero_copy::ServeZeroCopy::new(
+            tower_http::services::ServeDir::new(dir.path()),
+            dir.path(),
+        );
+        let app = Router::new()
+            .route("/small", axum::routing::get(|| async { "hello" }))
+            .nest_service("/assets", assets);
+        let (worker, bulk) = (TestLane::start(0), TestLane::start(1));
+        let workers =
+            Workers::new(vec![worker.handle.clone()]).with_bulk_lanes(vec![bulk.handle.clone()]);
+        let metrics = Metrics::new();
+        let (addr, token, server) = start(app, 100, 100, metrics.clone(), workers);
+
+        // The bulk lane's thread is held until `release`.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        bulk.handle.spawn(async move {
+            let _ = held.recv();
+        });
+
+        // A download gets its head from the worker; its body waits for the lane.
+        let mut download = tokio::net::TcpStream::connect(addr).await.unwrap();
+        download
+            .write_all(b"GET /assets/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, mut body) = read_head(&mut download).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("Content-Length: 1048576"), "{head}");
+        let mut buf = vec![0u8; 64 << 10];
+        let early = tokio::time::timeout(Duration::from_millis(300), download.read(&mut buf)).await;
+        assert!(
+            body.is_empty() && early.is_err(),
+            "no body byte before the lane runs: {} then {early:?}",
+            body.len()
+        );
+
+        // Meanwhile a short request on the same worker is answered.
+        let mut short = tokio::net::TcpStream::connect(addr).await.unwrap();
+        short
+            .write_all(b"GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), short.read_to_end(&mut answer))
+            .await
+            .expect("the short request answered while the download waits")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"),
+            "{answer}"
+        );
+
+        // Once the lane runs, the body is the file's bytes, and the connection goes on.
+        release.send(()).unwrap();
+        while body.len() < file.len() {
+            let n = tokio::time::timeout(Duration::from_secs(5), download.read(&mut buf))
+                .await
+                .expect("the body within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed after {} body bytes", body.len());
+            body.extend_from_slice(&buf[..n]);
+        }
+        assert!(body == file, "the body is the file's bytes");
+        download
+            .write_all(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, rest) = read_head(&mut download).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut rest = rest;
+        while rest.len() < 5 {
+            let n = download.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            rest.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&rest[..], b"hello");
+
+        // A client that goes away in the middle of a body frees its place (the lane's send
+        // fails and the connection ends).
+        let mut gone = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket2::SockRef::from(&gone)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        gone.write_all(b"GET /assets/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = read_head(&mut gone).await;
+        socket2::SockRef::from(&gone)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(gone);
+        drop(download);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while metrics.http_connections.get() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} connections still open",
+                metrics.http_connections.get()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         token.cancel();
