@@ -113,9 +113,10 @@ pub async fn run(
         .map(|i| supervisor::Lane::start(&format!("kindling-http-{i}")))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the HTTP threads: {e}")))?;
-    // Each with a bulk lane that sends its connections' asset files (see http::zero_copy).
+    // Each with a bulk lane that sends its connections' asset files (see http::zero_copy),
+    // a little behind the other threads (BULK_NICE).
     let bulk_lanes = (0..http_lanes.len())
-        .map(|i| supervisor::Lane::start(&format!("kindling-bulk-{i}")))
+        .map(|i| supervisor::Lane::start_niced(&format!("kindling-bulk-{i}"), BULK_NICE))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| AppError::Runtime(anyhow::anyhow!("cannot start the HTTP threads: {e}")))?;
     let workers =
@@ -172,6 +173,15 @@ pub async fn run(
         None => Ok(()),
     }
 }
+
+/// How much lower the bulk lanes' scheduling priority is than the other threads' (`nice`
+/// +5: about a third of the CPU share while both want it). Downloads are bulk: a TFTP window
+/// or a DHCP answer that waits behind one is a retransmit timer. In a 1,000-machine storm on
+/// one core (4 alternating pairs) the TFTP phase's p99 was 82–573 ms with it against
+/// 214–2,987 ms without, and the time to provision all 16.2–20.8 s against 14.5–20.6 s. In a
+/// container the cgroup shares the CPU with other containers; this orders Kindling's own
+/// threads only.
+const BULK_NICE: i32 = 5;
 
 /// HTTP worker threads: one per core the process may use (cgroup quotas count), at most 16.
 fn http_workers() -> usize {

@@ -217,15 +217,27 @@ pub struct Lane {
 impl Lane {
     /// Start a lane on a thread named `name`.
     pub fn start(name: &str) -> std::io::Result<Lane> {
+        Lane::start_niced(name, 0)
+    }
+
+    /// Start a lane on a thread named `name` with the scheduler's `nice` value raised by
+    /// `nice` (lower priority; 0 leaves it as the process's).
+    pub fn start_niced(name: &str, nice: i32) -> std::io::Result<Lane> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
+        let name = name.to_string();
         let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || runtime.block_on(stopped.cancelled()))?;
+            .name(name.clone())
+            .spawn(move || {
+                if nice != 0 {
+                    lower_priority(&name, nice);
+                }
+                runtime.block_on(stopped.cancelled())
+            })?;
         Ok(Lane {
             handle,
             stop,
@@ -245,6 +257,16 @@ impl Drop for Lane {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// This thread's `nice` value raised by `by` (Linux keeps one per thread); logged if refused.
+fn lower_priority(name: &str, by: i32) {
+    let me = Some(rustix::thread::gettid());
+    let raised = rustix::process::getpriority_process(me)
+        .and_then(|now| rustix::process::setpriority_process(me, (now + by).min(19)));
+    if let Err(e) = raised {
+        tracing::warn!(thread = name, error = %e, "cannot lower the thread's priority");
     }
 }
 

@@ -174,3 +174,26 @@ fn restart_pauses_double_up_to_the_cap() {
     let pauses: Vec<u64> = (1..=8).map(|n| restart_pause(n).as_secs()).collect();
     assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30, 30]);
 }
+
+#[test]
+fn a_niced_lane_runs_at_a_lower_priority_and_a_plain_one_as_the_process() {
+    let nice_of_thread = |lane: &Lane| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        lane.handle().spawn(async move {
+            let me = Some(rustix::thread::gettid());
+            let _ = tx.send((
+                std::thread::current().name().map(str::to_string),
+                rustix::process::getpriority_process(me).unwrap(),
+            ));
+        });
+        rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    };
+    let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+    let plain = Lane::start("test-plain").unwrap();
+    assert_eq!(nice_of_thread(&plain), (Some("test-plain".into()), own));
+    let niced = Lane::start_niced("test-niced", 5).unwrap();
+    assert_eq!(
+        nice_of_thread(&niced),
+        (Some("test-niced".into()), (own + 5).min(19))
+    );
+}
