@@ -175,7 +175,7 @@ pub async fn run(
 }
 
 /// How much lower the bulk lanes' scheduling priority is than the other threads' (`nice`
-/// +5: about a third of the CPU share while both want it). Downloads are bulk: a TFTP window
+/// +5: a quarter of the core against one other busy thread). Downloads are bulk: a TFTP window
 /// or a DHCP answer that waits behind one is a retransmit timer. In a 1,000-machine storm on
 /// one core (4 alternating pairs) the TFTP phase's p99 was 82–573 ms with it against
 /// 214–2,987 ms without, and the time to provision all 16.2–20.8 s against 14.5–20.6 s. In a
