@@ -252,26 +252,20 @@ pub async fn serve(
         let app = app.clone();
         let watcher = graceful.watcher();
         let Some(worker) = workers.pick() else {
-            let conn = Conn {
-                peer,
-                limits,
-                bulk: None,
-            };
-            tokio::spawn(serve_connection(stream, conn, app, watcher, place));
+            tokio::spawn(serve_connection(
+                stream, peer, app, limits, watcher, place, None,
+            ));
             continue;
         };
-        let conn = Conn {
-            peer,
-            limits,
-            bulk: worker.bulk,
-        };
-        let load = worker.load;
+        let (bulk, load) = (worker.bulk, worker.load);
         // Off this runtime's reactor, onto the worker's (registered there, by its task).
         match stream.into_std() {
             Ok(stream) => {
                 worker.handle.spawn(async move {
                     match tokio::net::TcpStream::from_std(stream) {
-                        Ok(stream) => serve_connection(stream, conn, app, watcher, place).await,
+                        Ok(stream) => {
+                            serve_connection(stream, peer, app, limits, watcher, place, bulk).await;
+                        }
                         Err(e) => tracing::warn!(%peer, error = %e, "HTTP connection lost"),
                     }
                     drop(load);
@@ -285,24 +279,18 @@ pub async fn serve(
     Ok(())
 }
 
-/// What a connection is served with, besides its stream.
-struct Conn {
-    peer: std::net::SocketAddr,
-    limits: Limits,
-    /// The bulk lane its file bodies are sent on (`None`: its own task sends them).
-    bulk: Option<Handle>,
-}
-
 /// Serve one connection until it closes (or, after shutdown began, its request in flight is
-/// answered); its `place` is given back then.
+/// answered); its `place` is given back then. Its file bodies are sent on `bulk` (`None`:
+/// by its own task).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
-    conn: Conn,
+    peer: std::net::SocketAddr,
     app: Router,
+    limits: Limits,
     watcher: hyper_util::server::graceful::Watcher,
     place: Place,
+    bulk: Option<Handle>,
 ) {
-    let Conn { peer, limits, bulk } = conn;
     // Asset bodies go out with sendfile through the connection's outbox.
     let outbox = Outbox::default();
     let stream = ZeroCopyStream::new(stream, outbox.clone(), bulk);

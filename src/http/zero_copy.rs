@@ -205,27 +205,27 @@ impl ZeroCopyStream {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<io::Result<usize>> {
-        if self.on_lane.is_none() {
-            let Some(span) = self.outbox.lock().pop_front() else {
-                return Poll::Ready(Err(io::Error::other(
-                    "a zero-copy body without its file (not sent)",
-                )));
-            };
-            // The lane registers its own descriptor with its own reactor; both refer to one
-            // socket, and this task writes nothing to it until the lane is done.
-            let socket = self.stream.as_fd().try_clone_to_owned()?;
-            let (done, outcome) = oneshot::channel();
-            let stop = CancellationToken::new();
-            let unclaimed = span.remaining;
-            lane.spawn(send_on_lane(socket, span, done, stop.clone()));
-            self.on_lane = Some(LaneSend {
-                unclaimed,
-                outcome: Some(outcome),
-                _stop: stop.drop_guard(),
-            });
-        }
-        let Some(send) = self.on_lane.as_mut() else {
-            return Poll::Ready(Err(io::Error::other("no span on the bulk lane")));
+        let send = match &mut self.on_lane {
+            Some(send) => send,
+            None => {
+                let Some(span) = self.outbox.lock().pop_front() else {
+                    return Poll::Ready(Err(io::Error::other(
+                        "a zero-copy body without its file (not sent)",
+                    )));
+                };
+                // The lane registers its own descriptor with its own reactor; both refer to
+                // one socket, and this task writes nothing to it until the lane is done.
+                let socket = self.stream.as_fd().try_clone_to_owned()?;
+                let (done, outcome) = oneshot::channel();
+                let stop = CancellationToken::new();
+                let unclaimed = span.remaining;
+                lane.spawn(send_on_lane(socket, span, done, stop.clone()));
+                self.on_lane.insert(LaneSend {
+                    unclaimed,
+                    outcome: Some(outcome),
+                    _stop: stop.drop_guard(),
+                })
+            }
         };
         if let Some(outcome) = send.outcome.as_mut() {
             let sent = ready!(Pin::new(outcome).poll(cx)).unwrap_or_else(|_| {
