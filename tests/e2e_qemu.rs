@@ -1239,8 +1239,9 @@ fn lab_phases_against_a_static_server() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let macs = macs(0x41, 4);
-    // Per server, per round: each phase's median over the VMs (total: the last VM's).
-    let mut results: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    // Per server, per round: each phase's median over the VMs (total: the last VM's), and the
+    // median of the server's part of each phase.
+    let mut results: [Vec<[Vec<f64>; 2]>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for server in order {
@@ -1251,8 +1252,8 @@ fn lab_phases_against_a_static_server() {
                 round + 1,
                 PHASES
                     .iter()
-                    .zip(&phases)
-                    .map(|(p, v)| format!("{p} {v:.2}s"))
+                    .zip(phases[0].iter().zip(&phases[1]))
+                    .map(|(p, (v, s))| format!("{p} {v:.2}s ({:.1} ms)", s * 1e3))
                     .collect::<Vec<_>>()
                     .join("  ")
             );
@@ -1263,21 +1264,32 @@ fn lab_phases_against_a_static_server() {
         "\n4 UEFI VMs at once, medians of {rounds} rounds (each round: the median VM per phase; total: the last VM)"
     );
     println!(
-        "{:<10} {:>10} {:>10} {:>8}",
-        "phase", "kindling", "static", "ratio"
+        "{:<10} {:>10} {:>10} {:>8}   the servers' part: {:>9} {:>9}",
+        "phase", "kindling", "static", "ratio", "kindling", "static"
     );
     for (i, phase) in PHASES.iter().enumerate() {
-        let k = median(results[0].iter().map(|r| r[i]).collect());
-        let s = median(results[1].iter().map(|r| r[i]).collect());
-        println!("{phase:<10} {k:>9.2}s {s:>9.2}s {:>7.2}x", k / s);
+        let m = |server: usize, k: usize| median(results[server].iter().map(|r| r[k][i]).collect());
+        let (k, s) = (m(0, 0), m(1, 0));
+        println!(
+            "{phase:<10} {k:>9.2}s {s:>9.2}s {:>7.2}x   {:>27.1} ms {:>6.1} ms",
+            k / s,
+            m(0, 1) * 1e3,
+            m(1, 1) * 1e3
+        );
     }
+    println!(
+        "(the servers' part: DHCP request → reply, HTTP request → last byte of the answer, in the \
+         capture; TFTP is not in it)"
+    );
 }
 
 const PHASES: [&str; 7] = [
     "dhcp", "firmware", "script", "kernel", "config", "report", "total",
 ];
 
+/// The median, of the numbers that are (a server answer the capture missed is NaN).
 fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
@@ -1287,8 +1299,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// One round: the VMs boot from Kindling (or the static stack); each phase's median over the
-/// VMs, in seconds (total: the last VM's).
-fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
+/// VMs, in seconds (total: the last VM's), and the median of the server's part of each.
+fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> [Vec<f64>; 2] {
     let mut lab = Lab::new(tag, macs.len());
     let pcap = lab.dir.path().join("boot.pcap");
     let mut capture = Command::new("ip")
@@ -1296,7 +1308,7 @@ fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
             "netns", "exec", &lab.ns, "tcpdump", "-i", "br0", "-U", "-s", "1500", "-w",
         ])
         .arg(&pcap)
-        .arg("icmp6 or arp or udp port 67 or udp port 68 or udp port 69 or (tcp dst port 8080 and tcp[tcpflags] & tcp-push != 0)")
+        .arg("icmp6 or arp or udp port 67 or udp port 68 or udp port 69 or (tcp port 8080 and tcp[tcpflags] & tcp-push != 0)")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1331,7 +1343,7 @@ fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
     let events = capture_events(&std::fs::read(&pcap).expect("the capture"));
     // A VM the capture missed a step of (it happens, rarely, on the loaded machine) is left
     // out of the round, said, and its capture kept.
-    let per_vm: Vec<Vec<f64>> = macs
+    let per_vm: Vec<[Vec<f64>; 2]> = macs
         .iter()
         .filter_map(|m| {
             vm_phases(&events, m, t0)
@@ -1347,16 +1359,19 @@ fn lab_round(static_stack: bool, macs: &[String], tag: &str) -> Vec<f64> {
         })
         .collect();
     assert!(!per_vm.is_empty(), "{tag}: no VM's phases in the capture");
-    (0..PHASES.len())
-        .map(|i| {
-            let v: Vec<f64> = per_vm.iter().map(|p| p[i]).collect();
-            if PHASES[i] == "total" {
-                v.iter().copied().fold(0.0, f64::max)
-            } else {
-                median(v)
-            }
-        })
-        .collect()
+    let medians = |k: usize| {
+        (0..PHASES.len())
+            .map(|i| {
+                let v: Vec<f64> = per_vm.iter().map(|p| p[k][i]).collect();
+                if k == 0 && PHASES[i] == "total" {
+                    v.iter().copied().fold(0.0, f64::max)
+                } else {
+                    median(v)
+                }
+            })
+            .collect()
+    };
+    [medians(0), medians(1)]
 }
 
 /// The reference stack on the lab's bridge: dnsmasq (DHCP, and TFTP of the same iPXE binary;
@@ -1438,21 +1453,26 @@ fn start_static_stack(lab: &mut Lab, macs: &[String]) {
 /// What the capture saw: DHCP messages and HTTP request lines, with their times.
 #[derive(Debug)]
 enum Seen {
-    /// A DHCP message: its type (option 53), client MAC, `yiaddr`, option 60.
+    /// A DHCP message: its type (option 53), client MAC, `xid`, `yiaddr`, option 60.
     Dhcp {
         at: f64,
         kind: u8,
         mac: String,
+        xid: u32,
         yiaddr: [u8; 4],
         vendor: String,
     },
-    /// An HTTP request from `src`: its method and path.
+    /// An HTTP request from `src`:`port`: its method and path.
     Http {
         at: f64,
         src: [u8; 4],
+        port: u16,
         method: String,
         path: String,
     },
+    /// A pushed segment of an HTTP answer to `dst`:`port` (the last segment of every write
+    /// is pushed, so the last one before the connection's next request ends the answer).
+    Answer { at: f64, dst: [u8; 4], port: u16 },
 }
 
 /// The DHCP messages and HTTP request lines of a pcap file (Ethernet, IPv4).
@@ -1473,6 +1493,7 @@ fn capture_events(pcap: &[u8]) -> Vec<Seen> {
         let ip = &frame[14..];
         let ihl = usize::from(ip[0] & 0x0f) * 4;
         let src: [u8; 4] = ip[12..16].try_into().unwrap();
+        let dst: [u8; 4] = ip[16..20].try_into().unwrap();
         let Some(l4) = ip.get(ihl..) else { continue };
         match ip[9] {
             17 if l4.len() > 8 + 240 => {
@@ -1501,12 +1522,29 @@ fn capture_events(pcap: &[u8]) -> Vec<Seen> {
                     at: time,
                     kind,
                     mac,
+                    xid: u32::from_be_bytes(b[4..8].try_into().unwrap()),
                     yiaddr: b[16..20].try_into().unwrap(),
                     vendor,
                 });
             }
             6 if l4.len() >= 20 => {
-                let payload = &l4[usize::from(l4[12] >> 4) * 4..];
+                let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+                let head = usize::from(l4[12] >> 4) * 4;
+                let Some(payload) = l4.get(head..) else {
+                    continue;
+                };
+                if port(0) == 8080 {
+                    // The snapshot may be cut short: the length is the IP header's.
+                    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+                    if total > ihl + head {
+                        out.push(Seen::Answer {
+                            at: time,
+                            dst,
+                            port: port(2),
+                        });
+                    }
+                    continue;
+                }
                 let line = String::from_utf8_lossy(&payload[..payload.len().min(200)]);
                 let mut words = line.split(' ');
                 if let (Some(method @ ("GET" | "POST" | "HEAD")), Some(path)) =
@@ -1515,6 +1553,7 @@ fn capture_events(pcap: &[u8]) -> Vec<Seen> {
                     out.push(Seen::Http {
                         at: time,
                         src,
+                        port: port(0),
                         method: method.to_string(),
                         path: path.to_string(),
                     });
@@ -1526,21 +1565,37 @@ fn capture_events(pcap: &[u8]) -> Vec<Seen> {
     out
 }
 
-/// The phases of the VM with `mac` (see [`PHASES`]), in seconds, from power-on at `t0`.
-fn vm_phases(events: &[Seen], mac: &str, t0: f64) -> Result<Vec<f64>, String> {
+/// The phases of the VM with `mac` (see [`PHASES`]), in seconds from power-on at `t0`, and
+/// the server's part of each: its DHCP replies (request → reply, by `xid`) and its HTTP
+/// answers (request → the answer's last pushed segment) that fall in the phase. TFTP is not
+/// in the capture, so `firmware`'s part is its DHCP alone.
+fn vm_phases(events: &[Seen], mac: &str, t0: f64) -> Result<[Vec<f64>; 2], String> {
     let mut ack = None;
     let mut ips = Vec::new();
     let mut os_dhcp = None;
+    // The server's DHCP replies to this machine: when, and how long after its request.
+    let mut replies = Vec::new();
+    let mut asked: Vec<(u32, f64)> = Vec::new();
     for e in events {
         if let Seen::Dhcp {
             at,
             kind,
             mac: m,
+            xid,
             yiaddr,
             vendor,
         } = e
             && m == mac
         {
+            match kind {
+                1 | 3 => asked.push((*xid, *at)),
+                2 | 5 | 6 => {
+                    if let Some((_, t)) = asked.iter().rev().find(|(x, _)| x == xid) {
+                        replies.push((*at, at - t));
+                    }
+                }
+                _ => {}
+            }
             if *kind == 5 {
                 ack.get_or_insert(*at);
                 ips.push(*yiaddr);
@@ -1559,6 +1614,7 @@ fn vm_phases(events: &[Seen], mac: &str, t0: f64) -> Result<Vec<f64>, String> {
                 src,
                 method,
                 path,
+                ..
             } if ips.contains(src) && what(method, path) => Some(*at),
             _ => None,
         })
@@ -1567,13 +1623,48 @@ fn vm_phases(events: &[Seen], mac: &str, t0: f64) -> Result<Vec<f64>, String> {
     let kernel = request(&|_, p| p.contains("vmlinuz")).ok_or("no kernel request")?;
     let config = request(&|_, p| p.contains("ignition")).ok_or("no Ignition request")?;
     let report = request(&|m, p| m == "POST" && p.contains("report")).ok_or("no report")?;
-    Ok(vec![
-        ack - t0,
-        first - ack,
-        kernel - first,
-        os_dhcp - kernel,
-        config - os_dhcp,
-        report - config,
-        report - t0,
+    let bounds = [t0, ack, first, kernel, os_dhcp, config, report];
+    let phase_of = |at: f64| (0..6).find(|&i| at <= bounds[i + 1]);
+    let mut server = vec![0.0; PHASES.len()];
+    for (at, took) in replies {
+        if let Some(i) = phase_of(at) {
+            server[i] += took;
+        }
+    }
+    for (i, e) in events.iter().enumerate() {
+        let Seen::Http { at, src, port, .. } = e else {
+            continue;
+        };
+        // A request belongs to the phase it opens (the Ignition request opens `report`).
+        let Some(phase) = (0..6).find(|&p| *at >= bounds[p] && *at < bounds[p + 1]) else {
+            continue;
+        };
+        if !ips.contains(src) {
+            continue;
+        }
+        let answered = events[i + 1..]
+            .iter()
+            .take_while(
+                |e| !matches!(e, Seen::Http { src: s, port: p, .. } if s == src && p == port),
+            )
+            .filter_map(|e| match e {
+                Seen::Answer { at, dst, port: p } if dst == src && p == port => Some(*at),
+                _ => None,
+            })
+            .last();
+        server[phase] += answered.map_or(f64::NAN, |end| end - at);
+    }
+    server[6] = server[..6].iter().sum();
+    Ok([
+        vec![
+            ack - t0,
+            first - ack,
+            kernel - first,
+            os_dhcp - kernel,
+            config - os_dhcp,
+            report - config,
+            report - t0,
+        ],
+        server,
     ])
 }
