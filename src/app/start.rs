@@ -409,6 +409,7 @@ pub(super) fn start_http(
     tracing::info!(base_url = %ctx.base_url, "listening for HTTP on {addr}");
     let limits = crate::http::server::Limits {
         header_timeout: config.http.header_timeout,
+        send_timeout: config.http.send_timeout,
         max_connections: config.http.max_connections,
         max_per_client: config.http.max_connections_per_client,
     };

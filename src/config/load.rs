@@ -106,11 +106,14 @@ impl Config {
             ));
         }
         let h = &self.http;
-        if h.header_timeout.is_zero() || h.max_connections == 0 || h.max_connections_per_client == 0
+        if h.header_timeout.is_zero()
+            || h.send_timeout.is_zero()
+            || h.max_connections == 0
+            || h.max_connections_per_client == 0
         {
             issues.push(Issue::new(
                 "http",
-                "http.header_timeout, max_connections and max_connections_per_client must be above zero",
+                "http.header_timeout, send_timeout, max_connections and max_connections_per_client must be above zero",
             ));
         }
         let t = &self.tftp;

@@ -112,6 +112,10 @@ pub struct HttpConfig {
     /// may idle.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// A client that takes no byte of an answer (a download, the event stream) for this long
+    /// is closed, as nginx's `send_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Connections at once; one beyond is closed at once.
     pub max_connections: usize,
     /// Connections at once from one client address.
@@ -139,6 +143,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             header_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_connections_per_client: 32,
             config_access: ConfigAccess::TokenOrSource,

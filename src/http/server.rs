@@ -7,6 +7,10 @@
 //! - **Header-read timeout** (`http.header_timeout`): a request's headers must arrive within
 //!   it. hyper starts the timer whenever it waits for a request head, so it is also the idle
 //!   timeout of a kept-alive connection.
+//! - **Send timeout** (`http.send_timeout`): a client that takes no byte of an answer for
+//!   this long is closed (nginx's `send_timeout`), whether the answer is a file on a bulk lane
+//!   or anything else; a client that keeps its TCP window shut would otherwise hold its place
+//!   for ever.
 //! - **Connection caps**: at most `http.max_connections` at once. While all are in use, no
 //!   connection is accepted: new ones wait in the listen backlog (up to [`LISTEN_BACKLOG`]) and
 //!   are served in turn as places free, as a TFTP request waits for a slot. A booting machine
@@ -55,6 +59,8 @@ pub struct Limits {
     /// A request's headers must arrive within this (and a kept-alive connection may idle this
     /// long).
     pub header_timeout: Duration,
+    /// A client that takes no byte of an answer for this long is closed.
+    pub send_timeout: Duration,
     /// Connections at once.
     pub max_connections: usize,
     /// Connections at once from one client address.
@@ -293,7 +299,7 @@ async fn serve_connection(
 ) {
     // Asset bodies go out with sendfile through the connection's outbox.
     let outbox = Outbox::default();
-    let stream = ZeroCopyStream::new(stream, outbox.clone(), bulk);
+    let stream = ZeroCopyStream::new(stream, outbox.clone(), bulk, limits.send_timeout);
     // Handlers and middleware read the client's address from `ConnectInfo`.
     let service = tower::ServiceExt::map_request(
         app,
@@ -379,14 +385,28 @@ mod tests {
         CancellationToken,
         tokio::task::JoinHandle<std::io::Result<()>>,
     ) {
-        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
         let limits = Limits {
             header_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             max_connections,
             max_per_client,
         };
+        start_with(app, limits, metrics, workers)
+    }
+
+    fn start_with(
+        app: Router,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        workers: Workers,
+    ) -> (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
         let server = tokio::spawn(serve(
             listener,
             app,
@@ -671,11 +691,115 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
+    #[tokio::test]
+    async fn a_client_that_takes_no_byte_for_the_send_timeout_is_closed_and_a_slow_one_is_not() {
+        // 32 MiB: more than the socket buffers of both ends hold.
+        const SIZE: usize = 32 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let file: Vec<u8> = (0..SIZE).map(|i| (i % 251 + 1) as u8).collect();
+        std::fs::write(dir.path().join("big"), &file).unwrap();
+        let assets = super::super::zero_copy::ServeZeroCopy::new(
+            tower_http::services::ServeDir::new(dir.path()),
+            dir.path(),
+        );
+        let in_memory = axum::body::Bytes::from(file.clone());
+        let app = Router::new()
+            .route(
+                "/bytes",
+                axum::routing::get(move || {
+                    let b = in_memory.clone();
+                    async move { b }
+                }),
+            )
+            .nest_service("/assets", assets);
+        let limits = Limits {
+            header_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(2),
+            max_connections: 100,
+            max_per_client: 100,
+        };
+        // A file on a bulk lane, a file sent by the connection's own task, an answer from
+        // memory (what the event stream and the API write).
+        for (path, lanes) in [
+            ("/assets/big", true),
+            ("/assets/big", false),
+            ("/bytes", true),
+        ] {
+            let (worker, bulk) = (TestLane::start(0), TestLane::start(1));
+            let mut workers = Workers::new(vec![worker.handle.clone()]);
+            if lanes {
+                workers = workers.with_bulk_lanes(vec![bulk.handle.clone()]);
+            }
+            let metrics = Metrics::new();
+            let (addr, token, server) = start_with(app.clone(), limits, metrics.clone(), workers);
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+            // One that pauses (shorter than the timeout) gets it all.
+            let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+            slow.write_all(request.as_bytes()).await.unwrap();
+            let (head, mut body) = read_head(&mut slow).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+            let mut buf = vec![0u8; 256 << 10];
+            let mut pauses = 0;
+            while body.len() < SIZE {
+                if body.len() > (pauses + 1) * SIZE / 4 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    pauses += 1;
+                }
+                let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+                    .await
+                    .expect("the body goes on")
+                    .unwrap();
+                assert!(n > 0, "{path}: closed after {} of {SIZE} bytes", body.len());
+                body.extend_from_slice(&buf[..n]);
+            }
+            assert!(body == file, "{path}: the body is the file's bytes");
+            assert_eq!(pauses, 3);
+            drop(slow);
+
+            // One that stops reading (its buffers and the server's hold a third of the body)
+            // is closed once the timeout has passed, and its place is free again.
+            let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stuck.write_all(request.as_bytes()).await.unwrap();
+            let (head, taken) = read_head(&mut stuck).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+            let stopped = Instant::now();
+            let deadline = stopped + Duration::from_secs(10);
+            while metrics.http_connections.get() > 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{path} (bulk lane: {lanes}): the stuck client is still connected"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                stopped.elapsed() >= Duration::from_millis(1500),
+                "{path}: closed after {:?}, before the timeout",
+                stopped.elapsed()
+            );
+            // What it then reads ends short of the body.
+            let mut got = taken.len();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), stuck.read(&mut buf))
+                    .await
+                    .expect("the end of the stream")
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            assert!(got < SIZE, "{path}: {got} bytes, the whole body");
+            token.cancel();
+            server.await.unwrap().unwrap();
+        }
+    }
+
     #[test]
     fn caps_per_client_and_in_all_and_places_are_given_back() {
         let places = Arc::new(Places::default());
         let limits = Limits {
             header_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
             max_connections: 3,
             max_per_client: 2,
         };

@@ -38,6 +38,7 @@ use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -49,6 +50,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
@@ -129,6 +131,10 @@ pub(crate) struct ZeroCopyStream {
     lane: Option<Handle>,
     /// The span the lane is sending, or has sent while hyper still hands in its placeholders.
     on_lane: Option<LaneSend>,
+    /// A client that takes no byte of an answer for this long is given up on.
+    send_timeout: Duration,
+    /// Runs while a write waits for the client (since the last byte it took).
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 /// A span handed to the bulk lane.
@@ -142,13 +148,44 @@ struct LaneSend {
 }
 
 impl ZeroCopyStream {
-    /// `stream`'s spans sent from `outbox` on `lane`, or by the connection's task without one.
-    pub(crate) fn new(stream: TcpStream, outbox: Outbox, lane: Option<Handle>) -> ZeroCopyStream {
+    /// `stream`'s spans sent from `outbox` on `lane`, or by the connection's task without one;
+    /// a write (here or on the lane) that waits `send_timeout` for the client fails.
+    pub(crate) fn new(
+        stream: TcpStream,
+        outbox: Outbox,
+        lane: Option<Handle>,
+        send_timeout: Duration,
+    ) -> ZeroCopyStream {
         ZeroCopyStream {
             stream,
             outbox,
             lane,
             on_lane: None,
+            send_timeout,
+            stalled: None,
+        }
+    }
+
+    /// `polled`, a write to the socket, unless it has waited `send_timeout` since the client
+    /// last took a byte: then an error, and hyper closes the connection (as nginx's
+    /// `send_timeout`). Without it a client that stops reading would hold its place, and its
+    /// file, until TCP gives up on it: never, while it keeps its window shut.
+    fn unless_stalled<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.send_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(stalled(limit))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -158,7 +195,8 @@ impl ZeroCopyStream {
             return self.poll_send_on_lane(&lane, cx, max);
         }
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
+            let writable = self.stream.poll_write_ready(cx);
+            ready!(self.unless_stalled(cx, writable))?;
             let mut spans = self.outbox.lock();
             let Some(span) = spans.front_mut() else {
                 return Poll::Ready(Err(io::Error::other(
@@ -219,7 +257,13 @@ impl ZeroCopyStream {
                 let (done, outcome) = oneshot::channel();
                 let stop = CancellationToken::new();
                 let unclaimed = span.remaining;
-                lane.spawn(send_on_lane(socket, span, done, stop.clone()));
+                lane.spawn(send_on_lane(
+                    socket,
+                    span,
+                    self.send_timeout,
+                    done,
+                    stop.clone(),
+                ));
                 self.on_lane.insert(LaneSend {
                     unclaimed,
                     outcome: Some(outcome),
@@ -249,25 +293,29 @@ impl ZeroCopyStream {
 }
 
 /// On a bulk lane: send `span` whole to `socket` (a duplicate of the connection's), then
-/// report; nothing is reported when `stop` comes first (the connection has gone).
+/// report; nothing is reported when `stop` comes first (the connection has gone). Waiting
+/// `send_timeout` for the client to take a byte fails the send.
 async fn send_on_lane(
     socket: OwnedFd,
     mut span: FileSpan,
+    send_timeout: Duration,
     done: oneshot::Sender<io::Result<()>>,
     stop: CancellationToken,
 ) {
     let sent = tokio::select! {
-        sent = send_span(socket, &mut span) => sent,
+        sent = send_span(socket, &mut span, send_timeout) => sent,
         _ = stop.cancelled() => return,
     };
     let _ = done.send(sent);
 }
 
-async fn send_span(socket: OwnedFd, span: &mut FileSpan) -> io::Result<()> {
+async fn send_span(socket: OwnedFd, span: &mut FileSpan, send_timeout: Duration) -> io::Result<()> {
     // Registered with this lane's reactor.
     let socket = TcpStream::from_std(std::net::TcpStream::from(socket))?;
     while span.remaining > 0 {
-        socket.writable().await?;
+        tokio::time::timeout(send_timeout, socket.writable())
+            .await
+            .map_err(|_| stalled(send_timeout))??;
         let count = usize::try_from(span.remaining)
             .unwrap_or(usize::MAX)
             .min(LANE_SENDFILE_MAX);
@@ -291,6 +339,17 @@ async fn send_span(socket: OwnedFd, span: &mut FileSpan) -> io::Result<()> {
     Ok(())
 }
 
+/// The error of a write that waited `limit` for the client.
+fn stalled(limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "the client took no byte of the answer for {} s (http.send_timeout)",
+            limit.as_secs_f64()
+        ),
+    )
+}
+
 impl AsyncRead for ZeroCopyStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -310,7 +369,8 @@ impl AsyncWrite for ZeroCopyStream {
         if is_placeholder(buf) {
             return self.poll_send_file(cx, buf.len());
         }
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.unless_stalled(cx, written)
     }
 
     /// The leading run of ordinary slices in one `writev`, or the leading run of placeholder
@@ -337,7 +397,8 @@ impl AsyncWrite for ZeroCopyStream {
             .take_while(|b| !is_placeholder(b))
             .map(|b| io::IoSlice::new(b))
             .collect();
-        Pin::new(&mut self.stream).poll_write_vectored(cx, &run)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, &run);
+        self.unless_stalled(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
