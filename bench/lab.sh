@@ -5,7 +5,9 @@
 # Ignition config written out beforehand. Rounds alternate the two; a capture on the lab's
 # bridge times every VM's phases the same way for both (see lab_phases_against_a_static_server
 # in tests/e2e_qemu.rs): dhcp, firmware (TFTP of iPXE, iPXE's DHCP), script, kernel (kernel
-# and initrd downloads, kernel start, until the OS asks DHCP), config, report, total.
+# and initrd downloads, kernel start, until the OS asks DHCP), config, report, total; and
+# beside each phase the servers' own part of it (DHCP request → reply, HTTP request → the
+# answer's last byte), which the guests' emulated work does not blur.
 #
 #   bench/lab.sh [rounds]       (default: 5; about 2 minutes a round on 2 cores)
 #   LAB_PCAP_DIR=DIR            (keep each round's capture of the bridge there)
