@@ -757,9 +757,13 @@ mod tests {
             assert_eq!(pauses, 3);
             drop(slow);
 
-            // One that stops reading (its buffers and the server's hold a third of the body)
-            // is closed once the timeout has passed, and its place is free again.
+            // One that stops reading (its receive buffer, set small, and the server's send
+            // buffer hold a part of the body) is closed once the timeout has passed, and its
+            // place is free again.
             let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+            socket2::SockRef::from(&stuck)
+                .set_recv_buffer_size(256 << 10)
+                .unwrap();
             stuck.write_all(request.as_bytes()).await.unwrap();
             let (head, taken) = read_head(&mut stuck).await;
             assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
