@@ -811,3 +811,35 @@ async fn a_waiting_report_ends_the_writers_pause() {
     cancel.cancel();
     writer.await.unwrap();
 }
+
+/// A change nobody waits for (a DHCP exchange's) is not written at once: it gathers for
+/// `WRITE_GATHER` with those that follow, so its fsync does not run beside the lease's that
+/// its ACK waits for.
+#[tokio::test(start_paused = true)]
+async fn a_change_nobody_waits_for_gathers_before_it_is_written() {
+    let store = Arc::new(Batches::default());
+    let inv = Arc::new(Inventory::default());
+    let cancel = CancellationToken::new();
+    let writer = tokio::spawn(inv.clone().run_writer(store.clone(), cancel.clone()));
+    tokio::task::yield_now().await;
+    inv.woken(mac(1), "test");
+    tokio::time::sleep(writer::WRITE_GATHER / 2).await;
+    assert!(
+        store.0.lock().unwrap().is_empty(),
+        "written before the gather ended: {:?}",
+        store.0.lock().unwrap()
+    );
+    inv.woken(mac(2), "test");
+    tokio::time::sleep(writer::WRITE_GATHER).await;
+    assert_eq!(
+        *store.0.lock().unwrap(),
+        vec![2],
+        "both changes in one batch, once the gather ended"
+    );
+    // Stopping writes what gathered at once.
+    inv.woken(mac(3), "test");
+    tokio::task::yield_now().await;
+    cancel.cancel();
+    writer.await.unwrap();
+    assert_eq!(*store.0.lock().unwrap(), vec![2, 1]);
+}
