@@ -22,9 +22,9 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 impl Inventory {
     /// Write changed records to `store` until cancelled, in batches: a change waits
     /// [`WRITE_GATHER`] for others (less when a request waits for it), and while one commit
-    /// runs later changes gather for the next. A commit that
-    /// fails is retried (its records stay marked changed), so a store that is down for a while
-    /// loses nothing; `flushed` callers wait meanwhile. Ends with a last commit.
+    /// runs later changes gather for the next. A commit that fails is retried (its records
+    /// stay marked changed), so a store that is down for a while loses nothing; `flushed`
+    /// callers wait meanwhile. Ends with a last commit.
     pub async fn run_writer(
         self: Arc<Self>,
         store: Arc<dyn MachineStore>,
