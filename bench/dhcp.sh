@@ -4,7 +4,17 @@
 #
 #   bench/dhcp.sh [rounds] [seconds-per-step]    (default: 3 rounds, 5 s steps)
 #   BENCH_SERVERS="kindling kindling-etcd" bench/dhcp.sh    (a subset of the servers)
+#   DHCP_ACK_HELD="0 300 1000 3000" bench/dhcp.sh [rounds]   (ACK latency mode, below)
 #
+# ACK latency mode (DHCP_ACK_HELD set; servers kindling and dnsmasq unless BENCH_SERVERS says
+# otherwise: kea's memfile does not fsync, so its wait is not the same thing): not how many exchanges a second, but how long one REQUEST waits for its
+# ACK when the server is not busy, with as many leases already held as each number in the
+# list. For each, fresh state: perfdhcp first gives that many other clients a lease (200/s,
+# every client twice), then 40 exchanges at 4/s are timed on the server's own interface (a
+# capture: REQUEST in, ACK out, matched by xid), and the median of their waits is printed.
+# A server that makes the lease durable first pays for it here: dnsmasq rewrites its whole
+# lease file, so its wait grows with the leases it holds; Kindling commits one redb
+# transaction of the changed lease.
 # Two network namespaces created here and deleted on exit: the server side (10.88.0.2/16 on a
 # veth) and perfdhcp's side (10.88.0.3/16). perfdhcp acts as a relay (giaddr = its address,
 # unicast to the server), so every server sees relayed DORA exchanges from up to 60,000
@@ -207,6 +217,85 @@ measure() {
     -v sd=$((s1 - s0)) -v cd=$((c1 - c0)) \
     'BEGIN {printf "%.0f %.1f %d %d %.0f %d %d\n", a / t, 100 * a / s, r, e, c / t, sd, cd}'
 }
+
+# The median wait, in ms, from each DHCPREQUEST to the DHCPACK with the same xid in capture $1
+# (tcpdump's verbose lines: the xid on the summary line, the message type further down);
+# nan if no ACK was captured.
+ack_waits() {
+  local waits
+  waits=$(tcpdump -r "$1" -n -tt -vv 2>/dev/null | awk '
+    /^[0-9]+\.[0-9]+ IP/ {t = $1}
+    /xid 0x/ {for (i = 1; i <= NF; i++) if ($i == "xid") x = $(i + 1)}
+    /DHCP-Message \(53\)/ {
+      if ($NF == "Request") asked[x] = t
+      else if ($NF == "ACK" && x in asked) print (t - asked[x]) * 1000
+    }')
+  if [ -n "$waits" ]; then median <<<"$waits"; else echo nan; fi
+}
+
+# ACK latency mode (see the top): one row per server and number of leases held.
+ack_latency() {
+  local held name waits used
+  read -r -a servers <<<"${BENCH_SERVERS:-kindling dnsmasq}"
+  read -r -a helds <<<"$DHCP_ACK_HELD"
+  declare -A row
+  for r in $(seq "$rounds"); do
+    for held in "${helds[@]}"; do
+      for name in "${servers[@]}"; do
+        start_server "$name"
+        if (( held > 0 )); then
+          # Other clients (another MAC range), each asked for twice at 200/s: bounded.
+          timeout $((held / 50 + 60)) ip netns exec "$cli" perfdhcp -4 -l vc0 -r 200 \
+            -R "$held" -n $((2 * held)) -b mac=00:0f:01:00:00:00 -W 1000000 10.88.0.2 \
+            >/dev/null 2>&1 || true
+        fi
+        ip netns exec "$srv" tcpdump -i vs0 -U -s 600 -w "$work/ack.pcap" udp port 67 \
+          >/dev/null 2>&1 &
+        local capture=$!
+        sleep 1
+        timeout 60 ip netns exec "$cli" perfdhcp -4 -l vc0 -r 4 -R 1000 -n 40 -W 1000000 \
+          10.88.0.2 >/dev/null 2>&1 || true
+        sleep 0.3
+        kill -INT "$capture" 2>/dev/null || true
+        wait "$capture" 2>/dev/null || true
+        waits=$(ack_waits "$work/ack.pcap")
+        case "$name" in
+          dnsmasq) used=$(awk 'END {print NR}' "$work/state-dnsmasq/leases" 2>/dev/null || echo "?") ;;
+          kea) used=$(awk '/^10\./ {n++} END {print n + 0}' "$work/state-kea/leases.csv" 2>/dev/null || echo "?") ;;
+          *)
+            # The pools' use from /metrics, at the address its log says it listens on.
+            used=$(ip netns exec "$srv" curl -fs "http://$(grep -o 'listening for HTTP on [0-9.:]*' \
+              "$work/state-$name/log" | head -1 | awk '{print $NF}')/metrics" |
+              awk '/^kindling_dhcp_pool_used/ {n += $NF} END {print n + 0}' || echo "?") ;;
+        esac
+        used="$used in use after"
+        stop_server
+        stop_etcd
+        printf 'round %d %-13s leases held %5d (%s)  REQUEST -> ACK median %s ms\n' \
+          "$r" "$name" "$held" "$used" "$waits" >&2
+        row[$name:$held]+="$waits "
+      done
+    done
+  done
+  echo
+  printf '%-14s' "leases held"
+  for held in "${helds[@]}"; do printf '%10s' "$held"; done
+  echo
+  for name in "${servers[@]}"; do
+    printf '%-14s' "$name"
+    for held in "${helds[@]}"; do
+      printf '%8.2fms' "$(median <<<"${row[$name:$held]}")"
+    done
+    echo
+  done
+  echo
+  echo "REQUEST -> ACK on the server's interface, median of 40 exchanges at 4/s, median of $rounds rounds"
+  echo "durability: kindling commits the lease (redb, fsync) before its ACK; dnsmasq rewrites + fsyncs its lease file; kea (memfile) does not fsync"
+}
+if [ -n "${DHCP_ACK_HELD:-}" ]; then
+  ack_latency
+  exit 0
+fi
 
 # Offered rates: doubling to 4,000/s, then in steps of 2,000 up to 20,000 (doubling hid every
 # peak between 8,000 and 16,000).

@@ -83,6 +83,12 @@ pub trait LeaseStore: Send + Sync + 'static {
     fn remote_changes(&self) -> Option<tokio::sync::mpsc::Receiver<Lease>> {
         None
     }
+
+    /// [`claim`](Self::claim) on the calling thread, blocking it for the commit, for a store
+    /// whose commit is a local file's; `None` for one that must be awaited (etcd).
+    fn claim_here(&self, _leases: &[Lease], _now: Now) -> Option<Result<Vec<Claim>, StoreError>> {
+        None
+    }
 }
 
 /// The embedded lease database: `leases.redb` under the state directory.
@@ -197,6 +203,10 @@ impl LeaseStore for RedbLeaseStore {
         tokio::task::spawn_blocking(move || this.load_blocking())
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn claim_here(&self, leases: &[Lease], now: Now) -> Option<Result<Vec<Claim>, StoreError>> {
+        Some(self.claim_blocking(leases, now))
     }
 
     async fn claim(&self, leases: Vec<Lease>, now: Now) -> Result<Vec<Claim>, StoreError> {
