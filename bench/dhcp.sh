@@ -271,7 +271,7 @@ ack_latency() {
         used="$used in use after"
         stop_server
         stop_etcd
-        printf 'round %d %-13s leases held %5d (%s)  REQUEST -> ACK median %s ms\n' \
+        printf 'round %d %-13s leases held %5d (%s)  REQUEST -> ACK median %.2f ms\n' \
           "$r" "$name" "$held" "$used" "$waits" >&2
         row[$name:$held]+="$waits "
       done
