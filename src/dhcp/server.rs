@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::leases::{Lease, State as LeaseState};
 use super::service::{Ingress, Out, Service, Write};
-use super::store::{Claim, LeaseStore};
+use super::store::{Claim, LeaseStore, StoreError};
 use crate::ctx::Health;
 use crate::events::{LeaseChange, ProfilesEvent};
 use crate::metrics::StoreLabels;
@@ -215,7 +215,11 @@ impl LeaseWriter {
         // small batches here at 1,000-10,000 exchanges a second lowered the peak rate.
         let quiet = self.last_commit.is_none_or(|t| t.elapsed() >= QUIET);
         let here = if batch.len() == 1 && quiet {
-            self.store.claim_here(&leases, now)
+            // A panic in the store stays a failed commit, as it is on a blocking thread.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.store.claim_here(&leases, now)
+            }))
+            .unwrap_or_else(|_| Some(Err(StoreError::Task("the lease store panicked".into()))))
         } else {
             None
         };
@@ -422,7 +426,6 @@ mod tests {
 
     use super::*;
     use crate::dhcp::leases::Now;
-    use crate::dhcp::store::StoreError;
     use crate::mac::MacAddr;
 
     /// A local lease store that counts which way each batch was claimed, takes 20 ms per
@@ -457,9 +460,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_lone_lease_on_a_quiet_lan_commits_on_the_writers_thread_others_on_another_and_acks_follow()
-     {
+    /// A full-mode service with one default profile, for the writer's announcements.
+    fn service() -> Arc<Service> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("node.toml"),
@@ -477,14 +479,20 @@ mod tests {
              range = [\"10.0.0.100\", \"10.0.0.200\"]\nserver_ip = \"10.0.0.2\"\n",
         )
         .unwrap();
-        let service = Arc::new(Service::new(
+        Arc::new(Service::new(
             &config,
             Arc::new(crate::profiles::ProfileSet::load(&sources, "http://10.0.0.2:8080").unwrap()),
             Default::default(),
             crate::metrics::Metrics::new(),
             crate::events::Bus::new(),
             "http://10.0.0.2:8080".into(),
-        ));
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_lone_lease_on_a_quiet_lan_commits_on_the_writers_thread_others_on_another_and_acks_follow()
+     {
+        let service = service();
         let store = Arc::new(Counting::default());
         let (writer, Writes(tx)) =
             LeaseWriter::new(Arc::new(store.clone()), service, Default::default());
@@ -540,6 +548,64 @@ mod tests {
         assert_eq!(store.awaited.load(Ordering::SeqCst), 2);
         token.cancel();
         running.await.unwrap();
+    }
+
+    /// A store whose commit on the calling thread panics.
+    struct Panicking;
+
+    #[async_trait::async_trait]
+    impl LeaseStore for Panicking {
+        async fn load(&self) -> Result<Vec<Lease>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn claim(&self, leases: Vec<Lease>, _now: Now) -> Result<Vec<Claim>, StoreError> {
+            Ok(vec![Claim::Committed; leases.len()])
+        }
+        fn claim_here(&self, _: &[Lease], _: Now) -> Option<Result<Vec<Claim>, StoreError>> {
+            panic!("the store broke")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_panics_on_the_writers_thread_fails_that_commit_only() {
+        let (writer, Writes(tx)) =
+            LeaseWriter::new(Arc::new(Panicking), service(), Default::default());
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(to) = client.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let queue = |n: u8| Queued {
+            write: Write {
+                lease: Lease {
+                    ip: Ipv4Addr::new(10, 0, 0, 100 + n),
+                    mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, n])),
+                    state: LeaseState::Bound,
+                    expires: unix_now() + 3600,
+                    hostname: None,
+                    client_id: None,
+                    bound_at: unix_now(),
+                },
+                change: crate::events::LeaseChange::Granted,
+                ack: Some((vec![n], to)),
+            },
+            socket: socket.clone(),
+        };
+        let token = CancellationToken::new();
+        let running = tokio::spawn(writer.run(token.clone()));
+        // The first lease (a quiet LAN) meets the panic: no ACK, and the writer goes on.
+        tx.send(queue(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Right after, not quiet: committed the other way, and its ACK is the first to come.
+        tx.send(queue(2)).await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .expect("the writer still answers")
+            .unwrap();
+        assert_eq!(&buf[..n], [2]);
+        token.cancel();
+        running.await.expect("the writer did not panic");
     }
 
     #[test]
