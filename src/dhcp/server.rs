@@ -421,6 +421,7 @@ pub async fn run_profile_follower(
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddrV4;
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -457,6 +458,26 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             self.committed.fetch_add(leases.len(), Ordering::SeqCst);
             Some(Ok(vec![Claim::Committed; leases.len()]))
+        }
+    }
+
+    /// Lease `n`'s write, its ACK (the byte `n`) to `to` from `socket`.
+    fn queued(n: u8, to: SocketAddrV4, socket: &Arc<UdpSocket>) -> Queued {
+        Queued {
+            write: Write {
+                lease: Lease {
+                    ip: Ipv4Addr::new(10, 0, 0, 100 + n),
+                    mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, n])),
+                    state: LeaseState::Bound,
+                    expires: unix_now() + 3600,
+                    hostname: None,
+                    client_id: None,
+                    bound_at: unix_now(),
+                },
+                change: crate::events::LeaseChange::Granted,
+                ack: Some((vec![n], to)),
+            },
+            socket: socket.clone(),
         }
     }
 
@@ -501,22 +522,7 @@ mod tests {
             unreachable!()
         };
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let queue = |n: u8| Queued {
-            write: Write {
-                lease: Lease {
-                    ip: Ipv4Addr::new(10, 0, 0, 100 + n),
-                    mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, n])),
-                    state: LeaseState::Bound,
-                    expires: unix_now() + 3600,
-                    hostname: None,
-                    client_id: None,
-                    bound_at: unix_now(),
-                },
-                change: crate::events::LeaseChange::Granted,
-                ack: Some((vec![n], to)),
-            },
-            socket: socket.clone(),
-        };
+        let queue = |n: u8| queued(n, to, &socket);
         // Ten waiting when the writer starts: one batch, committed on a blocking thread.
         for n in 0..10 {
             tx.send(queue(n)).await.unwrap();
@@ -575,22 +581,7 @@ mod tests {
             unreachable!()
         };
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let queue = |n: u8| Queued {
-            write: Write {
-                lease: Lease {
-                    ip: Ipv4Addr::new(10, 0, 0, 100 + n),
-                    mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, n])),
-                    state: LeaseState::Bound,
-                    expires: unix_now() + 3600,
-                    hostname: None,
-                    client_id: None,
-                    bound_at: unix_now(),
-                },
-                change: crate::events::LeaseChange::Granted,
-                ack: Some((vec![n], to)),
-            },
-            socket: socket.clone(),
-        };
+        let queue = |n: u8| queued(n, to, &socket);
         let token = CancellationToken::new();
         let running = tokio::spawn(writer.run(token.clone()));
         // The first lease (a quiet LAN) meets the panic: no ACK, and the writer goes on.
