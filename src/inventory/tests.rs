@@ -782,15 +782,26 @@ impl MachineStore for Batches {
     }
 }
 
-/// A report waits for its change to be on disk: the writer, gathering changes after its last
-/// commit, writes at once what gathered so far instead of finishing its pause.
-#[tokio::test(start_paused = true)]
-async fn a_waiting_report_ends_the_writers_pause() {
+/// An inventory whose writer runs into a [`Batches`] store, started.
+async fn batches_writer() -> (
+    Arc<Batches>,
+    Arc<Inventory>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let store = Arc::new(Batches::default());
     let inv = Arc::new(Inventory::default());
     let cancel = CancellationToken::new();
     let writer = tokio::spawn(inv.clone().run_writer(store.clone(), cancel.clone()));
     tokio::task::yield_now().await;
+    (store, inv, cancel, writer)
+}
+
+/// A report waits for its change to be on disk: the writer, gathering changes after its last
+/// commit, writes at once what gathered so far instead of finishing its pause.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_report_ends_the_writers_pause() {
+    let (store, inv, cancel, writer) = batches_writer().await;
     walk_install(&inv, mac(1));
     inv.flushed().await;
     // The writer now pauses; a change that nobody waits for gathers, then a report comes.
@@ -817,11 +828,7 @@ async fn a_waiting_report_ends_the_writers_pause() {
 /// its ACK waits for.
 #[tokio::test(start_paused = true)]
 async fn a_change_nobody_waits_for_gathers_before_it_is_written() {
-    let store = Arc::new(Batches::default());
-    let inv = Arc::new(Inventory::default());
-    let cancel = CancellationToken::new();
-    let writer = tokio::spawn(inv.clone().run_writer(store.clone(), cancel.clone()));
-    tokio::task::yield_now().await;
+    let (store, inv, cancel, writer) = batches_writer().await;
     inv.woken(mac(1), "test");
     tokio::time::sleep(writer::WRITE_GATHER / 2).await;
     assert!(
