@@ -304,7 +304,7 @@ pub(super) fn start_tftp(
 }
 
 /// DNS: zones from the profiles and the DHCP leases (full mode) or the inventory's addresses
-/// (otherwise), rebuilt on events; UDP and TCP served by hickory.
+/// (otherwise), rebuilt on events; answered by hickory (UDP with a cache in front).
 pub(super) fn start_dns(
     ctx: &Ctx,
     sup: &Supervisor,

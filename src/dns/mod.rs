@@ -7,10 +7,12 @@
 //! `dns.allow_recursion` (no open resolver); everyone else, and every query when no upstream
 //! is configured, gets REFUSED. UDP and TCP on one port; hickory truncates UDP answers that
 //! do not fit (TC set) and the client retries over TCP. Malformed packets are dropped by
-//! hickory's decoder with a log line.
+//! hickory's decoder with a log line. Over UDP, a question asked before is answered from the
+//! bytes of its last answer until the zones change ([`udp`]).
 //!
 //! Left out: DNSSEC, zone transfers (AXFR is refused), dynamic updates, IPv6 reverse zones.
 
+mod udp;
 pub mod zone;
 
 use std::net::{IpAddr, SocketAddr};
@@ -92,6 +94,19 @@ struct Served {
     authoritative: Vec<LowerName>,
 }
 
+impl Served {
+    /// Whether `name` is in one of Kindling's own zones.
+    fn owns(&self, name: &LowerName) -> bool {
+        self.authoritative.iter().any(|z| z.zone_of(name))
+    }
+}
+
+/// What went out for one datagram, and whether it came from Kindling's own zones.
+struct Answered {
+    bytes: Vec<u8>,
+    ours: bool,
+}
+
 /// The DNS service's shared state.
 pub struct Dns {
     config: DnsConfig,
@@ -103,6 +118,8 @@ pub struct Dns {
     /// The last zones built and their serial.
     state: std::sync::Mutex<(Zones, u32)>,
     ns_ip: Option<IpAddr>,
+    /// UDP queries answered again from the cache (see [`udp`]).
+    answered_again: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Dns {
@@ -179,6 +196,7 @@ impl Dns {
             forwarders,
             state: std::sync::Mutex::new((Zones::default(), 0)),
             ns_ip,
+            answered_again: Default::default(),
         };
         Ok(dns)
     }
@@ -293,21 +311,68 @@ impl Dns {
         }
     }
 
-    /// Answer one query datagram from `src` the way the UDP server does (the request path
-    /// without a socket: for tests and fuzzing). `None` when the datagram is not a DNS request.
+    /// Answer one query datagram from `src` as the UDP server does when it asks hickory (for
+    /// tests and fuzzing). `None` when nothing is sent back.
     pub async fn answer(self: &Arc<Self>, bytes: Vec<u8>, src: SocketAddr) -> Option<Vec<u8>> {
+        let served = self.served.load_full();
+        self.answer_from(&served, bytes, src).await.map(|a| a.bytes)
+    }
+
+    /// Answer one datagram from `src` out of `served`, as hickory's own UDP server does:
+    /// fewer than 12 bytes, or a response, dropped; a header with an undecodable rest,
+    /// FORMERR; anything else through the request handler.
+    async fn answer_from(
+        &self,
+        served: &Served,
+        bytes: Vec<u8>,
+        src: SocketAddr,
+    ) -> Option<Answered> {
         use futures_util::StreamExt as _;
         use hickory_server::net::BufDnsStreamHandle;
         use hickory_server::net::runtime::TokioTime;
         use hickory_server::net::xfer::Protocol;
+        use hickory_server::proto::op::{Header, MessageType};
+        use hickory_server::proto::serialize::binary::{BinDecodable as _, BinDecoder};
         use hickory_server::server::ResponseHandle;
-        let request = Request::from_bytes(bytes, src, Protocol::Udp).ok()?;
+        use hickory_server::zone_handler::Queries;
+        use tracing::Instrument as _;
+        let header = Header::read(&mut BinDecoder::new(&bytes)).ok()?;
+        if header.metadata.message_type == MessageType::Response {
+            return None;
+        }
         let (handle, mut sent) = BufDnsStreamHandle::new(src);
-        let response = ResponseHandle::new(src, handle, Protocol::Udp);
-        Handler(self.clone())
-            .handle_request::<_, TokioTime>(&request, response)
-            .await;
-        sent.next().await.map(|m| m.into_parts().0)
+        let mut response = ResponseHandle::new(src, handle, Protocol::Udp);
+        let ours = match Request::from_bytes(bytes, src, Protocol::Udp) {
+            Ok(request) => {
+                let ours = request
+                    .request_info()
+                    .is_ok_and(|i| served.owns(i.query.name()));
+                let span = tracing::debug_span!("dns", peer = %src);
+                respond::<_, TokioTime>(self, served, &request, response)
+                    .instrument(span)
+                    .await;
+                ours
+            }
+            Err(e) => {
+                tracing::debug!(%src, error = %e, "DNS: undecodable query, FORMERR");
+                let none = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+                let formerr = MessageResponseBuilder::new(&none, None)
+                    .error_msg(&header.metadata, ResponseCode::FormErr);
+                if let Err(e) = response.send_response(formerr).await {
+                    tracing::debug!(%src, error = %e, "DNS: cannot send FORMERR");
+                }
+                drop(response);
+                false
+            }
+        };
+        let bytes = sent.next().await?.into_parts().0;
+        Some(Answered { bytes, ours })
+    }
+
+    /// How many UDP queries were answered from the bytes of an earlier answer.
+    pub fn answered_again(&self) -> u64 {
+        self.answered_again
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn may_recurse(&self, src: IpAddr) -> bool {
@@ -315,21 +380,21 @@ impl Dns {
         self.recursion.iter().any(|n| n.contains(&src))
     }
 
-    /// Serve UDP and TCP until cancelled.
+    /// Serve UDP (see [`udp`]) and TCP (hickory's server) until cancelled.
     pub async fn serve(
         self: Arc<Self>,
         udp: tokio::net::UdpSocket,
         tcp: tokio::net::TcpListener,
         cancel: CancellationToken,
     ) -> Result<(), DnsError> {
-        let mut server = hickory_server::Server::new(Handler(self));
-        server.register_socket(udp);
+        let mut server = hickory_server::Server::new(Handler(self.clone()));
         server.register_listener(tcp, TCP_TIMEOUT, 64 * 1024);
-        cancel.cancelled().await;
-        server
+        let udp = udp::serve(self, udp, cancel.clone()).await;
+        let tcp = server
             .shutdown_gracefully()
             .await
-            .map_err(|e| DnsError::Server(e.to_string()))
+            .map_err(|e| DnsError::Server(e.to_string()));
+        udp.and(tcp)
     }
 }
 
@@ -346,43 +411,43 @@ impl RequestHandler for Handler {
         use tracing::Instrument as _;
         // One span per query, at debug: what is logged about it carries the client.
         let span = tracing::debug_span!("dns", peer = %request.src());
-        self.answer::<R, T>(request, response_handle)
+        let served = self.0.served.load_full();
+        respond::<R, T>(&self.0, &served, request, response_handle)
             .instrument(span)
             .await
     }
 }
 
-impl Handler {
-    async fn answer<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let served = self.0.served.load_full();
-        if let Ok(info) = request.request_info() {
-            let name = info.query.name();
-            let ours = served.authoritative.iter().any(|z| z.zone_of(name));
-            if !ours && !self.0.may_recurse(request.src().ip()) {
-                tracing::debug!(src = %request.src(), %name, "DNS: recursion refused for this client");
-                let response = MessageResponseBuilder::new(&request.queries, None)
-                    .error_msg(&request.metadata, ResponseCode::Refused);
-                return match response_handle.send_response(response).await {
-                    Ok(info) => info,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "DNS: cannot send REFUSED");
-                        served
-                            .catalog
-                            .handle_request::<_, T>(request, response_handle)
-                            .await
-                    }
-                };
-            }
+/// Answer `request` out of `served`: Kindling's zones for everyone, forwarding only for
+/// allowed clients.
+async fn respond<R: ResponseHandler, T: Time>(
+    dns: &Dns,
+    served: &Served,
+    request: &Request,
+    mut response_handle: R,
+) -> ResponseInfo {
+    if let Ok(info) = request.request_info() {
+        let name = info.query.name();
+        if !served.owns(name) && !dns.may_recurse(request.src().ip()) {
+            tracing::debug!(src = %request.src(), %name, "DNS: recursion refused for this client");
+            let response = MessageResponseBuilder::new(&request.queries, None)
+                .error_msg(&request.metadata, ResponseCode::Refused);
+            return match response_handle.send_response(response).await {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS: cannot send REFUSED");
+                    served
+                        .catalog
+                        .handle_request::<_, T>(request, response_handle)
+                        .await
+                }
+            };
         }
-        served
-            .catalog
-            .handle_request::<_, T>(request, response_handle)
-            .await
     }
+    served
+        .catalog
+        .handle_request::<_, T>(request, response_handle)
+        .await
 }
 
 #[cfg(test)]
@@ -401,13 +466,9 @@ mod tests {
         }
     }
 
-    /// The request path answers what the zones hold, refuses recursion to a stranger, and
-    /// drops what is not a request.
-    #[tokio::test]
-    async fn answers_from_the_zones_and_refuses_recursion_to_strangers() {
-        use hickory_server::proto::op::{Message, Query};
-        use hickory_server::proto::rr::RecordType;
-        use hickory_server::proto::serialize::binary::{BinDecodable, BinEncodable};
+    /// A DNS service for `lab.example` with one machine, `box` at 10.0.0.7, an upstream that
+    /// never answers, and its zones built; the directory holds its profiles.
+    pub(super) fn lab_dns() -> (tempfile::TempDir, Live, Arc<Dns>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("p")).unwrap();
         std::fs::write(
@@ -429,6 +490,17 @@ mod tests {
         };
         let dns = Arc::new(Dns::new(&config, &[], None).unwrap());
         dns.refresh(&live, None, 1_900_000_000);
+        (dir, live, dns)
+    }
+
+    /// The request path answers what the zones hold, refuses recursion to a stranger, and
+    /// drops what is not a request.
+    #[tokio::test]
+    async fn answers_from_the_zones_and_refuses_recursion_to_strangers() {
+        use hickory_server::proto::op::{Message, Query};
+        use hickory_server::proto::rr::RecordType;
+        use hickory_server::proto::serialize::binary::{BinDecodable, BinEncodable};
+        let (_dir, _live, dns) = lab_dns();
         let ask = |name: &str| {
             let mut m = Message::query();
             m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
@@ -443,6 +515,15 @@ mod tests {
             Message::from_bytes(&dns.answer(ask("example.org."), stranger).await.unwrap()).unwrap();
         assert_eq!(r.response_code, ResponseCode::Refused);
         assert!(dns.answer(vec![1, 2, 3], local).await.is_none());
+        // As hickory's own server: a header with nothing decodable after it is a FORMERR, a
+        // response is not answered.
+        let mut broken = ask("box.lab.example.");
+        broken.truncate(14);
+        let f = Message::from_bytes(&dns.answer(broken, local).await.unwrap()).unwrap();
+        assert_eq!(f.response_code, ResponseCode::FormErr);
+        let mut response = ask("box.lab.example.");
+        response[2] |= 0x80;
+        assert!(dns.answer(response, local).await.is_none());
     }
 
     #[test]
