@@ -34,6 +34,17 @@ pub struct TftpLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `kindling_dns_answers_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// Where the answer came from: `cache` (the bytes of an earlier answer, UDP), `zones`
+    /// (Kindling's own zones), `other` (forwarded, or refused to a client that may not recurse,
+    /// or an undecodable query).
+    pub source: &'static str,
+    /// The response code: `noerror`, `formerr`, `servfail`, `nxdomain`, `refused`, `other`.
+    pub rcode: &'static str,
+}
+
 /// Labels of `kindling_router_solicitations_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SolicitationLabels {
@@ -123,6 +134,8 @@ pub struct Metrics {
     pub router_solicitations: Family<SolicitationLabels, Counter>,
     /// TFTP requests by outcome.
     pub tftp_transfers: Family<TftpLabels, Counter>,
+    /// `kindling_dns_answers_total`
+    pub dns_answers: Family<DnsLabels, Counter>,
     /// Bytes sent by completed TFTP transfers.
     pub tftp_bytes: Counter,
     /// HTTP requests by endpoint and status.
@@ -187,6 +200,12 @@ impl Default for Metrics {
             "router_solicitations",
             "IPv6 router solicitations received on the DHCP interfaces, by outcome",
             router_solicitations.clone(),
+        );
+        let dns_answers = Family::<DnsLabels, Counter>::default();
+        registry.register(
+            "dns_answers",
+            "DNS answers sent, by where they came from and their response code",
+            dns_answers.clone(),
         );
         let tftp_transfers = Family::<TftpLabels, Counter>::default();
         registry.register(
@@ -282,6 +301,7 @@ impl Default for Metrics {
             wake_to_provisioned,
             reload_errors,
             tftp_transfers,
+            dns_answers,
             tftp_bytes,
             router_solicitations,
             refreshers: Mutex::new(Vec::new()),
@@ -337,6 +357,21 @@ impl Metrics {
     pub fn tftp(&self, outcome: &'static str) {
         self.tftp_transfers
             .get_or_create(&TftpLabels { outcome })
+            .inc();
+    }
+
+    /// Count one DNS answer: where it came from and its response code (the low four bits).
+    pub fn dns(&self, source: &'static str, rcode: u8) {
+        let rcode = match rcode & 0x0f {
+            0 => "noerror",
+            1 => "formerr",
+            2 => "servfail",
+            3 => "nxdomain",
+            5 => "refused",
+            _ => "other",
+        };
+        self.dns_answers
+            .get_or_create(&DnsLabels { source, rcode })
             .inc();
     }
 

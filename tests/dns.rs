@@ -164,6 +164,40 @@ fn zones_forwarding_refusal_truncation_and_serials() {
     let nx = dig(p, &["nothere.lab.example"]);
     assert_eq!(status(&nx), "NXDOMAIN", "{nx}");
     assert!(nx.contains("SOA"), "negative answers carry the SOA: {nx}");
+    // Asked again (without EDNS, so no cookie makes each query new), an answer comes from the
+    // cache, and /metrics counts both kinds.
+    for _ in 0..3 {
+        assert_eq!(
+            dig(p, &["nODe1.lab.example", "+short", "+noedns"]).trim(),
+            "10.10.0.11"
+        );
+    }
+    let metrics = Command::new("curl")
+        .args(["-sf"])
+        .arg(d.url("/metrics"))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let count = |labels: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("kindling_dns_answers_total{{{labels}}}")))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("source=\"cache\",rcode=\"noerror\"") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        count("source=\"zones\",rcode=\"noerror\"") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        count("source=\"zones\",rcode=\"nxdomain\"") >= 1,
+        "{metrics}"
+    );
+
     // Wildcard over the machines labelled role=ingress; static records.
     assert_eq!(
         sorted(&dig(p, &["anything.apps.lab.example", "+short"])),

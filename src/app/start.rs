@@ -318,7 +318,9 @@ pub(super) fn start_dns(
         let ip = addr.ip();
         (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
     });
-    let dns = Arc::new(crate::dns::Dns::new(&config.dns, &networks, ns_ip)?);
+    let dns = Arc::new(
+        crate::dns::Dns::new(&config.dns, &networks, ns_ip)?.with_metrics(ctx.metrics.clone()),
+    );
     let (leases, inventory_names): (Arc<dyn crate::dns::LeaseSource>, bool) = match dhcp {
         Some(d) if d.keeps_leases() => (Arc::new(DhcpLeases(d.clone())), false),
         // No lease table here: the profiles' names at the addresses the inventory saw.

@@ -118,8 +118,8 @@ pub struct Dns {
     /// The last zones built and their serial.
     state: std::sync::Mutex<(Zones, u32)>,
     ns_ip: Option<IpAddr>,
-    /// UDP queries answered again from the cache (see [`udp`]).
-    answered_again: std::sync::atomic::AtomicU64,
+    /// Where answers are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Dns {
@@ -196,7 +196,7 @@ impl Dns {
             forwarders,
             state: std::sync::Mutex::new((Zones::default(), 0)),
             ns_ip,
-            answered_again: Default::default(),
+            metrics: crate::metrics::Metrics::new(),
         };
         Ok(dns)
     }
@@ -369,10 +369,17 @@ impl Dns {
         Some(Answered { bytes, ours })
     }
 
-    /// How many UDP queries were answered from the bytes of an earlier answer.
-    pub fn answered_again(&self) -> u64 {
-        self.answered_again
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// Count answers in `metrics` (`kindling_dns_answers_total`) rather than in a set of
+    /// their own.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Dns {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Count one answer (its bytes' response code) from `source`.
+    fn count(&self, source: &'static str, answer: &[u8]) {
+        self.metrics
+            .dns(source, answer.get(3).copied().unwrap_or(0));
     }
 
     fn may_recurse(&self, src: IpAddr) -> bool {
@@ -412,9 +419,18 @@ impl RequestHandler for Handler {
         // One span per query, at debug: what is logged about it carries the client.
         let span = tracing::debug_span!("dns", peer = %request.src());
         let served = self.0.served.load_full();
-        respond::<R, T>(&self.0, &served, request, response_handle)
+        let ours = request
+            .request_info()
+            .is_ok_and(|i| served.owns(i.query.name()));
+        let info = respond::<R, T>(&self.0, &served, request, response_handle)
             .instrument(span)
-            .await
+            .await;
+        // Over TCP (UDP counts its own): the low four bits of the response code.
+        let code = (u16::from(info.response_code) & 0x0f) as u8;
+        self.0
+            .metrics
+            .dns(if ours { "zones" } else { "other" }, code);
+        info
     }
 }
 

@@ -186,8 +186,7 @@ pub(super) async fn serve(
                 reply.extend_from_slice(answer);
                 reply[..2].copy_from_slice(&msg[..2]);
                 reply[12..end].copy_from_slice(&msg[12..end]);
-                dns.answered_again
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                dns.count("cache", &reply);
                 tracing::debug!(%src, "DNS: answered again");
                 if let Err(e) = socket.send_to(&reply, src).await {
                     tracing::debug!(%src, error = %e, "DNS: cannot send");
@@ -203,6 +202,7 @@ pub(super) async fn serve(
                 return;
             };
             tracing::debug!(%src, ours = answer.ours, "DNS: answered");
+            dns.count(if answer.ours { "zones" } else { "other" }, &answer.bytes);
             if let Err(e) = socket.send_to(&answer.bytes, src).await {
                 tracing::debug!(%src, error = %e, "DNS: cannot send");
             }
@@ -242,6 +242,15 @@ mod tests {
             m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
         }
         m
+    }
+
+    /// How many answers the cache gave (`kindling_dns_answers_total{source="cache"}`).
+    fn from_cache(dns: &Dns) -> u64 {
+        let labels = crate::metrics::DnsLabels {
+            source: "cache",
+            rcode: "noerror",
+        };
+        dns.metrics.dns_answers.get_or_create(&labels).get()
     }
 
     /// `box` moves to 10.0.0.8: the profile is rewritten, reloaded, and the zones rebuilt.
@@ -402,15 +411,15 @@ mod tests {
         };
         // The first asking fills the cache on its way out; asked again until it answers.
         let mut id = 0;
-        while dns.answered_again() == 0 {
+        while from_cache(&dns) == 0 {
             id += 1;
             assert!(id < 50, "never answered from the cache");
             ask(query(id, "box.lab.example", 1, true)).await;
         }
         let again = query(1000, "BOX.Lab.example", 1, true);
-        let before = dns.answered_again();
+        let before = from_cache(&dns);
         let cached = ask(again.clone()).await;
-        assert_eq!(dns.answered_again(), before + 1, "from the cache");
+        assert_eq!(from_cache(&dns), before + 1, "from the cache");
         assert_eq!(
             cached,
             dns.answer(again.clone(), me).await.unwrap(),
