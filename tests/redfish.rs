@@ -1042,12 +1042,7 @@ fn power_is_polled_into_the_inventory_with_errors_and_metrics() {
 
     // Metrics: calls by method and outcome, with their latency.
     let (_, metrics) = common::curl(&[], &d.url("/metrics"));
-    let value = |prefix: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |series: &str| common::metric(&metrics, series);
     assert!(
         value("kindling_bmc_calls_total{method=\"GET\",outcome=\"ok\"}") >= 2.0,
         "{metrics}"
