@@ -344,11 +344,8 @@ impl Dns {
         let mut response = ResponseHandle::new(src, handle, Protocol::Udp);
         let ours = match Request::from_bytes(bytes, src, Protocol::Udp) {
             Ok(request) => {
-                let ours = request
-                    .request_info()
-                    .is_ok_and(|i| served.owns(i.query.name()));
                 let span = tracing::debug_span!("dns", peer = %src);
-                respond::<_, TokioTime>(self, served, &request, response)
+                let (_, ours) = respond::<_, TokioTime>(self, served, &request, response)
                     .instrument(span)
                     .await;
                 ours
@@ -419,10 +416,7 @@ impl RequestHandler for Handler {
         // One span per query, at debug: what is logged about it carries the client.
         let span = tracing::debug_span!("dns", peer = %request.src());
         let served = self.0.served.load_full();
-        let ours = request
-            .request_info()
-            .is_ok_and(|i| served.owns(i.query.name()));
-        let info = respond::<R, T>(&self.0, &served, request, response_handle)
+        let (info, ours) = respond::<R, T>(&self.0, &served, request, response_handle)
             .instrument(span)
             .await;
         // Over TCP (UDP counts its own): the low four bits of the response code.
@@ -435,21 +429,23 @@ impl RequestHandler for Handler {
 }
 
 /// Answer `request` out of `served`: Kindling's zones for everyone, forwarding only for
-/// allowed clients.
+/// allowed clients. Also whether the question was for Kindling's own zones.
 async fn respond<R: ResponseHandler, T: Time>(
     dns: &Dns,
     served: &Served,
     request: &Request,
     mut response_handle: R,
-) -> ResponseInfo {
-    if let Ok(info) = request.request_info() {
+) -> (ResponseInfo, bool) {
+    let asked = request.request_info().ok();
+    let ours = asked.as_ref().is_some_and(|i| served.owns(i.query.name()));
+    if let Some(info) = asked {
         let name = info.query.name();
-        if !served.owns(name) && !dns.may_recurse(request.src().ip()) {
+        if !ours && !dns.may_recurse(request.src().ip()) {
             tracing::debug!(src = %request.src(), %name, "DNS: recursion refused for this client");
             let response = MessageResponseBuilder::new(&request.queries, None)
                 .error_msg(&request.metadata, ResponseCode::Refused);
-            return match response_handle.send_response(response).await {
-                Ok(info) => info,
+            let sent = match response_handle.send_response(response).await {
+                Ok(sent) => sent,
                 Err(e) => {
                     tracing::debug!(error = %e, "DNS: cannot send REFUSED");
                     served
@@ -458,12 +454,14 @@ async fn respond<R: ResponseHandler, T: Time>(
                         .await
                 }
             };
+            return (sent, false);
         }
     }
-    served
+    let sent = served
         .catalog
         .handle_request::<_, T>(request, response_handle)
-        .await
+        .await;
+    (sent, ours)
 }
 
 #[cfg(test)]
