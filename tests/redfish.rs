@@ -117,6 +117,21 @@ impl Emulator {
             assert!(Instant::now() < deadline, "sushy-emulator did not listen");
             std::thread::sleep(Duration::from_millis(100));
         }
+        // One system read first, alone: the emulator builds its drivers (systems, managers,
+        // chassis, indicators; each creates its SQLite state store) on first use, and
+        // requests that come at once then race there ("database is locked").
+        let warm = Command::new("curl")
+            .args([
+                "-sfk",
+                "-o",
+                "/dev/null",
+                "-u",
+                &format!("{USER}:{PASSWORD}"),
+            ])
+            .arg(emu.url(Some(0)))
+            .status()
+            .unwrap();
+        assert!(warm.success(), "sushy-emulator: {warm:?}");
         emu
     }
 
@@ -607,6 +622,81 @@ async fn a_hung_or_broken_bmc_is_an_error_within_the_timeout() {
     let bmc = Bmc::new(endpoint(&format!("http://{closed}"), PASSWORD)).unwrap();
     let err = bmc.system().await.unwrap_err();
     assert!(matches!(err, BmcError::Unreachable { .. }), "{err:?}");
+}
+
+/// A BMC that fails for a moment (503, 502: rebooting, busy, its state store locked) is asked
+/// again for reads and the boot override, with a short wait; a reset is asked once only, as
+/// the BMC may have carried it out before failing.
+#[tokio::test]
+async fn a_bmc_that_fails_for_a_moment_is_asked_again_but_a_reset_is_not() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let line: String = req.split(" HTTP/").next().unwrap_or("").to_string();
+                let earlier = {
+                    let mut log = log.lock().unwrap();
+                    let earlier = log.iter().filter(|l| **l == line).count();
+                    log.push(line.clone());
+                    earlier
+                };
+                let system = r##"{"@odata.id": "/redfish/v1/Systems/1", "PowerState": "Off",
+                    "Boot": {"BootSourceOverrideTarget": "None"},
+                    "Actions": {"#ComputerSystem.Reset": {"target": "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+                        "ResetType@Redfish.AllowableValues": ["On", "ForceOff"]}}}"##;
+                let busy = r#"{"error": {"message": "database is locked"}}"#;
+                let (status, body) = match (line.as_str(), earlier) {
+                    ("GET /redfish/v1/Systems", 0) => ("503 Service Unavailable", busy),
+                    ("GET /redfish/v1/Systems", 1) => ("500 Internal Server Error", busy),
+                    ("GET /redfish/v1/Systems", _) => (
+                        "200 OK",
+                        r#"{"Members": [{"@odata.id": "/redfish/v1/Systems/1"}]}"#,
+                    ),
+                    ("GET /redfish/v1/Systems/1", _) => ("200 OK", system),
+                    ("PATCH /redfish/v1/Systems/1", 0) => ("502 Bad Gateway", busy),
+                    ("PATCH /redfish/v1/Systems/1", _) => ("200 OK", "{}"),
+                    (l, _) if l.starts_with("POST /redfish/v1/Systems/1/Actions") => {
+                        ("500 Internal Server Error", busy)
+                    }
+                    _ => ("404 Not Found", "{}"),
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let count = |line: &str| seen.lock().unwrap().iter().filter(|l| *l == line).count();
+    let bmc = Bmc::new(endpoint(&format!("http://{addr}"), PASSWORD)).unwrap();
+    let started = Instant::now();
+    let system = bmc.system().await.expect("asked again after 503 and 500");
+    assert_eq!(count("GET /redfish/v1/Systems"), 3);
+    // 250 ms, then 500 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    bmc.pxe_once(&system).await.expect("asked again after 502");
+    assert_eq!(count("PATCH /redfish/v1/Systems/1"), 2);
+    let err = bmc.power(&system, PowerAction::On).await.unwrap_err();
+    assert!(err.to_string().contains("HTTP 500"), "{err}");
+    assert_eq!(
+        count("POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset"),
+        1,
+        "a reset is not repeated"
+    );
 }
 
 /// `kindling power` through the daemon's API to machines whose BMCs the profiles name: a

@@ -420,6 +420,11 @@ pub fn error_message(body: &[u8]) -> Option<String> {
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// How many times a read or a boot override the BMC failed with a 5xx is asked again.
+const RETRIES: u32 = 2;
+/// The wait before the first repetition; it doubles for each further one.
+const RETRY_WAIT: Duration = Duration::from_millis(250);
+
 /// A client of one BMC.
 #[derive(Clone)]
 pub struct Bmc {
@@ -741,9 +746,40 @@ impl Bmc {
         self.exchange(Method::GET, path, None).await
     }
 
+    /// One request, asked again up to [`RETRIES`] times when the BMC answers that it is busy
+    /// or failed inside (HTTP 500, 502, 503, 504: BMCs say so while they reboot or under
+    /// load, and emulators when their state store is locked). Only reads and the boot
+    /// override (a `PATCH` that sets values, so asking twice does what asking once does) are
+    /// asked again; a reset is not, as a reset the BMC carried out before failing to answer
+    /// would be done twice.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Vec<u8>, BmcError> {
+        let repeatable = method == Method::GET || method == Method::PATCH;
+        let mut attempt = 0;
+        loop {
+            match self.exchange_once(method.clone(), path, body.clone()).await {
+                Err(BmcError::Status { status, .. })
+                    if repeatable
+                        && attempt < RETRIES
+                        && matches!(status, 500 | 502 | 503 | 504) =>
+                {
+                    attempt += 1;
+                    let wait = RETRY_WAIT * 2u32.pow(attempt - 1);
+                    tracing::debug!(bmc = %self.endpoint.url, path, status, attempt, "the BMC failed the request: asking again in {} ms", wait.as_millis());
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// One authenticated request: a session the BMC has ended (401 on its token) is opened
     /// again once and the request repeated.
-    async fn exchange(
+    async fn exchange_once(
         &self,
         method: Method,
         path: &str,
