@@ -705,3 +705,218 @@ async fn the_storm_view_shows_the_dhcp_pools() {
     );
     b.close().await;
 }
+
+/// The fleet's state and profile filters; a machine's page previews each thing it would get
+/// (iPXE script, grub.cfg, Ignition), sets its next boot to the local disk or another profile
+/// and clears it, each as the next `/ipxe` then serves; a discovered machine is adopted from
+/// its own page with a hostname.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machines_page_previews_sets_the_next_boot_and_adopts() {
+    if skip("a_machines_page_previews_sets_the_next_boot_and_adopts") {
+        return;
+    }
+    let dir = lab_with(&format!(
+        "[api]\ntoken = \"{TOKEN}\"\n[discovery]\nenabled = true\nretry = \"2s\"\n"
+    ));
+    write(
+        dir.path(),
+        "profiles/rescue.toml",
+        "[boot]\nkernel = \"rescue-kernel\"\n",
+    );
+    let d = Daemon::start(&dir.path().join("kindling.toml"));
+    let b = Browser::start(1280, 800).await;
+    b.client.goto(&d.url("/ui")).await.unwrap();
+    b.until(
+        10,
+        "document.getElementById('live').textContent === 'live'",
+        "document.getElementById('live').textContent",
+    )
+    .await;
+    let mut alpha = Machine::new(&d, 0);
+    alpha.ipxe("");
+    let (new_mac, new_ip) = ("52:54:00:dd:00:09", "127.6.0.59");
+    let script = Machine::other(&d, new_mac, new_ip).ipxe("&manufacturer=Acme&product=R9");
+    assert!(script.contains("is discovered"), "{script}");
+    b.until(
+        10,
+        "document.querySelectorAll('#fleet tbody tr').length === 5",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+
+    // The row says where it is and for how long.
+    let cell = |mac: &str, c: &str| {
+        format!("document.querySelector('#fleet tr[data-mac=\"{mac}\"] .{c}')?.textContent")
+    };
+    b.until(
+        10,
+        &format!("{} === '{}'", cell(alpha.mac, "ip"), alpha.ip),
+        &cell(alpha.mac, "ip"),
+    )
+    .await;
+    b.until(
+        5,
+        &format!("/^\\d+s$/.test({})", cell(alpha.mac, "since")),
+        &cell(alpha.mac, "since"),
+    )
+    .await;
+
+    // Filters: by state, then by profile.
+    let rows =
+        "[...document.querySelectorAll('#fleet tbody tr')].map((r) => r.dataset.mac).join(',')";
+    // A phase lists the machines in it and those stalled in it: alpha stalls in `ipxe` 3 s
+    // after its script. Each choice below shows a different list.
+    b.until(
+        10,
+        &format!("{}?.textContent === 'stalled (ipxe)'", badge(alpha.mac)),
+        &format!("{}?.textContent", badge(alpha.mac)),
+    )
+    .await;
+    for (state, want) in [
+        ("ipxe", alpha.mac),
+        ("discovered", new_mac),
+        ("stalled", alpha.mac),
+        (
+            "unknown",
+            "52:54:00:da:00:02,52:54:00:da:00:03,52:54:00:da:00:04",
+        ),
+    ] {
+        b.select("#state-filter", state).await;
+        b.until(5, &format!("{rows} === '{want}'"), rows).await;
+    }
+    b.select("#state-filter", "").await;
+    b.until(
+        10,
+        "document.querySelectorAll('#profile-filter option').length === 3",
+        "document.getElementById('profile-filter').innerText",
+    )
+    .await;
+    b.select("#profile-filter", "node").await;
+    b.until(
+        5,
+        "document.getElementById('shown').textContent === '4 of 5 machines'",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    b.select("#profile-filter", "rescue").await;
+    b.until(
+        5,
+        "document.getElementById('shown').textContent === '0 of 5 machines'",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    b.select("#profile-filter", "").await;
+
+    // A machine's page: what it would get now, each kind.
+    b.js(&format!("location.hash = '#/m/{}';", alpha.mac)).await;
+    let preview = "document.getElementById('m-preview').textContent";
+    b.until(10, &format!("{preview}.startsWith('#!ipxe')"), preview)
+        .await;
+    b.click("[data-preview=\"grub\"]").await;
+    b.until(
+        10,
+        &format!("{preview}.includes('linux ') && {preview}.includes('set timeout=0')"),
+        preview,
+    )
+    .await;
+    b.click("[data-preview=\"ignition\"]").await;
+    b.until(
+        10,
+        &format!("JSON.parse({preview}).ignition.version === '3.4.0'"),
+        preview,
+    )
+    .await;
+    b.click("[data-preview=\"ipxe\"]").await;
+    b.until(10, &format!("{preview}.startsWith('#!ipxe')"), preview)
+        .await;
+
+    // Its next boot, from its page.
+    b.type_into("#token", TOKEN).await;
+    b.click("#token-use").await;
+    let next = "[...document.querySelectorAll('#m-facts tr')].find((r) => r.cells[0].textContent === 'next boot')?.cells[1].textContent";
+    let said = "document.getElementById('action-result-text').textContent";
+    b.click("#m-actions [data-action=\"local\"]").await;
+    b.until(
+        10,
+        &format!(
+            "{said} === 'the next boot is from local disk for {}'",
+            alpha.mac
+        ),
+        said,
+    )
+    .await;
+    b.until(10, &format!("{next} === 'local'"), next).await;
+    let script = alpha.ipxe("");
+    assert!(script.contains("boots from its local disk"), "{script}");
+    b.until(10, &format!("{next} === undefined"), next).await;
+
+    b.select("#m-next-profile", "rescue").await;
+    b.click("#m-actions [data-action=\"profile\"]").await;
+    b.until(10, &format!("{next} === 'profile rescue'"), next)
+        .await;
+    b.until(10, &format!("{preview}.includes('rescue-kernel')"), preview)
+        .await;
+    let script = alpha.ipxe("");
+    assert!(script.contains("rescue-kernel"), "{script}");
+    let script = alpha.ipxe("");
+    assert!(
+        script.contains("vmlinuz") && !script.contains("rescue-kernel"),
+        "once: {script}"
+    );
+
+    b.click("#m-actions [data-action=\"local\"]").await;
+    b.until(10, &format!("{next} === 'local'"), next).await;
+    b.click("#m-actions [data-action=\"clear\"]").await;
+    b.until(
+        10,
+        &format!("{said} === 'next boot cleared for {}'", alpha.mac),
+        said,
+    )
+    .await;
+    b.until(10, &format!("{next} === undefined"), next).await;
+    assert!(alpha.ipxe("").contains("vmlinuz"), "cleared");
+
+    // The discovered machine, adopted from its own page (its row's button opens it) with a
+    // hostname.
+    b.js("location.hash = '#/';").await;
+    let adopt_open = format!("#fleet tr[data-mac=\"{new_mac}\"] [data-action=\"adopt-open\"]");
+    b.until(
+        10,
+        &format!("document.querySelector('{adopt_open}')?.hidden === false"),
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    b.click(&adopt_open).await;
+    b.until(
+        10,
+        &format!("location.hash === '#/m/{new_mac}'"),
+        "location.hash",
+    )
+    .await;
+    b.until(
+        10,
+        "!document.getElementById('m-adopt').hidden",
+        "document.getElementById('m-title').textContent",
+    )
+    .await;
+    b.select("#m-adopt-profile", "node").await;
+    b.type_into("#m-adopt-hostname", "epsilon").await;
+    b.click("#m-adopt [data-action=\"adopt\"]").await;
+    b.until(10, &format!("{said} === 'adopted {new_mac}'"), said)
+        .await;
+    let text = std::fs::read_to_string(dir.path().join("profiles/node.toml")).unwrap();
+    assert!(
+        text.contains(&format!("mac = \"{new_mac}\"")) && text.contains("epsilon"),
+        "{text}"
+    );
+    b.until(
+        10,
+        "document.getElementById('m-title').textContent.includes('epsilon')",
+        "document.getElementById('m-title').textContent",
+    )
+    .await;
+    let script = Machine::other(&d, new_mac, new_ip).ipxe("");
+    assert!(script.contains("vmlinuz"), "adopted: {script}");
+    b.close().await;
+    drop(d);
+}

@@ -1369,6 +1369,7 @@ async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
     )
     .await;
     assert_eq!(b.js(now_hidden).await, false);
+    assert_eq!(b.text("#m-wake").await, "Never woken from here.");
     b.type_into("#token", "op").await;
     b.click("#token-use").await;
     b.click("#m-actions [data-action=\"reinstall-now\"]").await;
@@ -1386,6 +1387,31 @@ async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
         .collect();
     assert!(
         sent.len() == 2 && sent[0].contains("\"Once\"") && sent[1].contains("\"On\""),
+        "{sent:?}"
+    );
+    // Wake from its page: through the BMC, and the page says when and how it went.
+    rec.seen.lock().unwrap().clear();
+    b.click("#m-actions [data-action=\"wake\"]").await;
+    b.until(
+        15,
+        "document.getElementById('action-result-text').textContent === 'woken: 52:54:00:bb:00:00'",
+        "document.getElementById('action-result-text').textContent",
+    )
+    .await;
+    b.until(
+        10,
+        "/^Sent .+: (pending|answered)/.test(document.getElementById('m-wake').textContent)",
+        "document.getElementById('m-wake').textContent",
+    )
+    .await;
+    let sent: Vec<String> = rec
+        .seen()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| r.body)
+        .collect();
+    assert!(
+        sent.len() == 2 && sent[0].contains("\"Once\"") && sent[1].contains("ResetType"),
         "{sent:?}"
     );
     b.close().await;

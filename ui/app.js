@@ -208,7 +208,8 @@ function powerText(p) {
 }
 
 function matches(m, text, state, profile) {
-  if (state && m.state !== state && !(state === 'stalled' && m.stalled_in === state)) return false;
+  // A phase also lists the machines stalled in it.
+  if (state && m.state !== state && !(m.state === 'stalled' && m.stalled_in === state)) return false;
   if (profile && (m.profile || '') !== profile) return false;
   if (!text) return true;
   const hay = [m.mac, m.hostname, m.profile, m.ip, stateText(m), firmware(m), facts(m)]
@@ -860,8 +861,9 @@ function init() {
   });
   $('token-forget').addEventListener('click', () => setToken(''));
   $('action-result-close').addEventListener('click', () => { $('action-result').hidden = true; });
-  for (const id of ['filter', 'state-filter', 'profile-filter']) {
-    $(id).addEventListener('input', () => { S.relist = true; schedule(); });
+  // Selects say `change` (WebDriver's choice of an option fires no `input`).
+  for (const [id, kind] of [['filter', 'input'], ['state-filter', 'change'], ['profile-filter', 'change']]) {
+    $(id).addEventListener(kind, () => { S.relist = true; schedule(); });
   }
   for (const th of $('fleet').tHead.rows[0].cells) {
     if (!th.dataset.sort) continue;

@@ -192,6 +192,17 @@ impl Browser {
             .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
     }
 
+    /// Choose the option whose value is `value` in the select `css`, as a user does.
+    pub async fn select(&self, css: &str, value: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .select_by_value(value)
+            .await
+            .unwrap_or_else(|e| panic!("cannot choose {value} in {css}: {e}"));
+    }
+
     /// Type `text` into the input `css` (cleared first).
     pub async fn type_into(&self, css: &str, text: &str) {
         let e = self
