@@ -822,7 +822,9 @@ async fn a_machines_page_previews_sets_the_next_boot_and_adopts() {
     b.click("[data-preview=\"ignition\"]").await;
     b.until(
         10,
-        &format!("JSON.parse({preview}).ignition.version === '3.4.0'"),
+        &format!(
+            "(() => {{ try {{ return JSON.parse({preview}).ignition.version === '3.4.0'; }} catch (_) {{ return false; }} }})()"
+        ),
         preview,
     )
     .await;
