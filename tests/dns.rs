@@ -222,6 +222,36 @@ fn zones_forwarding_refusal_truncation_and_serials() {
         dig(p, &["-b", "127.0.0.2", "node1.lab.example", "+short"]).trim(),
         "10.10.0.11"
     );
+    // /metrics tells forwarded from refused answers, and times each forwarder.
+    let (_, metrics) = common::curl(&[], &d.url("/metrics"));
+    for (series, least) in [
+        (
+            "kindling_dns_answers_total{source=\"forwarded\",rcode=\"noerror\"}",
+            2.0,
+        ),
+        (
+            "kindling_dns_answers_total{source=\"refused\",rcode=\"refused\"}",
+            1.0,
+        ),
+        ("kindling_dns_forward_seconds_count{zone=\".\"}", 1.0),
+        (
+            "kindling_dns_forward_seconds_count{zone=\"corp.example.\"}",
+            1.0,
+        ),
+    ] {
+        assert!(
+            common::metric(&metrics, series) >= least,
+            "{series}: {metrics}"
+        );
+    }
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "kindling_dns_answers_total{source=\"other\",rcode=\"refused\"}"
+        ),
+        0.0,
+        "{metrics}"
+    );
 
     // A profile change shows up without a restart, with a higher SOA serial.
     let serial = |p: u16| -> u64 {

@@ -101,10 +101,35 @@ impl Served {
     }
 }
 
-/// What went out for one datagram, and whether it came from Kindling's own zones.
+/// Where an answer came from: the `source` label of `kindling_dns_answers_total` (`cache` is
+/// the UDP cache's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Kindling's own zones.
+    Zones,
+    /// A forwarder (its upstreams' answer, or SERVFAIL when they gave none).
+    Forwarded,
+    /// Refused: outside Kindling's zones, from a client that may not recurse.
+    Refused,
+    /// An undecodable query, or a name no zone or forwarder serves.
+    Other,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Zones => "zones",
+            Source::Forwarded => "forwarded",
+            Source::Refused => "refused",
+            Source::Other => "other",
+        }
+    }
+}
+
+/// What went out for one datagram, and where it came from.
 struct Answered {
     bytes: Vec<u8>,
-    ours: bool,
+    source: Source,
 }
 
 /// The DNS service's shared state.
@@ -342,13 +367,13 @@ impl Dns {
         }
         let (handle, mut sent) = BufDnsStreamHandle::new(src);
         let mut response = ResponseHandle::new(src, handle, Protocol::Udp);
-        let ours = match Request::from_bytes(bytes, src, Protocol::Udp) {
+        let source = match Request::from_bytes(bytes, src, Protocol::Udp) {
             Ok(request) => {
                 let span = tracing::debug_span!("dns", peer = %src);
-                let (_, ours) = respond::<_, TokioTime>(self, served, &request, response)
+                let (_, source) = respond::<_, TokioTime>(self, served, &request, response)
                     .instrument(span)
                     .await;
-                ours
+                source
             }
             Err(e) => {
                 tracing::debug!(%src, error = %e, "DNS: undecodable query, FORMERR");
@@ -359,11 +384,11 @@ impl Dns {
                     tracing::debug!(%src, error = %e, "DNS: cannot send FORMERR");
                 }
                 drop(response);
-                false
+                Source::Other
             }
         };
         let bytes = sent.next().await?.into_parts().0;
-        Some(Answered { bytes, ours })
+        Some(Answered { bytes, source })
     }
 
     /// Count answers in `metrics` (`kindling_dns_answers_total`) rather than in a set of
@@ -371,6 +396,15 @@ impl Dns {
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Dns {
         self.metrics = metrics;
         self
+    }
+
+    /// The zone of the forwarder that serves `name`, if one does (the most specific).
+    fn forwarder_of(&self, name: &LowerName) -> Option<&LowerName> {
+        self.forwarders
+            .iter()
+            .map(|(zone, _)| zone)
+            .filter(|zone| zone.zone_of(name))
+            .max_by_key(|zone| zone.num_labels())
     }
 
     /// Count one answer (its bytes' response code) from `source`.
@@ -416,52 +450,52 @@ impl RequestHandler for Handler {
         // One span per query, at debug: what is logged about it carries the client.
         let span = tracing::debug_span!("dns", peer = %request.src());
         let served = self.0.served.load_full();
-        let (info, ours) = respond::<R, T>(&self.0, &served, request, response_handle)
+        let (info, source) = respond::<R, T>(&self.0, &served, request, response_handle)
             .instrument(span)
             .await;
         // Over TCP (UDP counts its own): the low four bits of the response code.
         let code = (u16::from(info.response_code) & 0x0f) as u8;
-        self.0
-            .metrics
-            .dns(if ours { "zones" } else { "other" }, code);
+        self.0.metrics.dns(source.label(), code);
         info
     }
 }
 
 /// Answer `request` out of `served`: Kindling's zones for everyone, forwarding only for
-/// allowed clients. Also whether the question was for Kindling's own zones.
+/// allowed clients. Also where the answer came from; a forwarded one is timed in the metrics.
 async fn respond<R: ResponseHandler, T: Time>(
     dns: &Dns,
     served: &Served,
     request: &Request,
     mut response_handle: R,
-) -> (ResponseInfo, bool) {
-    let asked = request.request_info().ok();
-    let ours = asked.as_ref().is_some_and(|i| served.owns(i.query.name()));
-    if let Some(info) = asked {
-        let name = info.query.name();
-        if !ours && !dns.may_recurse(request.src().ip()) {
-            tracing::debug!(src = %request.src(), %name, "DNS: recursion refused for this client");
-            let response = MessageResponseBuilder::new(&request.queries, None)
-                .error_msg(&request.metadata, ResponseCode::Refused);
-            let sent = match response_handle.send_response(response).await {
-                Ok(sent) => sent,
-                Err(e) => {
-                    tracing::debug!(error = %e, "DNS: cannot send REFUSED");
-                    served
-                        .catalog
-                        .handle_request::<_, T>(request, response_handle)
-                        .await
-                }
-            };
-            return (sent, false);
-        }
+) -> (ResponseInfo, Source) {
+    let catalog = |handle| served.catalog.handle_request::<_, T>(request, handle);
+    let Ok(info) = request.request_info() else {
+        return (catalog(response_handle).await, Source::Other);
+    };
+    let name = info.query.name();
+    if served.owns(name) {
+        return (catalog(response_handle).await, Source::Zones);
     }
-    let sent = served
-        .catalog
-        .handle_request::<_, T>(request, response_handle)
-        .await;
-    (sent, ours)
+    if !dns.may_recurse(request.src().ip()) {
+        tracing::debug!(src = %request.src(), %name, "DNS: recursion refused for this client");
+        let response = MessageResponseBuilder::new(&request.queries, None)
+            .error_msg(&request.metadata, ResponseCode::Refused);
+        return match response_handle.send_response(response).await {
+            Ok(sent) => (sent, Source::Refused),
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS: cannot send REFUSED");
+                (catalog(response_handle).await, Source::Other)
+            }
+        };
+    }
+    let Some(zone) = dns.forwarder_of(name) else {
+        return (catalog(response_handle).await, Source::Other);
+    };
+    let started = std::time::Instant::now();
+    let sent = catalog(response_handle).await;
+    dns.metrics
+        .dns_forward(&zone.to_string(), started.elapsed());
+    (sent, Source::Forwarded)
 }
 
 #[cfg(test)]
@@ -538,6 +572,41 @@ mod tests {
         let mut response = ask("box.lab.example.");
         response[2] |= 0x80;
         assert!(dns.answer(response, local).await.is_none());
+    }
+
+    /// A forwarded question is timed under the most specific forwarder's zone; without one
+    /// (no upstreams) nothing forwards it.
+    #[test]
+    fn the_most_specific_forwarder_serves_a_name() {
+        let name = |n: &str| LowerName::new(&Name::from_ascii(n).unwrap());
+        let forward = vec![crate::config::ForwardZone {
+            zone: "corp.example".into(),
+            servers: vec!["127.0.0.1:9".into()],
+        }];
+        let config = DnsConfig {
+            enabled: true,
+            upstreams: vec!["127.0.0.1:9".into()],
+            forward: forward.clone(),
+            ..DnsConfig::default()
+        };
+        let dns = Dns::new(&config, &[], None).unwrap();
+        let zone = |n: &str| dns.forwarder_of(&name(n)).map(|z| z.to_string());
+        assert_eq!(zone("www.corp.example.").as_deref(), Some("corp.example."));
+        assert_eq!(zone("corp.example.").as_deref(), Some("corp.example."));
+        assert_eq!(zone("example.org.").as_deref(), Some("."));
+        assert_eq!(zone("notcorp.example.").as_deref(), Some("."));
+        let only_corp = Dns::new(
+            &DnsConfig {
+                enabled: true,
+                forward,
+                ..DnsConfig::default()
+            },
+            &[],
+            None,
+        )
+        .unwrap();
+        assert!(only_corp.forwarder_of(&name("example.org.")).is_none());
+        assert!(only_corp.forwarder_of(&name("a.corp.example.")).is_some());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Answered, Dns, DnsError, Served};
+use super::{Answered, Dns, DnsError, Served, Source};
 
 /// The most answers kept for one generation of the zones; a full cache starts over. A fleet
 /// asks for a few thousand names; more than this is a scan, which hickory still answers.
@@ -88,7 +88,7 @@ fn key_into(msg: &[u8], end: usize, key: &mut Vec<u8>) {
 /// client, and with the question echoed where the query had it.
 fn reusable(query: &[u8], end: usize, answer: &Answered) -> bool {
     let bytes = &answer.bytes;
-    answer.ours
+    answer.source == Source::Zones
         && bytes.len() <= PLAIN_UDP
         && bytes.len() >= end
         && bytes[..2] == query[..2]
@@ -201,8 +201,8 @@ pub(super) async fn serve(
             let Some(answer) = dns.answer_from(&served, query.clone(), src).await else {
                 return;
             };
-            tracing::debug!(%src, ours = answer.ours, "DNS: answered");
-            dns.count(if answer.ours { "zones" } else { "other" }, &answer.bytes);
+            tracing::debug!(%src, source = answer.source.label(), "DNS: answered");
+            dns.count(answer.source.label(), &answer.bytes);
             if let Err(e) = socket.send_to(&answer.bytes, src).await {
                 tracing::debug!(%src, error = %e, "DNS: cannot send");
             }
@@ -346,16 +346,17 @@ mod tests {
             .answer_from(&served, outside.clone(), stranger)
             .await
             .unwrap();
-        assert!(!refused.ours && !reusable(&outside, outside.len(), &refused));
+        assert_eq!(refused.source, Source::Refused);
+        assert!(!reusable(&outside, outside.len(), &refused));
         let mut truncated = Answered {
             bytes: ours.bytes.clone(),
-            ours: true,
+            source: Source::Zones,
         };
         truncated.bytes[2] |= 0x02;
         assert!(!reusable(&q, q.len(), &truncated), "TC set");
         let big = Answered {
             bytes: [ours.bytes.clone(), vec![0; PLAIN_UDP]].concat(),
-            ours: true,
+            source: Source::Zones,
         };
         assert!(!reusable(&q, q.len(), &big), "over 512 bytes");
         let other = query(10, "box.lab.example", 1, false);
