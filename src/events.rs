@@ -7,6 +7,7 @@
 //! | [`LeaseEvent`] (granted, renewed, released, declined, expired) | DHCP, once the change is durable | DNS |
 //! | [`ProfilesEvent`] (reloaded, with what changed; or a reload failed) | the profile watcher, after the swap | the inventory, DHCP reservations, DNS, metrics |
 //! | [`Adopted`] (a discovered machine got a `[[machine]]` entry) | the API | the log, the inventory |
+//! | [`PowerChanged`] (a BMC's power reading changed, or its calls started or stopped failing) | the inventory | the SSE stream |
 //! | [`ServiceFailed`] | the supervisor in `app` | metrics, `/healthz` |
 //!
 //! One broadcast channel per event type, so a flood of one kind (leases in a boot storm)
@@ -47,6 +48,34 @@ pub struct Transition {
     pub hostname: Option<String>,
     /// Its profile.
     pub profile: Option<String>,
+}
+
+/// What a machine's BMC last said about its power: read at `[bmc] poll_interval` and after
+/// every action. Kept in memory only (it is read again on every poll; writing it to the store
+/// would turn every poll into a write), so it starts empty after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerReading {
+    /// The BMC's URL.
+    pub bmc: String,
+    /// `on`, `off`, `powering_on`, `powering_off` (or what else the BMC said), as last read;
+    /// `None` until a read succeeds.
+    pub state: Option<String>,
+    /// When `state` was read.
+    pub read_at: Option<Stamp>,
+    /// Why the last call to the BMC failed; `None` once one succeeds again.
+    pub error: Option<String>,
+    /// When it failed.
+    pub error_at: Option<Stamp>,
+}
+
+/// A machine's power reading changed (its state, or whether its BMC fails), as streamed by
+/// `GET /api/v1/events` (`event: power`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerChanged {
+    /// The machine.
+    pub mac: MacAddr,
+    /// Its reading now.
+    pub power: PowerReading,
 }
 
 /// What happened to a DHCP lease.
@@ -141,6 +170,8 @@ pub struct ServiceFailed {
 /// Events buffered per subscriber before it lags and must resync.
 pub(crate) const TRANSITIONS: usize = 4096;
 const LEASES: usize = 4096;
+/// A rack powered on at once changes every reading within one poll.
+const POWER: usize = 1024;
 const RARE: usize = 64;
 
 /// One channel per event type.
@@ -150,6 +181,7 @@ pub struct Bus {
     leases: broadcast::Sender<LeaseEvent>,
     profiles: broadcast::Sender<Arc<ProfilesEvent>>,
     adoptions: broadcast::Sender<Adopted>,
+    power: broadcast::Sender<PowerChanged>,
     failures: broadcast::Sender<ServiceFailed>,
 }
 
@@ -160,6 +192,7 @@ impl Default for Bus {
             leases: broadcast::Sender::new(LEASES),
             profiles: broadcast::Sender::new(RARE),
             adoptions: broadcast::Sender::new(RARE),
+            power: broadcast::Sender::new(POWER),
             failures: broadcast::Sender::new(RARE),
         }
     }
@@ -184,6 +217,7 @@ event!(Transition, transitions);
 event!(LeaseEvent, leases);
 event!(Arc<ProfilesEvent>, profiles);
 event!(Adopted, adoptions);
+event!(PowerChanged, power);
 event!(ServiceFailed, failures);
 
 impl Bus {

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,15 @@ pub enum PowerError {
     #[error(transparent)]
     Bmc(#[from] BmcError),
 }
+
+/// The waits between the reads after an action, until the system is in the state the action
+/// leads to (30 s in all; a BMC that takes longer is seen at the next poll).
+const FOLLOW_UP: [Duration; 4] = [
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+];
 
 /// What to do with a machine's power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,8 +242,11 @@ impl Power {
         Ok((bmc, system))
     }
 
-    /// Do `act` to `mac` through its BMC, then read the system again and record it.
-    pub async fn act(&self, mac: MacAddr, act: Act) -> Result<Acted, PowerError> {
+    /// Do `act` to `mac` through its BMC, then read the system again and record it. BMCs
+    /// apply a power change seconds later: until the system is in the state the action
+    /// leads to, it is read again [`FOLLOW_UP`] apart (so the reading, and the event stream,
+    /// follow within seconds rather than at the next poll).
+    pub async fn act(self: &Arc<Self>, mac: MacAddr, act: Act) -> Result<Acted, PowerError> {
         let (bmc, system) = self.status(mac).await?;
         if matches!(act, Act::PxeOnce | Act::PxeBoot) {
             let got = bmc.pxe_once(&system).await;
@@ -247,6 +260,26 @@ impl Power {
             None => None,
         };
         let (_, after) = self.status(mac).await?;
+        let want = match act.reset(&system.power) {
+            Some(PowerAction::On | PowerAction::ForceRestart) => Some(PowerState::On),
+            Some(PowerAction::ForceOff | PowerAction::GracefulShutdown) => Some(PowerState::Off),
+            None => None,
+        };
+        if let Some(want) = want.filter(|w| *w != after.power) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                for wait in FOLLOW_UP {
+                    tokio::time::sleep(wait).await;
+                    match me.status(mac).await {
+                        Ok((_, s)) if s.power == want => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(%mac, error = %e, "power: reading after an action failed")
+                        }
+                    }
+                }
+            });
+        }
         Ok(Acted {
             bmc: bmc.url().to_string(),
             reset,

@@ -824,6 +824,97 @@ fn kindling_power_through_the_api() {
     drop(d);
 }
 
+/// A power action is read again until the BMC has applied it (the emulator does so 1 to 11 s
+/// later), with no polling at all; each change of the reading goes out on the event stream
+/// as `event: power`.
+#[test]
+fn a_power_action_is_followed_until_applied_and_streamed() {
+    if skip("a_power_action_is_followed_until_applied_and_streamed") || !common::have("curl") {
+        return;
+    }
+    use std::io::BufRead as _;
+    let emu = Emulator::start(1, None);
+    let dir = daemon_dir();
+    let root = dir.path();
+    write(
+        root,
+        "profiles/rack.toml",
+        &format!(
+            "[boot]\nkernel = \"vmlinuz\"\n[[machine]]\nmac = \"52:54:00:bb:00:00\"\n\
+             bmc = {{ redfish = \"{}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n",
+            emu.url(Some(0))
+        ),
+    );
+    let d = Daemon::start(&root.join("kindling.toml"));
+    let mut curl = Command::new("curl")
+        .args(["-sN", "--max-time", "60"])
+        .arg(d.url("/api/v1/events?mac=52:54:00:bb:00:00"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = curl.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Every `power` event's reading, as the stream says it, until `until` holds for one.
+    let read = |until: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut event = String::new();
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no such power event; saw {seen:?}"));
+            if let Some(name) = line.strip_prefix("event: ") {
+                event = name.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ")
+                && event == "power"
+            {
+                let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                assert_eq!(v["mac"], "52:54:00:bb:00:00");
+                seen.push(v["power"].clone());
+                if until(&v["power"]) {
+                    return seen;
+                }
+            }
+        }
+    };
+    // Subscribed once `ready` arrives.
+    while rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the event stream did not open")
+        != "event: ready"
+    {}
+    let (code, out, err) = cli(&d, "power", &["on", "52:54:00:bb:00:00"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let started = Instant::now();
+    // First the reading the action made (off), then on once the BMC applied it.
+    let seen = read(&|p| p["state"] == "on");
+    assert_eq!(seen[0]["state"], "off", "{seen:?}");
+    assert!(started.elapsed() < Duration::from_secs(35));
+    let (_, body) = common::curl(&[], &d.url("/api/v1/machines/52:54:00:bb:00:00"));
+    let rec: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rec["power"]["state"], "on", "{body}");
+    // A BMC that starts failing is news too, with its error.
+    drop(emu);
+    let (code, _, _) = cli(&d, "power", &["status", "52:54:00:bb:00:00"]);
+    assert_eq!(code, Some(1));
+    let seen = read(&|p| p["error"].is_string());
+    let last = seen.last().unwrap();
+    assert_eq!(last["state"], "on", "the last good reading stays: {last}");
+    let _ = curl.kill();
+    let _ = curl.wait();
+}
+
 /// `kindling wake` of 20 machines with BMCs: each gets a one-time PXE boot and is powered on
 /// (its record says through the BMC), at most `--concurrency` at once and `--stagger-ms`
 /// apart, as the recording proxy in front of the emulator saw it.
@@ -1389,6 +1480,14 @@ async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
         sent.len() == 2 && sent[0].contains("\"Once\"") && sent[1].contains("\"On\""),
         "{sent:?}"
     );
+    // The BMC applies the power-on seconds later: the reading after it reaches the page live
+    // (an `event: power`; nothing else makes this page fetch the machine again).
+    b.until(
+        30,
+        "document.getElementById('m-facts').innerText.includes('on, read')",
+        "document.getElementById('m-facts').innerText",
+    )
+    .await;
     // Wake from its page: through the BMC, and the page says when and how it went.
     rec.seen.lock().unwrap().clear();
     b.click("#m-actions [data-action=\"wake\"]").await;

@@ -618,6 +618,16 @@ function apply(t) {
   schedule();
 }
 
+// A machine's BMC reading changed: its page shows it at once.
+function applyPower(p) {
+  const m = S.machines.get(p.mac);
+  if (m) m.power = p.power;
+  if (S.machine && S.machine.mac === p.mac) {
+    S.machine.power = p.power;
+    drawMachine();
+  }
+}
+
 const pending = new Map();
 
 // Fetch one machine's record again, at most once per 300 ms per machine.
@@ -697,6 +707,8 @@ async function event(block) {
     setLive(true);
   } else if (name === 'transition') {
     apply(body);
+  } else if (name === 'power') {
+    applyPower(body);
   } else if (name === 'resync') {
     // This page fell behind the stream: the daemon sent every machine.
     replaceAll(body.machines);

@@ -178,6 +178,12 @@ impl Client {
                             .map_err(|e| ClientError::Decode(e.to_string()))?;
                         writeln!(out, "{}", crate::diag::printable(&transition_line(&t)))?;
                     }
+                    // The JSON lines stay transitions only (what scripts parse).
+                    "power" if !json => {
+                        let p: crate::events::PowerChanged = serde_json::from_str(&data)
+                            .map_err(|e| ClientError::Decode(e.to_string()))?;
+                        writeln!(out, "{}", crate::diag::printable(&power_line(&p)))?;
+                    }
                     "ready" => writeln!(out, "# following {}{path}", self.base)?,
                     "resync" => writeln!(out, "# fell behind: some transitions were missed")?,
                     _ => {}
@@ -234,6 +240,26 @@ pub fn transition_line(t: &Transition) -> String {
         to,
         t.source,
         t.event
+    )
+}
+
+/// One line for a changed power reading: when, the machine, and what its BMC says.
+pub fn power_line(p: &crate::events::PowerChanged) -> String {
+    let r = &p.power;
+    let at = r
+        .error_at
+        .max(r.read_at)
+        .unwrap_or(crate::time_fmt::Stamp(SystemTime::now()));
+    let what = match (&r.error, &r.state) {
+        (Some(e), _) => format!("BMC ERROR {e}"),
+        (None, Some(s)) => format!("power {s}"),
+        (None, None) => "power unknown".to_string(),
+    };
+    format!(
+        "{}  {}  {what} ({})",
+        humantime::format_rfc3339_seconds(at.0),
+        p.mac,
+        r.bmc
     )
 }
 
@@ -341,6 +367,33 @@ mod tests {
                 ("ready".to_string(), "{\"machines\": 1}".to_string()),
                 ("transition".to_string(), "{}".to_string())
             ]
+        );
+    }
+
+    #[test]
+    fn a_power_change_is_one_line() {
+        use crate::events::{PowerChanged, PowerReading};
+        use crate::time_fmt::Stamp;
+        let at = |s: u64| Some(Stamp(SystemTime::UNIX_EPOCH + Duration::from_secs(s)));
+        let mut p = PowerChanged {
+            mac: "52:54:00:00:00:01".parse().unwrap(),
+            power: PowerReading {
+                bmc: "https://10.0.5.21".into(),
+                state: Some("on".into()),
+                read_at: at(1_800_000_000),
+                error: None,
+                error_at: None,
+            },
+        };
+        assert_eq!(
+            power_line(&p),
+            "2027-01-15T08:00:00Z  52:54:00:00:00:01  power on (https://10.0.5.21)"
+        );
+        p.power.error = Some("no answer within 10 s".into());
+        p.power.error_at = at(1_800_000_060);
+        assert_eq!(
+            power_line(&p),
+            "2027-01-15T08:01:00Z  52:54:00:00:00:01  BMC ERROR no answer within 10 s (https://10.0.5.21)"
         );
     }
 

@@ -1003,8 +1003,10 @@ const EVENT_BATCH: Duration = Duration::from_millis(50);
 const EVENT_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// `GET /api/v1/events[?mac=]`: Server-Sent Events. `ready` first, then one `transition` per
-/// change of boot state, in order; `resync` (with every machine) if this client fell behind.
-/// Transitions that arrive within [`EVENT_BATCH`] of each other go out in one write.
+/// change of boot state, in order, and one `power` per change of a power reading (a BMC's
+/// state, or its calls starting or stopping to fail); `resync` (with every machine) if this
+/// client fell behind. Events that arrive within [`EVENT_BATCH`] of each other go out in one
+/// write.
 async fn events(
     State(st): State<HttpState>,
     _: Reader,
@@ -1012,6 +1014,7 @@ async fn events(
 ) -> Result<Response, HttpError> {
     let only = q.mac.as_deref().map(parse_mac).transpose()?;
     let rx = st.inventory.subscribe();
+    let power = st.inventory.subscribe_power();
     let ready = sse_event(
         "ready",
         &json!({ "machines": st.inventory.len(), "batch_ms": EVENT_BATCH.as_millis() }),
@@ -1020,12 +1023,12 @@ async fn events(
     let inv = st.inventory.clone();
     let profiles = st.profiles.clone();
     let stream = futures_util::stream::unfold(
-        (Some(ready), rx, inv, shutdown),
-        move |(first, mut rx, inv, shutdown)| {
+        (Some(ready), rx, power, inv, shutdown),
+        move |(first, mut rx, mut power, inv, shutdown)| {
             let profiles = profiles.clone();
             async move {
                 if let Some(ready) = first {
-                    return Some((Ok::<_, Infallible>(ready), (None, rx, inv, shutdown)));
+                    return Some((Ok::<_, Infallible>(ready), (None, rx, power, inv, shutdown)));
                 }
                 let mut out = String::new();
                 let mut batch_ends = None;
@@ -1034,7 +1037,7 @@ async fn events(
                         Some(end) => tokio::time::sleep_until(end),
                         None => tokio::time::sleep(EVENT_KEEPALIVE),
                     };
-                    let got = tokio::select! {
+                    let (mac, got) = tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         _ = wait => {
                             if out.is_empty() {
@@ -1042,16 +1045,24 @@ async fn events(
                             }
                             break;
                         }
-                        r = rx.recv() => r,
+                        r = rx.recv() => (
+                            r.as_ref().ok().map(|t| t.mac),
+                            r.map(|t| sse_event("transition", &t)),
+                        ),
+                        r = power.recv() => (
+                            r.as_ref().ok().map(|p| p.mac),
+                            r.map(|p| sse_event("power", &p)),
+                        ),
                     };
                     match got {
-                        Ok(t) if only.is_some_and(|m| m != t.mac) => {}
-                        Ok(t) => {
-                            out.push_str(&sse_event("transition", &t));
+                        Ok(_) if only.is_some_and(|m| Some(m) != mac) => {}
+                        Ok(event) => {
+                            out.push_str(&event);
                             batch_ends.get_or_insert(tokio::time::Instant::now() + EVENT_BATCH);
                         }
                         Err(RecvError::Lagged(missed)) => {
-                            // What was gathered is older than the snapshot: send the snapshot.
+                            // What was gathered is older than the snapshot: send the snapshot
+                            // (it carries the power readings too).
                             let machines = listed(&inv, &profiles, &Filter::default());
                             out = sse_event(
                                 "resync",
@@ -1063,7 +1074,7 @@ async fn events(
                         Err(RecvError::Closed) => break,
                     }
                 }
-                Some((Ok(out), (None, rx, inv, shutdown)))
+                Some((Ok(out), (None, rx, power, inv, shutdown)))
             }
         },
     );

@@ -518,7 +518,21 @@ impl Inventory {
         if r.bmc != bmc {
             r.bmc = bmc.to_string();
         }
-        update(r, now)
+        let before = (r.state.clone(), r.error.clone());
+        let out = update(r, now);
+        // Every poll moves `read_at`; only a new state or a new failure (or its end) is news.
+        if (&r.state, &r.error) != (&before.0, &before.1) {
+            self.bus.publish(crate::events::PowerChanged {
+                mac,
+                power: r.clone(),
+            });
+        }
+        out
+    }
+
+    /// Every change of a power reading from now on.
+    pub fn subscribe_power(&self) -> broadcast::Receiver<crate::events::PowerChanged> {
+        self.bus.subscribe()
     }
 
     /// One machine as [`Inventory::list`] shows it.

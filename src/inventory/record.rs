@@ -336,23 +336,7 @@ pub struct Summary {
     pub bmc: bool,
 }
 
-/// What a machine's BMC last said about its power: read at `[bmc] poll_interval` and after
-/// every action. Kept in memory only (it is read again on every poll; writing it to the store
-/// would turn every poll into a write), so it starts empty after a restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PowerReading {
-    /// The BMC's URL.
-    pub bmc: String,
-    /// `On`, `Off`, `PoweringOn`, `PoweringOff` (or what else the BMC said), as last read;
-    /// `None` until a read succeeds.
-    pub state: Option<String>,
-    /// When `state` was read.
-    pub read_at: Option<Stamp>,
-    /// Why the last call to the BMC failed; `None` once one succeeds again.
-    pub error: Option<String>,
-    /// When it failed.
-    pub error_at: Option<Stamp>,
-}
+pub use crate::events::PowerReading;
 
 /// What a DHCP exchange tells the inventory.
 #[derive(Debug, Clone)]
