@@ -286,6 +286,9 @@ async fn session(
     let mut watch = etcd.limit(c.watch(all.as_str(), Some(options))).await?;
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
+        // A takeover whose moment passed while another branch below was being handled (a
+        // keep-alive in flight) is applied here: the next wake-up below only looks ahead.
+        publish(view, Instant::now(), on_change, last);
         let takeover = view.next_takeover(Instant::now().into_std()).map_or_else(
             || Instant::now() + Duration::from_secs(3600),
             Instant::from_std,
