@@ -139,6 +139,19 @@ fn skip(test: &str) -> bool {
     false
 }
 
+/// A browser on `d`'s dashboard at 1280×800, once the page follows the event stream.
+async fn open_live(d: &Daemon) -> Browser {
+    let b = Browser::start(1280, 800).await;
+    b.client.goto(&d.url("/ui")).await.unwrap();
+    b.until(
+        10,
+        "document.getElementById('live').textContent === 'live'",
+        "document.getElementById('live').textContent",
+    )
+    .await;
+    b
+}
+
 /// The badge of `mac`'s row.
 fn badge(mac: &str) -> String {
     format!("document.querySelector('#fleet tr[data-mac=\"{mac}\"] .badge')")
@@ -554,14 +567,7 @@ async fn discovered_machines_are_adopted_from_the_page_and_reload_errors_show() 
         "[api]\ntoken = \"{TOKEN}\"\n[discovery]\nenabled = true\nretry = \"2s\"\n"
     ));
     let d = Daemon::start(&dir.path().join("kindling.toml"));
-    let b = Browser::start(1280, 800).await;
-    b.client.goto(&d.url("/ui")).await.unwrap();
-    b.until(
-        10,
-        "document.getElementById('live').textContent === 'live'",
-        "document.getElementById('live').textContent",
-    )
-    .await;
+    let b = open_live(&d).await;
     let new = [
         ("52:54:00:dd:00:01", "127.6.0.51"),
         ("52:54:00:dd:00:02", "127.6.0.52"),
@@ -724,14 +730,7 @@ async fn a_machines_page_previews_sets_the_next_boot_and_adopts() {
         "[boot]\nkernel = \"rescue-kernel\"\n",
     );
     let d = Daemon::start(&dir.path().join("kindling.toml"));
-    let b = Browser::start(1280, 800).await;
-    b.client.goto(&d.url("/ui")).await.unwrap();
-    b.until(
-        10,
-        "document.getElementById('live').textContent === 'live'",
-        "document.getElementById('live').textContent",
-    )
-    .await;
+    let b = open_live(&d).await;
     let mut alpha = Machine::new(&d, 0);
     alpha.ipxe("");
     let (new_mac, new_ip) = ("52:54:00:dd:00:09", "127.6.0.59");

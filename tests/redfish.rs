@@ -304,6 +304,15 @@ impl Recorder {
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// `METHOD body` of every request that changed something (all but `GET`s), in order.
+    fn sent(&self) -> Vec<String> {
+        self.seen()
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .map(|r| format!("{} {}", r.method, r.body))
+            .collect()
+    }
 }
 
 /// A directory with the daemon's config (API token `op`, no power polling), for profiles to
@@ -749,12 +758,7 @@ fn kindling_power_through_the_api() {
         assert!(Instant::now() < deadline, "not on: {out}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let posted: Vec<String> = rec
-        .seen()
-        .into_iter()
-        .filter(|r| r.method != "GET")
-        .map(|r| format!("{} {}", r.method, r.body))
-        .collect();
+    let posted = rec.sent();
     assert_eq!(posted.len(), 2, "{posted:?}");
     assert!(
         posted[0].starts_with("PATCH ")
@@ -913,6 +917,107 @@ fn a_power_action_is_followed_until_applied_and_streamed() {
     assert_eq!(last["state"], "on", "the last good reading stays: {last}");
     let _ = curl.kill();
     let _ = curl.wait();
+}
+
+/// The dashboard wakes a rack: the machines shown (filtered by a label) that have not booted,
+/// after a second click, one every 500 ms, each through its BMC; the other rack is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_wakes_the_machines_shown_paced() {
+    let test = "the_dashboard_wakes_the_machines_shown_paced";
+    if skip(test) {
+        return;
+    }
+    if let Some(why) = common::browser::missing() {
+        eprintln!("SKIP {test}: {why}");
+        return;
+    }
+    let emu = Emulator::start(4, None);
+    let rec = Recorder::start(emu.url(None)).await;
+    let dir = daemon_dir();
+    let root = dir.path();
+    let mut machines = String::new();
+    for i in 0..4 {
+        machines.push_str(&format!(
+            "[[machine]]\nmac = \"52:54:00:bc:01:{i:02x}\"\nvars = {{ system = \"{}\" }}\nlabels = {{ rack = \"{}\" }}\n",
+            uuid(i),
+            if i < 3 { "r1" } else { "r2" }
+        ));
+    }
+    write(
+        root,
+        "profiles/rack.toml",
+        &format!(
+            "bmc = {{ redfish = \"http://{}/redfish/v1/Systems/{{{{ system }}}}\", user = \"{USER}\", password_file = \"secrets/bmc\" }}\n\
+             [boot]\nkernel = \"vmlinuz\"\n{machines}",
+            rec.addr
+        ),
+    );
+    let d = Daemon::start(&root.join("kindling.toml"));
+    let b = common::browser::Browser::start(1280, 800).await;
+    b.client.goto(&d.url("/ui")).await.unwrap();
+    b.until(
+        10,
+        "document.querySelectorAll('#fleet tbody tr').length === 4",
+        "document.querySelector('#fleet tbody').innerText",
+    )
+    .await;
+    b.type_into("#filter", "rack=r1").await;
+    b.until(
+        5,
+        "document.getElementById('shown').textContent === '3 of 4 machines' && !document.getElementById('bulk-wake').hidden",
+        "document.getElementById('shown').textContent",
+    )
+    .await;
+    assert_eq!(
+        b.text("#bulk-wake-text").await,
+        "3 machines shown have not booted or are stalled:"
+    );
+    assert_eq!(
+        b.js("return document.getElementById('bulk-wake-go').disabled")
+            .await,
+        true,
+        "read-only without the token"
+    );
+    b.type_into("#token", "op").await;
+    b.click("#token-use").await;
+    b.click("#bulk-wake-go").await;
+    assert_eq!(
+        b.text("#bulk-wake-go").await,
+        "Click again: wake 3, one every 500 ms"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rec.sent().is_empty(), "one click wakes nothing");
+    b.click("#bulk-wake-go").await;
+    b.until(
+        20,
+        "document.getElementById('action-result-text').textContent === 'woke 3 of 3'",
+        "document.getElementById('action-result-text').textContent",
+    )
+    .await;
+    let seen = rec.seen();
+    let mut resets: Vec<&Seen> = seen.iter().filter(|r| r.method == "POST").collect();
+    resets.sort_by_key(|r| r.at);
+    assert_eq!(resets.len(), 3, "{:?}", rec.sent());
+    for pair in resets.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(400), "{gap:?} apart");
+    }
+    for i in 0..4 {
+        let path = format!("/redfish/v1/Systems/{}", uuid(i));
+        let patched = seen
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.starts_with(&path));
+        assert_eq!(patched, i < 3, "system {i}");
+    }
+    // Waking now, so no longer offered.
+    b.until(
+        10,
+        "document.getElementById('bulk-wake').hidden",
+        "document.getElementById('bulk-wake-text').textContent",
+    )
+    .await;
+    b.close().await;
+    drop(d);
 }
 
 /// `kindling wake` of 20 machines with BMCs: each gets a one-time PXE boot and is powered on
@@ -1288,12 +1393,7 @@ fn reinstall_power_cycles_into_pxe_and_power_takes_a_profile() {
             && out.contains("(On)"),
         "{out}"
     );
-    let sent: Vec<String> = rec
-        .seen()
-        .into_iter()
-        .filter(|r| r.method != "GET")
-        .map(|r| format!("{} {}", r.method, r.body))
-        .collect();
+    let sent = rec.sent();
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert!(
         sent[0].starts_with("PATCH ") && sent[0].contains("\"Once\""),
@@ -1470,12 +1570,7 @@ async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
         "document.getElementById('action-result-text').textContent",
     )
     .await;
-    let sent: Vec<String> = rec
-        .seen()
-        .into_iter()
-        .filter(|r| r.method != "GET")
-        .map(|r| format!("{} {}", r.method, r.body))
-        .collect();
+    let sent = rec.sent();
     assert!(
         sent.len() == 2 && sent[0].contains("\"Once\"") && sent[1].contains("\"On\""),
         "{sent:?}"
@@ -1503,12 +1598,7 @@ async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
         "document.getElementById('m-wake').textContent",
     )
     .await;
-    let sent: Vec<String> = rec
-        .seen()
-        .into_iter()
-        .filter(|r| r.method != "GET")
-        .map(|r| r.body)
-        .collect();
+    let sent = rec.sent();
     assert!(
         sent.len() == 2 && sent[0].contains("\"Once\"") && sent[1].contains("ResetType"),
         "{sent:?}"

@@ -33,6 +33,7 @@ const S = {
   rendered: false, // the fleet table was first drawn (performance mark)
   orphans: [], // MACs shown that no profile knows
   bulkArmed: false, // the bulk adoption awaits its second click
+  wakeArmed: false, // the group wake awaits its second click
   visible: new Set(), // MACs of the rows on screen
   relisted: 0, // when the rows were last sorted and filtered (performance.now())
   live: false,
@@ -248,6 +249,7 @@ function relist() {
     S.rendered = true;
     performance.mark('kindling-first-render');
   }
+  S.shown = list;
   drawBulk(list);
   $('shown').textContent = list.length === S.machines.size ? S.machines.size + ' machines'
     : list.length + ' of ' + S.machines.size + ' machines';
@@ -261,6 +263,7 @@ function relist() {
 // Machines shown that no profile knows (discovered, or seen on the network): adopt them all
 // into one profile, as a rack powered on with only its MAC prefix known is enrolled.
 function drawBulk(list) {
+  drawBulkWake(list);
   const orphans = list.filter((m) => !m.profile);
   S.orphans = orphans.map((m) => m.mac);
   $('bulk').hidden = orphans.length === 0;
@@ -270,6 +273,50 @@ function drawBulk(list) {
   fillSelect($('bulk-profile'), (S.status && S.status.profile_names) || [], null);
   if (!S.bulkArmed) $('bulk-adopt').textContent = 'Adopt ' + (n === 1 ? 'it' : 'all ' + n);
   lockButtons($('bulk'));
+}
+
+// Machines shown that have not booted or are stuck (never one that is booting or installed:
+// through its BMC, a wake restarts a machine that is on): wake them all, paced.
+function drawBulkWake(list) {
+  const idle = list.filter((m) => canWake(m) && (m.state === 'unknown' || m.state === 'stalled'));
+  S.toWake = idle.map((m) => m.mac);
+  $('bulk-wake').hidden = idle.length === 0;
+  if (!idle.length) return;
+  const n = idle.length;
+  $('bulk-wake-text').textContent = n + (n === 1 ? ' machine' : ' machines') +
+    ' shown have not booted or are stalled:';
+  if (!S.wakeArmed) $('bulk-wake-go').textContent = 'Wake ' + (n === 1 ? 'it' : 'all ' + n);
+  lockButtons($('bulk-wake'));
+}
+
+async function bulkWake() {
+  // As they are now: one that started booting since the list was drawn is left alone.
+  const macs = (S.toWake || []).filter((mac) => {
+    const m = S.machines.get(mac);
+    return m && (m.state === 'unknown' || m.state === 'stalled');
+  });
+  const stagger = Number($('bulk-wake-stagger').value);
+  if (!S.wakeArmed) {
+    // A second click does it: one click must not power on a rack.
+    S.wakeArmed = true;
+    $('bulk-wake-go').textContent = 'Click again: wake ' + macs.length + ', one every ' + stagger + ' ms';
+    setTimeout(() => { S.wakeArmed = false; S.relist = true; schedule(); }, 5000);
+    return;
+  }
+  S.wakeArmed = false;
+  say('waking ' + macs.length + ', one every ' + stagger + ' ms…', false);
+  try {
+    const r = await api('POST', '/api/v1/wake', { macs, stagger_ms: stagger });
+    const failed = r.failed || [];
+    say('woke ' + (r.woken || []).length + ' of ' + macs.length +
+      (failed.length ? '; failed: ' + failed.map((f) => f.mac + ': ' + f.error).join('; ') : ''),
+    failed.length > 0);
+  } catch (e) {
+    say('wake ' + macs.length + ': ' + e.message + ' (HTTP ' + e.status + ')', true);
+  }
+  for (const mac of macs) refreshMachine(mac);
+  S.relist = true;
+  schedule();
 }
 
 async function bulkAdopt() {
@@ -804,6 +851,8 @@ function draw() {
     const m = S.machines.get(mac);
     if (m) drawRow(m);
   }
+  // States change between re-sorts: who may be woken follows at once.
+  if (S.dirty.size && S.shown) drawBulkWake(S.shown);
   S.dirty.clear();
   // A re-sort lays out every row: for live changes at most every 2 s.
   if (S.relist === 'live' && performance.now() - S.relisted < 2000) {
@@ -899,6 +948,10 @@ function init() {
   $('bulk').addEventListener('submit', (e) => {
     e.preventDefault();
     bulkAdopt();
+  });
+  $('bulk-wake').addEventListener('submit', (e) => {
+    e.preventDefault();
+    bulkWake();
   });
   $('m-adopt').addEventListener('submit', (e) => {
     e.preventDefault();
