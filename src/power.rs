@@ -252,7 +252,8 @@ impl Power {
             let got = bmc.pxe_once(&system).await;
             self.record(mac, &bmc, got, |_| None)?;
         }
-        let reset = match act.reset(&system.power) {
+        let action = act.reset(&system.power);
+        let reset = match action {
             Some(a) => {
                 let got = bmc.power(&system, a).await;
                 Some(self.record(mac, &bmc, got, |_| None)?)
@@ -260,7 +261,7 @@ impl Power {
             None => None,
         };
         let (_, after) = self.status(mac).await?;
-        let want = match act.reset(&system.power) {
+        let want = match action {
             Some(PowerAction::On | PowerAction::ForceRestart) => Some(PowerState::On),
             Some(PowerAction::ForceOff | PowerAction::GracefulShutdown) => Some(PowerState::Off),
             None => None,
