@@ -33,6 +33,9 @@ pub enum PowerError {
     /// The BMC refused, failed or did not answer.
     #[error(transparent)]
     Bmc(#[from] BmcError),
+    /// The daemon is stopping: its BMC sessions are ended, and no new one is opened.
+    #[error("the daemon is stopping")]
+    Stopping,
 }
 
 /// The waits between the reads after an action, until the system is in the state the action
@@ -133,6 +136,9 @@ pub struct Power {
     metrics: Arc<Metrics>,
     /// One client per BMC setting, kept for its connection and session.
     clients: Mutex<HashMap<Key, Bmc>>,
+    /// Set when the daemon stops, before the sessions are ended: a call still under way (a
+    /// read after an action, an API call) opens no session that nobody would end.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Power {
@@ -157,6 +163,7 @@ impl Power {
             inventory,
             metrics,
             clients: Mutex::new(HashMap::new()),
+            stopping: Default::default(),
         }
     }
 
@@ -171,6 +178,9 @@ impl Power {
 
     /// The client for `mac`'s BMC.
     fn client(&self, mac: MacAddr) -> Result<Bmc, PowerError> {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(PowerError::Stopping);
+        }
         let endpoint = match self.profiles.current().bmc(mac, self.settings.timeout) {
             None => {
                 return Err(PowerError::NoBmc(format!(
@@ -294,7 +304,7 @@ impl Power {
         let interval = self.settings.poll_interval;
         if interval.is_zero() {
             cancel.cancelled().await;
-            return self.log_out(|_| true).await;
+            return self.stop().await;
         }
         loop {
             let set = self.profiles.current();
@@ -340,6 +350,13 @@ impl Power {
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+        self.stop().await;
+    }
+
+    /// End every BMC session for good: no client is handed out (or made) from now on.
+    async fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         self.log_out(|_| true).await;
     }
 
@@ -353,5 +370,49 @@ impl Power {
         let all = gone.iter().map(|c| c.logout());
         let _ =
             tokio::time::timeout(self.settings.timeout, futures_util::future::join_all(all)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once stopped (its sessions ended), no call reaches a BMC: none would open a session
+    /// that nobody ends.
+    #[tokio::test]
+    async fn a_stopped_power_opens_no_session() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        std::fs::write(dir.path().join("p/secret"), "pw\n").unwrap();
+        std::fs::write(
+            dir.path().join("p/n.toml"),
+            "[boot]\nkernel = \"k\"\n[[machine]]\nmac = \"52:54:00:00:00:01\"\n\
+             bmc = { redfish = \"http://127.0.0.1:9\", user = \"u\", password_file = \"secret\" }\n",
+        )
+        .unwrap();
+        let sources = crate::profiles::Sources {
+            profiles: dir.path().join("p"),
+            scripts: dir.path().join("none"),
+        };
+        let set = crate::profiles::ProfileSet::load(&sources, "http://x").unwrap();
+        let live = Arc::new(Live::new(
+            sources,
+            "http://x".into(),
+            set,
+            crate::events::Bus::new(),
+        ));
+        let power = Power::new(
+            BmcConfig::default(),
+            live,
+            Arc::new(Inventory::default()),
+            Metrics::new(),
+        );
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        // Before: a client is made (the call fails, nothing listens there).
+        assert!(matches!(power.status(mac).await, Err(PowerError::Bmc(_))));
+        assert_eq!(power.clients().len(), 1);
+        power.stop().await;
+        assert!(matches!(power.status(mac).await, Err(PowerError::Stopping)));
+        assert!(power.clients().is_empty());
     }
 }

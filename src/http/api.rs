@@ -78,6 +78,9 @@ fn power_error(e: crate::power::PowerError) -> HttpError {
     match e {
         PowerError::NoBmc(m) => HttpError::api(StatusCode::CONFLICT, m),
         PowerError::Bmc(e) => HttpError::api(StatusCode::BAD_GATEWAY, e.to_string()),
+        PowerError::Stopping => {
+            HttpError::api(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping")
+        }
     }
 }
 
