@@ -38,14 +38,9 @@ pub enum PowerError {
     Stopping,
 }
 
-/// The waits between the reads after an action, until the system is in the state the action
-/// leads to (30 s in all; a BMC that takes longer is seen at the next poll).
-const FOLLOW_UP: [Duration; 4] = [
-    Duration::from_secs(2),
-    Duration::from_secs(4),
-    Duration::from_secs(8),
-    Duration::from_secs(16),
-];
+/// The wait before the first read after an action; each next one waits twice as long, within
+/// `[bmc] follow_up` in all (by default reads 2, 6, 14 and 30 s after the action).
+const FOLLOW_UP_FIRST: Duration = Duration::from_secs(2);
 
 /// What to do with a machine's power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,8 +249,9 @@ impl Power {
 
     /// Do `act` to `mac` through its BMC, then read the system again and record it. BMCs
     /// apply a power change seconds later: until the system is in the state the action
-    /// leads to, it is read again [`FOLLOW_UP`] apart (so the reading, and the event stream,
-    /// follow within seconds rather than at the next poll).
+    /// leads to, it is read again, [`FOLLOW_UP_FIRST`] later and then twice as long apart
+    /// each time, within `[bmc] follow_up` (so the reading, and the event stream, follow
+    /// within seconds rather than at the next poll).
     pub async fn act(self: &Arc<Self>, mac: MacAddr, act: Act) -> Result<Acted, PowerError> {
         let (bmc, system) = self.status(mac).await?;
         if matches!(act, Act::PxeOnce | Act::PxeBoot) {
@@ -276,13 +272,18 @@ impl Power {
             Some(PowerAction::ForceOff | PowerAction::GracefulShutdown) => Some(PowerState::Off),
             None => None,
         };
-        if let Some(want) = want.filter(|w| *w != after.power) {
+        let within = self.settings.follow_up;
+        if let Some(want) = want.filter(|w| *w != after.power && !within.is_zero()) {
             let me = self.clone();
             tokio::spawn(async move {
-                for wait in FOLLOW_UP {
+                let (mut wait, mut spent) = (FOLLOW_UP_FIRST, Duration::ZERO);
+                while spent + wait <= within {
                     tokio::time::sleep(wait).await;
+                    spent += wait;
+                    wait *= 2;
                     match me.status(mac).await {
                         Ok((_, s)) if s.power == want => break,
+                        Err(PowerError::Stopping) => break,
                         Ok(_) => {}
                         Err(e) => {
                             tracing::debug!(%mac, error = %e, "power: reading after an action failed")

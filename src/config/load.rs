@@ -187,6 +187,15 @@ impl Config {
                 ),
             ));
         }
+        if b.follow_up > std::time::Duration::from_secs(600) {
+            issues.push(Issue::new(
+                "bmc.follow_up",
+                format!(
+                    "bmc.follow_up = {}: must be 0s (one read right after an action) to 10m",
+                    humantime::format_duration(b.follow_up)
+                ),
+            ));
+        }
         if !(1..=64).contains(&b.poll_concurrency) {
             issues.push(Issue::new(
                 "bmc.poll_concurrency",
@@ -425,6 +434,16 @@ mod tests {
             "{err}"
         );
         assert!(parse("[bmc]\npoll_interval = \"0s\"\n").is_ok());
+        let err = parse("[bmc]\nfollow_up = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                ":2: bmc.follow_up = 1h: must be 0s (one read right after an action) to 10m"
+            ),
+            "{err}"
+        );
+        assert!(parse("[bmc]\nfollow_up = \"0s\"\n").is_ok());
         let ok = parse("[discovery]\nenabled = true\nretry = \"5s\"\n").unwrap();
         assert!(ok.discovery.enabled);
     }

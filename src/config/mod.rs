@@ -503,6 +503,10 @@ pub struct BmcConfig {
     pub poll_interval: std::time::Duration,
     /// BMCs read at once by one round of polling.
     pub poll_concurrency: usize,
+    /// How long a machine is read again after a power action, until it is in the state the
+    /// action leads to (`0s`: once, right after the action).
+    #[serde(with = "humantime_serde")]
+    pub follow_up: std::time::Duration,
 }
 
 impl Default for BmcConfig {
@@ -511,6 +515,7 @@ impl Default for BmcConfig {
             timeout: std::time::Duration::from_secs(10),
             poll_interval: std::time::Duration::from_secs(60),
             poll_concurrency: 8,
+            follow_up: std::time::Duration::from_secs(30),
         }
     }
 }
