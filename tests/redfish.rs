@@ -376,6 +376,31 @@ fn skip(test: &str) -> bool {
     false
 }
 
+/// A browser at 1280×800 on `d`'s dashboard, once its fleet lists `rows` machines.
+async fn fleet_page(d: &Daemon, rows: usize) -> common::browser::Browser {
+    let b = common::browser::Browser::start(1280, 800).await;
+    b.client.goto(&d.url("/ui")).await.unwrap();
+    b.until(
+        10,
+        &format!("document.querySelectorAll('#fleet tbody tr').length === {rows}"),
+        "document.querySelector('#fleet tbody').innerText",
+    )
+    .await;
+    b
+}
+
+/// [`skip`], and also without Chromium and chromedriver.
+fn skip_with_browser(test: &str) -> bool {
+    if skip(test) {
+        return true;
+    }
+    if let Some(why) = common::browser::missing() {
+        eprintln!("SKIP {test}: {why}");
+        return true;
+    }
+    false
+}
+
 /// Poll the system until its power state is `want` (the fake driver applies a power change
 /// 1 to 11 s later, as real BMCs take their time).
 async fn until_power(bmc: &Bmc, want: PowerState) {
@@ -924,11 +949,7 @@ fn a_power_action_is_followed_until_applied_and_streamed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_wakes_the_machines_shown_paced() {
     let test = "the_dashboard_wakes_the_machines_shown_paced";
-    if skip(test) {
-        return;
-    }
-    if let Some(why) = common::browser::missing() {
-        eprintln!("SKIP {test}: {why}");
+    if skip_with_browser(test) {
         return;
     }
     let emu = Emulator::start(4, None);
@@ -953,14 +974,7 @@ async fn the_dashboard_wakes_the_machines_shown_paced() {
         ),
     );
     let d = Daemon::start(&root.join("kindling.toml"));
-    let b = common::browser::Browser::start(1280, 800).await;
-    b.client.goto(&d.url("/ui")).await.unwrap();
-    b.until(
-        10,
-        "document.querySelectorAll('#fleet tbody tr').length === 4",
-        "document.querySelector('#fleet tbody').innerText",
-    )
-    .await;
+    let b = fleet_page(&d, 4).await;
     b.type_into("#filter", "rack=r1").await;
     b.until(
         5,
@@ -1500,11 +1514,7 @@ async fn sessions_where_the_bmc_offers_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
     let test = "the_dashboard_shows_power_and_reinstalls_now_through_the_bmc";
-    if skip(test) {
-        return;
-    }
-    if let Some(why) = common::browser::missing() {
-        eprintln!("SKIP {test}: {why}");
+    if skip_with_browser(test) {
         return;
     }
     let emu = Emulator::start(1, None);
@@ -1524,14 +1534,7 @@ async fn the_dashboard_shows_power_and_reinstalls_now_through_the_bmc() {
         ),
     );
     let d = Daemon::start(&root.join("kindling.toml"));
-    let b = common::browser::Browser::start(1280, 800).await;
-    b.client.goto(&d.url("/ui")).await.unwrap();
-    b.until(
-        10,
-        "document.querySelectorAll('#fleet tbody tr').length === 2",
-        "document.querySelector('#fleet tbody').innerText",
-    )
-    .await;
+    let b = fleet_page(&d, 2).await;
     // Wake-on-LAN is off here: only the machine with a BMC offers Wake.
     let wake_hidden = |mac: &str| {
         format!(
