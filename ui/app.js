@@ -296,6 +296,13 @@ async function bulkWake() {
     return m && (m.state === 'unknown' || m.state === 'stalled');
   });
   const stagger = Number($('bulk-wake-stagger').value);
+  if (!macs.length) {
+    S.wakeArmed = false;
+    say('nothing to wake: the machines shown have started booting', false);
+    S.relist = true;
+    schedule();
+    return;
+  }
   if (!S.wakeArmed) {
     // A second click does it: one click must not power on a rack.
     S.wakeArmed = true;
