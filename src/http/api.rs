@@ -1040,7 +1040,9 @@ async fn events(
                         Some(end) => tokio::time::sleep_until(end),
                         None => tokio::time::sleep(EVENT_KEEPALIVE),
                     };
-                    let (mac, got) = tokio::select! {
+                    // Only the events this stream follows are written out.
+                    let wanted = |mac: MacAddr| only.is_none_or(|m| m == mac);
+                    let got = tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         _ = wait => {
                             if out.is_empty() {
@@ -1048,18 +1050,12 @@ async fn events(
                             }
                             break;
                         }
-                        r = rx.recv() => (
-                            r.as_ref().ok().map(|t| t.mac),
-                            r.map(|t| sse_event("transition", &t)),
-                        ),
-                        r = power.recv() => (
-                            r.as_ref().ok().map(|p| p.mac),
-                            r.map(|p| sse_event("power", &p)),
-                        ),
+                        r = rx.recv() => r.map(|t| wanted(t.mac).then(|| sse_event("transition", &t))),
+                        r = power.recv() => r.map(|p| wanted(p.mac).then(|| sse_event("power", &p))),
                     };
                     match got {
-                        Ok(_) if only.is_some_and(|m| Some(m) != mac) => {}
-                        Ok(event) => {
+                        Ok(None) => {}
+                        Ok(Some(event)) => {
                             out.push_str(&event);
                             batch_ends.get_or_insert(tokio::time::Instant::now() + EVENT_BATCH);
                         }
